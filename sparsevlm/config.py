@@ -1,0 +1,246 @@
+"""SparseConfig: what to prune, where, and how many visual tokens to keep.
+
+A config is a frozen, validated dataclass. It has four modes, decided by which fields are set:
+
+* ``dense``  -- ``prune_layers == ()``: nothing is pruned (outputs identical to the unpatched model).
+* ``budget`` -- ``keep_tokens`` set: keep ``keep_tokens[j]`` visual tokens at ``prune_layers[j]``
+  (SparseVLM v1.5 convention: the count before the recycled cluster tokens are added).
+* ``rank``   -- ``rank_scale`` set: keep ``int(rank_scale * rank(P) + rank_bias)`` tokens, where ``P`` is the
+  rater-by-visual attention matrix of that layer (SparseVLM v1 / video branch, paper Eq. 8).
+* ``target`` -- ``target_fraction`` set: a one-layer budget derived *for the model it runs on* so that the
+  equivalent token count (mean over layers of the visual count after each layer, recycled tokens counted)
+  equals ``target_fraction`` of the visual tokens. See :func:`derive_target_schedule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sparsevlm.stats import simulate_visual_counts
+
+logger = logging.getLogger(__name__)
+
+Positions = Literal["original", "compact"]
+
+# Tolerance of the target presets, as a fraction of the visual tokens (the preset contract).
+TARGET_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """How SparseVLM sparsifies the visual tokens of one prefill.
+
+    Attributes:
+        prune_layers: 0-based decoder layers after which visual tokens are pruned, strictly increasing.
+        keep_tokens: budget mode: visual tokens kept at each pruning layer (before recycled tokens are added).
+        rank_scale: rank mode (used when ``keep_tokens`` and ``target_fraction`` are None): the scale of
+            ``rank(P)`` in the kept count.
+        rank_bias: rank mode: the offset added to ``rank_scale * rank(P)``.
+        target_fraction: target mode: equivalent visual tokens as a fraction of the visual tokens in (0, 1].
+        recycle_ratio: tau, the share of the deleted tokens (best scores first) that are recycled; 0 disables
+            recycling.
+        cluster_ratio: theta, the number of merged tokens per recycled token.
+        positions: ``"original"``: kept tokens keep their RoPE position ids (decoding continues normally);
+            ``"compact"``: the pruned sequence is renumbered 0..n-1 as in the paper's v1 code and each later
+            layer decodes at its own cache length.
+        seed: seeds the density tie-break noise of the DPC-KNN clustering (paper code uses unseeded noise).
+        name: a label carried into results (the preset name, or ``"custom"``).
+    """
+
+    prune_layers: tuple[int, ...] = ()
+    keep_tokens: tuple[int, ...] | None = None
+    rank_scale: float | None = None
+    rank_bias: float = 0.0
+    target_fraction: float | None = None
+    recycle_ratio: float = 0.3
+    cluster_ratio: float = 0.1
+    positions: Positions = "original"
+    seed: int = 0
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.prune_layers)
+        object.__setattr__(self, "prune_layers", layers)
+        if any(not isinstance(x, int) or x < 0 for x in layers):
+            raise ValueError(f"prune_layers must be non-negative ints, got {layers!r}")
+        if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+            raise ValueError(f"prune_layers must be strictly increasing, got {layers!r}")
+        if self.keep_tokens is not None:
+            keep = tuple(self.keep_tokens)
+            object.__setattr__(self, "keep_tokens", keep)
+            if len(keep) != len(layers):
+                raise ValueError(
+                    f"keep_tokens must have one entry per prune layer ({len(layers)}), got {keep!r}"
+                )
+            if any(not isinstance(k, int) or k < 1 for k in keep):
+                raise ValueError(f"keep_tokens must be ints >= 1, got {keep!r}")
+        modes = [
+            name
+            for name, value in (
+                ("keep_tokens", self.keep_tokens),
+                ("rank_scale", self.rank_scale),
+                ("target_fraction", self.target_fraction),
+            )
+            if value is not None
+        ]
+        if not layers and modes:
+            raise ValueError(f"{modes[0]} is set but prune_layers is empty; give prune_layers or unset it")
+        if layers and len(modes) != 1:
+            raise ValueError(
+                "set exactly one of keep_tokens (budget mode), rank_scale (rank mode) or target_fraction "
+                f"(target mode) when prune_layers is non-empty; got {modes or 'none'}"
+            )
+        if self.rank_scale is not None and not self.rank_scale > 0:
+            raise ValueError(f"rank_scale must be > 0, got {self.rank_scale!r}")
+        if self.target_fraction is not None:
+            if not 0.0 < self.target_fraction <= 1.0:
+                raise ValueError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
+            if len(layers) != 1:
+                raise ValueError(f"target mode uses exactly one prune layer, got prune_layers={layers!r}")
+        if not 0.0 <= self.recycle_ratio <= 1.0:
+            raise ValueError(f"recycle_ratio must be in [0, 1], got {self.recycle_ratio!r}")
+        if not 0.0 < self.cluster_ratio <= 1.0:
+            raise ValueError(f"cluster_ratio must be in (0, 1], got {self.cluster_ratio!r}")
+        if self.positions not in ("original", "compact"):
+            raise ValueError(f"positions must be 'original' or 'compact', got {self.positions!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+
+    @property
+    def mode(self) -> str:
+        """One of ``dense``, ``budget``, ``rank``, ``target``."""
+        if not self.prune_layers:
+            return "dense"
+        if self.keep_tokens is not None:
+            return "budget"
+        if self.target_fraction is not None:
+            return "target"
+        return "rank"
+
+    @property
+    def is_dense(self) -> bool:
+        return self.mode == "dense"
+
+    def replace(self, **changes: Any) -> SparseConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """A stable JSON form, for provenance columns and cache keys."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def preset(cls, name: str) -> SparseConfig:
+        """A named configuration; see :data:`PRESETS`."""
+        try:
+            fields = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        return cls(name=name, **fields)
+
+    def schedule(self, num_layers: int, n_visual: int) -> dict[int, int | None]:
+        """The per-layer keep counts for one sample.
+
+        Args:
+            num_layers: decoder layers of the language model.
+            n_visual: visual tokens entering the language model for this sample.
+
+        Returns:
+            ``{layer: keep}`` where ``keep`` is the number of visual tokens kept at that layer, or None in
+            rank mode (decided from the attention at run time). Empty for dense.
+        """
+        if self.mode == "dense":
+            return {}
+        for layer in self.prune_layers:
+            if layer >= num_layers:
+                raise ValueError(
+                    f"prune layer {layer} does not exist: the language model has {num_layers} layers "
+                    f"(0..{num_layers - 1}); use layers below {num_layers}"
+                )
+        if self.mode == "budget":
+            assert self.keep_tokens is not None
+            return dict(zip(self.prune_layers, self.keep_tokens, strict=True))
+        if self.mode == "rank":
+            return dict.fromkeys(self.prune_layers)
+        assert self.target_fraction is not None
+        layer, keep = derive_target_schedule(
+            self.target_fraction,
+            num_layers,
+            n_visual,
+            self.prune_layers[0],
+            self.recycle_ratio,
+            self.cluster_ratio,
+        )
+        return {layer: keep}
+
+
+@functools.lru_cache(maxsize=256)
+def derive_target_schedule(
+    fraction: float,
+    num_layers: int,
+    n_visual: int,
+    preferred_layer: int,
+    recycle_ratio: float,
+    cluster_ratio: float,
+) -> tuple[int, int]:
+    """Solve one pruning step so that the equivalent tokens hit ``fraction * n_visual``.
+
+    Pruning at layer ``p`` down to ``x`` visual tokens (kept + recycled clusters) gives the equivalent count
+    ``(p * n_visual + (num_layers - p) * x) / num_layers`` (after-layer convention of the paper's code). The
+    layers before ``p`` cost ``p / num_layers`` of the visual tokens whatever ``x`` is, so a small target on a
+    shallow model needs an early layer. We take the preferred layer (the paper's video setting uses layer 1)
+    or, when the target is out of its reach within :data:`TARGET_TOLERANCE`, the latest earlier layer that
+    reaches it; then the keep count whose simulated equivalent count (recycling arithmetic included) is
+    closest to the target.
+
+    Returns:
+        ``(layer, keep)``.
+    """
+    target = fraction * n_visual
+    best: tuple[float, int, int] | None = None
+    for layer in range(min(preferred_layer, num_layers - 1), -1, -1):
+        err, keep = min(
+            (abs(_equivalent(layer, k, num_layers, n_visual, recycle_ratio, cluster_ratio) - target), k)
+            for k in range(1, n_visual + 1)
+        )
+        if best is None or err < best[0]:
+            best = (err, layer, keep)
+        if err <= TARGET_TOLERANCE * n_visual:
+            return layer, keep
+    assert best is not None
+    logger.warning(
+        "target %.3f of %d visual tokens is out of reach on %d layers; closest is %.1f tokens",
+        fraction,
+        n_visual,
+        num_layers,
+        target + best[0],
+    )
+    return best[1], best[2]
+
+
+def _equivalent(
+    layer: int, keep: int, num_layers: int, n_visual: int, recycle_ratio: float, cluster_ratio: float
+) -> float:
+    counts = simulate_visual_counts(n_visual, num_layers, {layer: keep}, recycle_ratio, cluster_ratio)
+    return sum(counts[1:]) / num_layers
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "dense": {},
+    # SparseVLM v1.5 budgets for LLaVA-1.5 (576 visual tokens, 32 layers): 192 / 128 / 64 equivalent tokens.
+    "llava-192": {"prune_layers": (2, 6, 15), "keep_tokens": (300, 200, 110)},
+    "llava-128": {"prune_layers": (2, 6, 15), "keep_tokens": (303, 110, 36)},
+    "llava-64": {"prune_layers": (2, 6, 15), "keep_tokens": (66, 30, 17)},
+    # The paper's video setting: one pruning layer, keep rank(P) tokens.
+    "video-rank": {"prune_layers": (1,), "rank_scale": 1.0, "rank_bias": 0.0},
+    # Equivalent-token targets, derived per model (see derive_target_schedule).
+    "video-50": {"prune_layers": (1,), "target_fraction": 0.50},
+    "video-25": {"prune_layers": (1,), "target_fraction": 0.25},
+    "video-10": {"prune_layers": (1,), "target_fraction": 0.10},
+    "video-5": {"prune_layers": (1,), "target_fraction": 0.05},
+}

@@ -1,0 +1,458 @@
+"""The sparsified decoder loop: the only module that touches transformers internals (5.23.0).
+
+``SparseLlamaModel`` replaces ``LlamaModel.forward`` of one instance. A prefill that carries visual tokens
+runs the decoder layers itself: at each pruning layer the layer runs in full (its KV cache keeps the full
+length), the rater rows' attention over all keys scores the visual tokens, the best are kept, the best of the
+deleted are recycled into merged tokens, and the layers after it see the shorter sequence with matching
+positions, RoPE, mask and cache. Later calls on the same cache (decoding) use per-layer-group masks and
+positions so ``generate`` continues exactly as without the cache. Everything else goes to the original
+forward unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import VideoLlavaForConditionalGeneration
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
+
+from sparsevlm.config import SparseConfig
+from sparsevlm.recycle import recycle_deleted
+from sparsevlm.scoring import rank_keep_count, rater_attention, select_keep, select_raters, visual_scores
+from sparsevlm.sequence import TEXT, Layout, build_attention_mask, pack_left, prune_row
+from sparsevlm.stats import SampleStats, equivalent_tokens, prefill_flops
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Group:
+    """Consecutive layers that cache the same token layout."""
+
+    first_layer: int
+    kv_valid: torch.Tensor  # [B, K] bool: which cached prefill entries are real tokens
+    shift: torch.Tensor  # [B]: original position minus this group's position of the same token
+
+
+@dataclass
+class _PrefillState:
+    """What decoding steps on a pruned cache need to know."""
+
+    cache: weakref.ReferenceType[DynamicCache]
+    prefill_len: int
+    batch: int
+    groups: list[_Group]
+
+
+class SparseRuntime:
+    """Per-instance state shared by the patched outer model and its language model."""
+
+    def __init__(self, config: SparseConfig) -> None:
+        self.config = config
+        self.visual_mask: torch.Tensor | None = None  # [B, L] of the current call, set by the input hook
+        self.prompt_len: int | None = None  # set while generate() runs: later tokens are never raters
+        self.prefill: _PrefillState | None = None
+        self.stats: list[SampleStats] = []
+        self.hook: Any = None
+
+    def capture_inputs(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook on ``VideoLlavaModel``: remember which input positions are visual tokens."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        config = module.config
+        token_ids = [config.video_token_id, config.image_token_id]
+        if input_ids is not None:
+            self.visual_mask = torch.isin(input_ids, torch.tensor(token_ids, device=input_ids.device))
+            return
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            self.visual_mask = None
+            return
+        table = module.get_input_embeddings().weight[token_ids]  # [2, D]
+        self.visual_mask = (embeds[:, :, None, :] == table[None, None]).all(-1).any(-1)
+
+    def take_visual_mask(self, shape: torch.Size) -> torch.Tensor | None:
+        mask, self.visual_mask = self.visual_mask, None
+        return mask if mask is not None and mask.shape == shape else None
+
+
+class _KeyCapture:
+    """Stands in for a cache at a pruning layer when ``use_cache=False``: keeps the post-RoPE keys."""
+
+    keys: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys = key_states
+        return key_states, value_states
+
+
+class SparseLlamaModel(LlamaModel):
+    """``LlamaModel`` whose prefill prunes and recycles visual tokens (SparseVLM)."""
+
+    _sparse_runtime: SparseRuntime
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        rt = self._sparse_runtime
+        shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # type: ignore[union-attr]
+        visual = rt.take_visual_mask(shape)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        sparse_call = past_len == 0 and visual is not None and bool(visual.any()) and shape[1] > 1
+        continuing = past_len > 0 and rt.prefill is not None and rt.prefill.cache() is past_key_values
+        if not (sparse_call and not rt.config.is_dense) and not continuing:
+            if past_len == 0:
+                rt.prefill = None
+                if sparse_call:
+                    assert visual is not None
+                    rt.stats = _dense_stats(self.config, visual, attention_mask)
+            return super().forward(
+                input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, **kwargs
+            )
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            logger.warning("SparseVLM prefill does not return attentions or hidden states; ignoring the request")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions", "output_hidden_states")}
+        return_dict = kwargs.pop("return_dict", True)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"SparseVLM needs a 2-D padding mask [B, L], got shape {tuple(attention_mask.shape)}")
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if use_cache and not isinstance(past_key_values, DynamicCache):
+            raise TypeError(
+                f"SparseVLM needs a DynamicCache (layers cache different lengths), got "
+                f"{type(past_key_values).__name__}; do not pass cache_implementation to generate()"
+            )
+        cache = past_key_values if use_cache else None
+        if continuing:
+            hidden = self._continue(inputs_embeds, attention_mask, position_ids, cache, kwargs)
+        else:
+            assert visual is not None
+            hidden = self._sparse_prefill(inputs_embeds, attention_mask, position_ids, visual, cache, kwargs)
+        out = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
+        return out if return_dict else out.to_tuple()
+
+    # -- prefill ----------------------------------------------------------------------------------------
+
+    def _sparse_prefill(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        visual: torch.Tensor,
+        cache: DynamicCache | None,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        rt, cfg = self._sparse_runtime, self._sparse_runtime.config
+        b, length, _ = embeds.shape
+        device = embeds.device
+        valid = torch.ones(b, length, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            valid = attention_mask.bool()
+        if position_ids is None:
+            position_ids = torch.arange(length, device=device)[None]
+        positions = position_ids.expand(b, length)
+        visual = visual & valid
+        visual_index = torch.full((b, length), TEXT, dtype=torch.long, device=device)
+        for row in range(b):
+            visual_index[row, visual[row]] = torch.arange(int(visual[row].sum()), device=device)
+        raters = _select_rater_tokens(embeds, valid, visual, rt.prompt_len)
+        layout = Layout(embeds, positions, valid, visual_index, raters)
+        last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
+        original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
+
+        num_layers = self.config.num_hidden_layers
+        n_visual = [int(n) for n in visual.sum(1)]
+        schedules = [cfg.schedule(num_layers, n) for n in n_visual]
+        prune_at = sorted(set().union(*schedules))
+        record = _Recorder(b, raters)
+        groups = [_Group(0, valid, torch.zeros(b, dtype=torch.long, device=device))]
+        mask, rope = self._mask_and_rope(layout)
+        for i, layer in enumerate(self.layers[:num_layers]):
+            record.enter(layout)
+            layer_cache: Any = cache if cache is not None else (_KeyCapture() if i in prune_at else None)
+            hidden_in = layout.hidden
+            hidden = layer(
+                hidden_in,
+                attention_mask=mask,
+                position_embeddings=rope,
+                position_ids=layout.position_ids,
+                past_key_values=layer_cache,
+                use_cache=cache is not None,
+                **kwargs,
+            )
+            layout = layout.with_hidden(hidden)
+            if i not in prune_at:
+                continue
+            keys = layer_cache.layers[i].keys if cache is not None else layer_cache.keys
+            new_layout = self._prune(i, layer, hidden_in, keys, layout, schedules, record)
+            if new_layout is not None:
+                layout = new_layout
+                shift = original_last_pos - layout.position_ids[:, -1]
+                groups.append(_Group(i + 1, layout.valid, shift))
+                mask, rope = self._mask_and_rope(layout)
+        rt.stats = record.finish(layout, n_visual, self.config)
+        rt.prefill = None
+        if cache is not None:
+            rt.prefill = _PrefillState(weakref.ref(cache), length, b, groups)
+        return layout.hidden
+
+    def _prune(
+        self,
+        layer_idx: int,
+        layer: torch.nn.Module,
+        hidden_in: torch.Tensor,
+        keys: torch.Tensor,
+        layout: Layout,
+        schedules: list[dict[int, int | None]],
+        record: _Recorder,
+    ) -> Layout | None:
+        """Score, select and recycle at one pruning layer; None when no row changes."""
+        cfg = self._sparse_runtime.config
+        b = layout.hidden.shape[0]
+        counts = layout.rater.sum(1)
+        n_raters = max(int(counts.max()), 1)
+        # Rater rows, right-padded to the longest: their positions in the (padded) sequence.
+        order = torch.sort(layout.rater.long(), dim=1, descending=True, stable=True).indices[:, :n_raters]
+        rater_valid = torch.arange(n_raters, device=order.device)[None] < counts[:, None]  # [B, R]
+        rater_hidden = hidden_in.gather(1, order[..., None].expand(-1, -1, hidden_in.shape[-1]))  # [B, R, D]
+        attn_module = layer.self_attn
+        q = attn_module.q_proj(layer.input_layernorm(rater_hidden))
+        q = q.view(b, n_raters, -1, attn_module.head_dim).transpose(1, 2)  # [B, H, R, hd]
+        cos, sin = self.rotary_emb(rater_hidden, layout.position_ids.gather(1, order))
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        key_at = torch.arange(keys.shape[2], device=keys.device)
+        allowed = layout.valid[:, None, :] & (key_at[None, None, :] <= order[:, :, None])  # [B, R, K]
+        allowed |= key_at[None, None, :] == order[:, :, None]  # padded rater rows are never fully masked
+        attention = rater_attention(q, keys, allowed, attn_module.scaling)  # [B, R, K]
+        scores = visual_scores(attention, rater_valid)  # [B, K]
+
+        rows, changed = [], False
+        for row in range(b):
+            vis_pos = layout.visual[row].nonzero().squeeze(1)  # [n]
+            row_scores = scores[row, vis_pos]
+            if layer_idx not in schedules[row]:
+                rows.append(prune_row(layout, row, vis_pos[:0]))
+                continue
+            keep = schedules[row][layer_idx]
+            if keep is None:
+                assert cfg.rank_scale is not None
+                rater_visual = attention[row, rater_valid[row]][:, vis_pos]
+                keep = rank_keep_count(rater_visual, cfg.rank_scale, cfg.rank_bias)
+            kept = select_keep(row_scores, keep)
+            deleted = torch.ones_like(row_scores, dtype=torch.bool)
+            deleted[kept] = False
+            deleted_local = deleted.nonzero().squeeze(1)
+            record.pruned(row, layer_idx, layout, vis_pos, row_scores, kept)
+            if deleted_local.numel() == 0:
+                rows.append(prune_row(layout, row, vis_pos[:0]))
+                continue
+            changed = True
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_idx)
+            recycled = recycle_deleted(
+                layout.hidden[row, vis_pos[deleted_local]],
+                row_scores[deleted_local],
+                cfg.recycle_ratio,
+                cfg.cluster_ratio,
+                generator,
+            )
+            merged, merged_pos = None, None
+            if recycled is not None:
+                merged = recycled.tokens
+                merged_pos = layout.position_ids[row, vis_pos[deleted_local[recycled.centres]]]
+                record.recycled(row, layer_idx, layout, vis_pos[deleted_local[recycled.members]], len(merged))
+            compact = cfg.positions == "compact"
+            rows.append(prune_row(layout, row, vis_pos[deleted_local], merged, merged_pos, compact))
+        return pack_left(rows) if changed else None
+
+    # -- decoding on a pruned cache ---------------------------------------------------------------------
+
+    def _continue(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: DynamicCache | None,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        state = self._sparse_runtime.prefill
+        assert state is not None and cache is not None
+        b, q_len, _ = embeds.shape
+        if b != state.batch:
+            raise RuntimeError(
+                f"batch size changed from {state.batch} to {b} on a pruned cache; SparseVLM supports greedy "
+                "and sampling decoding, not beam search or cache reordering"
+            )
+        past_len = cache.get_seq_length()
+        total = past_len + q_len
+        if attention_mask is None:
+            new_cols = torch.ones(b, total - state.prefill_len, dtype=torch.bool, device=embeds.device)
+        elif attention_mask.shape[1] != total:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {total}")
+        else:
+            new_cols = attention_mask[:, state.prefill_len :].bool()
+        if position_ids is None:
+            position_ids = (torch.arange(q_len, device=embeds.device) + past_len)[None]
+        positions = position_ids.expand(b, q_len)
+        hidden = embeds
+        bounds = [g.first_layer for g in state.groups] + [self.config.num_hidden_layers]
+        impl = self.config._attn_implementation
+        for group, end in zip(state.groups, bounds[1:], strict=True):
+            mask = build_attention_mask(torch.cat([group.kv_valid, new_cols], 1), q_len, impl, hidden.dtype)
+            group_pos = positions - group.shift[:, None]
+            rope = self.rotary_emb(hidden, group_pos)
+            for layer in self.layers[group.first_layer : end]:
+                hidden = layer(
+                    hidden,
+                    attention_mask=mask,
+                    position_embeddings=rope,
+                    position_ids=group_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **kwargs,
+                )
+        return hidden
+
+    def _mask_and_rope(self, layout: Layout) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        impl = self.config._attn_implementation
+        length = layout.hidden.shape[1]
+        mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype)
+        return mask, self.rotary_emb(layout.hidden, layout.position_ids)
+
+
+class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneration):
+    """Video-LLaVA whose language model is a :class:`SparseLlamaModel`; remembers the prompt length."""
+
+    _sparse_runtime: SparseRuntime
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        prompt = ids if ids is not None else embeds
+        self._sparse_runtime.prompt_len = prompt.shape[1] if prompt is not None else None
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self._sparse_runtime.prompt_len = None
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        """Saves as the original class (the checkpoint must not name the patched one)."""
+        self.__class__ = VideoLlavaForConditionalGeneration  # type: ignore[assignment]
+        try:
+            return self.save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = SparseVideoLlavaForConditionalGeneration
+
+
+def _select_rater_tokens(
+    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None
+) -> torch.Tensor:
+    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token."""
+    b, length, _ = embeds.shape
+    at = torch.arange(length, device=embeds.device)
+    raters = torch.zeros(b, length, dtype=torch.bool, device=embeds.device)
+    for row in range(b):
+        vis = visual[row].nonzero().squeeze(1)
+        candidates = valid[row] & ~visual[row] & (at > vis.max())
+        if prompt_len is not None:
+            candidates &= at < prompt_len
+        cand = candidates.nonzero().squeeze(1)
+        chosen = select_raters(embeds[row, vis], embeds[row, cand])
+        raters[row, cand[chosen]] = True
+    return raters
+
+
+class _Recorder:
+    """Collects the per-row statistics of one prefill."""
+
+    def __init__(self, batch: int, raters: torch.Tensor) -> None:
+        self.batch = batch
+        self.raters = [raters[row].nonzero().squeeze(1).cpu() for row in range(batch)]
+        self.seq_lens: list[list[int]] = [[] for _ in range(batch)]
+        self.visual: list[list[int]] = [[] for _ in range(batch)]
+        self.kept: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.scores: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.recycled_idx: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
+
+    def enter(self, layout: Layout) -> None:
+        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
+            self.seq_lens[row].append(int(n))
+            self.visual[row].append(int(v))
+
+    def pruned(
+        self, row: int, layer: int, layout: Layout, vis_pos: torch.Tensor, scores: torch.Tensor, kept: torch.Tensor
+    ) -> None:
+        original = layout.visual_index[row, vis_pos[kept]]
+        self.kept[row][layer] = original[original >= 0].sort().values.cpu()
+        self.scores[row][layer] = scores.detach().float().cpu()
+
+    def recycled(self, row: int, layer: int, layout: Layout, positions: torch.Tensor, clusters: int) -> None:
+        original = layout.visual_index[row, positions]
+        self.recycled_idx[row][layer] = original[original >= 0].sort().values.cpu()
+        self.clusters[row][layer] = clusters
+
+    def finish(self, layout: Layout, n_visual: list[int], config: Any) -> list[SampleStats]:
+        final_visual = layout.visual.sum(1).tolist()
+        stats = []
+        for row in range(self.batch):
+            after = [*self.visual[row][1:], int(final_visual[row])]
+            dense_len = self.seq_lens[row][0]
+            stats.append(
+                SampleStats(
+                    visual_tokens_in=n_visual[row],
+                    visual_tokens_per_layer=self.visual[row],
+                    equivalent_tokens=equivalent_tokens(after),
+                    kept_indices=self.kept[row],
+                    scores=self.scores[row],
+                    raters=self.raters[row],
+                    prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
+                    dense_prefill_flops=prefill_flops(
+                        [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
+                    ),
+                    seq_len_per_layer=self.seq_lens[row],
+                    recycled_indices=self.recycled_idx[row],
+                    clusters=self.clusters[row],
+                )
+            )
+        return stats
+
+
+def _dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:
+    """Statistics of an unpruned prefill (the dense preset)."""
+    valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(visual)
+    stats = []
+    for row in range(visual.shape[0]):
+        n_vis = int((visual[row] & valid[row]).sum())
+        lens = [int(valid[row].sum())] * config.num_hidden_layers
+        flops = prefill_flops(lens, config.hidden_size, config.intermediate_size)
+        stats.append(
+            SampleStats(
+                visual_tokens_in=n_vis,
+                visual_tokens_per_layer=[n_vis] * config.num_hidden_layers,
+                equivalent_tokens=float(n_vis),
+                kept_indices={},
+                scores={},
+                raters=torch.zeros(0, dtype=torch.long),
+                prefill_flops=flops,
+                dense_prefill_flops=flops,
+                seq_len_per_layer=lens,
+            )
+        )
+    return stats

@@ -1,0 +1,106 @@
+"""Attach SparseVLM to one Video-LLaVA instance, and detach it.
+
+``apply_patch`` swaps the class of *that instance* (and of its language model) for a subclass that overrides
+the decoder loop, and adds one forward pre-hook that records which input positions are visual tokens. No
+class attribute of transformers is touched, so other models in the process are unaffected, and
+``remove_patch`` restores the exact original behaviour.
+"""
+
+from __future__ import annotations
+
+import transformers
+from transformers import VideoLlavaForConditionalGeneration
+from transformers.models.llama.modeling_llama import LlamaModel
+
+from sparsevlm.config import SparseConfig
+from sparsevlm.modeling import SparseLlamaModel, SparseRuntime, SparseVideoLlavaForConditionalGeneration
+from sparsevlm.stats import SampleStats
+
+# The decoder loop in sparsevlm/modeling.py overrides internals of exactly this release.
+EXPECTED_TRANSFORMERS = "5.23.0"
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+def apply_patch(
+    model: VideoLlavaForConditionalGeneration, config: SparseConfig | str
+) -> VideoLlavaForConditionalGeneration:
+    """Make ``model`` prune and recycle visual tokens during prefill.
+
+    Applying again to a patched model replaces its config.
+
+    Args:
+        model: a ``VideoLlavaForConditionalGeneration`` whose language model is a ``LlamaModel``.
+        config: a :class:`SparseConfig` or a preset name.
+
+    Returns:
+        The same model object, patched in place.
+
+    Raises:
+        RuntimeError: the installed transformers is not the version this patch was written for.
+        TypeError: the model is not a Video-LLaVA with a LLaMA language model.
+        ValueError: the language model's attention implementation is not supported.
+    """
+    if transformers.__version__ != EXPECTED_TRANSFORMERS:
+        raise RuntimeError(
+            f"sparsevlm patches transformers=={EXPECTED_TRANSFORMERS} internals but found "
+            f"transformers=={transformers.__version__}; install transformers=={EXPECTED_TRANSFORMERS}"
+        )
+    if not isinstance(model, VideoLlavaForConditionalGeneration):
+        raise TypeError(f"expected a VideoLlavaForConditionalGeneration, got {type(model).__name__}")
+    cfg = SparseConfig.preset(config) if isinstance(config, str) else config
+    language_model = model.model.language_model
+    if type(language_model) not in (LlamaModel, SparseLlamaModel):
+        raise TypeError(f"expected the language model to be a LlamaModel, got {type(language_model).__name__}")
+    impl = language_model.config._attn_implementation
+    if impl not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"SparseVLM supports the {SUPPORTED_ATTENTION} attention implementations, the language model uses "
+            f"{impl!r}; call model.set_attn_implementation('sdpa') first"
+        )
+    if is_patched(model):
+        model._sparse_runtime.config = cfg
+        return model
+    runtime = SparseRuntime(cfg)
+    runtime.hook = model.model.register_forward_pre_hook(runtime.capture_inputs, with_kwargs=True)
+    language_model.__class__ = SparseLlamaModel
+    language_model._sparse_runtime = runtime
+    model.__class__ = SparseVideoLlavaForConditionalGeneration
+    model._sparse_runtime = runtime
+    return model
+
+
+def remove_patch(model: VideoLlavaForConditionalGeneration) -> VideoLlavaForConditionalGeneration:
+    """Undo :func:`apply_patch`; a model that is not patched is returned unchanged."""
+    if not is_patched(model):
+        return model
+    runtime = model._sparse_runtime
+    runtime.hook.remove()
+    language_model = model.model.language_model
+    language_model.__class__ = LlamaModel
+    del language_model._sparse_runtime
+    model.__class__ = VideoLlavaForConditionalGeneration
+    del model._sparse_runtime
+    return model
+
+
+def is_patched(model: VideoLlavaForConditionalGeneration) -> bool:
+    """Whether :func:`apply_patch` is in effect on this instance."""
+    return isinstance(model, SparseVideoLlavaForConditionalGeneration)
+
+
+def last_stats(model: VideoLlavaForConditionalGeneration) -> list[SampleStats]:
+    """Per-row statistics of the model's last prefill with visual tokens (one entry per batch row).
+
+    Raises:
+        ValueError: the model is not patched.
+    """
+    if not is_patched(model):
+        raise ValueError("last_stats needs a patched model; call sparsevlm.apply_patch(model, config) first")
+    return list(model._sparse_runtime.stats)
+
+
+def current_config(model: VideoLlavaForConditionalGeneration) -> SparseConfig:
+    """The SparseConfig of a patched model."""
+    if not is_patched(model):
+        raise ValueError("model is not patched; call sparsevlm.apply_patch(model, config) first")
+    return model._sparse_runtime.config
