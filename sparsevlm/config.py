@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class SparseConfig:
         object.__setattr__(self, "prune_layers", layers)
         if any(not isinstance(x, int) or x < 0 for x in layers):
             raise ValueError(f"prune_layers must be non-negative ints, got {layers!r}")
-        if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(layers)):
             raise ValueError(f"prune_layers must be strictly increasing, got {layers!r}")
         if self.keep_tokens is not None:
             keep = tuple(self.keep_tokens)

@@ -61,7 +61,7 @@ class SparseRuntime:
         self.stats: list[SampleStats] = []
         self.hook: Any = None
 
-    def capture_inputs(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def capture_inputs(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook on ``VideoLlavaModel``: remember which input positions are visual tokens."""
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         config = module.config
@@ -98,7 +98,7 @@ class SparseLlamaModel(LlamaModel):
 
     _sparse_runtime: SparseRuntime
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -122,16 +122,26 @@ class SparseLlamaModel(LlamaModel):
                     assert visual is not None
                     rt.stats = _dense_stats(self.config, visual, attention_mask)
             return super().forward(
-                input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, **kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
             )
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
-            logger.warning("SparseVLM prefill does not return attentions or hidden states; ignoring the request")
+            logger.warning(
+                "SparseVLM prefill does not return attentions or hidden states; ignoring the request"
+            )
         kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions", "output_hidden_states")}
         return_dict = kwargs.pop("return_dict", True)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"SparseVLM needs a 2-D padding mask [B, L], got shape {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"SparseVLM needs a 2-D padding mask [B, L], got shape {tuple(attention_mask.shape)}"
+            )
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if use_cache and not isinstance(past_key_values, DynamicCache):
@@ -216,7 +226,7 @@ class SparseLlamaModel(LlamaModel):
     def _prune(
         self,
         layer_idx: int,
-        layer: torch.nn.Module,
+        layer: Any,
         hidden_in: torch.Tensor,
         keys: torch.Tensor,
         layout: Layout,
@@ -347,7 +357,7 @@ class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneratio
         prompt = ids if ids is not None else embeds
         self._sparse_runtime.prompt_len = prompt.shape[1] if prompt is not None else None
         try:
-            return super().generate(*args, **kwargs)
+            return super().generate(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._sparse_runtime.prompt_len = None
 
@@ -392,12 +402,20 @@ class _Recorder:
         self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
 
     def enter(self, layout: Layout) -> None:
-        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
+        for row, (n, v) in enumerate(
+            zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)
+        ):
             self.seq_lens[row].append(int(n))
             self.visual[row].append(int(v))
 
     def pruned(
-        self, row: int, layer: int, layout: Layout, vis_pos: torch.Tensor, scores: torch.Tensor, kept: torch.Tensor
+        self,
+        row: int,
+        layer: int,
+        layout: Layout,
+        vis_pos: torch.Tensor,
+        scores: torch.Tensor,
+        kept: torch.Tensor,
     ) -> None:
         original = layout.visual_index[row, vis_pos[kept]]
         self.kept[row][layer] = original[original >= 0].sort().values.cpu()
@@ -422,7 +440,9 @@ class _Recorder:
                     kept_indices=self.kept[row],
                     scores=self.scores[row],
                     raters=self.raters[row],
-                    prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
+                    prefill_flops=prefill_flops(
+                        self.seq_lens[row], config.hidden_size, config.intermediate_size
+                    ),
                     dense_prefill_flops=prefill_flops(
                         [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
                     ),

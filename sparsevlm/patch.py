@@ -8,6 +8,8 @@ class attribute of transformers is touched, so other models in the process are u
 
 from __future__ import annotations
 
+from typing import Any
+
 import transformers
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import LlamaModel
@@ -48,24 +50,26 @@ def apply_patch(
     if not isinstance(model, VideoLlavaForConditionalGeneration):
         raise TypeError(f"expected a VideoLlavaForConditionalGeneration, got {type(model).__name__}")
     cfg = SparseConfig.preset(config) if isinstance(config, str) else config
-    language_model = model.model.language_model
+    language_model: Any = model.model.language_model
     if type(language_model) not in (LlamaModel, SparseLlamaModel):
-        raise TypeError(f"expected the language model to be a LlamaModel, got {type(language_model).__name__}")
+        raise TypeError(
+            f"expected the language model to be a LlamaModel, got {type(language_model).__name__}"
+        )
     impl = language_model.config._attn_implementation
     if impl not in SUPPORTED_ATTENTION:
         raise ValueError(
-            f"SparseVLM supports the {SUPPORTED_ATTENTION} attention implementations, the language model uses "
-            f"{impl!r}; call model.set_attn_implementation('sdpa') first"
+            f"SparseVLM supports the {SUPPORTED_ATTENTION} attention implementations, the language model "
+            f"uses {impl!r}; call model.set_attn_implementation('sdpa') first"
         )
     if is_patched(model):
-        model._sparse_runtime.config = cfg
+        _runtime(model).config = cfg
         return model
     runtime = SparseRuntime(cfg)
     runtime.hook = model.model.register_forward_pre_hook(runtime.capture_inputs, with_kwargs=True)
     language_model.__class__ = SparseLlamaModel
     language_model._sparse_runtime = runtime
     model.__class__ = SparseVideoLlavaForConditionalGeneration
-    model._sparse_runtime = runtime
+    model._sparse_runtime = runtime  # type: ignore[assignment]
     return model
 
 
@@ -73,9 +77,9 @@ def remove_patch(model: VideoLlavaForConditionalGeneration) -> VideoLlavaForCond
     """Undo :func:`apply_patch`; a model that is not patched is returned unchanged."""
     if not is_patched(model):
         return model
-    runtime = model._sparse_runtime
+    runtime = _runtime(model)
     runtime.hook.remove()
-    language_model = model.model.language_model
+    language_model: Any = model.model.language_model
     language_model.__class__ = LlamaModel
     del language_model._sparse_runtime
     model.__class__ = VideoLlavaForConditionalGeneration
@@ -96,11 +100,16 @@ def last_stats(model: VideoLlavaForConditionalGeneration) -> list[SampleStats]:
     """
     if not is_patched(model):
         raise ValueError("last_stats needs a patched model; call sparsevlm.apply_patch(model, config) first")
-    return list(model._sparse_runtime.stats)
+    return list(_runtime(model).stats)
 
 
 def current_config(model: VideoLlavaForConditionalGeneration) -> SparseConfig:
     """The SparseConfig of a patched model."""
     if not is_patched(model):
         raise ValueError("model is not patched; call sparsevlm.apply_patch(model, config) first")
-    return model._sparse_runtime.config
+    return _runtime(model).config
+
+
+def _runtime(model: VideoLlavaForConditionalGeneration) -> SparseRuntime:
+    runtime: SparseRuntime = model._sparse_runtime  # type: ignore[assignment]
+    return runtime

@@ -1,0 +1,88 @@
+"""SparseConfig validation, presets and the token arithmetic of the schedules."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsevlm import PRESETS, SparseConfig
+from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"prune_layers": (2, 1), "keep_tokens": (5, 4)}, "strictly increasing"),
+        ({"prune_layers": (-1,), "keep_tokens": (5,)}, "non-negative"),
+        ({"prune_layers": (1, 2), "keep_tokens": (5,)}, "one entry per prune layer"),
+        ({"prune_layers": (1,), "keep_tokens": (0,)}, "keep_tokens must be ints >= 1"),
+        ({"prune_layers": (1,)}, "set exactly one of"),
+        ({"prune_layers": (1,), "keep_tokens": (5,), "rank_scale": 1.0}, "set exactly one of"),
+        ({"keep_tokens": (5,)}, r"one entry per prune layer \(0\)"),
+        ({"rank_scale": 1.0}, "prune_layers is empty"),
+        ({"prune_layers": (1,), "rank_scale": 0.0}, "rank_scale must be > 0"),
+        ({"prune_layers": (1,), "target_fraction": 1.5}, r"target_fraction must be in \(0, 1\]"),
+        ({"prune_layers": (1, 2), "target_fraction": 0.1}, "exactly one prune layer"),
+        ({"recycle_ratio": -0.1}, r"recycle_ratio must be in \[0, 1\]"),
+        ({"cluster_ratio": 0.0}, r"cluster_ratio must be in \(0, 1\]"),
+        ({"positions": "absolute"}, "positions must be 'original' or 'compact'"),
+        ({"seed": -3}, "seed must be an int >= 0"),
+    ],
+)
+def test_bad_values_name_the_field(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SparseConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_presets_exist_and_are_frozen() -> None:
+    for name in (
+        "dense",
+        "llava-192",
+        "llava-128",
+        "llava-64",
+        "video-rank",
+        "video-50",
+        "video-25",
+        "video-10",
+    ):
+        assert name in PRESETS
+        assert SparseConfig.preset(name).name == name
+    cfg = SparseConfig.preset("video-rank")
+    assert cfg.mode == "rank" and cfg.prune_layers == (1,) and cfg.rank_scale == 1.0
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]
+    assert SparseConfig.preset("dense").is_dense
+    assert cfg.replace(seed=4).seed == 4
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"), [("llava-192", 192.03), ("llava-128", 128.62), ("llava-64", 64.81)]
+)
+def test_llava_budgets_reproduce_published_equivalent_tokens(preset: str, expected: float) -> None:
+    cfg = SparseConfig.preset(preset)
+    counts = simulate_visual_counts(576, 32, cfg.schedule(32, 576), cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]
+    assert round(equivalent_tokens(counts[1:]), 2) == expected
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25, 0.10, 0.05])
+@pytest.mark.parametrize(("layers", "n_visual"), [(32, 2056), (4, 136), (4, 520), (2, 520)])
+def test_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual: int) -> None:
+    cfg = SparseConfig.preset(f"video-{round(fraction * 100)}")
+    schedule = cfg.schedule(layers, n_visual)
+    counts = simulate_visual_counts(n_visual, layers, schedule, cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]
+    assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.02
+
+
+def test_video_target_prefers_layer_one_on_deep_models() -> None:
+    assert list(SparseConfig.preset("video-10").schedule(32, 2056)) == [1]
+    assert list(SparseConfig.preset("video-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+
+
+def test_schedule_rejects_missing_layers() -> None:
+    with pytest.raises(ValueError, match="prune layer 6 does not exist"):
+        SparseConfig.preset("llava-64").schedule(4, 576)
+
+
+def test_prefill_flops_formula() -> None:
+    assert prefill_flops([10, 5], hidden=4, ffn=8) == (4 * 10 * 16 + 2 * 100 * 4 + 3 * 10 * 4 * 8) + (
+        4 * 5 * 16 + 2 * 25 * 4 + 3 * 5 * 4 * 8
+    )
