@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 Positions = Literal["original", "compact"]
 
-# Tolerance of the target presets, as a fraction of the visual tokens (the preset contract).
-TARGET_TOLERANCE = 0.02
+# Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
+# is only taken when it gets this close, otherwise an earlier layer that gets closer is preferred).
+TARGET_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""What each preset costs on a given model layout, from the token arithmetic and the FLOPs formula.
+
+No model runs here: budget and target schedules are deterministic given the layout, so their equivalent
+tokens and prefill FLOPs follow from :mod:`sparsevlm.stats`. Rank mode depends on the attention at run time;
+its row assumes a rank (the paper's video setting has rank(P) close to the number of raters, about 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sparsevlm.config import PRESETS, SparseConfig
+from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A Video-LLaVA language-model layout (defaults: Video-LLaVA-7B, 8 frames x 257 tokens)."""
+
+    num_layers: int = 32
+    hidden: int = 4096
+    ffn: int = 11008
+    n_visual: int = 2056
+    n_text: int = 40
+
+
+@dataclass(frozen=True)
+class PresetCost:
+    preset: str
+    prune_layers: list[int]
+    keep: list[int | None]
+    visual_after: int
+    equivalent_tokens: float
+    fraction: float
+    flops_ratio: float
+    note: str
+
+
+def preset_cost(name: str, layout: Layout, assumed_rank: int = 10) -> PresetCost:
+    """Equivalent tokens and prefill FLOPs ratio of one preset on ``layout``."""
+    cfg = SparseConfig.preset(name)
+    schedule = cfg.schedule(layout.num_layers, layout.n_visual)
+    note = ""
+    if cfg.mode == "rank":
+        assert cfg.rank_scale is not None
+        keep_at = {layer: int(cfg.rank_scale * assumed_rank + cfg.rank_bias) for layer in schedule}
+        note = f"assumes rank(P) = {assumed_rank}"
+    else:
+        keep_at = {layer: k for layer, k in schedule.items() if k is not None}
+    counts = simulate_visual_counts(
+        layout.n_visual, layout.num_layers, keep_at, cfg.recycle_ratio, cfg.cluster_ratio
+    )
+    seq = [c + layout.n_text for c in counts[:-1]]  # tokens entering each layer
+    dense = [layout.n_visual + layout.n_text] * layout.num_layers
+    equiv = equivalent_tokens(counts[1:])
+    return PresetCost(
+        preset=name,
+        prune_layers=sorted(keep_at),
+        keep=[keep_at[layer] for layer in sorted(keep_at)],
+        visual_after=counts[-1],
+        equivalent_tokens=round(equiv, 2),
+        fraction=round(equiv / layout.n_visual, 4),
+        flops_ratio=round(
+            prefill_flops(seq, layout.hidden, layout.ffn) / prefill_flops(dense, layout.hidden, layout.ffn), 4
+        ),
+        note=note,
+    )
+
+
+def preset_table(layout: Layout | None = None) -> list[dict[str, object]]:
+    """One row per preset (see :data:`sparsevlm.config.PRESETS`) that fits the layout."""
+    layout = layout or Layout()
+    rows = []
+    for name in PRESETS:
+        try:
+            rows.append(asdict(preset_cost(name, layout)))
+        except ValueError:  # a preset whose prune layers the layout does not have
+            continue
+    return rows
