@@ -1,8 +1,8 @@
 """Benchmarks: `python -m jobs.benchmark <command> ...`.
 
-    presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
-        equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
-        Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
+presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
+    equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
+    Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
 """
 
 from __future__ import annotations

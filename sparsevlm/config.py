@@ -76,9 +76,7 @@ class SparseConfig:
             keep = tuple(self.keep_tokens)
             object.__setattr__(self, "keep_tokens", keep)
             if len(keep) != len(layers):
-                raise ValueError(
-                    f"keep_tokens must have one entry per prune layer ({len(layers)}), got {keep!r}"
-                )
+                raise ValueError(f"keep_tokens must have one entry per prune layer ({len(layers)}), got {keep!r}")
             if any(not isinstance(k, int) or k < 1 for k in keep):
                 raise ValueError(f"keep_tokens must be ints >= 1, got {keep!r}")
         modes = [

@@ -131,17 +131,13 @@ class SparseLlamaModel(LlamaModel):
                 **kwargs,
             )
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
-            logger.warning(
-                "SparseVLM prefill does not return attentions or hidden states; ignoring the request"
-            )
+            logger.warning("SparseVLM prefill does not return attentions or hidden states; ignoring the request")
         kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions", "output_hidden_states")}
         return_dict = kwargs.pop("return_dict", True)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                f"SparseVLM needs a 2-D padding mask [B, L], got shape {tuple(attention_mask.shape)}"
-            )
+            raise ValueError(f"SparseVLM needs a 2-D padding mask [B, L], got shape {tuple(attention_mask.shape)}")
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if use_cache and not isinstance(past_key_values, DynamicCache):
@@ -402,9 +398,7 @@ class _Recorder:
         self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
 
     def enter(self, layout: Layout) -> None:
-        for row, (n, v) in enumerate(
-            zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)
-        ):
+        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
             self.seq_lens[row].append(int(n))
             self.visual[row].append(int(v))
 
@@ -440,9 +434,7 @@ class _Recorder:
                     kept_indices=self.kept[row],
                     scores=self.scores[row],
                     raters=self.raters[row],
-                    prefill_flops=prefill_flops(
-                        self.seq_lens[row], config.hidden_size, config.intermediate_size
-                    ),
+                    prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
                     dense_prefill_flops=prefill_flops(
                         [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
                     ),

@@ -8,9 +8,9 @@ class attribute of transformers is touched, so other models in the process are u
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
-import transformers
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import LlamaModel
 
@@ -42,19 +42,18 @@ def apply_patch(
         TypeError: the model is not a Video-LLaVA with a LLaMA language model.
         ValueError: the language model's attention implementation is not supported.
     """
-    if transformers.__version__ != EXPECTED_TRANSFORMERS:
+    found = installed_transformers_version()
+    if found != EXPECTED_TRANSFORMERS:
         raise RuntimeError(
             f"sparsevlm patches transformers=={EXPECTED_TRANSFORMERS} internals but found "
-            f"transformers=={transformers.__version__}; install transformers=={EXPECTED_TRANSFORMERS}"
+            f"transformers=={found}; install transformers=={EXPECTED_TRANSFORMERS}"
         )
     if not isinstance(model, VideoLlavaForConditionalGeneration):
         raise TypeError(f"expected a VideoLlavaForConditionalGeneration, got {type(model).__name__}")
     cfg = SparseConfig.preset(config) if isinstance(config, str) else config
     language_model: Any = model.model.language_model
     if type(language_model) not in (LlamaModel, SparseLlamaModel):
-        raise TypeError(
-            f"expected the language model to be a LlamaModel, got {type(language_model).__name__}"
-        )
+        raise TypeError(f"expected the language model to be a LlamaModel, got {type(language_model).__name__}")
     impl = language_model.config._attn_implementation
     if impl not in SUPPORTED_ATTENTION:
         raise ValueError(
@@ -71,6 +70,11 @@ def apply_patch(
     model.__class__ = SparseVideoLlavaForConditionalGeneration
     model._sparse_runtime = runtime  # type: ignore[assignment]
     return model
+
+
+def installed_transformers_version() -> str:
+    """The installed transformers distribution's version."""
+    return version("transformers")
 
 
 def remove_patch(model: VideoLlavaForConditionalGeneration) -> VideoLlavaForConditionalGeneration:

@@ -88,9 +88,7 @@ def prune_row(
         n_merged = merged.shape[0]
         hidden = torch.cat([hidden[:at], merged.to(hidden.dtype), hidden[at:]])
         positions = torch.cat([positions[:at], merged_positions.to(positions), positions[at:]])
-        visual_index = torch.cat(
-            [visual_index[:at], visual_index.new_full((n_merged,), MERGED), visual_index[at:]]
-        )
+        visual_index = torch.cat([visual_index[:at], visual_index.new_full((n_merged,), MERGED), visual_index[at:]])
         rater = torch.cat([rater[:at], rater.new_zeros(n_merged), rater[at:]])
     if compact:
         positions = positions[0] + torch.arange(positions.shape[0], device=positions.device)

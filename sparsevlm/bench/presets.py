@@ -47,9 +47,7 @@ def preset_cost(name: str, layout: Layout, assumed_rank: int = 10) -> PresetCost
         note = f"assumes rank(P) = {assumed_rank}"
     else:
         keep_at = {layer: k for layer, k in schedule.items() if k is not None}
-    counts = simulate_visual_counts(
-        layout.n_visual, layout.num_layers, keep_at, cfg.recycle_ratio, cfg.cluster_ratio
-    )
+    counts = simulate_visual_counts(layout.n_visual, layout.num_layers, keep_at, cfg.recycle_ratio, cfg.cluster_ratio)
     seq = [c + layout.n_text for c in counts[:-1]]  # tokens entering each layer
     dense = [layout.n_visual + layout.n_text] * layout.num_layers
     equiv = equivalent_tokens(counts[1:])

@@ -54,9 +54,7 @@ def test_presets_exist_and_are_frozen() -> None:
     assert cfg.replace(seed=4).seed == 4
 
 
-@pytest.mark.parametrize(
-    ("preset", "expected"), [("llava-192", 192.03), ("llava-128", 128.62), ("llava-64", 64.81)]
-)
+@pytest.mark.parametrize(("preset", "expected"), [("llava-192", 192.03), ("llava-128", 128.62), ("llava-64", 64.81)])
 def test_llava_budgets_reproduce_published_equivalent_tokens(preset: str, expected: float) -> None:
     cfg = SparseConfig.preset(preset)
     counts = simulate_visual_counts(576, 32, cfg.schedule(32, 576), cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGE_TOKEN, VIDEO_TOKEN, build_inputs, build_model, row_inputs
+from tiny_models import IMAGE_TOKEN, VIDEO_TOKEN, build_inputs, build_model, row_inputs
 
 from sparsevlm import SparseConfig, apply_patch, last_stats, remove_patch
 from sparsevlm.stats import equivalent_tokens

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import build_inputs, build_model
+from tiny_models import build_inputs, build_model
 
+import sparsevlm.patch
 from sparsevlm import SparseConfig, apply_patch, is_patched, last_stats, remove_patch
 
 
@@ -47,7 +48,7 @@ def test_patch_is_per_instance() -> None:
 
 
 def test_refuses_other_transformers_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transformers, "__version__", "9.9.9")
+    monkeypatch.setattr(sparsevlm.patch, "installed_transformers_version", lambda: "9.9.9")
     with pytest.raises(RuntimeError, match=r"transformers==5\.23\.0.*found transformers==9\.9\.9"):
         apply_patch(build_model(), "video-25")
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
@@ -98,8 +95,3 @@ def row_inputs(inputs: dict[str, torch.Tensor], row: int) -> dict[str, torch.Ten
         "attention_mask": inputs["attention_mask"][row : row + 1, keep],
         "pixel_values_videos": inputs["pixel_values_videos"][row : row + 1],
     }
-
-
-@pytest.fixture
-def make_model() -> Callable[..., VideoLlavaForConditionalGeneration]:
-    return build_model

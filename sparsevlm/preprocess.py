@@ -1,0 +1,125 @@
+"""CLIP-exact frame preprocessing for Video-LLaVA, without transformers' processor classes.
+
+`VideoLlavaVideoProcessor` needs torchvision, which the CPU install does not have, so the engine prepares
+`pixel_values_videos` itself. The recipe is the one of `VideoLlavaImageProcessor` (CLIP's):
+
+1. resize the short edge to `size` with PIL bicubic; the long edge becomes `int(size * long / short)`
+   (transformers' `get_resize_output_image_size(..., default_to_square=False)`, floor rounding);
+2. centre crop `size` x `size` (top/left offsets `(edge - size) // 2`);
+3. rescale by 1/255 (computed in float64, stored as float32) and normalise with CLIP's mean and std in
+   float32.
+
+The work is split in two so that the decode stage can ship model-resolution uint8 frames
+(`resize_and_crop_uint8`, 1 byte per value) and the model worker only normalises (`normalize_uint8`).
+Because PIL resizes uint8 images to uint8 in both transformers and here, the split is lossless:
+`normalize_uint8(resize_and_crop_uint8(x))` is bit-identical to `preprocess_frames(x)`, and both match
+transformers' `VideoLlavaImageProcessor` exactly (max abs difference 0.0 in the tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "normalize_uint8",
+    "preprocess_frames",
+    "resize_and_crop_uint8",
+    "resized_shape",
+]
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """Return the (height, width) after resizing the short edge to `size`.
+
+    Mirrors `transformers.image_transforms.get_resize_output_image_size(image, size,
+    default_to_square=False)`: the long edge is `int(size * long / short)` (floor), so the result never
+    needs padding before the centre crop.
+
+    Args:
+        height: Source height in pixels.
+        width: Source width in pixels.
+        size: Target length of the short edge.
+
+    Returns:
+        The resized `(height, width)`.
+    """
+    if height < 1 or width < 1 or size < 1:
+        raise ValueError(f"height, width and size must be positive, got {height=}, {width=}, {size=}")
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def resize_and_crop_uint8(frame: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short edge to `size` (PIL bicubic) and centre-crop a square, staying in uint8.
+
+    Args:
+        frame: One RGB frame, uint8 `[H, W, 3]`.
+        size: Model resolution (e.g. 224).
+
+    Returns:
+        A C-contiguous uint8 array `[size, size, 3]`.
+    """
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected one uint8 RGB frame [H, W, 3], got dtype={frame.dtype} shape={tuple(frame.shape)}")
+    height, width = frame.shape[:2]
+    new_h, new_w = resized_shape(height, width, size)
+    # PIL needs a contiguous buffer; rotated views from np.rot90 are not.
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    resized = np.asarray(image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(resized[top : top + size, left : left + size])
+
+
+def normalize_uint8(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Rescale and normalise model-resolution uint8 frames, channels last -> channels first.
+
+    The arithmetic follows transformers exactly: `x.astype(float64) * (1/255)` cast to float32, then
+    `(x - mean) / std` in float32.
+
+    Args:
+        frames: uint8 `[..., S, S, 3]` (e.g. `[B, T, S, S, 3]` or `[T, S, S, 3]`).
+
+    Returns:
+        float32 tensor `[..., 3, S, S]`.
+    """
+    x = torch.as_tensor(frames)
+    if x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames [..., H, W, 3], got dtype={x.dtype} shape={tuple(x.shape)}")
+    scaled = (x.to(torch.float64) * (1 / 255)).to(torch.float32)  # [..., S, S, 3]
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32)
+    normed = (scaled - mean) / std
+    return normed.movedim(-1, -3).contiguous()  # [..., 3, S, S]
+
+
+def preprocess_frames(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Turn raw RGB video frames into Video-LLaVA `pixel_values_videos` (CLIP preprocessing).
+
+    Args:
+        frames: uint8 `[B, T, H, W, 3]` or `[T, H, W, 3]` (any H, W; numpy or torch).
+        size: Model resolution (the vision tower's `image_size`).
+
+    Returns:
+        float32 tensor `[B, T, 3, size, size]` (B = 1 for 4-D input).
+    """
+    array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if array.ndim == 4:
+        array = array[None]
+    if array.ndim != 5 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 frames [B, T, H, W, 3] or [T, H, W, 3], got dtype={array.dtype} shape={tuple(array.shape)}"
+        )
+    batch, num_frames = array.shape[:2]
+    cropped = np.empty((batch, num_frames, size, size, 3), dtype=np.uint8)  # [B, T, S, S, 3]
+    for b in range(batch):
+        for t in range(num_frames):
+            cropped[b, t] = resize_and_crop_uint8(array[b, t], size)
+    return normalize_uint8(cropped)  # [B, T, 3, S, S]
