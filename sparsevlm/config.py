@@ -27,6 +27,8 @@ from sparsevlm.stats import simulate_visual_counts
 logger = logging.getLogger(__name__)
 
 Positions = Literal["original", "compact"]
+Method = Literal["sparsevlm", "fastv", "random"]
+METHODS = ("sparsevlm", "fastv", "random")
 
 # Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
 # is only taken when it gets this close, otherwise an earlier layer that gets closer is preferred).
@@ -50,7 +52,11 @@ class SparseConfig:
         positions: ``"original"``: kept tokens keep their RoPE position ids (decoding continues normally);
             ``"compact"``: the pruned sequence is renumbered 0..n-1 as in the paper's v1 code and each later
             layer decodes at its own cache length.
-        seed: seeds the density tie-break noise of the DPC-KNN clustering (paper code uses unseeded noise).
+        seed: seeds the density tie-break noise of the DPC-KNN clustering (paper code uses unseeded noise) and
+            the ``random`` method.
+        method: how visual tokens are scored: ``"sparsevlm"`` (rater text tokens' attention), ``"fastv"`` (the
+            last prompt token's attention, the FastV rule) or ``"random"`` (uniform random scores); the
+            baselines are compared at equal budgets (see :mod:`sparsevlm.baselines`).
         name: a label carried into results (the preset name, or ``"custom"``).
     """
 
@@ -63,6 +69,7 @@ class SparseConfig:
     cluster_ratio: float = 0.1
     positions: Positions = "original"
     seed: int = 0
+    method: Method = "sparsevlm"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -108,6 +115,8 @@ class SparseConfig:
             raise ValueError(f"cluster_ratio must be in (0, 1], got {self.cluster_ratio!r}")
         if self.positions not in ("original", "compact"):
             raise ValueError(f"positions must be 'original' or 'compact', got {self.positions!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
 

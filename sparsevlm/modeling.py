@@ -178,7 +178,7 @@ class SparseLlamaModel(LlamaModel):
         visual_index = torch.full((b, length), TEXT, dtype=torch.long, device=device)
         for row in range(b):
             visual_index[row, visual[row]] = torch.arange(int(visual[row].sum()), device=device)
-        raters = _select_rater_tokens(embeds, valid, visual, rt.prompt_len)
+        raters = _select_rater_tokens(embeds, valid, visual, rt.prompt_len, cfg.method)
         layout = Layout(embeds, positions, valid, visual_index, raters)
         last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
         original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
@@ -253,6 +253,9 @@ class SparseLlamaModel(LlamaModel):
         for row in range(b):
             vis_pos = layout.visual[row].nonzero().squeeze(1)  # [n]
             row_scores = scores[row, vis_pos]
+            if cfg.method == "random":  # the same draw for a row alone or in a batch
+                draw = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_idx)
+                row_scores = torch.rand(vis_pos.numel(), generator=draw).to(row_scores.device)
             if layer_idx not in schedules[row]:
                 rows.append(prune_row(layout, row, vis_pos[:0]))
                 continue
@@ -367,9 +370,12 @@ class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneratio
 
 
 def _select_rater_tokens(
-    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None
+    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None, method: str
 ) -> torch.Tensor:
-    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token."""
+    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token.
+
+    SparseVLM picks the relevant ones (:func:`select_raters`); FastV's rule uses the last prompt token alone.
+    """
     b, length, _ = embeds.shape
     at = torch.arange(length, device=embeds.device)
     raters = torch.zeros(b, length, dtype=torch.bool, device=embeds.device)
@@ -379,6 +385,9 @@ def _select_rater_tokens(
         if prompt_len is not None:
             candidates &= at < prompt_len
         cand = candidates.nonzero().squeeze(1)
+        if method == "fastv":
+            raters[row, cand[-1:]] = True
+            continue
         chosen = select_raters(embeds[row, vis], embeds[row, cand])
         raters[row, cand[chosen]] = True
     return raters

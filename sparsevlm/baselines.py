@@ -1,0 +1,50 @@
+"""Comparison methods behind the same interface as SparseVLM, at equal equivalent-token budgets.
+
+Every method is a :class:`SparseConfig`, so it runs through the same patched decoder loop and fills the same
+``last_stats``:
+
+* ``sparsevlm`` -- ours: rater text tokens score the visual tokens, deleted tokens are recycled.
+* ``fastv``     -- FastV's rule: the last prompt token's attention at layer K scores the visual tokens; no
+  recycling.
+* ``random``    -- uniformly random visual tokens at the same layer; no recycling.
+
+Budgets are target fractions of the visual tokens in equivalent tokens, so every method is solved for the
+same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedule`).
+"""
+
+from __future__ import annotations
+
+from sparsevlm.config import SparseConfig
+
+METHODS = ("sparsevlm", "fastv", "random")
+# FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
+FASTV_LAYER = 2
+
+
+def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
+    """The config of ``method`` at ``fraction`` of the visual tokens (equivalent-token convention).
+
+    Raises:
+        ValueError: an unknown method or a fraction outside (0, 1].
+    """
+    if method == "sparsevlm":
+        return SparseConfig(prune_layers=(1,), target_fraction=fraction, seed=seed, name=f"sparsevlm-{fraction:g}")
+    if method == "fastv":
+        return SparseConfig(
+            prune_layers=(FASTV_LAYER,),
+            target_fraction=fraction,
+            recycle_ratio=0.0,
+            method="fastv",
+            seed=seed,
+            name=f"fastv-{fraction:g}",
+        )
+    if method == "random":
+        return SparseConfig(
+            prune_layers=(1,),
+            target_fraction=fraction,
+            recycle_ratio=0.0,
+            method="random",
+            seed=seed,
+            name=f"random-{fraction:g}",
+        )
+    raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")

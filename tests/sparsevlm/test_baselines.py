@@ -1,0 +1,62 @@
+"""Baselines at equal budgets through the same patched loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import VIDEO_TOKEN, build_inputs, build_model, row_inputs
+
+from sparsevlm import apply_patch, last_stats
+from sparsevlm.baselines import METHODS, method_config
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.10])
+def test_methods_share_the_budget_and_fill_stats(fraction: float) -> None:
+    model = build_model(layers=6)
+    inputs = build_inputs(model, [6, 9])
+    equivalents = {}
+    with torch.no_grad():
+        for method in METHODS:
+            apply_patch(model, method_config(method, fraction))
+            model(**inputs)
+            stats = last_stats(model)
+            assert len(stats) == 2
+            equivalents[method] = [s.equivalent_tokens / s.visual_tokens_in for s in stats]
+            assert all(s.kept_indices for s in stats)
+    for values in equivalents.values():
+        assert all(abs(v - fraction) <= 0.02 for v in values)
+
+
+def test_fastv_scores_are_the_last_tokens_attention() -> None:
+    model = build_model("eager", layers=6)
+    inputs = row_inputs(build_inputs(model, [10]), 0)
+    cfg = method_config("fastv", 0.25)
+    with torch.no_grad():
+        dense = model(**inputs, output_attentions=True)
+        apply_patch(model, cfg)
+        model(**inputs)
+    stats = last_stats(model)[0]
+    layer = next(iter(stats.kept_indices))
+    length = inputs["input_ids"].shape[1]
+    assert stats.raters.tolist() == [length - 1]
+    visual = (inputs["input_ids"][0] == VIDEO_TOKEN).nonzero().squeeze(1)
+    expected = dense.attentions[layer][0].float().mean(0)[-1, visual]
+    assert torch.allclose(stats.scores[layer], expected, atol=1e-6, rtol=1e-5)
+    assert not stats.clusters  # no recycling
+
+
+def test_random_is_seeded_and_independent_of_the_batch() -> None:
+    model = apply_patch(build_model(), method_config("random", 0.25, seed=3))
+    inputs = build_inputs(model, [5, 8])
+    with torch.no_grad():
+        model(**inputs)
+        batch = last_stats(model)
+        model(**row_inputs(inputs, 1))
+        alone = last_stats(model)[0]
+    layer = next(iter(alone.kept_indices))
+    assert torch.equal(alone.kept_indices[layer], batch[1].kept_indices[layer])
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown method 'tome'"):
+        method_config("tome", 0.1)
