@@ -110,7 +110,7 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, size: int) -> torch.Ten
     Returns:
         float32 tensor `[B, T, 3, size, size]` (B = 1 for 4-D input).
     """
-    array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if array.ndim == 4:
         array = array[None]
     if array.ndim != 5 or array.shape[-1] != 3 or array.dtype != np.uint8:

@@ -1,0 +1,291 @@
+"""List the videos a run should process: a local folder, an s3:// prefix, or a manifest file. No Ray here.
+
+Every video gets a stable `video_id`: the hex SHA-1 of its URI, size and ETag (object storage) or
+modification time (local files), so a changed file gets a new id and is processed again, while an unchanged
+one keeps its id across runs and machines that see the same URI.
+
+Manifests (chosen by extension):
+- `.txt` / `.lst`: one URI per line; blank lines and lines starting with `#` are skipped.
+- `.csv` / `.parquet`: a `uri` column; an optional `questions` column (Parquet: list<string>; CSV: a JSON
+  array such as `["Who?", "Why?"]` or one plain question); optional `size`, `etag`, `mtime` columns, which,
+  when present for a row, are trusted instead of stat-ing the object (one HEAD request per object on S3);
+  every other column is carried along in `extra`.
+Relative URIs in a manifest are resolved against the manifest's own folder. Folder listings are filtered by
+extension; manifest entries are not (they were chosen explicitly, and object keys need not have one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v")
+ALLOWED_SCHEMES: tuple[str, ...] = ("file", "s3")  # plus plain local paths
+MANIFEST_FORMATS = {".txt": "lines", ".lst": "lines", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_STAT_COLUMNS = ("size", "etag", "mtime")
+
+
+class SourceError(ValueError):
+    """The input location or manifest is unusable as given (bad scheme, missing column, nothing found)."""
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video to process, with what is needed to identify it and to ask about it."""
+
+    uri: str  # absolute local path or s3://bucket/key
+    size: int | None  # bytes; None if the manifest names an object that does not exist
+    etag: str | None  # object-storage ETag without quotes; None for local files
+    mtime: float | None  # modification time, seconds since the epoch
+    video_id: str
+    questions: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_video_id(uri: str, size: int | None, etag: str | None, mtime: float | None) -> str:
+    """Stable id of one version of one video: hex SHA-1 of (uri, size, etag or mtime)."""
+    version = etag if etag else ("" if mtime is None else f"{mtime:.6f}")
+    material = f"{uri}\n{'' if size is None else size}\n{version}"
+    return hashlib.sha1(material.encode("utf-8")).hexdigest()
+
+
+def check_scheme(uri: str) -> str:
+    """Return the URI's scheme ("" for a local path) or raise `SourceError` if it is not allowed."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme and scheme not in ALLOWED_SCHEMES:
+        raise SourceError(
+            f"{uri!r}: scheme {scheme!r} is not supported; use a local path, file://... or "
+            f"s3://bucket/prefix (allowed: {', '.join(ALLOWED_SCHEMES)})"
+        )
+    return scheme
+
+
+def list_sources(
+    location: str,
+    filesystem: Any = None,
+    *,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+) -> list[VideoSource]:
+    """List videos from a folder, an s3:// prefix or a manifest file (by its extension).
+
+    Args:
+        location: Local folder, file:// or s3:// prefix, or a manifest (.txt/.lst/.csv/.parquet).
+        filesystem: fsspec filesystem for s3:// (e.g. `s3fs.S3FileSystem(endpoint_url=...)`); default
+            `fsspec.filesystem("s3")`, configured from the environment.
+        extensions: Video extensions kept by folder listings (case-insensitive, without the dot).
+
+    Returns:
+        The sources sorted by URI.
+    """
+    if posixpath.splitext(urlsplit(location).path)[1].lower() in MANIFEST_FORMATS:
+        return read_manifest(location, filesystem)
+    return list_videos(location, filesystem, extensions=extensions)
+
+
+def list_videos(
+    location: str,
+    filesystem: Any = None,
+    *,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+) -> list[VideoSource]:
+    """List the video files under a local folder or s3:// prefix (recursively), or one file.
+
+    Hidden files and folders (names starting with ".") are skipped.
+
+    Args:
+        location: Local path, file:// URI or s3://bucket/prefix.
+        filesystem: fsspec filesystem for s3:// (see `list_sources`).
+        extensions: Extensions to keep (case-insensitive, without the dot).
+
+    Returns:
+        The sources sorted by URI.
+    """
+    wanted = {e.lower().lstrip(".") for e in extensions}
+    if check_scheme(location) == "s3":
+        fs = _s3(filesystem)
+        prefix = location.rstrip("/")
+        fs.invalidate_cache(prefix)  # a nightly driver may list the same prefix twice in one process
+        found = fs.find(prefix, detail=True)
+        sources = [
+            _s3_source(f"s3://{key}", info)
+            for key, info in found.items()
+            if info.get("type", "file") == "file"
+            and _extension(key) in wanted
+            and not _hidden(key[len(_bare(prefix)) :])
+        ]
+    else:
+        root = _local_path(location)
+        if os.path.isfile(root):
+            paths = [root]
+        elif os.path.isdir(root):
+            paths = []
+            for folder, dirs, names in os.walk(root):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # do not descend into hidden folders
+                paths += [os.path.join(folder, name) for name in names if not name.startswith(".")]
+        else:
+            raise SourceError(f"{location!r}: no such file or folder")
+        sources = [_local_source(p) for p in paths if _extension(p) in wanted]
+    if not sources:
+        logger.warning("no videos with extensions %s under %s", sorted(wanted), location)
+    return sorted(sources, key=lambda s: s.uri)
+
+
+def read_manifest(location: str, filesystem: Any = None) -> list[VideoSource]:
+    """Read a manifest (.txt/.lst lines, .csv or .parquet with a `uri` column) into sources.
+
+    Entries that do not exist are kept with `size=None` (and logged), so that the decode stage records an
+    error row for them; if none exists the manifest is assumed wrong and `SourceError` is raised.
+
+    Args:
+        location: Local path, file:// URI or s3:// URI of the manifest.
+        filesystem: fsspec filesystem for s3:// (see `list_sources`).
+
+    Returns:
+        The sources sorted by URI (duplicates of a URI are dropped, the first kept).
+    """
+    scheme = check_scheme(location)
+    suffix = posixpath.splitext(urlsplit(location).path)[1].lower()
+    kind = MANIFEST_FORMATS.get(suffix)
+    if kind is None:
+        raise SourceError(f"{location!r}: unknown manifest type {suffix!r}; use one of {sorted(MANIFEST_FORMATS)}")
+    fs = _s3(filesystem) if scheme == "s3" else fsspec.filesystem("file")
+    path = location if scheme == "s3" else _local_path(location)
+    with fs.open(path, "rb") as f:
+        if kind == "lines":
+            lines = (line.strip() for line in f.read().decode("utf-8").splitlines())
+            rows: list[dict[str, Any]] = [{"uri": line} for line in lines if line and not line.startswith("#")]
+        else:
+            if kind == "parquet":
+                table = pq.read_table(f)
+            else:  # empty cells are missing values, not empty strings
+                table = pa_csv.read_csv(f, convert_options=pa_csv.ConvertOptions(strings_can_be_null=True))
+            rows = _table_rows(table, location)
+    base = location.rsplit("/", 1)[0] if scheme == "s3" else os.path.dirname(path)
+    sources: dict[str, VideoSource] = {}
+    for number, row in enumerate(rows, start=1):
+        entry = row.pop("uri")
+        if not isinstance(entry, str) or not entry.strip():
+            raise SourceError(f"{location}: row {number}: uri must be a non-empty string, got {entry!r}")
+        uri = _resolve(entry.strip(), base, scheme)
+        if uri in sources:
+            logger.warning("%s: entry %d repeats %s; keeping the first", location, number, uri)
+            continue
+        questions = _parse_questions(row.pop("questions", None), location, number)
+        sources[uri] = _manifest_source(uri, row, filesystem, questions)
+    missing = [s.uri for s in sources.values() if s.size is None]
+    if sources and len(missing) == len(sources):
+        raise SourceError(f"{location}: none of its {len(missing)} entries exist (first: {missing[0]!r})")
+    if missing:
+        logger.warning("%s: %d entries do not exist, e.g. %s", location, len(missing), missing[:3])
+    if not sources:
+        logger.warning("%s lists no videos", location)
+    return sorted(sources.values(), key=lambda s: s.uri)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower().lstrip(".")
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.replace(os.sep, "/").split("/") if part)
+
+
+def _bare(s3_uri: str) -> str:
+    return s3_uri.removeprefix("s3://")
+
+
+def _s3(filesystem: Any) -> Any:
+    return filesystem if filesystem is not None else fsspec.filesystem("s3")
+
+
+def _local_path(location: str) -> str:
+    parts = urlsplit(location)
+    return os.path.abspath(unquote(parts.path) if parts.scheme == "file" else location)
+
+
+def _local_source(path: str) -> VideoSource:
+    st = os.stat(path)
+    return _versioned(path, st.st_size, None, st.st_mtime)
+
+
+def _s3_source(uri: str, info: Mapping[str, Any]) -> VideoSource:
+    size = int(info["size"])
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
+    modified = info.get("LastModified")
+    mtime = modified.timestamp() if modified is not None else None
+    return _versioned(uri, size, etag, mtime)
+
+
+def _resolve(uri: str, base: str, manifest_scheme: str) -> str:
+    scheme = check_scheme(uri)
+    if scheme == "s3":
+        return uri
+    if scheme == "file":
+        return _local_path(uri)
+    if manifest_scheme == "s3":
+        return "s3://" + posixpath.normpath(posixpath.join(_bare(base), uri))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
+
+
+def _table_rows(table: pa.Table, location: str) -> list[dict[str, Any]]:
+    if "uri" not in table.column_names:
+        raise SourceError(f"{location}: manifest has no 'uri' column (columns: {table.column_names})")
+    return table.to_pylist()
+
+
+def _parse_questions(value: Any, location: str, number: int) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("["):
+            return [text] if text else []
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SourceError(f"{location}: row {number}: questions is not a JSON array: {text!r}") from err
+    if not isinstance(value, Iterable) or not all(isinstance(q, str) for q in value):
+        raise SourceError(f"{location}: row {number}: questions must be a list of strings, got {value!r}")
+    return [q for q in value if q.strip()]
+
+
+def _manifest_source(uri: str, row: dict[str, Any], filesystem: Any, questions: list[str]) -> VideoSource:
+    given = {name: row.pop(name, None) for name in _STAT_COLUMNS}
+    if given["size"] is not None and (given["etag"] or given["mtime"] is not None):
+        etag = str(given["etag"]).strip('"') if given["etag"] else None
+        mtime = float(given["mtime"]) if given["mtime"] is not None else None
+        return _versioned(uri, int(given["size"]), etag, mtime, questions, row)
+    try:
+        stat = _s3_source(uri, _s3(filesystem).info(uri)) if uri.startswith("s3://") else _local_source(uri)
+    except FileNotFoundError:
+        return _versioned(uri, None, None, None, questions, row)
+    return _versioned(uri, stat.size, stat.etag, stat.mtime, questions, row)
+
+
+def _versioned(
+    uri: str,
+    size: int | None,
+    etag: str | None,
+    mtime: float | None,
+    questions: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> VideoSource:
+    video_id = make_video_id(uri, size, etag, mtime)
+    return VideoSource(uri, size, etag, mtime, video_id, questions or [], extra or {})
