@@ -1,0 +1,144 @@
+"""Training batches for the tiny Video-LLaVA: many questions per video, plus per-patch targets.
+
+The visual tokens dominate the compute, so one sequence carries several question-answer turns about the same
+video (reference/tiny-model-training.md, runs 3-4). The first turn is exactly the inference prompt
+``"USER: <video>\\n{q} ASSISTANT: {a}</s>"``; later turns continue the conversation as
+``"USER: {q} ASSISTANT: {a}</s>"``. Only answer tokens and their ``</s>`` carry the language-model loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from sparsevlm.tiny.inputs import normalize_frames, video_tokens_per_frame
+from sparsevlm.tiny.tokenizer import token_id
+from sparsevlm.tiny.video_qa import COLOURS, QA, VideoSample
+
+IGNORE = -100
+
+
+@dataclass
+class TrainBatch:
+    """One padded training batch.
+
+    Attributes:
+        input_ids: long ``[B, L]``, right-padded.
+        attention_mask: long ``[B, L]``.
+        labels: long ``[B, L]``; the target token at each position (already shifted: ``labels[:, i]`` is
+            predicted from position ``i``), IGNORE elsewhere.
+        pixel_values_videos: float32 ``[B, T, 3, H, W]``.
+        patch_colour: long ``[B, T, gh * gw]``, 0 background, 1.. colour.
+        patch_shape: long ``[B, T, gh * gw]``, 0 background, 1.. shape.
+        patch_motion: long ``[B, T, gh * gw]``, motion into the frame; IGNORE in frame 0, where a causal
+            model cannot know it yet.
+        patch_new: long ``[B, T, gh * gw]``, 1 where an object is in its first visible frame, 0 on other
+            object patches, IGNORE on background.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values_videos: torch.Tensor
+    patch_colour: torch.Tensor
+    patch_shape: torch.Tensor
+    patch_motion: torch.Tensor
+    patch_new: torch.Tensor
+
+
+class SequenceBuilder:
+    """Turns a video and its questions into token ids and shifted labels.
+
+    Args:
+        tokenizer: the tiny tokenizer.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.video_id = token_id(tokenizer, "<video>")
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.head = [int(tokenizer.bos_token_id), *self._encode("USER: ")]
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - a few hundred distinct strings; the builder lives for the run
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def build(self, qas: list[QA], num_video_tokens: int) -> tuple[list[int], list[int]]:
+        """Token ids and shifted labels of one multi-turn sequence.
+
+        Args:
+            qas: the questions, in the order they are asked.
+            num_video_tokens: ``num_frames * (1 + gh * gw)``.
+
+        Returns:
+            ids and labels of equal length; ``labels[i]`` is the token to predict at position ``i``.
+        """
+        ids = [*self.head, *[self.video_id] * num_video_tokens]
+        labels = [IGNORE] * len(ids)
+        for turn, qa in enumerate(qas):
+            prompt = f"\n{qa.question} ASSISTANT:" if turn == 0 else f"USER: {qa.question} ASSISTANT:"
+            ids.extend(self._encode(prompt))
+            labels.extend([IGNORE] * len(self._encode(prompt)))
+            answer = [*self._encode(f" {qa.answer}"), self.eos_id]
+            labels[-1] = answer[0]  # the last prompt token predicts the answer
+            labels.extend([*answer[1:], IGNORE])
+            ids.extend(answer)
+        return ids, labels
+
+
+def pick_questions(rng: np.random.Generator, sample: VideoSample, per_family: int) -> list[QA]:
+    """A shuffled subset with at most ``per_family`` questions of each family (rare families keep all)."""
+    order = rng.permutation(len(sample.questions))
+    taken: dict[str, int] = {}
+    picked: list[QA] = []
+    for k in order:
+        qa = sample.questions[int(k)]
+        if taken.get(qa.family, 0) < per_family:
+            taken[qa.family] = taken.get(qa.family, 0) + 1
+            picked.append(qa)
+    return picked
+
+
+def collate(
+    builder: SequenceBuilder, samples: list[VideoSample], rng: np.random.Generator, per_family: int = 2
+) -> TrainBatch:
+    """Build a right-padded training batch from videos of equal shape."""
+    num_frames, size = samples[0].frames.shape[:2]
+    count = num_frames * video_tokens_per_frame(size, samples[0].patch)
+    rows = [builder.build(pick_questions(rng, s, per_family), count) for s in samples]
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), builder.pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, (ids, lab) in enumerate(rows):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        labels[b, : len(lab)] = torch.tensor(lab)
+        attention_mask[b, : len(ids)] = 1
+    colour = np.stack([s.patch_colour for s in samples]).reshape(len(samples), num_frames, -1)
+    motion = np.stack([s.patch_motion for s in samples]).reshape(len(samples), num_frames, -1)
+    motion[:, 0] = IGNORE
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        pixel_values_videos=normalize_frames(np.stack([s.frames for s in samples])),
+        patch_colour=torch.from_numpy(colour),
+        patch_shape=torch.from_numpy(np.stack([s.patch_shape for s in samples]).reshape(colour.shape)),
+        patch_motion=torch.from_numpy(motion),
+        patch_new=torch.from_numpy(np.stack([_new_patches(s) for s in samples]).reshape(colour.shape)),
+    )
+
+
+def _new_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: 1 on an object's patches in its first visible frame, 0 on its other patches,
+    IGNORE on background."""
+    new = np.where(sample.patch_colour > 0, 0, IGNORE)
+    first = {1 + COLOURS.index(obj.colour): obj.first_frame for obj in sample.objects}
+    for code, t in first.items():
+        new[t][sample.patch_colour[t] == code] = 1
+    return new.astype(np.int64)

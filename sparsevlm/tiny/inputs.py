@@ -1,0 +1,79 @@
+"""Model inputs for the tiny Video-LLaVA: frame normalisation and the prompt format.
+
+The torchvision-free path of environment.md: frames arrive at model resolution, so CLIP's resize and centre
+crop are the identity and preprocessing is only ``(frames / 255 - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+VIDEO_PLACEHOLDER = "<video>"
+
+
+def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """CLIP-normalise uint8 frames that are already at model resolution.
+
+    Args:
+        frames: uint8 ``[T, H, W, 3]`` or ``[B, T, H, W, 3]``.
+
+    Returns:
+        float32 ``[T, 3, H, W]`` or ``[B, T, 3, H, W]``, ready as (a row of) ``pixel_values_videos``.
+    """
+    x = torch.as_tensor(np.asarray(frames)).float() / 255.0  # [..., H, W, 3]
+    mean = torch.tensor(CLIP_MEAN)
+    std = torch.tensor(CLIP_STD)
+    return ((x - mean) / std).movedim(-1, -3).contiguous()  # [..., 3, H, W]
+
+
+def video_tokens_per_frame(size: int, patch: int) -> int:
+    """Visual tokens per frame on Video-LLaVA's video path: the patches plus CLS."""
+    return 1 + (size // patch) ** 2
+
+
+def build_prompt(question: str, num_video_tokens: int) -> str:
+    """The single-turn prompt ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` expanded.
+
+    Args:
+        question: the question text.
+        num_video_tokens: ``num_frames * (1 + (size // patch) ** 2)``.
+
+    Returns:
+        The prompt string; the answer follows as ``" {answer}"`` then ``</s>``.
+    """
+    return f"USER: {VIDEO_PLACEHOLDER * num_video_tokens}\n{question} ASSISTANT:"
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    frames: list[np.ndarray],
+    patch: int,
+    padding_side: str = "left",
+) -> dict[str, torch.Tensor]:
+    """Tokenise one single-turn prompt per video and normalise the frames.
+
+    Args:
+        tokenizer: the tiny tokenizer (prepends ``<s>``).
+        questions: B question strings.
+        frames: B uint8 arrays ``[T, H, W, 3]`` with the same T, H and W.
+        patch: the vision tower's patch size.
+        padding_side: "left" for ``generate`` and for reading the next token at position -1.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` long ``[B, L]`` and ``pixel_values_videos`` float32
+        ``[B, T, 3, H, W]``.
+    """
+    num_frames, size = frames[0].shape[0], frames[0].shape[1]
+    count = num_frames * video_tokens_per_frame(size, patch)
+    prompts = [build_prompt(q, count) for q in questions]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side)
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "pixel_values_videos": normalize_frames(np.stack(frames)),
+    }

@@ -1,0 +1,248 @@
+"""Train the tiny Video-LLaVA from scratch on the synthetic video QA task.
+
+    python -m sparsevlm.tiny.train --minutes 75 --out sparsevlm/tiny/checkpoint
+
+The recipe is the measured one of reference/tiny-model-training.md: several questions per video in one
+sequence, linear per-patch heads on the projector output that make colour and shape readable from every
+visual token, bf16 autocast, AdamW at 2e-3 with a cosine schedule over the time budget, batch 16. Two
+more per-patch heads read the LLM's hidden states after ``--motion-layer`` layers: the motion of the object
+into each frame, and whether the object is new in that frame. A causal LLM can only answer those by
+comparing a patch with the previous frames, which is what the direction, "after", first and last
+questions need. All heads are training-only; the saved checkpoint is a plain Video-LLaVA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
+
+from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
+from sparsevlm.tiny.evaluate import family_accuracy
+from sparsevlm.tiny.model import TinyModelConfig, build_model
+from sparsevlm.tiny.tokenizer import build_tokenizer
+from sparsevlm.tiny.video_qa import COLOURS, DIRECTIONS, SHAPES, make_sample
+
+DEFAULT_OUT = Path(__file__).parent / "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run (all recorded in metrics.json)."""
+
+    out: str = str(DEFAULT_OUT)
+    curve: str = ""
+    minutes: float = 75.0
+    max_steps: int = 0
+    seed: int = 0
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    num_frames: int = 8
+    warm_frames: int = 4
+    warm_fraction: float = 0.25
+    questions_per_family: int = 2
+    aux_weight: float = 1.0
+    motion_layer: int = 2
+    eval_every_minutes: float = 6.0
+    val_videos: int = 64
+    test_videos: int = 256
+    threads: int = 2
+    bf16: int = 1
+
+    def __post_init__(self) -> None:
+        if self.minutes <= 0 and self.max_steps <= 0:
+            raise ValueError("give a positive --minutes or --max-steps")
+        if not 4 <= self.warm_frames <= self.num_frames:
+            raise ValueError(f"warm_frames must be in [4, num_frames={self.num_frames}], got {self.warm_frames}")
+
+
+class PatchHeads(nn.Module):
+    """Training-only linear probes on the visual tokens (never saved with the model).
+
+    Args:
+        dim: the LLM hidden size (the projector's output size).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.colour = nn.Linear(dim, 1 + len(COLOURS))
+        self.shape = nn.Linear(dim, 1 + len(SHAPES))
+        self.motion = nn.Linear(dim, 1 + len(DIRECTIONS))
+        self.new = nn.Linear(dim, 2)
+
+    def loss(self, projected: torch.Tensor, hidden: torch.Tensor, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """Cross-entropy of every head.
+
+        Args:
+            projected: ``[B, T, P, D]`` projector output without the CLS tokens.
+            hidden: ``[B, T, P, D]`` LLM hidden states at the same patches after ``motion_layer`` layers.
+            batch: the targets, ``[B, T, P]`` each.
+        """
+
+        def ce(head: nn.Linear, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            logits = head(x.float())
+            return nn.functional.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE)
+
+        return {
+            "colour": ce(self.colour, projected, batch.patch_colour),
+            "shape": ce(self.shape, projected, batch.patch_shape),
+            "motion": ce(self.motion, hidden, batch.patch_motion),
+            "new": ce(self.new, hidden, batch.patch_new),
+        }
+
+
+def train_step(
+    model: VideoLlavaForConditionalGeneration, heads: PatchHeads, batch: TrainBatch, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Forward one batch and return every loss term plus their weighted sum under "total"."""
+    captured: list[torch.Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
+            # No attention mask: padding is on the right and attention is causal, so real tokens never
+            # see padding, and without a mask sdpa takes its fast causal path.
+            out = model(
+                input_ids=batch.input_ids,
+                pixel_values_videos=batch.pixel_values_videos,
+                output_hidden_states=True,
+            )
+    finally:
+        hook.remove()
+    b, num_frames = batch.patch_colour.shape[:2]
+    projected = captured[0].view(b, num_frames, -1, captured[0].shape[-1])[:, :, 1:]  # [B, T, P, D], no CLS
+    video = batch.input_ids == model.config.video_token_id  # [B, L], the same count in every row
+    hidden = out.hidden_states[cfg.motion_layer][video].view(b, num_frames, -1, projected.shape[-1])[:, :, 1:]
+    losses = heads.loss(projected, hidden, batch)
+    logits = out.logits.float()  # [B, L, V]
+    losses["answer"] = nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+    losses["total"] = losses["answer"] + cfg.aux_weight * sum(v for k, v in losses.items() if k != "answer")
+    return losses
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak as ``progress`` goes from 0 to 1."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def main(cfg: TrainConfig) -> dict[str, object]:
+    """Run the training and write the checkpoint; returns the metrics written to metrics.json."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve_path = Path(cfg.curve) if cfg.curve else out_dir / "curve.jsonl"
+    curve_path.write_text("")
+    tokenizer = build_tokenizer()
+    model_cfg = TinyModelConfig(num_frames=cfg.num_frames)
+    model = build_model(model_cfg, tokenizer).train()
+    heads = PatchHeads(model_cfg.text_hidden)
+    params = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    builder = SequenceBuilder(tokenizer)
+    budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
+    start = time.time()
+    next_eval = cfg.eval_every_minutes * 60
+    step, index = 0, 0
+    running: dict[str, float] = {}
+    while True:
+        elapsed = time.time() - start
+        progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
+        if progress >= 1.0:
+            break
+        frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
+        samples = [make_sample("train", index + k, num_frames=frames) for k in range(cfg.batch_size)]
+        index += cfg.batch_size
+        batch = collate(builder, samples, rng, cfg.questions_per_family)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, progress)
+        losses = train_step(model, heads, batch, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        for k, v in losses.items():
+            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
+        if step % 50 == 0:
+            terms = " ".join(f"{k}={v:.3f}" for k, v in running.items())
+            lr = learning_rate(cfg, step, progress)
+            print(f"step {step} frames {frames} {elapsed / 60:.1f} min lr {lr:.2e} {terms}")
+            sys.stdout.flush()
+        if time.time() - start >= next_eval:
+            next_eval += cfg.eval_every_minutes * 60
+            _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
+    wall = time.time() - start
+    model.eval()
+    val = _log_eval(model, tokenizer, cfg, curve_path, step, wall, running)
+    test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames)
+    print(f"test accuracy {json.dumps({k: round(v, 3) for k, v in test.items()})}")
+    warm_test: dict[str, float] = {}
+    if cfg.warm_frames != cfg.num_frames:
+        warm_test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.warm_frames)
+        print(f"test accuracy at {cfg.warm_frames} frames {json.dumps({k: round(v, 3) for k, v in warm_test.items()})}")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    metrics: dict[str, object] = {
+        "test_accuracy": test,
+        "test_frames": cfg.num_frames,
+        "test_videos": cfg.test_videos,
+        "test_accuracy_at_warm_frames": warm_test,
+        "val_accuracy": val,
+        "steps": step,
+        "train_videos_seen": index,
+        "wall_time_s": round(wall, 1),
+        "command": "python -m sparsevlm.tiny.train " + shlex.join(sys.argv[1:]),
+        "train_config": asdict(cfg),
+        "model_config": asdict(model_cfg),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _log_eval(
+    model: VideoLlavaForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    curve_path: Path,
+    step: int,
+    elapsed: float,
+    running: dict[str, float],
+) -> dict[str, float]:
+    """Validation accuracy per family, printed and appended to the learning curve."""
+    model.eval()
+    val = family_accuracy(model, tokenizer, "val", cfg.val_videos, num_frames=cfg.num_frames)
+    model.train()
+    record = {"step": step, "minutes": round(elapsed / 60, 2), "val": val, "loss": running}
+    with curve_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"eval step {step} {elapsed / 60:.1f} min val {json.dumps({k: round(v, 3) for k, v in val.items()})}")
+    sys.stdout.flush()
+    return val
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Command-line flags, one per :class:`TrainConfig` field (``--max-steps`` for ``max_steps``)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in asdict(TrainConfig()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())

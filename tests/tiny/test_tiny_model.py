@@ -1,0 +1,156 @@
+"""The tiny Video-LLaVA: tokenizer, prompt layout, offline save/load, and a few training steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
+
+from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, collate
+from sparsevlm.tiny.inputs import CLIP_MEAN, CLIP_STD, build_prompt, encode_prompts, normalize_frames
+from sparsevlm.tiny.model import TinyModelConfig, build_model
+from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
+from sparsevlm.tiny.train import PatchHeads, TrainConfig, main, train_step
+from sparsevlm.tiny.video_qa import ANSWER_WORDS, VideoSample, make_sample
+
+# 48 px frames, 16 px patches: 9 patches + CLS = 10 tokens per frame, 40 for a 4-frame video.
+SMALL = TinyModelConfig(
+    image_size=48,
+    patch_size=16,
+    num_frames=4,
+    vision_hidden=32,
+    vision_heads=2,
+    text_hidden=32,
+    text_intermediate=64,
+    text_layers=2,
+    text_heads=4,
+    text_kv_heads=2,
+    max_positions=512,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerBase:
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def small_model(tokenizer: PreTrainedTokenizerBase) -> VideoLlavaForConditionalGeneration:
+    torch.manual_seed(0)
+    return build_model(SMALL, tokenizer)
+
+
+def small_sample(index: int = 0) -> VideoSample:
+    return make_sample("train", index, num_frames=SMALL.num_frames, size=SMALL.image_size, patch=SMALL.patch_size)
+
+
+def test_tokenizer_special_tokens_and_single_token_answers(tokenizer: PreTrainedTokenizerBase) -> None:
+    assert tokenizer.video_token == "<video>" and tokenizer.image_token == "<image>"
+    assert tokenizer.video_token_id == tokenizer.convert_tokens_to_ids("<video>")
+    ids = answer_token_ids(tokenizer)
+    assert set(ids) == set(ANSWER_WORDS) and len(set(ids.values())) == len(ANSWER_WORDS)
+    for word, token in ids.items():
+        assert tokenizer.encode(f" {word}", add_special_tokens=False) == [token]
+    assert tokenizer("hi").input_ids[0] == tokenizer.bos_token_id
+
+
+def test_normalize_frames_is_clip_normalisation() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 4, 8, 8, 3), dtype=np.uint8)
+    x = normalize_frames(frames)
+    assert x.shape == (2, 4, 3, 8, 8) and x.dtype == torch.float32
+    expected = (frames[1, 2, 3, 4, 0] / 255 - CLIP_MEAN[0]) / CLIP_STD[0]
+    assert x[1, 2, 0, 3, 4].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_prompt_video_tokens_match_vision_tokens(
+    tokenizer: PreTrainedTokenizerBase, small_model: VideoLlavaForConditionalGeneration
+) -> None:
+    sample = small_sample()
+    enc = encode_prompts(tokenizer, ["how many objects are there?"], [sample.frames], SMALL.patch_size)
+    prompt_tokens = int((enc["input_ids"] == tokenizer.video_token_id).sum())
+    with torch.no_grad():
+        features = small_model.model.get_video_features(enc["pixel_values_videos"], vision_feature_layer=-1)
+    assert prompt_tokens == features.pooler_output[..., 0].numel() == SMALL.num_frames * (1 + 3 * 3)
+    assert build_prompt("q?", 2) == "USER: <video><video>\nq? ASSISTANT:"
+    with torch.no_grad():
+        logits = small_model(**enc).logits
+    assert logits.shape == (1, enc["input_ids"].shape[1], len(tokenizer))
+
+
+def test_training_sequence_starts_with_the_inference_prompt(tokenizer: PreTrainedTokenizerBase) -> None:
+    sample = small_sample(1)
+    num_video = SMALL.num_frames * 10
+    ids, labels = SequenceBuilder(tokenizer).build(list(sample.questions), num_video)
+    prompt = encode_prompts(tokenizer, [sample.questions[0].question], [sample.frames], SMALL.patch_size)
+    first = prompt["input_ids"][0].tolist()
+    assert ids[: len(first)] == first
+    answers = [tokenizer.encode(f" {qa.answer}", add_special_tokens=False)[0] for qa in sample.questions]
+    supervised = [(i, y) for i, y in enumerate(labels) if y != IGNORE]
+    assert [y for _, y in supervised][::2] == answers  # each answer, then its </s>
+    assert all(ids[i + 1] == y for i, y in supervised)
+    assert supervised[0][0] == len(first) - 1
+
+
+def test_save_and_load_offline_round_trip(
+    tokenizer: PreTrainedTokenizerBase,
+    small_model: VideoLlavaForConditionalGeneration,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    small_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = VideoLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    sample = small_sample(2)
+    question = sample.questions[0].question
+    enc = encode_prompts(tokenizer, [question], [sample.frames], SMALL.patch_size)
+    assert torch.equal(
+        encode_prompts(loaded_tok, [question], [sample.frames], SMALL.patch_size)["input_ids"], enc["input_ids"]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**enc).logits, small_model(**enc).logits)
+    assert loaded.config.text_config.num_key_value_heads < loaded.config.text_config.num_attention_heads
+    assert loaded.config.text_config._attn_implementation == "sdpa"
+
+
+def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase) -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL, tokenizer).train()
+    heads = PatchHeads(SMALL.text_hidden)
+    cfg = TrainConfig(motion_layer=1, bf16=0)
+    batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
+    params = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    history = []
+    for _ in range(8):
+        losses = train_step(model, heads, batch, cfg)
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "total"}
+    assert history[-1]["total"] < 0.8 * history[0]["total"]
+    assert history[-1]["answer"] < history[0]["answer"]
+
+
+@pytest.mark.slow
+def test_cli_main_writes_a_loadable_checkpoint_without_training_heads(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        out=str(tmp_path), minutes=0, max_steps=2, batch_size=2, num_frames=4, warm_frames=4,
+        val_videos=1, test_videos=1, eval_every_minutes=100,
+    )  # fmt: skip
+    metrics = main(cfg)
+    assert metrics["steps"] == 2
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["test_accuracy"]) >= {"shape", "count", "all"}
+    assert saved["command"].startswith("python -m sparsevlm.tiny.train")
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "colour" in k or "motion" in k]  # noqa: SIM118
+    assert VideoLlavaForConditionalGeneration.from_pretrained(tmp_path).config.video_token_id == 5
+    assert AutoTokenizer.from_pretrained(tmp_path).video_token == "<video>"
