@@ -10,13 +10,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD, normalize_uint8
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "build_prompt", "encode_prompts", "normalize_frames", "video_tokens_per_frame"]
+
 VIDEO_PLACEHOLDER = "<video>"
 
 
 def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """CLIP-normalise uint8 frames that are already at model resolution.
+    """CLIP-normalise uint8 frames that are already at model resolution (the engine's exact arithmetic).
 
     Args:
         frames: uint8 ``[T, H, W, 3]`` or ``[B, T, H, W, 3]``.
@@ -24,10 +26,7 @@ def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     Returns:
         float32 ``[T, 3, H, W]`` or ``[B, T, 3, H, W]``, ready as (a row of) ``pixel_values_videos``.
     """
-    x = torch.as_tensor(np.asarray(frames)).float() / 255.0  # [..., H, W, 3]
-    mean = torch.tensor(CLIP_MEAN)
-    std = torch.tensor(CLIP_STD)
-    return ((x - mean) / std).movedim(-1, -3).contiguous()  # [..., 3, H, W]
+    return normalize_uint8(np.asarray(frames))
 
 
 def video_tokens_per_frame(size: int, patch: int) -> int:
