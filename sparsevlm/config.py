@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sparsevlm.stats import simulate_visual_counts
+from sparsevlm.stats import simulate_visual_counts, visual_after_pruning
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +203,10 @@ def derive_target_schedule(
     ``(p * n_visual + (num_layers - p) * x) / num_layers`` (after-layer convention of the paper's code). The
     layers before ``p`` cost ``p / num_layers`` of the visual tokens whatever ``x`` is, so a small target on a
     shallow model needs an early layer. We take the preferred layer (the paper's video setting uses layer 1)
-    or, when the target is out of its reach within :data:`TARGET_TOLERANCE`, the latest earlier layer that
-    reaches it; then the keep count whose simulated equivalent count (recycling arithmetic included) is
-    closest to the target.
+    or, when the target is out of its reach within :data:`TARGET_TOLERANCE`, or reachable only by leaving
+    fewer than half the target's tokens after the pruning layer (a degenerate schedule: the early layers spent
+    the budget), the latest earlier layer that reaches it; then the keep count whose simulated equivalent
+    count (recycling arithmetic included) is closest to the target.
 
     Returns:
         ``(layer, keep)``.
@@ -219,7 +220,8 @@ def derive_target_schedule(
         )
         if best is None or err < best[0]:
             best = (err, layer, keep)
-        if err <= TARGET_TOLERANCE * n_visual:
+        after = visual_after_pruning(n_visual, keep, recycle_ratio, cluster_ratio)
+        if err <= TARGET_TOLERANCE * n_visual and after >= 0.5 * target:
             return layer, keep
     assert best is not None
     logger.warning(
