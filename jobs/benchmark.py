@@ -93,6 +93,52 @@ def _plot_fidelity(report: dict[str, object], path: str) -> None:
     plt.close(fig)
 
 
+def run_show(ns: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from sparsevlm import apply_patch, last_stats
+    from sparsevlm.baselines import METHODS, method_config
+    from sparsevlm.bench.show import render_keep_grid, token_mask
+    from sparsevlm.tiny.inputs import encode_prompts
+    from sparsevlm.tiny.loading import load_tiny
+    from sparsevlm.tiny.video_qa import make_sample
+
+    model, tokenizer, trained = load_tiny(ns.model)
+    vision = model.config.vision_config
+    size, patch = int(vision.image_size), int(vision.patch_size)
+    evidence = None
+    if ns.video:
+        from pipeline.decode import decode_segments
+
+        if not ns.question:
+            raise SystemExit("--question is required with --video")
+        _, segments = decode_segments(ns.video, frames_per_segment=ns.frames, segment_seconds=None, size=size)
+        frames, question = next(iter(segments)).frames, ns.question
+    else:
+        sample = make_sample("test", ns.synthetic)
+        qa = next((q for q in sample.questions if q.question == ns.question), sample.questions[0])
+        frames, question, evidence = sample.frames, qa.question, qa.evidence
+    grid = size // patch
+    enc = encode_prompts(tokenizer, [question], [frames], patch)
+    rows = []
+    for method in METHODS:
+        apply_patch(model, method_config(method, ns.budget))
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=3, do_sample=False)
+        answer = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        stats = last_stats(model)[0]
+        layer = min(stats.kept_indices)
+        kept = token_mask(stats.kept_indices[layer].numpy(), len(frames), grid)
+        recycled = token_mask(stats.recycled_indices.get(layer, torch.zeros(0)).numpy(), len(frames), grid)
+        label = f"{method} @ {ns.budget:.0%}: layer {layer}, {stats.equivalent_tokens:.0f} equiv. tokens -> {answer!r}"
+        rows.append((label, kept, recycled))
+        print(label)
+    image = render_keep_grid(np.asarray(frames), rows, evidence, scale=ns.scale)
+    image.save(ns.out)
+    print(f"question: {question}; model: {'trained' if trained else 'UNTRAINED'}; wrote {ns.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +159,17 @@ def main(argv: list[str] | None = None) -> None:
     fidelity.add_argument("--out", required=True, help="JSON report")
     fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")
     fidelity.set_defaults(run=run_fidelity_command)
+    show = sub.add_parser("show", help="picture of the tokens each method keeps")
+    source = show.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="a video file (its first frames over the whole video are used)")
+    source.add_argument("--synthetic", type=int, help="index of a synthetic test video (evidence is outlined)")
+    show.add_argument("--question", help="the question (default for --synthetic: the video's first question)")
+    show.add_argument("--budget", type=float, default=0.10)
+    show.add_argument("--frames", type=int, default=8)
+    show.add_argument("--scale", type=int, default=3)
+    show.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    show.add_argument("--out", required=True)
+    show.set_defaults(run=run_show)
     ns = parser.parse_args(argv)
     ns.run(ns)
 
