@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from sparsevlm.bench.presets import Layout, preset_table
 
@@ -139,6 +140,57 @@ def run_show(ns: argparse.Namespace) -> None:
     print(f"question: {question}; model: {'trained' if trained else 'UNTRAINED'}; wrote {ns.out}")
 
 
+SPEED_PRESETS = ["video-50", "video-25", "video-10", "video-5"]
+
+
+def _speed_layout(ns: argparse.Namespace) -> Any:
+    from sparsevlm.bench.speed import SpeedLayout
+
+    if ns.tiny:  # CI-sized: proves the command works, measures nothing meaningful
+        return SpeedLayout(hidden=64, heads=4, kv_heads=4, ffn=128, depth=ns.depth, image_size=28, frames=2)
+    return SpeedLayout(depth=ns.depth)
+
+
+def run_speed(ns: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    from sparsevlm.bench.speed import layout_dict, measure
+
+    layout = _speed_layout(ns)
+    rows: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
+    for name in ns.dtypes:
+        dtype = getattr(torch, name)
+        rows += measure(layout, ns.presets, dtype, ns.repeats, ns.threads)
+        for preset in ["dense", *ns.presets]:
+            probe = [sys.executable, "-m", "jobs.benchmark", "speed-probe", "--preset", preset, "--dtype", name]
+            probe += ["--depth", str(ns.depth), "--threads", str(ns.threads)] + (["--tiny"] if ns.tiny else [])
+            result = subprocess.run(probe, check=True, capture_output=True, text=True)
+            memory.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    by_key = {(m["preset"], m["dtype"]): m for m in memory}
+    for row in rows:
+        row.update({k: v for k, v in by_key[(row["preset"], row["dtype"])].items() if k not in ("preset", "dtype")})
+    header = ["preset", "dtype", "prefill_s", "time_ratio", "flops_ratio", "kv_ratio", "prefill_rss_growth_mib"]
+    header += ["prune_overhead_of_dense_layer", "full_depth_time_ratio", "full_depth_flops_ratio"]
+    print(" ".join(f"{h[:14]:>14}" for h in header))
+    for row in rows:
+        print(" ".join(f"{_fmt(row[h]):>14}" for h in header))
+    report = {"layout": layout_dict(layout), "threads": ns.threads, "results": rows}
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
+
+
+def run_speed_probe(ns: argparse.Namespace) -> None:
+    import torch
+
+    from sparsevlm.bench.speed import peak_rss_probe
+
+    print(json.dumps(peak_rss_probe(_speed_layout(ns), ns.preset, getattr(torch, ns.dtype), ns.threads)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +222,22 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
     show.add_argument("--out", required=True)
     show.set_defaults(run=run_show)
+    speed = sub.add_parser("speed", help="prefill time / memory / KV cache on the 7B layout")
+    speed.add_argument("--out", required=True)
+    speed.add_argument("--depth", type=int, default=3, help="decoder layers actually run (default 3)")
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--threads", type=int, default=2)
+    speed.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    speed.add_argument("--presets", nargs="+", default=SPEED_PRESETS)
+    speed.add_argument("--tiny", action="store_true", help="tiny widths, to check the command only")
+    speed.set_defaults(run=run_speed)
+    probe = sub.add_parser("speed-probe", help="internal: one prefill in a fresh process, peak RSS as JSON")
+    probe.add_argument("--preset", required=True)
+    probe.add_argument("--dtype", required=True)
+    probe.add_argument("--depth", type=int, default=3)
+    probe.add_argument("--threads", type=int, default=2)
+    probe.add_argument("--tiny", action="store_true")
+    probe.set_defaults(run=run_speed_probe)
     ns = parser.parse_args(argv)
     ns.run(ns)
 

@@ -1,0 +1,231 @@
+"""Prefill speed, memory and KV-cache of sparse vs dense on the Video-LLaVA-7B layout (random weights).
+
+The language model has the 7B widths (hidden 4096, 32 heads, FFN 11008) at a reduced depth that still holds
+the pruning layer; the vision tower is tiny (its cost is not what is measured) but emits the real token
+layout, 8 frames x 257 tokens. Each preset runs the schedule it has on the full 32-layer model, as a fixed
+budget. Presets and dense alternate within one process (interleaved repetitions) so machine noise hits
+all alike; the full-depth time is projected from the measured per-layer costs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+from sparsevlm.config import SparseConfig
+from sparsevlm.patch import apply_patch, last_stats
+from sparsevlm.stats import prefill_flops
+
+VIDEO_TOKEN, IMAGE_TOKEN = 31, 30
+
+
+@dataclass(frozen=True)
+class SpeedLayout:
+    """Model and input sizes; the defaults are Video-LLaVA-7B's language model."""
+
+    hidden: int = 4096
+    heads: int = 32
+    kv_heads: int = 32
+    ffn: int = 11008
+    depth: int = 3
+    full_depth: int = 32
+    image_size: int = 224
+    patch: int = 14
+    frames: int = 8
+    text_tokens: int = 40
+
+    @property
+    def n_visual(self) -> int:
+        return self.frames * ((self.image_size // self.patch) ** 2 + 1)
+
+
+def build_speed_model(layout: SpeedLayout, dtype: torch.dtype) -> VideoLlavaForConditionalGeneration:
+    """A random Video-LLaVA with the layout's language model and a tiny vision tower."""
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        image_size=layout.image_size,
+        patch_size=layout.patch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=layout.hidden,
+        intermediate_size=layout.ffn,
+        num_hidden_layers=layout.depth,
+        num_attention_heads=layout.heads,
+        num_key_value_heads=layout.kv_heads,
+        max_position_embeddings=4096,
+    )
+    config = VideoLlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN
+    )
+    model = VideoLlavaForConditionalGeneration(config).eval()
+    return model.to(dtype)
+
+
+def speed_inputs(layout: SpeedLayout, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One prompt: a short pre-prompt, the video tokens, then a question-length text."""
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(32, 64, (layout.text_tokens,), generator=gen).tolist()
+    ids = [1, 40, 41] + [VIDEO_TOKEN] * layout.n_visual + text
+    pixels = torch.randn(1, layout.frames, 3, layout.image_size, layout.image_size, generator=gen)
+    return {"input_ids": torch.tensor([ids]), "pixel_values_videos": pixels.to(dtype)}
+
+
+def full_depth_config(preset: str, layout: SpeedLayout) -> SparseConfig:
+    """The preset's schedule on the full-depth model, as a fixed budget that runs at any depth."""
+    cfg = SparseConfig.preset(preset)
+    if cfg.is_dense or cfg.mode == "budget":
+        return cfg
+    schedule = cfg.schedule(layout.full_depth, layout.n_visual)
+    if any(k is None for k in schedule.values()):
+        raise ValueError(f"preset {preset!r} is rank-based; its budget is only known at run time")
+    layers = tuple(sorted(schedule))
+    keeps = tuple(int(schedule[layer]) for layer in layers)  # type: ignore[arg-type]
+    return cfg.replace(prune_layers=layers, keep_tokens=keeps, target_fraction=None, name=preset)
+
+
+def kv_cache_bytes(cache: Any) -> int:
+    """Bytes held by a DynamicCache after prefill."""
+    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
+
+
+def measure(
+    layout: SpeedLayout, presets: list[str], dtype: torch.dtype, repeats: int, threads: int
+) -> list[dict[str, Any]]:
+    """Median prefill time, KV bytes, FLOPs and pruning overhead of dense and each preset, interleaved."""
+    torch.set_num_threads(threads)
+    model = build_speed_model(layout, dtype)
+    inputs = speed_inputs(layout, dtype)
+    configs = {"dense": SparseConfig.preset("dense"), **{p: full_depth_config(p, layout) for p in presets}}
+    lm = model.model.language_model
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    overhead: dict[str, list[float]] = {name: [] for name in configs}
+    info: dict[str, dict[str, Any]] = {}
+    for rep in range(repeats + 1):  # the first round warms up
+        for name, cfg in configs.items():
+            apply_patch(model, cfg)
+            spent = [0.0]
+            original = getattr(lm, "_prune", None)
+            if original is not None:
+
+                def timed(*args: Any, _orig: Any = original, _spent: list[float] = spent, **kwargs: Any) -> Any:
+                    began = time.perf_counter()
+                    try:
+                        return _orig(*args, **kwargs)
+                    finally:
+                        _spent[0] += time.perf_counter() - began
+
+                lm._prune = timed
+            began = time.perf_counter()
+            with torch.no_grad():
+                out = model(**inputs, use_cache=True, logits_to_keep=1)
+            elapsed = time.perf_counter() - began
+            if original is not None:
+                del lm._prune
+            if rep == 0:
+                stats = last_stats(model)[0]
+                info[name] = {
+                    "kv_cache_bytes": kv_cache_bytes(out.past_key_values),
+                    "seq_len_per_layer": stats.seq_len_per_layer,
+                    "equivalent_tokens_full_depth": _full_depth_equivalent(cfg, layout),
+                }
+                continue
+            times[name].append(elapsed)
+            overhead[name].append(spent[0])
+    return _rows(layout, configs, times, overhead, info, dtype)
+
+
+def _full_depth_equivalent(cfg: SparseConfig, layout: SpeedLayout) -> float:
+    from sparsevlm.stats import equivalent_tokens, simulate_visual_counts
+
+    schedule = {} if cfg.is_dense else dict(zip(cfg.prune_layers, cfg.keep_tokens or (), strict=True))
+    counts = simulate_visual_counts(layout.n_visual, layout.full_depth, schedule, cfg.recycle_ratio, cfg.cluster_ratio)
+    return equivalent_tokens(counts[1:])
+
+
+def _rows(
+    layout: SpeedLayout,
+    configs: dict[str, SparseConfig],
+    times: dict[str, list[float]],
+    overhead: dict[str, list[float]],
+    info: dict[str, dict[str, Any]],
+    dtype: torch.dtype,
+) -> list[dict[str, Any]]:
+    dense_s = statistics.median(times["dense"])
+    dense_layer_s = dense_s / layout.depth
+    dense_seq = info["dense"]["seq_len_per_layer"]
+    rows = []
+    for name, cfg in configs.items():
+        seq = info[name]["seq_len_per_layer"]
+        median_s = statistics.median(times[name])
+        prune_s = statistics.median(overhead[name])
+        flops = prefill_flops(seq, layout.hidden, layout.ffn)
+        dense_flops = prefill_flops(dense_seq, layout.hidden, layout.ffn)
+        # Full depth: layers up to the last pruning layer cost a dense layer each; later layers cost what the
+        # measured reduced layers cost.
+        last = max(cfg.prune_layers) if cfg.prune_layers else -1
+        n_full = last + 1
+        reduced = layout.depth - n_full
+        small_s = (median_s - prune_s - n_full * dense_layer_s) / reduced if reduced else dense_layer_s
+        projected = n_full * dense_layer_s + (layout.full_depth - n_full) * max(small_s, 0.0) + prune_s
+        full_seq = seq[:n_full] + [seq[-1]] * (layout.full_depth - n_full)
+        rows.append(
+            {
+                "preset": name,
+                "dtype": str(dtype).replace("torch.", ""),
+                "depth": layout.depth,
+                "prefill_s": round(median_s, 4),
+                "time_ratio": round(median_s / dense_s, 4),
+                "flops_ratio": round(flops / dense_flops, 4),
+                "prune_overhead_s": round(prune_s, 5),
+                "prune_overhead_of_dense_layer": round(prune_s / dense_layer_s, 5),
+                "kv_cache_bytes": info[name]["kv_cache_bytes"],
+                "kv_ratio": round(info[name]["kv_cache_bytes"] / info["dense"]["kv_cache_bytes"], 4),
+                "seq_len_per_layer": seq,
+                "full_depth_equivalent_tokens": round(info[name]["equivalent_tokens_full_depth"], 2),
+                "full_depth_time_ratio": round(projected / (layout.full_depth * dense_layer_s), 4),
+                "full_depth_flops_ratio": round(
+                    prefill_flops(full_seq, layout.hidden, layout.ffn)
+                    / prefill_flops([dense_seq[0]] * layout.full_depth, layout.hidden, layout.ffn),
+                    4,
+                ),
+                "repeats": len(times[name]),
+            }
+        )
+    return rows
+
+
+def layout_dict(layout: SpeedLayout) -> dict[str, Any]:
+    return {**asdict(layout), "n_visual": layout.n_visual}
+
+
+def peak_rss_probe(layout: SpeedLayout, preset: str, dtype: torch.dtype, threads: int) -> dict[str, Any]:
+    """One prefill in this (fresh) process: peak RSS over the RSS after the model is built.
+
+    Run it in a subprocess per preset: peak RSS only grows within a process.
+    """
+    import resource
+
+    torch.set_num_threads(threads)
+    model = build_speed_model(layout, dtype)
+    inputs = speed_inputs(layout, dtype)
+    apply_patch(model, full_depth_config(preset, layout))
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        model(**inputs, use_cache=True, logits_to_keep=1)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "preset": preset,
+        "dtype": str(dtype).replace("torch.", ""),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "prefill_rss_growth_mib": round((peak_kib - base_kib) / 1024, 1),
+    }
