@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 Positions = Literal["original", "compact"]
 Method = Literal["sparsevlm", "fastv", "random"]
+RecyclePosition = Literal["centre", "earliest"]
 METHODS = ("sparsevlm", "fastv", "random")
 
 # Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
@@ -57,6 +58,19 @@ class SparseConfig:
         method: how visual tokens are scored: ``"sparsevlm"`` (rater text tokens' attention), ``"fastv"`` (the
             last prompt token's attention, the FastV rule) or ``"random"`` (uniform random scores); the
             baselines are compared at equal budgets (see :mod:`sparsevlm.baselines`).
+        temporal_merge: cross-frame merging before the LLM: a token whose cosine similarity to the same
+            position's surviving token of its segment is at least this merges into it (the earliest frame's
+            token survives and keeps its position); None turns it off. See :func:`sparsevlm.recycle.temporal_merge`.
+        segment_threshold: consecutive frames less similar than this (mean same-position cosine) start a new
+            segment; temporal merging never crosses a segment boundary.
+        recycle_time_weight: weight of the frame distance in the recycling clusters' distance (0: features only,
+            as the paper); larger values keep clusters within nearby frames.
+        recycle_position: position of a merged recycled token: its cluster's ``"centre"`` (the density peak,
+            the most representative member) or its ``"earliest"`` member (``positions="original"`` only).
+        budget_frames: long-video mode: the target fraction applies to this many frames' worth of tokens
+            instead of the input's, so a long segment costs what ``budget_frames`` frames cost.
+        vision_chunk_frames: encode video frames through the vision tower this many at a time (memory bounded
+            by the chunk, not the video); 0 encodes all at once.
         name: a label carried into results (the preset name, or ``"custom"``).
     """
 
@@ -70,6 +84,12 @@ class SparseConfig:
     positions: Positions = "original"
     seed: int = 0
     method: Method = "sparsevlm"
+    temporal_merge: float | None = None
+    segment_threshold: float = 0.8
+    recycle_time_weight: float = 0.0
+    recycle_position: RecyclePosition = "centre"
+    budget_frames: int | None = None
+    vision_chunk_frames: int = 0
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -115,6 +135,22 @@ class SparseConfig:
             raise ValueError(f"cluster_ratio must be in (0, 1], got {self.cluster_ratio!r}")
         if self.positions not in ("original", "compact"):
             raise ValueError(f"positions must be 'original' or 'compact', got {self.positions!r}")
+        if self.temporal_merge is not None and not -1.0 <= self.temporal_merge <= 1.0:
+            raise ValueError(
+                f"temporal_merge must be a cosine similarity in [-1, 1] or None, got {self.temporal_merge!r}"
+            )
+        if not -1.0 <= self.segment_threshold <= 1.0:
+            raise ValueError(f"segment_threshold must be in [-1, 1], got {self.segment_threshold!r}")
+        if self.recycle_time_weight < 0:
+            raise ValueError(f"recycle_time_weight must be >= 0, got {self.recycle_time_weight!r}")
+        if self.recycle_position not in ("centre", "earliest"):
+            raise ValueError(f"recycle_position must be 'centre' or 'earliest', got {self.recycle_position!r}")
+        if self.budget_frames is not None and (self.budget_frames < 1 or self.target_fraction is None):
+            raise ValueError(
+                f"budget_frames must be >= 1 and needs target_fraction, got budget_frames={self.budget_frames!r}"
+            )
+        if self.vision_chunk_frames < 0:
+            raise ValueError(f"vision_chunk_frames must be >= 0, got {self.vision_chunk_frames!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -133,7 +169,8 @@ class SparseConfig:
 
     @property
     def is_dense(self) -> bool:
-        return self.mode == "dense"
+        """True when nothing is pruned or merged: outputs equal the unpatched model's."""
+        return self.mode == "dense" and self.temporal_merge is None
 
     def replace(self, **changes: Any) -> SparseConfig:
         """A copy with some fields changed (validated again)."""
@@ -152,12 +189,14 @@ class SparseConfig:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
         return cls(name=name, **fields)
 
-    def schedule(self, num_layers: int, n_visual: int) -> dict[int, int | None]:
+    def schedule(self, num_layers: int, n_visual: int, reference: int | None = None) -> dict[int, int | None]:
         """The per-layer keep counts for one sample.
 
         Args:
             num_layers: decoder layers of the language model.
-            n_visual: visual tokens entering the language model for this sample.
+            n_visual: visual tokens entering the language model for this sample (after temporal merging).
+            reference: target mode: the token count the target fraction is of (the visual tokens before
+                temporal merging, or ``budget_frames`` frames' worth); default ``n_visual``.
 
         Returns:
             ``{layer: keep}`` where ``keep`` is the number of visual tokens kept at that layer, or None in
@@ -177,8 +216,11 @@ class SparseConfig:
         if self.mode == "rank":
             return dict.fromkeys(self.prune_layers)
         assert self.target_fraction is not None
+        fraction = self.target_fraction * (reference if reference is not None else n_visual) / n_visual
+        if fraction >= 1.0:
+            return {}  # temporal merging alone already met the target
         layer, keep = derive_target_schedule(
-            self.target_fraction,
+            fraction,
             num_layers,
             n_visual,
             self.prune_layers[0],
@@ -241,6 +283,8 @@ def _equivalent(
     return sum(counts[1:]) / num_layers
 
 
+XF: dict[str, Any] = {"temporal_merge": 0.9, "segment_threshold": 0.8, "recycle_time_weight": 0.5}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "dense": {},
     # SparseVLM v1.5 budgets for LLaVA-1.5 (576 visual tokens, 32 layers): 192 / 128 / 64 equivalent tokens.
@@ -254,4 +298,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "video-25": {"prune_layers": (1,), "target_fraction": 0.25},
     "video-10": {"prune_layers": (1,), "target_fraction": 0.10},
     "video-5": {"prune_layers": (1,), "target_fraction": 0.05},
+    # Cross-frame: static tokens merge across frames before the LLM, then text-guided pruning and
+    # time-aware recycling share what is left of the same equivalent-token budget.
+    "video-xf-25": {"prune_layers": (1,), "target_fraction": 0.25, **XF},
+    "video-xf-10": {"prune_layers": (1,), "target_fraction": 0.10, **XF},
+    "video-xf-5": {"prune_layers": (1,), "target_fraction": 0.05, **XF},
+    # Long videos: any number of frames compressed to a quarter of 8 frames' tokens; positions renumbered so
+    # RoPE stays within the range of 8 frames; the vision tower encodes 8 frames at a time.
+    "video-long": {
+        "prune_layers": (1,),
+        "target_fraction": 0.25,
+        "budget_frames": 8,
+        "positions": "compact",
+        "vision_chunk_frames": 8,
+        **XF,
+    },
 }

@@ -19,14 +19,23 @@ from typing import Any
 import torch
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
+from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.recycle import recycle_deleted
-from sparsevlm.scoring import rank_keep_count, rater_attention, select_keep, select_raters, visual_scores
-from sparsevlm.sequence import TEXT, Layout, build_attention_mask, pack_left, prune_row
-from sparsevlm.stats import SampleStats, equivalent_tokens, prefill_flops
+from sparsevlm.scoring import rank_keep_count, rater_attention, select_keep, select_rater_tokens, visual_scores
+from sparsevlm.sequence import (
+    TEXT,
+    Layout,
+    build_attention_mask,
+    frame_index,
+    merge_across_frames,
+    pack_left,
+    prune_row,
+)
+from sparsevlm.stats import PrefillRecorder, SampleStats, dense_stats
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,7 @@ class SparseRuntime:
         self.prefill: _PrefillState | None = None
         self.stats: list[SampleStats] = []
         self.hook: Any = None
+        self.tokens_per_frame: int | None = None  # video tokens per frame (CLS + patches), set by apply_patch
 
     def capture_inputs(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook on ``VideoLlavaModel``: remember which input positions are visual tokens."""
@@ -120,7 +130,7 @@ class SparseLlamaModel(LlamaModel):
                 rt.prefill = None
                 if sparse_call:
                     assert visual is not None
-                    rt.stats = _dense_stats(self.config, visual, attention_mask)
+                    rt.stats = dense_stats(self.config, visual, attention_mask)
             return super().forward(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -178,17 +188,25 @@ class SparseLlamaModel(LlamaModel):
         visual_index = torch.full((b, length), TEXT, dtype=torch.long, device=device)
         for row in range(b):
             visual_index[row, visual[row]] = torch.arange(int(visual[row].sum()), device=device)
-        raters = _select_rater_tokens(embeds, valid, visual, rt.prompt_len, cfg.method)
+        raters = select_rater_tokens(embeds, valid, visual, rt.prompt_len, cfg.method)
         layout = Layout(embeds, positions, valid, visual_index, raters)
         last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
         original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
 
         num_layers = self.config.num_hidden_layers
         n_visual = [int(n) for n in visual.sum(1)]
-        schedules = [cfg.schedule(num_layers, n) for n in n_visual]
+        record = PrefillRecorder(b, raters)
+        tpf = rt.tokens_per_frame
+        if cfg.temporal_merge is not None and tpf:
+            layout = merge_across_frames(layout, tpf, cfg)
+            record.merged = [n - int(m) for n, m in zip(n_visual, layout.visual.sum(1).tolist(), strict=True)]
+        references = [cfg.budget_frames * tpf if cfg.budget_frames and tpf else n for n in n_visual]
+        schedules = [
+            cfg.schedule(num_layers, int(m), ref)
+            for m, ref in zip(layout.visual.sum(1).tolist(), references, strict=True)
+        ]
         prune_at = sorted(set().union(*schedules))
-        record = _Recorder(b, raters)
-        groups = [_Group(0, valid, torch.zeros(b, dtype=torch.long, device=device))]
+        groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1])]
         mask, rope = self._mask_and_rope(layout)
         for i, layer in enumerate(self.layers[:num_layers]):
             record.enter(layout)
@@ -227,7 +245,7 @@ class SparseLlamaModel(LlamaModel):
         keys: torch.Tensor,
         layout: Layout,
         schedules: list[dict[int, int | None]],
-        record: _Recorder,
+        record: PrefillRecorder,
     ) -> Layout | None:
         """Score, select and recycle at one pruning layer; None when no row changes."""
         cfg = self._sparse_runtime.config
@@ -274,17 +292,22 @@ class SparseLlamaModel(LlamaModel):
                 continue
             changed = True
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_idx)
+            times = frame_index(layout.visual_index[row, vis_pos], self._sparse_runtime.tokens_per_frame)
             recycled = recycle_deleted(
                 layout.hidden[row, vis_pos[deleted_local]],
                 row_scores[deleted_local],
                 cfg.recycle_ratio,
                 cfg.cluster_ratio,
                 generator,
+                times[deleted_local],
+                cfg.recycle_time_weight,
             )
             merged, merged_pos = None, None
             if recycled is not None:
                 merged = recycled.tokens
-                merged_pos = layout.position_ids[row, vis_pos[deleted_local[recycled.centres]]]
+                deleted_pos = layout.position_ids[row, vis_pos[deleted_local]]
+                anchor = recycled.centres if cfg.recycle_position == "centre" else recycled.earliest(deleted_pos)
+                merged_pos = deleted_pos[anchor]
                 record.recycled(row, layer_idx, layout, vis_pos[deleted_local[recycled.members]], len(merged))
             compact = cfg.positions == "compact"
             rows.append(prune_row(layout, row, vis_pos[deleted_local], merged, merged_pos, compact))
@@ -308,16 +331,18 @@ class SparseLlamaModel(LlamaModel):
                 f"batch size changed from {state.batch} to {b} on a pruned cache; SparseVLM supports greedy "
                 "and sampling decoding, not beam search or cache reordering"
             )
-        past_len = cache.get_seq_length()
-        total = past_len + q_len
+        # Tokens after the prefill (earlier decoding steps and this call), counted on layer 0's cache, which
+        # holds the prefill as group 0 laid it out (shorter than the input when temporal merging ran).
+        n_new = cache.get_seq_length() - state.groups[0].kv_valid.shape[1] + q_len
+        total = state.prefill_len + n_new  # in the caller's (unpruned) token count
         if attention_mask is None:
-            new_cols = torch.ones(b, total - state.prefill_len, dtype=torch.bool, device=embeds.device)
+            new_cols = torch.ones(b, n_new, dtype=torch.bool, device=embeds.device)
         elif attention_mask.shape[1] != total:
             raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {total}")
         else:
             new_cols = attention_mask[:, state.prefill_len :].bool()
         if position_ids is None:
-            position_ids = (torch.arange(q_len, device=embeds.device) + past_len)[None]
+            position_ids = (torch.arange(q_len, device=embeds.device) + total - q_len)[None]
         positions = position_ids.expand(b, q_len)
         hidden = embeds
         bounds = [g.first_layer for g in state.groups] + [self.config.num_hidden_layers]
@@ -345,6 +370,33 @@ class SparseLlamaModel(LlamaModel):
         return mask, self.rotary_emb(layout.hidden, layout.position_ids)
 
 
+class SparseVideoLlavaModel(VideoLlavaModel):
+    """``VideoLlavaModel`` that can encode video frames through the vision tower in chunks."""
+
+    _sparse_runtime: SparseRuntime
+
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any = None, **kwargs: Any
+    ) -> Any:
+        chunk = self._sparse_runtime.config.vision_chunk_frames
+        b, t = pixel_values_videos.shape[:2]
+        if not chunk or t <= chunk:
+            return super().get_video_features(
+                pixel_values_videos=pixel_values_videos, vision_feature_layer=vision_feature_layer, **kwargs
+            )
+        parts = []
+        for start in range(0, t, chunk):  # CLIP encodes frames independently: chunking is exact
+            out = super().get_video_features(
+                pixel_values_videos=pixel_values_videos[:, start : start + chunk],
+                vision_feature_layer=vision_feature_layer,
+                **kwargs,
+            )
+            features = out.pooler_output  # [B * t_chunk, tokens, D]
+            parts.append(features.view(b, -1, *features.shape[1:]))
+        features = torch.cat(parts, dim=1)  # [B, T, tokens, D]
+        return BaseModelOutputWithPooling(pooler_output=features.reshape(b * t, *features.shape[2:]))
+
+
 class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneration):
     """Video-LLaVA whose language model is a :class:`SparseLlamaModel`; remembers the prompt length."""
 
@@ -367,113 +419,3 @@ class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneratio
             return self.save_pretrained(*args, **kwargs)
         finally:
             self.__class__ = SparseVideoLlavaForConditionalGeneration
-
-
-def _select_rater_tokens(
-    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None, method: str
-) -> torch.Tensor:
-    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token.
-
-    SparseVLM picks the relevant ones (:func:`select_raters`); FastV's rule uses the last prompt token alone.
-    """
-    b, length, _ = embeds.shape
-    at = torch.arange(length, device=embeds.device)
-    raters = torch.zeros(b, length, dtype=torch.bool, device=embeds.device)
-    for row in range(b):
-        vis = visual[row].nonzero().squeeze(1)
-        candidates = valid[row] & ~visual[row] & (at > vis.max())
-        if prompt_len is not None:
-            candidates &= at < prompt_len
-        cand = candidates.nonzero().squeeze(1)
-        if method == "fastv":
-            raters[row, cand[-1:]] = True
-            continue
-        chosen = select_raters(embeds[row, vis], embeds[row, cand])
-        raters[row, cand[chosen]] = True
-    return raters
-
-
-class _Recorder:
-    """Collects the per-row statistics of one prefill."""
-
-    def __init__(self, batch: int, raters: torch.Tensor) -> None:
-        self.batch = batch
-        self.raters = [raters[row].nonzero().squeeze(1).cpu() for row in range(batch)]
-        self.seq_lens: list[list[int]] = [[] for _ in range(batch)]
-        self.visual: list[list[int]] = [[] for _ in range(batch)]
-        self.kept: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.scores: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.recycled_idx: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
-
-    def enter(self, layout: Layout) -> None:
-        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
-            self.seq_lens[row].append(int(n))
-            self.visual[row].append(int(v))
-
-    def pruned(
-        self,
-        row: int,
-        layer: int,
-        layout: Layout,
-        vis_pos: torch.Tensor,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-    ) -> None:
-        original = layout.visual_index[row, vis_pos[kept]]
-        self.kept[row][layer] = original[original >= 0].sort().values.cpu()
-        self.scores[row][layer] = scores.detach().float().cpu()
-
-    def recycled(self, row: int, layer: int, layout: Layout, positions: torch.Tensor, clusters: int) -> None:
-        original = layout.visual_index[row, positions]
-        self.recycled_idx[row][layer] = original[original >= 0].sort().values.cpu()
-        self.clusters[row][layer] = clusters
-
-    def finish(self, layout: Layout, n_visual: list[int], config: Any) -> list[SampleStats]:
-        final_visual = layout.visual.sum(1).tolist()
-        stats = []
-        for row in range(self.batch):
-            after = [*self.visual[row][1:], int(final_visual[row])]
-            dense_len = self.seq_lens[row][0]
-            stats.append(
-                SampleStats(
-                    visual_tokens_in=n_visual[row],
-                    visual_tokens_per_layer=self.visual[row],
-                    equivalent_tokens=equivalent_tokens(after),
-                    kept_indices=self.kept[row],
-                    scores=self.scores[row],
-                    raters=self.raters[row],
-                    prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
-                    dense_prefill_flops=prefill_flops(
-                        [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
-                    ),
-                    seq_len_per_layer=self.seq_lens[row],
-                    recycled_indices=self.recycled_idx[row],
-                    clusters=self.clusters[row],
-                )
-            )
-        return stats
-
-
-def _dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:
-    """Statistics of an unpruned prefill (the dense preset)."""
-    valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(visual)
-    stats = []
-    for row in range(visual.shape[0]):
-        n_vis = int((visual[row] & valid[row]).sum())
-        lens = [int(valid[row].sum())] * config.num_hidden_layers
-        flops = prefill_flops(lens, config.hidden_size, config.intermediate_size)
-        stats.append(
-            SampleStats(
-                visual_tokens_in=n_vis,
-                visual_tokens_per_layer=[n_vis] * config.num_hidden_layers,
-                equivalent_tokens=float(n_vis),
-                kept_indices={},
-                scores={},
-                raters=torch.zeros(0, dtype=torch.long),
-                prefill_flops=flops,
-                dense_prefill_flops=flops,
-                seq_len_per_layer=lens,
-            )
-        )
-    return stats

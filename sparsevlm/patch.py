@@ -13,9 +13,15 @@ from typing import Any
 
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import LlamaModel
+from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
-from sparsevlm.modeling import SparseLlamaModel, SparseRuntime, SparseVideoLlavaForConditionalGeneration
+from sparsevlm.modeling import (
+    SparseLlamaModel,
+    SparseRuntime,
+    SparseVideoLlavaForConditionalGeneration,
+    SparseVideoLlavaModel,
+)
 from sparsevlm.stats import SampleStats
 
 # The decoder loop in sparsevlm/modeling.py overrides internals of exactly this release.
@@ -64,7 +70,12 @@ def apply_patch(
         _runtime(model).config = cfg
         return model
     runtime = SparseRuntime(cfg)
-    runtime.hook = model.model.register_forward_pre_hook(runtime.capture_inputs, with_kwargs=True)
+    vision: Any = model.config.vision_config
+    runtime.tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1  # the video path keeps CLS
+    inner: Any = model.model
+    runtime.hook = inner.register_forward_pre_hook(runtime.capture_inputs, with_kwargs=True)
+    inner.__class__ = SparseVideoLlavaModel
+    inner._sparse_runtime = runtime
     language_model.__class__ = SparseLlamaModel
     language_model._sparse_runtime = runtime
     model.__class__ = SparseVideoLlavaForConditionalGeneration
@@ -83,6 +94,9 @@ def remove_patch(model: VideoLlavaForConditionalGeneration) -> VideoLlavaForCond
         return model
     runtime = _runtime(model)
     runtime.hook.remove()
+    inner: Any = model.model
+    inner.__class__ = VideoLlavaModel
+    del inner._sparse_runtime
     language_model: Any = model.model.language_model
     language_model.__class__ = LlamaModel
     del language_model._sparse_runtime

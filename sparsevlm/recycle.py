@@ -15,7 +15,11 @@ from sparsevlm.stats import recycle_counts
 
 
 def dpc_knn_cluster(
-    points: torch.Tensor, num_clusters: int, generator: torch.Generator | None = None
+    points: torch.Tensor,
+    num_clusters: int,
+    generator: torch.Generator | None = None,
+    times: torch.Tensor | None = None,
+    time_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with a kNN density.
 
@@ -29,6 +33,8 @@ def dpc_knn_cluster(
         points: ``[N, D]`` features.
         num_clusters: ``C`` with ``1 <= C <= N``.
         generator: seeds the tie-break noise (CPU generator); None uses the global RNG.
+        times: ``[N]`` frame index of each point, for a distance that takes time into account.
+        time_weight: ``w`` in ``dist = sqrt(dist_features^2 + (w * |t_i - t_j|)^2)``; 0 ignores time.
 
     Returns:
         ``(assign, centres)``: ``[N]`` cluster id of each point, ``[C]`` index of each cluster's centre.
@@ -38,6 +44,9 @@ def dpc_knn_cluster(
         raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
     x = points.float()
     dist = torch.cdist(x, x) / d**0.5  # [N, N]
+    if times is not None and time_weight > 0:
+        gap = (times[:, None] - times[None, :]).abs().float().to(x.device) * time_weight  # [N, N]
+        dist = (dist**2 + gap**2).sqrt()
     knn = dist.topk(num_clusters, dim=-1, largest=False).values  # [N, k]
     noise = torch.rand(n, generator=generator).to(x.device) * 1e-6
     density = (-(knn**2).mean(dim=-1)).exp() + noise  # [N]
@@ -72,13 +81,25 @@ class Recycled:
         tokens: ``[C, D]`` merged tokens.
         members: ``[n_r]`` indices (into the deleted set) of the recycled tokens.
         assign: ``[n_r]`` cluster id of each recycled token.
-        centres: ``[C]`` index (into the deleted set) of each cluster's centre token.
+        centres: ``[C]`` index (into the deleted set) of each cluster's centre token (its density peak,
+            the most representative member).
     """
 
     tokens: torch.Tensor
     members: torch.Tensor
     assign: torch.Tensor
     centres: torch.Tensor
+
+    def earliest(self, order: torch.Tensor) -> torch.Tensor:
+        """``[C]`` index (into the deleted set) of each cluster's member that comes first in ``order``.
+
+        Args:
+            order: ``[M]`` a sort key per deleted token (e.g. its position id).
+        """
+        key = order[self.members].float()  # [n_r]
+        clusters = torch.arange(self.tokens.shape[0], device=key.device)
+        masked = torch.where(self.assign[:, None] == clusters[None, :], key[:, None], float("inf"))  # [n_r, C]
+        return self.members[masked.argmin(dim=0)]
 
 
 def recycle_deleted(
@@ -87,12 +108,16 @@ def recycle_deleted(
     recycle_ratio: float,
     cluster_ratio: float,
     generator: torch.Generator | None = None,
+    times: torch.Tensor | None = None,
+    time_weight: float = 0.0,
 ) -> Recycled | None:
     """Recycle the best-scored deleted tokens into a few merged tokens.
 
     Args:
         deleted: ``[M, D]`` features of the deleted tokens (the pruning layer's output hidden states).
         deleted_scores: ``[M]`` their scores.
+        times: ``[M]`` frame index of each deleted token (cross-frame recycling), or None.
+        time_weight: weight of the frame distance in the clustering distance.
 
     Returns:
         The merged tokens and their provenance, or None when nothing is recycled.
@@ -101,6 +126,84 @@ def recycle_deleted(
     if n_recycled == 0:
         return None
     members = deleted_scores.topk(n_recycled).indices  # [n_r], best first
-    assign, centres = dpc_knn_cluster(deleted[members], n_clusters, generator)
+    member_times = times[members] if times is not None else None
+    assign, centres = dpc_knn_cluster(deleted[members], n_clusters, generator, member_times, time_weight)
     tokens = merge_clusters(deleted[members], assign, n_clusters)
     return Recycled(tokens=tokens, members=members, assign=assign, centres=members[centres])
+
+
+def frame_similarity(frames: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of same-position tokens between consecutive frames.
+
+    Args:
+        frames: ``[T, P, D]`` visual tokens of one video, ``P`` tokens per frame.
+
+    Returns:
+        ``[T - 1]``: entry ``t`` compares frame ``t + 1`` with frame ``t``.
+    """
+    x = torch.nn.functional.normalize(frames.float(), dim=-1)
+    return (x[1:] * x[:-1]).sum(-1).mean(-1)
+
+
+def segment_frames(similarity: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
+    """Split frames where consecutive frames are less similar than ``threshold`` (a shot change).
+
+    Returns:
+        ``[(start, end), ...]`` half-open frame ranges covering every frame.
+    """
+    cuts = [0] + [t + 1 for t in range(similarity.shape[0]) if float(similarity[t]) < threshold]
+    ends = [*cuts[1:], similarity.shape[0] + 1]
+    return list(zip(cuts, ends, strict=True))
+
+
+@dataclass(frozen=True)
+class TemporalMerge:
+    """The outcome of merging one video's static tokens across frames.
+
+    Attributes:
+        tokens: ``[T, P, D]`` features, survivors replaced by the mean of what merged into them.
+        keep: ``[T, P]`` bool, the tokens that survive.
+        weight: ``[T, P]`` how many original tokens each survivor stands for (0 for merged ones).
+        segments: the frame segments merging stayed inside.
+    """
+
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    weight: torch.Tensor
+    segments: list[tuple[int, int]]
+
+
+def temporal_merge(frames: torch.Tensor, segment_threshold: float, merge_threshold: float) -> TemporalMerge:
+    """Merge tokens that stay the same across frames into the earliest frame's token.
+
+    Frames are segmented by :func:`segment_frames`; merging never crosses a segment boundary. Inside a
+    segment, each position has a survivor (first the segment's first frame); a later frame's token at that
+    position whose cosine similarity to the survivor is at least ``merge_threshold`` is merged into it (running
+    mean weighted by how many tokens each stands for) and dropped; otherwise it is kept and becomes the
+    position's survivor for the frames after it. So static regions collapse to one token per segment, while
+    frames that change keep their tokens: the budget goes where frames differ.
+
+    Args:
+        frames: ``[T, P, D]`` visual tokens of one video.
+        segment_threshold: consecutive-frame similarity under which a new segment starts.
+        merge_threshold: token similarity at or above which a token merges into its survivor.
+    """
+    t, p, _ = frames.shape
+    x = frames.float().clone()
+    keep = torch.ones(t, p, dtype=torch.bool, device=frames.device)
+    weight = torch.ones(t, p, device=frames.device)
+    segments = segment_frames(frame_similarity(frames), segment_threshold) if t > 1 else [(0, t)]
+    columns = torch.arange(p, device=frames.device)
+    for start, end in segments:
+        owner = torch.full((p,), start, dtype=torch.long, device=frames.device)  # survivor frame per position
+        for f in range(start + 1, end):
+            survivor = x[owner, columns]  # [P, D]
+            similar = torch.nn.functional.cosine_similarity(frames[f].float(), survivor, dim=-1) >= merge_threshold
+            w = weight[owner, columns]
+            merged = (survivor * w[:, None] + frames[f].float()) / (w + 1)[:, None]
+            x[owner[similar], columns[similar]] = merged[similar]
+            weight[owner[similar], columns[similar]] = w[similar] + 1
+            keep[f, similar] = False
+            weight[f, similar] = 0
+            owner = torch.where(similar, owner, torch.full_like(owner, f))
+    return TemporalMerge(x.to(frames.dtype), keep, weight, segments)

@@ -102,3 +102,27 @@ def select_keep(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """
     keep = min(keep, scores.shape[0])
     return scores.topk(keep).indices.sort().values
+
+
+def select_rater_tokens(
+    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None, method: str
+) -> torch.Tensor:
+    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token.
+
+    SparseVLM picks the relevant ones (:func:`select_raters`); FastV's rule uses the last prompt token alone.
+    """
+    b, length, _ = embeds.shape
+    at = torch.arange(length, device=embeds.device)
+    raters = torch.zeros(b, length, dtype=torch.bool, device=embeds.device)
+    for row in range(b):
+        vis = visual[row].nonzero().squeeze(1)
+        candidates = valid[row] & ~visual[row] & (at > vis.max())
+        if prompt_len is not None:
+            candidates &= at < prompt_len
+        cand = candidates.nonzero().squeeze(1)
+        if method == "fastv":
+            raters[row, cand[-1:]] = True
+            continue
+        chosen = select_raters(embeds[row, vis], embeds[row, cand])
+        raters[row, cand[chosen]] = True
+    return raters

@@ -7,9 +7,15 @@ re-pads the batch on the left. Pure tensor code: no transformers modules.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+
+from sparsevlm.recycle import temporal_merge
+
+logger = logging.getLogger(__name__)
 
 # visual_index codes for tokens that are not original visual tokens.
 TEXT = -1
@@ -145,3 +151,35 @@ def build_attention_mask(
         mask = torch.zeros(b, q_len, k, dtype=dtype, device=device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     return allowed[:, None]
+
+
+def frame_index(visual_index: torch.Tensor, tokens_per_frame: int | None) -> torch.Tensor:
+    """``[n]`` frame of each visual token; a merged cluster token takes the frame of the token before it."""
+    frame = torch.where(visual_index >= 0, visual_index // (tokens_per_frame or 1), -1)
+    for i in range(1, frame.shape[0]):  # forward fill; short (visual tokens of one row)
+        if frame[i] < 0:
+            frame[i] = frame[i - 1]
+    return frame.clamp_min(0)
+
+
+def merge_across_frames(layout: Layout, tokens_per_frame: int, cfg: Any) -> Layout:
+    """Temporal merging before the LLM (:func:`sparsevlm.recycle.temporal_merge`), row by row."""
+    hidden = layout.hidden.clone()
+    merged = Layout(hidden, layout.position_ids, layout.valid, layout.visual_index, layout.rater)
+    rows = []
+    for row in range(hidden.shape[0]):
+        vis_pos = layout.visual[row].nonzero().squeeze(1)
+        n = vis_pos.numel()
+        if n == 0 or n % tokens_per_frame:
+            logger.warning(
+                "row %d: %d visual tokens are not whole frames of %d; no temporal merge", row, n, tokens_per_frame
+            )
+            rows.append(prune_row(merged, row, vis_pos[:0]))
+            continue
+        frames = hidden[row, vis_pos].view(n // tokens_per_frame, tokens_per_frame, -1)
+        assert cfg.temporal_merge is not None
+        result = temporal_merge(frames, cfg.segment_threshold, cfg.temporal_merge)
+        hidden[row, vis_pos] = result.tokens.reshape(n, -1)
+        dropped = vis_pos[~result.keep.reshape(n)]
+        rows.append(prune_row(merged, row, dropped, compact=cfg.positions == "compact"))
+    return pack_left(rows)

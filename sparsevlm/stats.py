@@ -11,8 +11,12 @@ The conventions are the paper code's (see ``shared/reference/sparsevlm-method.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from sparsevlm.sequence import Layout
 
 
 def recycle_counts(n_deleted: int, recycle_ratio: float, cluster_ratio: float) -> tuple[int, int]:
@@ -87,6 +91,8 @@ class SampleStats:
         seq_len_per_layer: tokens (padding excluded) entering each layer; also each layer's KV-cache length.
         recycled_indices: pruning layer -> original visual indices merged into cluster tokens there.
         clusters: pruning layer -> number of merged cluster tokens added there.
+        removed_by_merge: visual tokens removed by temporal (cross-frame) merging before the LLM.
+        removed_by_pruning: net visual tokens removed inside the LLM (pruned minus recycled clusters added).
     """
 
     visual_tokens_in: int
@@ -100,8 +106,99 @@ class SampleStats:
     seq_len_per_layer: list[int] = field(default_factory=list)
     recycled_indices: dict[int, torch.Tensor] = field(default_factory=dict)
     clusters: dict[int, int] = field(default_factory=dict)
+    removed_by_merge: int = 0
+    removed_by_pruning: int = 0
 
     @property
     def flops_ratio(self) -> float:
         """Sparse over dense prefill FLOPs."""
         return self.prefill_flops / self.dense_prefill_flops if self.dense_prefill_flops else 1.0
+
+
+class PrefillRecorder:
+    """Collects the per-row statistics of one prefill."""
+
+    def __init__(self, batch: int, raters: torch.Tensor) -> None:
+        self.batch = batch
+        self.raters = [raters[row].nonzero().squeeze(1).cpu() for row in range(batch)]
+        self.seq_lens: list[list[int]] = [[] for _ in range(batch)]
+        self.visual: list[list[int]] = [[] for _ in range(batch)]
+        self.kept: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.scores: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.recycled_idx: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
+        self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
+        self.merged: list[int] = [0] * batch
+
+    def enter(self, layout: Layout) -> None:
+        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
+            self.seq_lens[row].append(int(n))
+            self.visual[row].append(int(v))
+
+    def pruned(
+        self,
+        row: int,
+        layer: int,
+        layout: Layout,
+        vis_pos: torch.Tensor,
+        scores: torch.Tensor,
+        kept: torch.Tensor,
+    ) -> None:
+        original = layout.visual_index[row, vis_pos[kept]]
+        self.kept[row][layer] = original[original >= 0].sort().values.cpu()
+        self.scores[row][layer] = scores.detach().float().cpu()
+
+    def recycled(self, row: int, layer: int, layout: Layout, positions: torch.Tensor, clusters: int) -> None:
+        original = layout.visual_index[row, positions]
+        self.recycled_idx[row][layer] = original[original >= 0].sort().values.cpu()
+        self.clusters[row][layer] = clusters
+
+    def finish(self, layout: Layout, n_visual: list[int], config: Any) -> list[SampleStats]:
+        final_visual = layout.visual.sum(1).tolist()
+        stats = []
+        for row in range(self.batch):
+            after = [*self.visual[row][1:], int(final_visual[row])]
+            dense_len = self.seq_lens[row][0]
+            stats.append(
+                SampleStats(
+                    visual_tokens_in=n_visual[row],
+                    visual_tokens_per_layer=self.visual[row],
+                    equivalent_tokens=equivalent_tokens(after),
+                    kept_indices=self.kept[row],
+                    scores=self.scores[row],
+                    raters=self.raters[row],
+                    prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
+                    dense_prefill_flops=prefill_flops(
+                        [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
+                    ),
+                    seq_len_per_layer=self.seq_lens[row],
+                    recycled_indices=self.recycled_idx[row],
+                    clusters=self.clusters[row],
+                    removed_by_merge=self.merged[row],
+                    removed_by_pruning=n_visual[row] - self.merged[row] - int(final_visual[row]),
+                )
+            )
+        return stats
+
+
+def dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:
+    """Statistics of an unpruned prefill (the dense preset)."""
+    valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(visual)
+    stats = []
+    for row in range(visual.shape[0]):
+        n_vis = int((visual[row] & valid[row]).sum())
+        lens = [int(valid[row].sum())] * config.num_hidden_layers
+        flops = prefill_flops(lens, config.hidden_size, config.intermediate_size)
+        stats.append(
+            SampleStats(
+                visual_tokens_in=n_vis,
+                visual_tokens_per_layer=[n_vis] * config.num_hidden_layers,
+                equivalent_tokens=float(n_vis),
+                kept_indices={},
+                scores={},
+                raters=torch.zeros(0, dtype=torch.long),
+                prefill_flops=flops,
+                dense_prefill_flops=flops,
+                seq_len_per_layer=lens,
+            )
+        )
+    return stats

@@ -54,7 +54,12 @@ def test_raters_scores_and_kept_tokens_equal_eager_attention() -> None:
 def test_generate_with_cache_equals_without_and_batch_equals_rows(attn: str, name: str) -> None:
     model = apply_patch(build_model(attn), CONFIGS[name])
     inputs = build_inputs(model, [4, 11, 7], seed=1)
-    settings = {"max_new_tokens": 6, "do_sample": False, "min_new_tokens": 6}
+    settings = {
+        "max_new_tokens": 6,
+        "do_sample": False,
+        "min_new_tokens": 6,
+        "suppress_tokens": [IMAGE_TOKEN, VIDEO_TOKEN],
+    }
     with torch.no_grad():
         cached = model.generate(**inputs, **settings)[:, -6:]
         batch_stats = last_stats(model)
