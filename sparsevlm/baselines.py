@@ -7,6 +7,8 @@ Every method is a :class:`SparseConfig`, so it runs through the same patched dec
 * ``fastv``     -- FastV's rule: the last prompt token's attention at layer K scores the visual tokens; no
   recycling.
 * ``random``    -- uniformly random visual tokens at the same layer; no recycling.
+* ``sparsevlm-xf`` -- ours with cross-frame recycling: static tokens merge across frames before the LLM,
+  then text-guided pruning and time-aware recycling share the rest of the same budget.
 
 Budgets are target fractions of the visual tokens in equivalent tokens, so every method is solved for the
 same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedule`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from sparsevlm.config import SparseConfig
 
 METHODS = ("sparsevlm", "fastv", "random")
+ALL_METHODS = (*METHODS, "sparsevlm-xf")
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
@@ -29,6 +32,10 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
     """
     if method == "sparsevlm":
         return SparseConfig(prune_layers=(1,), target_fraction=fraction, seed=seed, name=f"sparsevlm-{fraction:g}")
+    if method == "sparsevlm-xf":
+        return SparseConfig.preset("video-xf-25").replace(
+            target_fraction=fraction, seed=seed, name=f"sparsevlm-xf-{fraction:g}"
+        )
     if method == "fastv":
         return SparseConfig(
             prune_layers=(FASTV_LAYER,),
@@ -47,4 +54,4 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             seed=seed,
             name=f"random-{fraction:g}",
         )
-    raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    raise ValueError(f"unknown method {method!r}; known methods: {', '.join(ALL_METHODS)}")
