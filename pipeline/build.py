@@ -1,0 +1,240 @@
+"""The only Ray wiring: one linear Ray Data chain from a video listing to committed Parquet rows.
+
+::
+
+    list sources + ledger filter (driver) -> from_items -> flat_map(decode_rows)      CPU tasks
+        -> map_batches(Predictor, ActorPoolStrategy)                                    one engine per actor
+        -> write_datasink(ResultSink)                                                   Parquet + ledger commit
+
+The stages themselves are plain functions and classes (pipeline/predictor.py, pipeline/ledger.py) that run
+without Ray; this module only chooses resources and wires them. ``run_pipeline`` is the entry point.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink, WriteResult
+from ray.data.datasource.datasink import TaskContext
+
+from pipeline.config import PipelineConfig
+from pipeline.ledger import Ledger, LedgerEntry
+from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.sources import SourceError, list_sources
+from sparsevlm.engine import CheckpointError, inspect_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PipelineError", "ResultSink", "RunSummary", "build_dataset", "run_pipeline"]
+
+# One decode task per video spreads long and short videos evenly; past this many the per-task overhead
+# (a few ms each) would start to matter, so videos share tasks.
+MAX_INPUT_BLOCKS = 4096
+# Loopback-only, telemetry-free settings for a Ray that run_pipeline starts itself (environment.md §4).
+_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+class PipelineError(RuntimeError):
+    """A systemic failure: the model cannot load, no input decodes, or the Ray job itself failed."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did. ``seen = skipped + processed + uncommitted``; ``failed`` counts videos whose rows
+    are all errors, ``partial`` those with some error rows."""
+
+    run_id: str
+    config_key: str
+    output_uri: str
+    seen: int
+    skipped: int
+    processed: int
+    failed: int
+    partial: int
+    rows: int
+    uncommitted: int
+    wall_s: float
+    error_classes: dict[str, int] = field(default_factory=dict)
+
+
+class ResultSink(Datasink[list[dict[str, Any]]]):
+    """Writes result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per video, then
+    its commit marker) and collects the committed entries on the driver."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.entries: list[LedgerEntry] = []
+
+    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> list[dict[str, Any]]:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        ledger = Ledger(*self.config.output_filesystem())
+        committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id)
+        return [asdict(e) for e in committed]
+
+    def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
+        self.entries = [LedgerEntry(**e) for task in write_result.write_returns for e in task]
+
+    def get_name(self) -> str:
+        return "ResultParquet"
+
+
+def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_size: int) -> ray.data.Dataset:
+    """The lazy chain from work items to result rows (everything but the write).
+
+    Args:
+        config: the run's config.
+        items: :func:`~pipeline.predictor.source_row` dicts of the videos to process.
+        frame_size: the model's frame side, so frames leave the decoders at model resolution.
+    """
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
+    ds = ds.flat_map(
+        functools.partial(decode_rows, config=config, frame_size=frame_size),
+        # decord runs single-threaded (num_threads=1), so one CPU per task is its real use. flat_map can change
+        # the row count and map_batches below asks for batch_size rows, so Ray never fuses decoding into the
+        # model actor (performance-anchors §4): decoders and the model overlap.
+        # Decode errors never raise (they become error rows); transient S3 errors are retried inside s3fs/botocore.
+        num_cpus=config.decode_cpus,
+    )
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"config": config},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
+        compute=ray.data.ActorPoolStrategy(size=config.workers),
+        # One GPU per actor in production (a 7B model in bf16 takes ~14 GB); 0 runs the model on CPU.
+        num_gpus=config.num_gpus_per_worker,
+        # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
+        num_cpus=config.cpus_per_worker,
+    )
+
+
+def run_pipeline(config: PipelineConfig) -> RunSummary:
+    """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
+
+    Videos already committed under the same config key are skipped before decoding. Bad videos become error
+    rows; systemic problems raise :class:`PipelineError` with one message.
+
+    Returns:
+        The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
+
+    Raises:
+        PipelineError: the model cannot load, the input cannot be listed, none of the first pending videos
+            decodes, every processed video failed, or the Ray job failed.
+    """
+    start = time.perf_counter()
+    try:
+        spec = inspect_checkpoint(config.model)
+        sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
+    except (CheckpointError, SourceError) as err:
+        raise PipelineError(str(err)) from err
+    ledger = Ledger(*config.output_filesystem())
+    items = [source_row(s, config) for s in sources]
+    pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
+    pending = [i for i in items if i["ledger_key"] in pending_keys]
+    logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
+    entries: list[LedgerEntry] = []
+    if pending:
+        _preflight(config, pending, spec.frame_size)
+        _init_ray(config)
+        sink = ResultSink(config)
+        try:
+            build_dataset(config, pending, spec.frame_size).write_datasink(
+                sink,
+                # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode.
+                ray_remote_args={"num_cpus": 0.25},
+            )
+        except ray.exceptions.RayError as err:
+            raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
+        entries = sink.entries
+    summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    _write_summary(ledger, summary)
+    logger.info("run %s: %s", config.run_id, summary)
+    if summary.uncommitted:
+        logger.warning("%d pending videos were not committed; the next run picks them up", summary.uncommitted)
+    if summary.processed and summary.failed == summary.processed:
+        raise PipelineError(
+            f"every one of the {summary.processed} processed videos failed ({summary.error_classes}); their error "
+            "rows are committed: fix the cause, then rerun with retry_errors=True"
+        )
+    return summary
+
+
+def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size: int) -> None:
+    """Stop before starting the model when none of the first few videos decodes (a missing codec, a wrong
+    bucket, unreadable storage), instead of producing a run of error rows.
+
+    Each try decodes one frame in the driver; an s3:// video is copied to a local temp file first (bounded by
+    ``max_video_bytes``), so this check costs up to ``preflight_videos`` downloads.
+    """
+    tried = pending[: config.preflight_videos]
+    errors = []
+    one_frame = config.replace(segment_seconds=None, frames_per_segment=1)
+    for item in tried:
+        rows = decode_rows(item, one_frame, frame_size)
+        try:
+            first = next(rows)
+        finally:
+            rows.close()  # removes a temporary local copy now
+        if first["error_class"] is None:
+            return
+        errors.append(f"{item['source_uri']}: {first['error_class']}: {first['error_message']}")
+    if tried:
+        raise PipelineError(
+            f"none of the first {len(tried)} pending videos decodes, so the run stops before loading the model; "
+            f"check the input and the decoders (set preflight_videos=0 to skip this check). Errors: {errors}"
+        )
+
+
+def _init_ray(config: PipelineConfig) -> None:
+    if ray.is_initialized():
+        return
+    if config.ray_address is None:
+        for name, value in _LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+        ray.init(include_dashboard=False)
+    else:
+        ray.init(address=config.ray_address)
+
+
+def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:
+    classes: dict[str, int] = {}
+    for entry in entries:
+        for name in entry.error_classes:
+            classes[name] = classes.get(name, 0) + 1
+    return RunSummary(
+        run_id=config.run_id,
+        config_key=config.config_key(),
+        output_uri=config.output_uri,
+        seen=seen,
+        skipped=seen - pending,
+        processed=len(entries),
+        failed=sum(e.status == "error" for e in entries),
+        partial=sum(e.status == "partial" for e in entries),
+        rows=sum(e.rows for e in entries),
+        uncommitted=pending - len(entries),
+        wall_s=round(wall, 3),
+        error_classes=classes,
+    )
+
+
+def _write_summary(ledger: Ledger, summary: RunSummary) -> None:
+    ledger.write_json(f"_runs/{summary.run_id}.json", asdict(summary))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(err).__name__

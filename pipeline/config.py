@@ -1,0 +1,206 @@
+"""PipelineConfig: everything one run needs, validated once at the boundary. No Ray here.
+
+The config is a frozen dataclass that travels to every Ray worker (it is small and picklable), so the
+workers build their own filesystems and engines from it instead of receiving live objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipeline.schema import SCHEMA_VERSION
+from pipeline.sources import check_scheme
+from sparsevlm.config import PRESETS, SparseConfig
+from sparsevlm.engine import CAPTION_PROMPT
+
+__all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
+
+
+def _package_version() -> str:
+    try:
+        return version("sparse-video-llava")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+PIPELINE_VERSION = f"{_package_version()}+schema{SCHEMA_VERSION}"
+
+
+def new_run_id() -> str:
+    """``YYYYmmddTHHMMSSZ-xxxxxx``: sortable by start time, unique across concurrent drivers."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline run.
+
+    Attributes:
+        input_uri: local folder, file:// or s3:// prefix, or a manifest (.txt/.lst/.csv/.parquet); see
+            :func:`pipeline.sources.list_sources`.
+        output_uri: local folder or s3://bucket/prefix for the Parquet result files and the ledger.
+        model: Video-LLaVA checkpoint directory or hub id (safetensors only).
+        questions: asked about every segment, after the caption; manifests may add per-video questions.
+        caption_prompt: the instruction of the caption task.
+        segment_seconds: segment length; None treats each video as one segment.
+        frames_per_segment: frames sampled per segment (the model's T).
+        max_new_tokens: generation budget per answer.
+        sparse_preset: a :data:`sparsevlm.PRESETS` name.
+        sparse_json: a custom SparseConfig as JSON (``SparseConfig.to_json()`` form); overrides the preset.
+        workers: model actors (one engine each).
+        num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU).
+        cpus_per_worker: CPUs reserved per model actor; also its torch thread count.
+        decode_cpus: CPUs per decode task.
+        batch_size: segments per model call; each brings ``1 + len(questions)`` prompts into one ``generate``.
+        max_video_bytes: larger videos become error rows (None disables the guard).
+        max_duration_s: longer videos become error rows (None disables the guard).
+        s3_endpoint_url: an S3-compatible endpoint (e.g. ``http://127.0.0.1:9000``); None means AWS.
+        s3_options: extra s3fs options such as ``key``/``secret``/``client_kwargs``; default: the AWS
+            credential chain of the environment. Never printed.
+        run_id: identifies this run in every row.
+        retry_errors: reprocess videos whose committed rows are errors (e.g. after installing a codec).
+        preflight_videos: the driver decodes the first segment of up to this many pending videos before
+            starting the model; if none decodes, the run stops with one message (0 disables).
+        ray_address: Ray cluster to connect to when Ray is not initialised yet (None: a local Ray).
+    """
+
+    input_uri: str
+    output_uri: str
+    model: str
+    questions: tuple[str, ...] = ()
+    caption_prompt: str = CAPTION_PROMPT
+    segment_seconds: float | None = 10.0
+    frames_per_segment: int = 8
+    max_new_tokens: int = 64
+    sparse_preset: str = "video-25"
+    sparse_json: str | None = None
+    workers: int = 1
+    num_gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    decode_cpus: float = 1.0
+    batch_size: int = 4
+    max_video_bytes: int | None = 20 * 2**30
+    max_duration_s: float | None = 6 * 3600.0
+    s3_endpoint_url: str | None = None
+    s3_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    run_id: str = field(default_factory=new_run_id)
+    retry_errors: bool = False
+    preflight_videos: int = 3
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input_uri", "output_uri", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        check_scheme(self.input_uri)
+        check_scheme(self.output_uri)
+        questions = tuple(self.questions)
+        object.__setattr__(self, "questions", questions)
+        if any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise ValueError(f"questions must be non-empty strings, got {questions!r}")
+        if len(set(questions)) != len(questions):
+            raise ValueError(f"questions repeat: {questions!r}; each question gives one row per segment")
+        if not self.caption_prompt.strip():
+            raise ValueError("caption_prompt must not be empty")
+        if self.segment_seconds is not None and not self.segment_seconds > 0:
+            raise ValueError(f"segment_seconds must be > 0 or None (whole video), got {self.segment_seconds!r}")
+        positive_ints = ("frames_per_segment", "max_new_tokens", "workers", "batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not self.num_gpus_per_worker >= 0:
+            raise ValueError(f"num_gpus_per_worker must be >= 0, got {self.num_gpus_per_worker!r}")
+        for name in ("cpus_per_worker", "decode_cpus"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_video_bytes", "max_duration_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
+        if self.preflight_videos < 0:
+            raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
+        if self.sparse_json is None and self.sparse_preset not in PRESETS:
+            raise ValueError(f"unknown sparse_preset {self.sparse_preset!r}; known presets: {', '.join(PRESETS)}")
+        self.sparse_config()  # a bad sparse_json fails here, not in a worker
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def sparse_config(self) -> SparseConfig:
+        """The SparseConfig of the model stage."""
+        if self.sparse_json is None:
+            return SparseConfig.preset(self.sparse_preset)
+        try:
+            fields = json.loads(self.sparse_json)
+            return SparseConfig(**fields)
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"sparse_json is not a valid SparseConfig ({err}); expected the form of SparseConfig.to_json(), "
+                f'e.g. {{"prune_layers": [1], "target_fraction": 0.25}}'
+            ) from err
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cuda" when workers get GPUs, else "cpu"."""
+        return "cuda" if self.num_gpus_per_worker > 0 else "cpu"
+
+    @property
+    def torch_threads(self) -> int:
+        """Intra-op threads of one model actor: its CPU share, at least 1 (no oversubscription)."""
+        return max(1, int(self.cpus_per_worker))
+
+    def config_key(self) -> str:
+        """Hash of everything that changes the rows of a video (not resources, paths or the run id).
+
+        Two runs with the same key produce the same rows for the same video version, so the ledger lets the
+        second skip it; any change here (model, SparseConfig, segmenting, prompts, schema) reprocesses.
+        """
+        material = {
+            "model": self.model,
+            "sparse": self.sparse_config().to_json(),
+            "segment_seconds": self.segment_seconds,
+            "frames_per_segment": self.frames_per_segment,
+            "max_new_tokens": self.max_new_tokens,
+            "caption_prompt": self.caption_prompt,
+            "questions": list(self.questions),
+            "schema": SCHEMA_VERSION,
+        }
+        return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fsspec_filesystem(self, uri: str) -> Any:
+        """An fsspec filesystem for an s3:// URI (None for local paths), for listing and decoding inputs."""
+        if check_scheme(uri) != "s3":
+            return None
+        import s3fs
+
+        # No listing cache: the ledger lists markers that other processes write during the run.
+        options = {"use_listings_cache": False, **self.s3_options}
+        if self.s3_endpoint_url:
+            options["endpoint_url"] = self.s3_endpoint_url
+        return s3fs.S3FileSystem(**options)
+
+    def output_filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem and base path of ``output_uri`` (S3 goes through s3fs, so the same
+        endpoint and credential options apply to inputs and outputs)."""
+        fs = self.fsspec_filesystem(self.output_uri)
+        if fs is None:
+            local, base = pafs.FileSystem.from_uri(_as_local_uri(self.output_uri))
+            return local, base
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), self.output_uri.removeprefix("s3://").rstrip("/")
+
+
+def _as_local_uri(uri: str) -> str:
+    return uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))

@@ -1,0 +1,281 @@
+"""VideoQAEngine: a Video-LLaVA checkpoint with SparseVLM, answering questions about video segments.
+
+The engine is the only way the pipeline touches the model: it loads a checkpoint (a local directory, or a hub
+id that is already in the local cache when running offline), checks that it is a safetensors Video-LLaVA,
+prepares model-resolution uint8 frames exactly like CLIP's processor (:mod:`sparsevlm.preprocess`), builds
+Video-LLaVA's single-turn prompt and runs one batched, left-padded, greedy ``generate`` per call under its
+:class:`~sparsevlm.config.SparseConfig`. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
+
+from sparsevlm.config import SparseConfig
+from sparsevlm.patch import apply_patch, last_stats
+from sparsevlm.preprocess import normalize_uint8
+from sparsevlm.stats import SampleStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CAPTION_PROMPT",
+    "CheckpointError",
+    "EngineAnswer",
+    "ModelSpec",
+    "VideoQAEngine",
+    "build_prompt",
+    "inspect_checkpoint",
+]
+
+CAPTION_PROMPT = "Describe the video."
+VIDEO_PLACEHOLDER = "<video>"
+_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, is not a Video-LLaVA, or stores its weights in an unsafe format."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What callers need to know about a checkpoint without loading its weights.
+
+    Attributes:
+        model_id: the path or hub id as given.
+        frame_size: the vision tower's input side in pixels (frames are ``[T, S, S, 3]``).
+        patch_size: the vision tower's patch side in pixels.
+        tokens_per_frame: visual tokens per frame on the video path (patches plus CLS).
+    """
+
+    model_id: str
+    frame_size: int
+    patch_size: int
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return 1 + (self.frame_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class EngineAnswer:
+    """One generated answer.
+
+    Attributes:
+        text: the decoded answer, special tokens removed and stripped.
+        stats: the sparsified prefill's statistics for this batch row.
+        latency_ms: wall time of the batched ``generate`` call that produced this answer.
+    """
+
+    text: str
+    stats: SampleStats
+    latency_ms: float
+
+
+def build_prompt(question: str, num_video_tokens: int) -> str:
+    """Video-LLaVA's single-turn prompt ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` expanded.
+
+    Identical to :func:`sparsevlm.tiny.inputs.build_prompt` (the tiny model was trained on it) and to what
+    ``VideoLlavaProcessor`` produces for the hub checkpoints.
+    """
+    return f"USER: {VIDEO_PLACEHOLDER * num_video_tokens}\n{question} ASSISTANT:"
+
+
+def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
+    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` only).
+
+    Args:
+        model: a local directory or a hub id (resolved from the local cache when offline).
+
+    Returns:
+        The checkpoint's :class:`ModelSpec`.
+
+    Raises:
+        CheckpointError: the directory does not exist, has no Video-LLaVA config, or has only pickled weights.
+    """
+    name = os.fspath(model)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        _check_weight_files(local)
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id "org/name"
+        raise CheckpointError(f"checkpoint directory {name!r} does not exist; pass a local directory or a hub id")
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read a model config from {name!r} ({err}); pass a Video-LLaVA checkpoint directory "
+            "(config.json + model.safetensors) or a cached hub id such as LanguageBind/Video-LLaVA-7B-hf"
+        ) from err
+    if config.model_type != "video_llava":
+        raise CheckpointError(
+            f"{name!r} is a {config.model_type!r} checkpoint, not Video-LLaVA (model_type 'video_llava'); "
+            "pass a Video-LLaVA checkpoint such as LanguageBind/Video-LLaVA-7B-hf"
+        )
+    vision = config.vision_config
+    return ModelSpec(model_id=name, frame_size=int(vision.image_size), patch_size=int(vision.patch_size))
+
+
+def _check_weight_files(directory: Path) -> None:
+    names = {p.name for p in directory.iterdir()}
+    if "config.json" not in names:
+        raise CheckpointError(f"{directory} has no config.json; it is not a Hugging Face checkpoint directory")
+    if names.isdisjoint(_SAFETENSORS):
+        pickled = sorted(names & set(_PICKLED))
+        found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
+        raise CheckpointError(
+            f"{directory} has {found}; the engine loads safetensors only (pickle can run code). Convert it with "
+            "model.save_pretrained(dir) after loading it once in a trusted environment"
+        )
+
+
+class VideoQAEngine:
+    """A sparsified Video-LLaVA that answers prompts about video segments in batches.
+
+    Args:
+        model: a ``VideoLlavaForConditionalGeneration`` (it is patched in place with ``sparse``).
+        tokenizer: its tokenizer.
+        sparse: the SparseConfig (or preset name) every call runs under.
+        model_id: a label for results; defaults to the model config's ``_name_or_path``.
+    """
+
+    def __init__(
+        self,
+        model: VideoLlavaForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        sparse: SparseConfig | str = "dense",
+        model_id: str | None = None,
+    ) -> None:
+        self.sparse = SparseConfig.preset(sparse) if isinstance(sparse, str) else sparse
+        self.model = apply_patch(model.eval(), self.sparse)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:  # LLaMA tokenizers may ship without one; left padding is masked
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        vision: Any = model.config.vision_config
+        self.spec = ModelSpec(
+            model_id=model_id or str(getattr(model.config, "_name_or_path", "") or "in-memory"),
+            frame_size=int(vision.image_size),
+            patch_size=int(vision.patch_size),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str],
+        sparse: SparseConfig | str = "dense",
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> VideoQAEngine:
+        """Load a safetensors Video-LLaVA checkpoint and its tokenizer.
+
+        Args:
+            model: a local checkpoint directory or a hub id (set ``HF_HUB_OFFLINE=1`` to use the cache only).
+            sparse: SparseConfig or preset name.
+            device: torch device for the model, e.g. ``"cpu"`` or ``"cuda"``.
+            dtype: weight dtype; default float32 on CPU, bfloat16 elsewhere.
+
+        Raises:
+            CheckpointError: see :func:`inspect_checkpoint`.
+        """
+        spec = inspect_checkpoint(model)
+        dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+        loaded: Any = VideoLlavaForConditionalGeneration.from_pretrained(
+            spec.model_id, dtype=dtype, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
+        )
+        loaded.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(spec.model_id, trust_remote_code=False)
+        return cls(loaded, tokenizer, sparse, model_id=spec.model_id)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: VideoLlavaForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        sparse: SparseConfig | str = "dense",
+        model_id: str | None = None,
+    ) -> VideoQAEngine:
+        """Wrap an already built model (tests, notebooks)."""
+        return cls(model, tokenizer, sparse, model_id)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    def prompt(self, question: str, num_frames: int) -> str:
+        """The full prompt for ``num_frames`` frames at model resolution."""
+        return build_prompt(question, num_frames * self.spec.tokens_per_frame)
+
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        """CLIP-normalise one segment of model-resolution frames.
+
+        Args:
+            frames: uint8 ``[T, S, S, 3]`` with ``S = spec.frame_size``.
+
+        Returns:
+            float32 ``[T, 3, S, S]`` (one row of ``pixel_values_videos``).
+        """
+        size = self.spec.frame_size
+        if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 frames [T, {size}, {size}, 3] at model resolution, got dtype={frames.dtype} "
+                f"shape={tuple(frames.shape)}; resize with sparsevlm.preprocess.resize_and_crop_uint8 first"
+            )
+        if not frames.flags.writeable:  # e.g. a view of an Arrow buffer; torch warns on read-only memory
+            frames = frames.copy()
+        return normalize_uint8(frames)
+
+    @torch.no_grad()
+    def answer(self, segments: list[np.ndarray], prompts: list[str], max_new_tokens: int = 64) -> list[EngineAnswer]:
+        """Answer one prompt per segment with ONE batched greedy ``generate``.
+
+        Args:
+            segments: B uint8 arrays ``[T, S, S, 3]`` with the same T (row i is asked ``prompts[i]``).
+            prompts: B questions or instructions (plain text; the template is added here).
+            max_new_tokens: generation budget per answer.
+
+        Returns:
+            B answers in input order, each with its row's prefill statistics.
+        """
+        if len(segments) != len(prompts) or not segments:
+            raise ValueError(f"need one prompt per segment, got {len(segments)} segments and {len(prompts)} prompts")
+        counts = {int(s.shape[0]) for s in segments}
+        if len(counts) != 1:
+            raise ValueError(f"all segments of one call must have the same frame count, got {sorted(counts)}")
+        pixels = torch.stack([self.prepare(s) for s in segments])  # [B, T, 3, S, S]
+        num_frames = int(segments[0].shape[0])
+        text = [self.prompt(p, num_frames) for p in prompts]
+        enc = self.tokenizer(text, return_tensors="pt", padding=True, padding_side="left")
+        device = self.model.device
+        start = time.perf_counter()
+        model: Any = self.model  # transformers types generate() for its mixin, not for the model class
+        out = model.generate(
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            pixel_values_videos=pixels.to(device, self.model.dtype),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )  # [B, L + new]
+        latency_ms = (time.perf_counter() - start) * 1000
+        stats = last_stats(self.model)
+        new = out[:, enc["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [EngineAnswer(t.strip(), s, latency_ms) for t, s in zip(texts, stats, strict=True)]
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance columns of result rows: model id, preset name and the SparseConfig as JSON."""
+        return {
+            "model_id": self.model_id,
+            "sparse_preset": self.sparse.name,
+            "sparse_config_json": self.sparse.to_json(),
+        }
