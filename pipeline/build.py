@@ -80,7 +80,7 @@ class ResultSink(Datasink[list[dict[str, Any]]]):
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
-        ledger = Ledger(*self.config.output_filesystem())
+        ledger = Ledger(*self.config.output_filesystem(), partition=self.config.partition)
         committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id)
         return [asdict(e) for e in committed]
 
@@ -141,7 +141,7 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
         sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
-    ledger = Ledger(*config.output_filesystem())
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     items = [source_row(s, config) for s in sources]
     pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
     pending = [i for i in items if i["ledger_key"] in pending_keys]

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,10 @@ from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import CAPTION_PROMPT
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
+
+
+# A hive partition folder: one path component, never "..", "/" or a leading "_"/"." (readers skip those).
+_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*=[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
 def _package_version() -> str:
@@ -72,6 +77,9 @@ class PipelineConfig:
         preflight_videos: the driver decodes the first segment of up to this many pending videos before
             starting the model; if none decodes, the run stops with one message (0 disables).
         ray_address: Ray cluster to connect to when Ray is not initialised yet (None: a local Ray).
+        partition: a hive partition folder such as ``dt=2026-11-22`` for this run's part files (nightly
+            indexing); the ledger stays at the output root, so runs into different partitions skip each
+            other's videos.
     """
 
     input_uri: str
@@ -97,6 +105,7 @@ class PipelineConfig:
     retry_errors: bool = False
     preflight_videos: int = 3
     ray_address: str | None = None
+    partition: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -133,6 +142,8 @@ class PipelineConfig:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
         if self.sparse_json is None and self.sparse_preset not in PRESETS:
             raise ValueError(f"unknown sparse_preset {self.sparse_preset!r}; known presets: {', '.join(PRESETS)}")
+        if self.partition is not None and not _PARTITION.fullmatch(self.partition):
+            raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         self.sparse_config()  # a bad sparse_json fails here, not in a worker
 
     def replace(self, **changes: Any) -> PipelineConfig:

@@ -2,7 +2,7 @@
 
 Layout under the output prefix (local folder or S3, through one pyarrow filesystem)::
 
-    part-<key>.parquet         all result rows of one video for one config key, sorted by segment
+    [<partition>/]part-<key>.parquet   all result rows of one video for one config key, sorted by segment
     _ledger/<key>.<status>.json   commit marker, written after the part file is durable; status ok|partial|error
     _staging/<key>/seg-<i>[-last].parquet   rows of single segments until the whole video is there
 
@@ -102,11 +102,14 @@ class Ledger:
     Args:
         filesystem: a pyarrow filesystem (``LocalFileSystem``, or ``PyFileSystem(FSSpecHandler(s3fs))``).
         base: the output prefix as a path of that filesystem (``bucket/prefix`` on S3).
+        partition: a hive partition folder (``dt=2026-11-22``) for the part files written now; the markers
+            stay under ``<base>/_ledger`` so every partition shares one ledger (nightly increments).
     """
 
-    def __init__(self, filesystem: pafs.FileSystem, base: str) -> None:
+    def __init__(self, filesystem: pafs.FileSystem, base: str, partition: str | None = None) -> None:
         self.fs = filesystem
         self.base = base.rstrip("/")
+        self.partition = partition
         self._local = isinstance(filesystem, pafs.LocalFileSystem)
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -136,8 +139,14 @@ class Ledger:
 
     def part_files(self) -> list[str]:
         """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-"))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True, recursive=True))
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.startswith("part-")
+            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(i.path, self.base).split("/"))
+        )
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -207,7 +216,7 @@ class Ledger:
         return entry
 
     def _commit(self, key: str, rows: pa.Table, run_id: str) -> LedgerEntry:
-        name = f"part-{key}.parquet"
+        name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self._write_parquet(rows, self._path(name))  # data first ...
         statuses = rows.column("status").to_pylist()
         status = "ok" if "error" not in statuses else "error" if "ok" not in statuses else "partial"

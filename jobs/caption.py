@@ -1,0 +1,35 @@
+"""Caption (and question) every video of a folder, S3 prefix or manifest into Parquet.
+
+    python -m jobs.caption --input s3://videos/raw/ --output s3://videos/captions/ \\
+        --question "what happens?" --preset video-25 --num-gpus-per-worker 1 --workers 4
+
+Submit it to a cluster with ``ray job submit --entrypoint-num-cpus 1 -- python -m jobs.caption ...``: the driver
+takes one CPU, the model actors take the GPUs. Rerunning skips what is done (the ledger); see README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from jobs.common import add_run_flags, config_from_args, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.caption", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_run_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    config = config_from_args(build_parser().parse_args(argv))
+    from pipeline.build import run_pipeline
+
+    return dataclasses.asdict(run_pipeline(config))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,111 @@
+"""What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
+
+Errors a user can fix (a bad URI, unreachable storage, missing credentials, an unknown preset, a directory
+that is not a Video-LLaVA checkpoint) end the job with exit code 2 and one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pipeline.config import PipelineConfig
+from sparsevlm.config import PRESETS
+from sparsevlm.tiny import CHECKPOINT_DIR
+
+USAGE_ERROR = 2
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every pipeline job takes."""
+    parser.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a manifest (.txt/.csv/.parquet)")
+    parser.add_argument("--output", required=True, help="folder or s3://bucket/prefix for Parquet results")
+    parser.add_argument("--question", action="append", default=[], help="a question asked of every segment (repeat)")
+    parser.add_argument("--questions-file", help="a text file with one question per line")
+    parser.add_argument("--model", default=str(CHECKPOINT_DIR), help="Video-LLaVA checkpoint dir or hub id")
+    parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
+    parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
+    parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per model actor (1 on GPU nodes)")
+    parser.add_argument("--workers", type=int, default=1, help="model actors")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
+    parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
+    parser.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); credentials come from the standard "
+        "AWS sources (environment, ~/.aws, instance roles)",
+    )
+    parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
+    parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
+    parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
+
+
+def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
+    """Turn parsed flags into a validated :class:`PipelineConfig` (raises ValueError naming the bad flag)."""
+    questions = list(ns.question)
+    if ns.questions_file:
+        path = Path(ns.questions_file)
+        if not path.is_file():
+            raise ValueError(f"--questions-file {path} does not exist")
+        questions += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if ns.preset not in PRESETS:
+        raise ValueError(f"unknown --preset {ns.preset!r}; known presets: {', '.join(PRESETS)}")
+    fields: dict[str, Any] = {
+        "input_uri": ns.input,
+        "output_uri": ns.output,
+        "model": ns.model,
+        "questions": tuple(dict.fromkeys(questions)),
+        "segment_seconds": ns.segment_seconds or None,
+        "frames_per_segment": ns.frames,
+        "max_new_tokens": ns.max_new_tokens,
+        "sparse_preset": ns.preset,
+        "workers": ns.workers,
+        "num_gpus_per_worker": ns.num_gpus_per_worker,
+        "cpus_per_worker": ns.cpus_per_worker,
+        "batch_size": ns.batch_size,
+        "s3_endpoint_url": ns.s3_endpoint_url,
+        "retry_errors": ns.retry_errors,
+        "ray_address": ns.ray_address,
+        **extra,
+    }
+    if ns.run_id:
+        fields["run_id"] = ns.run_id
+    return PipelineConfig(**fields)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def run_cli(main: Callable[[], dict[str, Any]]) -> None:
+    """Run a job's main, printing its summary as JSON, and turn user-fixable errors into exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from pipeline.build import PipelineError
+    from pipeline.sources import SourceError
+    from sparsevlm.engine import CheckpointError
+
+    try:
+        summary = main()
+    except NoCredentialsError:
+        fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role")
+    except (PipelineError, SourceError, CheckpointError, ValueError) as err:
+        fail(_one_line(err))
+    except (BotoCoreError, ClientError, OSError) as err:
+        fail(f"storage is not reachable or refused the request: {_one_line(err)}")
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -1,0 +1,101 @@
+"""The caption and nightly index jobs end to end on local Ray, and their clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from jobs import caption, index_archive
+from jobs.common import run_cli
+
+CLIPS = ("gradio_video_sample.webm", "mmaction2_test.avi")  # 5 s VP9/WebM, 6.6 s MPEG-4/AVI: one segment each
+FAST = ["--frames", "2", "--max-new-tokens", "3", "--question", "what happens?"]
+
+
+def _videos(assets: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for name in CLIPS:
+        shutil.copy(assets / name, folder / name)
+    return folder
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+def test_caption_writes_rows_then_skips_on_rerun(assets: Path, pipeline_model_dir: Path, tmp_path: Path) -> None:
+    videos, out = _videos(assets, tmp_path / "in"), tmp_path / "out"
+    argv = ["--input", str(videos), "--output", str(out), "--model", str(pipeline_model_dir), *FAST]
+    first = caption.main(argv)
+    assert (first["seen"], first["processed"], first["skipped"], first["failed"]) == (2, 2, 0, 0)
+    table = ds.dataset(out, format="parquet").to_table()
+    assert table.num_rows == 2 * 2  # a caption and one answer per (single-segment) video
+    assert sorted(set(table["task"].to_pylist())) == ["caption", "qa"]
+    second = caption.main(argv)
+    assert (second["processed"], second["skipped"]) == (0, 2)
+    assert ds.dataset(out, format="parquet").to_table().num_rows == 4
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+def test_index_archive_processes_only_new_or_changed_videos(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    videos, out = _videos(assets, tmp_path / "archive"), tmp_path / "index"
+    argv = ["--input", str(videos), "--output", str(out), "--model", str(pipeline_model_dir), *FAST]
+    night1 = index_archive.main([*argv, "--date", "2026-11-21"])
+    assert (night1["seen"], night1["processed"], night1["skipped"]) == (2, 2, 0)
+    assert night1["video_hours"] > 0 and night1["mean_equivalent_tokens"] is not None
+    manifest = json.loads((out / "_runs" / f"{night1['run_id']}.json").read_text())
+    assert all(isinstance(manifest[k], int) for k in ("seen", "processed", "skipped", "failed"))
+    assert (out / "dt=2026-11-21").is_dir()
+
+    night2 = index_archive.main([*argv, "--date", "2026-11-22"])
+    assert (night2["processed"], night2["skipped"]) == (0, 2)
+
+    touched = videos / CLIPS[0]
+    os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 60))  # a new version of one video
+    night3 = index_archive.main([*argv, "--date", "2026-11-23"])
+    assert (night3["processed"], night3["skipped"]) == (1, 1)
+    table = ds.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert sorted(set(table["dt"].to_pylist())) == ["2026-11-21", "2026-11-23"]
+    assert table.num_rows == 3 * 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--input", "ftp://host/x", "--output", "/tmp/o"], "scheme 'ftp' is not supported"),
+        (["--input", ".", "--output", "/tmp/o", "--preset", "video-11"], "unknown --preset 'video-11'"),
+        (["--input", ".", "--output", "/tmp/o", "--model", "/tmp"], "not a Hugging Face checkpoint"),
+        (["--input", ".", "--output", "/tmp/o", "--questions-file", "/nope.txt"], "does not exist"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: caption.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_index_archive_rejects_a_bad_date(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_cli(lambda: index_archive.main(["--input", ".", "--output", "/tmp/o", "--date", "22/11/2026"]))
+    assert "--date must be YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_unreachable_storage_and_missing_credentials(
+    pipeline_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    argv = ["--input", "s3://bucket/videos/", "--output", "/tmp/o", "--model", str(pipeline_model_dir)]
+    with pytest.raises(SystemExit):  # nothing listens on this port
+        run_cli(lambda: caption.main([*argv, "--s3-endpoint-url", "http://127.0.0.1:9"]))
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
