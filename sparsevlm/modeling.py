@@ -195,7 +195,7 @@ class SparseLlamaModel(LlamaModel):
 
         num_layers = self.config.num_hidden_layers
         n_visual = [int(n) for n in visual.sum(1)]
-        record = PrefillRecorder(b, raters)
+        record = PrefillRecorder(b, raters, [int(n) for n in valid.sum(1)])
         tpf = rt.tokens_per_frame
         if cfg.temporal_merge is not None and tpf:
             layout = merge_across_frames(layout, tpf, cfg)

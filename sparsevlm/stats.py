@@ -118,8 +118,9 @@ class SampleStats:
 class PrefillRecorder:
     """Collects the per-row statistics of one prefill."""
 
-    def __init__(self, batch: int, raters: torch.Tensor) -> None:
+    def __init__(self, batch: int, raters: torch.Tensor, input_lens: list[int]) -> None:
         self.batch = batch
+        self.input_lens = input_lens  # tokens of each row before any merging or pruning (the dense cost)
         self.raters = [raters[row].nonzero().squeeze(1).cpu() for row in range(batch)]
         self.seq_lens: list[list[int]] = [[] for _ in range(batch)]
         self.visual: list[list[int]] = [[] for _ in range(batch)]
@@ -157,7 +158,7 @@ class PrefillRecorder:
         stats = []
         for row in range(self.batch):
             after = [*self.visual[row][1:], int(final_visual[row])]
-            dense_len = self.seq_lens[row][0]
+            dense_len = self.input_lens[row]
             stats.append(
                 SampleStats(
                     visual_tokens_in=n_visual[row],

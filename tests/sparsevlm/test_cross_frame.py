@@ -82,6 +82,7 @@ def test_static_video_in_the_model_keeps_one_frame_and_positions() -> None:
     assert stats.visual_tokens_in == 8 * tpf
     assert stats.removed_by_merge == 7 * tpf
     assert stats.visual_tokens_per_layer == [tpf] * 4
+    assert stats.dense_prefill_flops > 5 * stats.prefill_flops  # the dense cost counts the unmerged input
     assert out.past_key_values.layers[0].keys.shape[2] == inputs["input_ids"].shape[1] - 7 * tpf
 
 
