@@ -203,8 +203,9 @@ def _init_ray(config: PipelineConfig) -> None:
     if ray.is_initialized():
         return
     if config.ray_address is None:
-        for name, value in _LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
+        if "RAY_ADDRESS" not in os.environ:  # a local Ray we start ourselves; a job's cluster keeps its own auth
+            for name, value in _LOCAL_RAY_ENV.items():
+                os.environ.setdefault(name, value)
         ray.init(include_dashboard=False)
     else:
         ray.init(address=config.ray_address)
