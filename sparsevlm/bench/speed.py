@@ -176,7 +176,9 @@ def _rows(
         n_full = last + 1
         reduced = layout.depth - n_full
         small_s = (median_s - prune_s - n_full * dense_layer_s) / reduced if reduced else dense_layer_s
-        projected = n_full * dense_layer_s + (layout.full_depth - n_full) * max(small_s, 0.0) + prune_s
+        # A reduced layer's time is a small difference of two noisy totals; when noise makes it non-positive
+        # there is no projection.
+        projected = n_full * dense_layer_s + (layout.full_depth - n_full) * small_s + prune_s if small_s > 0 else None
         full_seq = seq[:n_full] + [seq[-1]] * (layout.full_depth - n_full)
         rows.append(
             {
@@ -192,7 +194,9 @@ def _rows(
                 "kv_ratio": round(info[name]["kv_cache_bytes"] / info["dense"]["kv_cache_bytes"], 4),
                 "seq_len_per_layer": seq,
                 "full_depth_equivalent_tokens": round(info[name]["equivalent_tokens_full_depth"], 2),
-                "full_depth_time_ratio": round(projected / (layout.full_depth * dense_layer_s), 4),
+                "full_depth_time_ratio": (
+                    round(projected / (layout.full_depth * dense_layer_s), 4) if projected is not None else None
+                ),
                 "full_depth_flops_ratio": round(
                     prefill_flops(full_seq, layout.hidden, layout.ffn)
                     / prefill_flops([dense_seq[0]] * layout.full_depth, layout.hidden, layout.ffn),
@@ -209,23 +213,35 @@ def layout_dict(layout: SpeedLayout) -> dict[str, Any]:
 
 
 def peak_rss_probe(layout: SpeedLayout, preset: str, dtype: torch.dtype, threads: int) -> dict[str, Any]:
-    """One prefill in this (fresh) process: peak RSS over the RSS after the model is built.
+    """One prefill in this (fresh) process: its peak RSS above the RSS before it.
 
-    Run it in a subprocess per preset: peak RSS only grows within a process.
+    Linux's peak counter (VmHWM) is reset after the model is built (``/proc/self/clear_refs``), so building the
+    model, which briefly holds fp32 and converted weights, does not hide the prefill's own peak.
     """
-    import resource
+    import gc
 
     torch.set_num_threads(threads)
     model = build_speed_model(layout, dtype)
     inputs = speed_inputs(layout, dtype)
     apply_patch(model, full_depth_config(preset, layout))
-    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _proc_status_kib("VmRSS")
     with torch.no_grad():
         model(**inputs, use_cache=True, logits_to_keep=1)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _proc_status_kib("VmHWM")
     return {
         "preset": preset,
         "dtype": str(dtype).replace("torch.", ""),
-        "peak_rss_mib": round(peak_kib / 1024, 1),
-        "prefill_rss_growth_mib": round((peak_kib - base_kib) / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "prefill_rss_growth_mib": round((peak - before) / 1024, 1),
     }
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
