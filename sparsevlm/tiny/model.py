@@ -37,6 +37,8 @@ class TinyModelConfig:
         text_heads: LLaMA query heads.
         text_kv_heads: LLaMA key/value heads (fewer than query heads: grouped-query attention).
         max_positions: LLaMA context length; 32 frames of 65 tokens plus text fit.
+        tie_embeddings: share the LLaMA input embeddings and the LM head (the trainer's per-patch heads
+            score patches against these word vectors).
     """
 
     image_size: int = 64
@@ -51,6 +53,7 @@ class TinyModelConfig:
     text_heads: int = 4
     text_kv_heads: int = 2
     max_positions: int = 4096
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -80,6 +83,7 @@ def build_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Vi
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     per_frame = video_tokens_per_frame(cfg.image_size, cfg.patch_size)
     return VideoLlavaConfig(
@@ -91,6 +95,7 @@ def build_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Vi
         vision_feature_layer=-1,
         image_seq_length=per_frame - 1,
         video_seq_length=cfg.num_frames * per_frame,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
 
 

