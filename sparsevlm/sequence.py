@@ -156,9 +156,9 @@ def build_attention_mask(
 def frame_index(visual_index: torch.Tensor, tokens_per_frame: int | None) -> torch.Tensor:
     """``[n]`` frame of each visual token; a merged cluster token takes the frame of the token before it."""
     frame = torch.where(visual_index >= 0, visual_index // (tokens_per_frame or 1), -1)
-    for i in range(1, frame.shape[0]):  # forward fill; short (visual tokens of one row)
-        if frame[i] < 0:
-            frame[i] = frame[i - 1]
+    at = torch.arange(frame.shape[0], device=frame.device)
+    source = torch.where(frame >= 0, at, 0).cummax(dim=0).values  # forward fill, vectorised
+    frame = frame[source]
     return frame.clamp_min(0)
 
 
