@@ -81,17 +81,16 @@ def test_ray_job_submit_caption(ray_head: str, assets: Path, pipeline_model_dir:
     runtime_env = '{"excludes": [".venv", ".git", "tests/assets", "*.egg-info"]}'
     entrypoint = ["python", "-m", "jobs.caption", "--input", str(videos), "--output", str(out)]
     entrypoint += ["--model", str(pipeline_model_dir), "--frames", "2", "--max-new-tokens", "3", "--question", "what?"]
-    submit = subprocess.run(
-        [
-            *(RAY, "job", "submit", "--address", ray_head, "--working-dir", str(REPO)),
-            *("--runtime-env-json", runtime_env, "--entrypoint-num-cpus", "0.5", "--submission-id", "caption-test"),
-            *("--", *entrypoint),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    command = [
+        *(RAY, "job", "submit", "--address", ray_head, "--working-dir", str(REPO)),
+        *("--runtime-env-json", runtime_env, "--entrypoint-num-cpus", "0.5", "--submission-id", "caption-test"),
+        *("--", *entrypoint),
+    ]
+    for _ in range(30):  # the dashboard answers before the node's job agent is up ("No available agent")
+        submit = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(3)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
     status = subprocess.run(
         [RAY, "job", "status", "--address", ray_head, "caption-test"], env=ENV, capture_output=True, text=True
