@@ -50,6 +50,12 @@ def ray_head() -> Iterator[str]:
         [
             *(RAY, "start", "--head", "--block", "--num-cpus=4", "--dashboard-host=127.0.0.1"),
             *(f"--dashboard-port={dashboard}", f"--port={_free_port()}", f"--temp-dir={temp_dir}"),
+            # Own ports for every agent: the test session's Ray already holds the defaults, and a head whose
+            # dashboard agent cannot bind answers every submission with "No available agent".
+            *(f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}"),
+            *(f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"),
+            *(f"--ray-client-server-port={_free_port()}", f"--node-manager-port={_free_port()}"),
+            f"--object-manager-port={_free_port()}",
             "--disable-usage-stats",
         ],
         env=ENV,
@@ -86,7 +92,7 @@ def test_ray_job_submit_caption(ray_head: str, assets: Path, pipeline_model_dir:
         *("--runtime-env-json", runtime_env, "--entrypoint-num-cpus", "0.5", "--submission-id", "caption-test"),
         *("--", *entrypoint),
     ]
-    for _ in range(30):  # the dashboard answers before the node's job agent is up ("No available agent")
+    for _ in range(10):  # the dashboard answers before the node's job agent is up ("No available agent")
         submit = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
         if "No available agent" not in submit.stdout + submit.stderr:
             break
