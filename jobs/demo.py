@@ -26,7 +26,6 @@ import numpy as np
 
 QUESTIONS = ("how many objects are there?", "is there a red square?")
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
-LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def write_synthetic_videos(folder: Path, count: int) -> dict[str, dict[str, str]]:
@@ -59,7 +58,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
     import pyarrow.dataset as ds
     import ray
 
-    from pipeline.build import run_pipeline
+    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
     from pipeline.config import PipelineConfig
 
     inputs = work / "videos"

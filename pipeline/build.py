@@ -35,13 +35,13 @@ from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PipelineError", "ResultSink", "RunSummary", "build_dataset", "run_pipeline"]
+__all__ = ["LOCAL_RAY_ENV", "PipelineError", "ResultSink", "RunSummary", "build_dataset", "run_pipeline"]
 
 # One decode task per video spreads long and short videos evenly; past this many the per-task overhead
 # (a few ms each) would start to matter, so videos share tasks.
 MAX_INPUT_BLOCKS = 4096
 # Loopback-only, telemetry-free settings for a Ray that run_pipeline starts itself (environment.md §4).
-_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class PipelineError(RuntimeError):
@@ -204,7 +204,7 @@ def _init_ray(config: PipelineConfig) -> None:
         return
     if config.ray_address is None:
         if "RAY_ADDRESS" not in os.environ:  # a local Ray we start ourselves; a job's cluster keeps its own auth
-            for name, value in _LOCAL_RAY_ENV.items():
+            for name, value in LOCAL_RAY_ENV.items():
                 os.environ.setdefault(name, value)
         ray.init(include_dashboard=False)
     else:

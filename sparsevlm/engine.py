@@ -85,7 +85,7 @@ class EngineAnswer:
 def build_prompt(question: str, num_video_tokens: int) -> str:
     """Video-LLaVA's single-turn prompt ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` expanded.
 
-    Identical to :func:`sparsevlm.tiny.inputs.build_prompt` (the tiny model was trained on it) and to what
+    The tiny model is trained on exactly this (:mod:`sparsevlm.tiny.inputs` uses it), and it is what
     ``VideoLlavaProcessor`` produces for the hub checkpoints.
     """
     return f"USER: {VIDEO_PLACEHOLDER * num_video_tokens}\n{question} ASSISTANT:"

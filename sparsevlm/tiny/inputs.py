@@ -10,11 +10,18 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from sparsevlm.engine import VIDEO_PLACEHOLDER, build_prompt  # the one prompt format, training and inference
 from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD, normalize_uint8
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "build_prompt", "encode_prompts", "normalize_frames", "video_tokens_per_frame"]
-
-VIDEO_PLACEHOLDER = "<video>"
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "VIDEO_PLACEHOLDER",
+    "build_prompt",
+    "encode_prompts",
+    "normalize_frames",
+    "video_tokens_per_frame",
+]
 
 
 def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -32,19 +39,6 @@ def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 def video_tokens_per_frame(size: int, patch: int) -> int:
     """Visual tokens per frame on Video-LLaVA's video path: the patches plus CLS."""
     return 1 + (size // patch) ** 2
-
-
-def build_prompt(question: str, num_video_tokens: int) -> str:
-    """The single-turn prompt ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` expanded.
-
-    Args:
-        question: the question text.
-        num_video_tokens: ``num_frames * (1 + (size // patch) ** 2)``.
-
-    Returns:
-        The prompt string; the answer follows as ``" {answer}"`` then ``</s>``.
-    """
-    return f"USER: {VIDEO_PLACEHOLDER * num_video_tokens}\n{question} ASSISTANT:"
 
 
 def encode_prompts(
