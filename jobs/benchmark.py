@@ -100,7 +100,8 @@ def run_show(ns: argparse.Namespace) -> None:
 
     from sparsevlm import apply_patch, last_stats
     from sparsevlm.baselines import METHODS, method_config
-    from sparsevlm.bench.show import render_keep_grid, token_mask
+    from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
+    from sparsevlm.pooling import pool_grid
     from sparsevlm.tiny.inputs import encode_prompts
     from sparsevlm.tiny.loading import load_tiny
     from sparsevlm.tiny.video_qa import make_sample
@@ -124,17 +125,25 @@ def run_show(ns: argparse.Namespace) -> None:
     enc = encode_prompts(tokenizer, [question], [frames], patch)
     rows = []
     for method in METHODS:
-        apply_patch(model, method_config(method, ns.budget))
+        config = method_config(method, ns.budget)
+        apply_patch(model, config)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=3, do_sample=False)
         answer = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         stats = last_stats(model)[0]
-        layer = min(stats.kept_indices)
-        kept = token_mask(stats.kept_indices[layer].numpy(), len(frames), grid)
-        recycled = token_mask(stats.recycled_indices.get(layer, torch.zeros(0)).numpy(), len(frames), grid)
-        label = f"{method} @ {ns.budget:.0%}: layer {layer}, {stats.equivalent_tokens:.0f} equiv. tokens -> {answer!r}"
-        rows.append((label, kept, recycled))
-        print(label)
+        tokens = f"{stats.equivalent_tokens:.0f} equiv. tokens -> {answer!r}"
+        if config.spatial_pool is not None:
+            cells = pool_grid(grid, config.spatial_pool * (grid * grid + 1) - 1)
+            label = f"{method} @ {ns.budget:.0%}: {cells[0]}x{cells[1]} cells per frame, {tokens}"
+            everything = np.ones((len(frames), grid, grid), dtype=bool)
+            pooled = pool_pixels(np.asarray(frames), grid, *cells)
+            rows.append(ShowRow(label, everything, ~everything, pooled))
+        else:
+            layer = min(stats.kept_indices)
+            kept = token_mask(stats.kept_indices[layer].numpy(), len(frames), grid)
+            recycled = token_mask(stats.recycled_indices.get(layer, torch.zeros(0)).numpy(), len(frames), grid)
+            rows.append(ShowRow(f"{method} @ {ns.budget:.0%}: layer {layer}, {tokens}", kept, recycled))
+        print(rows[-1].label)
     image = render_keep_grid(np.asarray(frames), rows, evidence, scale=ns.scale)
     image.save(ns.out)
     print(f"question: {question}; model: {'trained' if trained else 'UNTRAINED'}; wrote {ns.out}")

@@ -7,6 +7,8 @@ Every method is a :class:`SparseConfig`, so it runs through the same patched dec
 * ``fastv``     -- FastV's rule: the last prompt token's attention at layer K scores the visual tokens; no
   recycling.
 * ``random``    -- uniformly random visual tokens at the same layer; no recycling.
+* ``pool``      -- uniform spatial average pooling of every frame before the LLM (text-agnostic); the
+  fraction applies to each frame's tokens, so every layer sees the pooled count.
 * ``sparsevlm-xf`` -- ours with cross-frame recycling: static tokens merge across frames before the LLM,
   then text-guided pruning and time-aware recycling share the rest of the same budget.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from sparsevlm.config import SparseConfig
 
-METHODS = ("sparsevlm", "fastv", "random")
+METHODS = ("sparsevlm", "fastv", "random", "pool")
 ALL_METHODS = (*METHODS, "sparsevlm-xf")
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
@@ -54,4 +56,6 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             seed=seed,
             name=f"random-{fraction:g}",
         )
+    if method == "pool":
+        return SparseConfig(spatial_pool=fraction, recycle_ratio=0.0, seed=seed, name=f"pool-{fraction:g}")
     raise ValueError(f"unknown method {method!r}; known methods: {', '.join(ALL_METHODS)}")

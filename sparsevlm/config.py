@@ -69,6 +69,9 @@ class SparseConfig:
             the most representative member) or its ``"earliest"`` member (``positions="original"`` only).
         budget_frames: long-video mode: the target fraction applies to this many frames' worth of tokens
             instead of the input's, so a long segment costs what ``budget_frames`` frames cost.
+        spatial_pool: the ``pool`` baseline: before the LLM, average-pool each video frame's patch grid down to
+            this fraction of the frame's tokens (see :func:`sparsevlm.pooling.spatial_pool`); None turns it off.
+            Text-agnostic; excludes ``temporal_merge``.
         vision_chunk_frames: encode video frames through the vision tower this many at a time (memory bounded
             by the chunk, not the video); 0 encodes all at once.
         name: a label carried into results (the preset name, or ``"custom"``).
@@ -89,6 +92,7 @@ class SparseConfig:
     recycle_time_weight: float = 0.0
     recycle_position: RecyclePosition = "centre"
     budget_frames: int | None = None
+    spatial_pool: float | None = None
     vision_chunk_frames: int = 0
     name: str = "custom"
 
@@ -149,6 +153,11 @@ class SparseConfig:
             raise ValueError(
                 f"budget_frames must be >= 1 and needs target_fraction, got budget_frames={self.budget_frames!r}"
             )
+        if self.spatial_pool is not None:
+            if not 0.0 < self.spatial_pool <= 1.0:
+                raise ValueError(f"spatial_pool must be a fraction in (0, 1] or None, got {self.spatial_pool!r}")
+            if self.temporal_merge is not None:
+                raise ValueError("spatial_pool and temporal_merge both reduce frames before the LLM; set one of them")
         if self.vision_chunk_frames < 0:
             raise ValueError(f"vision_chunk_frames must be >= 0, got {self.vision_chunk_frames!r}")
         if self.method not in METHODS:
@@ -170,7 +179,7 @@ class SparseConfig:
     @property
     def is_dense(self) -> bool:
         """True when nothing is pruned or merged: outputs equal the unpatched model's."""
-        return self.mode == "dense" and self.temporal_merge is None
+        return self.mode == "dense" and self.temporal_merge is None and self.spatial_pool is None
 
     def replace(self, **changes: Any) -> SparseConfig:
         """A copy with some fields changed (validated again)."""

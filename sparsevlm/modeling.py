@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,16 +25,17 @@ from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_po
 from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
-from sparsevlm.recycle import recycle_deleted
+from sparsevlm.pooling import spatial_pool
+from sparsevlm.recycle import recycle_deleted, temporal_merge
 from sparsevlm.scoring import rank_keep_count, rater_attention, select_keep, select_rater_tokens, visual_scores
 from sparsevlm.sequence import (
     TEXT,
     Layout,
     build_attention_mask,
     frame_index,
-    merge_across_frames,
     pack_left,
     prune_row,
+    reduce_frames,
 )
 from sparsevlm.stats import PrefillRecorder, SampleStats, dense_stats
 
@@ -101,6 +103,27 @@ class _KeyCapture:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys = key_states
         return key_states, value_states
+
+
+def _frame_reduction(cfg: SparseConfig) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """What happens to the video frames before the first decoder layer: temporal merging, pooling or nothing."""
+    if cfg.temporal_merge is not None:
+        threshold = cfg.temporal_merge
+
+        def merge(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            result = temporal_merge(frames, cfg.segment_threshold, threshold)
+            return result.tokens, result.keep
+
+        return merge
+    if cfg.spatial_pool is not None:
+        fraction = cfg.spatial_pool
+
+        def pool(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            result = spatial_pool(frames, fraction)
+            return result.tokens, result.keep
+
+        return pool
+    return None
 
 
 class SparseLlamaModel(LlamaModel):
@@ -197,9 +220,10 @@ class SparseLlamaModel(LlamaModel):
         n_visual = [int(n) for n in visual.sum(1)]
         record = PrefillRecorder(b, raters, [int(n) for n in valid.sum(1)])
         tpf = rt.tokens_per_frame
-        if cfg.temporal_merge is not None and tpf:
-            layout = merge_across_frames(layout, tpf, cfg)
-            record.merged = [n - int(m) for n, m in zip(n_visual, layout.visual.sum(1).tolist(), strict=True)]
+        reduce = _frame_reduction(cfg)
+        if reduce is not None and tpf:
+            layout = reduce_frames(layout, tpf, reduce, compact=cfg.positions == "compact")
+            record.reduced(layout, n_visual)
         references = [cfg.budget_frames * tpf if cfg.budget_frames and tpf else n for n in n_visual]
         schedules = [
             cfg.schedule(num_layers, int(m), ref)

@@ -8,12 +8,10 @@ re-pads the batch on the left. Pure tensor code: no transformers modules.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
-
-from sparsevlm.recycle import temporal_merge
 
 logger = logging.getLogger(__name__)
 
@@ -162,24 +160,37 @@ def frame_index(visual_index: torch.Tensor, tokens_per_frame: int | None) -> tor
     return frame.clamp_min(0)
 
 
-def merge_across_frames(layout: Layout, tokens_per_frame: int, cfg: Any) -> Layout:
-    """Temporal merging before the LLM (:func:`sparsevlm.recycle.temporal_merge`), row by row."""
+def reduce_frames(
+    layout: Layout,
+    tokens_per_frame: int,
+    reduce: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    compact: bool = False,
+) -> Layout:
+    """Reduce each row's video frames before the LLM, row by row.
+
+    Args:
+        layout: the batch before the first decoder layer.
+        tokens_per_frame: visual tokens of one frame.
+        reduce: ``[T, P, D]`` frames -> (``[T, P, D]`` new features, ``[T, P]`` bool tokens that survive), e.g.
+            temporal merging (:func:`sparsevlm.recycle.temporal_merge`) or spatial pooling
+            (:func:`sparsevlm.pooling.spatial_pool`).
+        compact: renumber positions consecutively (``positions="compact"``).
+
+    A row whose visual tokens are not whole frames is left as it is, with a warning.
+    """
     hidden = layout.hidden.clone()
-    merged = Layout(hidden, layout.position_ids, layout.valid, layout.visual_index, layout.rater)
+    reduced = Layout(hidden, layout.position_ids, layout.valid, layout.visual_index, layout.rater)
     rows = []
     for row in range(hidden.shape[0]):
         vis_pos = layout.visual[row].nonzero().squeeze(1)
         n = vis_pos.numel()
         if n == 0 or n % tokens_per_frame:
             logger.warning(
-                "row %d: %d visual tokens are not whole frames of %d; no temporal merge", row, n, tokens_per_frame
+                "row %d: %d visual tokens are not whole frames of %d; frames left unreduced", row, n, tokens_per_frame
             )
-            rows.append(prune_row(merged, row, vis_pos[:0]))
+            rows.append(prune_row(reduced, row, vis_pos[:0]))
             continue
-        frames = hidden[row, vis_pos].view(n // tokens_per_frame, tokens_per_frame, -1)
-        assert cfg.temporal_merge is not None
-        result = temporal_merge(frames, cfg.segment_threshold, cfg.temporal_merge)
-        hidden[row, vis_pos] = result.tokens.reshape(n, -1)
-        dropped = vis_pos[~result.keep.reshape(n)]
-        rows.append(prune_row(merged, row, dropped, compact=cfg.positions == "compact"))
+        tokens, keep = reduce(hidden[row, vis_pos].view(n // tokens_per_frame, tokens_per_frame, -1))
+        hidden[row, vis_pos] = tokens.reshape(n, -1)
+        rows.append(prune_row(reduced, row, vis_pos[~keep.reshape(n)], compact=compact))
     return pack_left(rows)

@@ -93,6 +93,8 @@ class SampleStats:
         clusters: pruning layer -> number of merged cluster tokens added there.
         removed_by_merge: visual tokens removed by temporal (cross-frame) merging before the LLM.
         removed_by_pruning: net visual tokens removed inside the LLM (pruned minus recycled clusters added).
+        reduced_kept: original visual indices that survive the frame reduction before the LLM (temporal merging
+            or spatial pooling; each stands for the tokens merged into it); None when no reduction ran.
     """
 
     visual_tokens_in: int
@@ -108,6 +110,7 @@ class SampleStats:
     clusters: dict[int, int] = field(default_factory=dict)
     removed_by_merge: int = 0
     removed_by_pruning: int = 0
+    reduced_kept: torch.Tensor | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -129,6 +132,14 @@ class PrefillRecorder:
         self.recycled_idx: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
         self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
         self.merged: list[int] = [0] * batch
+        self.reduced_kept: list[torch.Tensor | None] = [None] * batch
+
+    def reduced(self, layout: Layout, n_visual: list[int]) -> None:
+        """The frames were reduced before the LLM: record what survived."""
+        for row in range(self.batch):
+            index = layout.visual_index[row, layout.visual[row]]
+            self.reduced_kept[row] = index.sort().values.cpu()
+            self.merged[row] = n_visual[row] - int(index.numel())
 
     def enter(self, layout: Layout) -> None:
         for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
@@ -176,6 +187,7 @@ class PrefillRecorder:
                     clusters=self.clusters[row],
                     removed_by_merge=self.merged[row],
                     removed_by_pruning=n_visual[row] - self.merged[row] - int(final_visual[row]),
+                    reduced_kept=self.reduced_kept[row],
                 )
             )
         return stats

@@ -1,14 +1,19 @@
 """The picture a user looks at to trust the method: which visual tokens each method keeps.
 
 Frames are laid out in a row per method; kept patches are shown as they are, pruned ones dimmed, and the
-pruned patches that were recycled into merged tokens are outlined in orange. An optional first row outlines
-the question's evidence in green.
+pruned patches that were recycled into merged tokens are outlined in orange. The ``pool`` baseline keeps no
+patch as it is: its row shows the frames averaged over its pooling cells, what its tokens can still see. An
+optional first row outlines the question's evidence in green.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+from sparsevlm.pooling import cell_index
 
 RECYCLED = (255, 150, 0)
 EVIDENCE = (0, 220, 0)
@@ -35,9 +40,35 @@ def token_mask(indices: list[int] | np.ndarray, num_frames: int, grid: int) -> n
     return mask.reshape(num_frames, grid, grid)
 
 
+@dataclass(frozen=True)
+class ShowRow:
+    """One method's row: ``kept`` and ``recycled`` are bool ``[T, g, g]`` patch masks; ``frames`` replaces the
+    input frames in this row when given (the pooled view)."""
+
+    label: str
+    kept: np.ndarray
+    recycled: np.ndarray
+    frames: np.ndarray | None = None
+
+
+def pool_pixels(frames: np.ndarray, grid: int, rows: int, cols: int) -> np.ndarray:
+    """uint8 ``[T, S, S, 3]`` frames with every pooling cell (of a ``grid x grid`` patch grid cut into
+    ``rows x cols`` cells, the partition of :func:`sparsevlm.pooling.spatial_pool`) replaced by its mean colour."""
+    t, size = frames.shape[0], frames.shape[1]
+    patch = size // grid
+    cells = cell_index(grid, rows, cols).numpy().reshape(grid, grid)
+    per_pixel = np.repeat(np.repeat(cells, patch, axis=0), patch, axis=1).reshape(-1)  # [S*S]
+    flat = frames.reshape(t, size * size, 3).astype(np.float64)
+    out = np.empty_like(flat)
+    for c in range(rows * cols):
+        where = per_pixel == c
+        out[:, where] = flat[:, where].mean(axis=1, keepdims=True)
+    return out.round().astype(np.uint8).reshape(frames.shape)
+
+
 def render_keep_grid(
     frames: np.ndarray,
-    rows: list[tuple[str, np.ndarray, np.ndarray]],
+    rows: list[ShowRow],
     evidence: np.ndarray | None = None,
     scale: int = 3,
 ) -> Image.Image:
@@ -45,7 +76,7 @@ def render_keep_grid(
 
     Args:
         frames: uint8 ``[T, S, S, 3]`` at model resolution.
-        rows: ``(label, kept [T, g, g], recycled [T, g, g])`` per method.
+        rows: one per method.
         evidence: bool ``[T, g, g]`` patches that show what the question asks about, or None.
         scale: pixel upscaling for visibility.
 
@@ -53,17 +84,17 @@ def render_keep_grid(
         An RGB image: one labelled row per method (plus the evidence row first when given).
     """
     t, size = frames.shape[0], frames.shape[1]
-    grid = rows[0][1].shape[1]
+    grid = rows[0].kept.shape[1]
     cell = size * scale
     patch = cell // grid
-    all_rows: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
+    all_rows: list[tuple[str, np.ndarray | None, np.ndarray | None, np.ndarray]] = []
     if evidence is not None:
-        all_rows.append(("frames + evidence", None, None))
-    all_rows.extend(rows)
+        all_rows.append(("frames + evidence", None, None, frames))
+    all_rows.extend((r.label, r.kept, r.recycled, frames if r.frames is None else r.frames) for r in rows)
     image = Image.new("RGB", (t * cell, len(all_rows) * (cell + LABEL_HEIGHT)), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    big = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)  # [T, cell, cell, 3]
-    for r, (label, kept, recycled) in enumerate(all_rows):
+    for r, (label, kept, recycled, row_frames) in enumerate(all_rows):
+        big = np.repeat(np.repeat(row_frames, scale, axis=1), scale, axis=2)  # [T, cell, cell, 3]
         top = r * (cell + LABEL_HEIGHT)
         draw.text((2, top + 1), label, fill=(0, 0, 0))
         for f in range(t):
