@@ -58,8 +58,10 @@ def rater_attention(
         raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({h_kv})")
     groups = h // h_kv
     # Query head i uses KV head i // groups (transformers' repeat_kv): fold the group into the row axis.
-    q = queries.float().reshape(b, h_kv, groups * r, hd)  # [B, Hkv, G*R, hd]
-    logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scaling  # [B, Hkv, G*R, K]
+    # Logits in the keys' dtype, softmax in float32: what the layer's own eager attention computes (and no
+    # float32 copy of the whole key cache).
+    q = queries.to(keys.dtype).reshape(b, h_kv, groups * r, hd)  # [B, Hkv, G*R, hd]
+    logits = torch.matmul(q, keys.transpose(-1, -2)).float() * scaling  # [B, Hkv, G*R, K]
     logits = logits.view(b, h, r, k_len).masked_fill(~allowed[:, None], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)  # [B, R, K]
 

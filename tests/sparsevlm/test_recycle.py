@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsevlm.recycle import dpc_knn_cluster, merge_clusters, recycle_deleted
+from sparsevlm.recycle import dpc_knn_cluster, merge_clusters, pairwise_distance, recycle_deleted
 from sparsevlm.stats import recycle_counts
 
 
@@ -51,3 +51,22 @@ def test_recycle_takes_the_best_scored_deleted_tokens() -> None:
     assert sorted(out.members.tolist()) == list(range(13, 20))  # int(0.3 * 20) + 1 = 7 best
     assert out.tokens.shape == (4, 8)  # int(0.5 * 7) + 1
     assert recycle_deleted(points, scores, 0.0, 0.5) is None
+
+
+def test_pairwise_distance_is_the_euclidean_distance() -> None:
+    points = torch.randn(40, 16)
+    exact = (points[:, None] - points[None]).norm(dim=-1)
+    assert torch.allclose(pairwise_distance(points), exact, atol=1e-4)
+    assert torch.equal(pairwise_distance(points).diagonal(), torch.zeros(40))
+
+
+def test_pairwise_distance_in_bf16_survives_a_shared_massive_activation() -> None:
+    # LLaMA hidden states share a few huge components; the Gram form must not cancel them away.
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(64, 256, generator=gen)
+    points[:, 7] += 300.0
+    exact = (points[:, None] - points[None]).norm(dim=-1)
+    approx = pairwise_distance(points.to(torch.bfloat16))
+    off = ~torch.eye(64, dtype=torch.bool)
+    relative = ((approx - exact).abs() / exact)[off]
+    assert float(relative.max()) < 0.05
