@@ -12,6 +12,12 @@ Rows that cross the decode -> model boundary (one per segment, or one error row 
 Frames travel as raw bytes plus their shape rather than as a tensor column, so error rows (no frames) and
 segment rows share one Arrow schema. The model stage turns each segment into one caption row and one row per
 question (``RESULT_SCHEMA``) and appends :data:`pipeline.ledger.INTERNAL_COLUMNS` for the writer.
+
+Questions are checked against the model before they are asked, and rejected, never truncated: one containing
+the ``<video>`` placeholder (``PromptError``), or one whose prompt plus ``max_new_tokens`` exceeds the model's
+context window (``PromptTooLong``, naming the limit; past it the model still runs but answers garbage). The
+run's own questions and caption prompt fail the model stage at start; a manifest's per-video question
+becomes error rows for that question only.
 """
 
 from __future__ import annotations
@@ -29,14 +35,22 @@ from pipeline.decode import DecodeError, Segment, VideoInfo, decode_segments, op
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.sources import VideoSource
-from sparsevlm.engine import EngineAnswer, VideoQAEngine
+from sparsevlm.engine import VIDEO_PLACEHOLDER, EngineAnswer, VideoQAEngine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "decode_rows", "source_row"]
+__all__ = ["Predictor", "PromptError", "PromptTooLong", "decode_rows", "source_row"]
 
 _VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
 _INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
+
+
+class PromptError(ValueError):
+    """A question the model cannot be asked as given (its rows record this class in ``error_class``)."""
+
+
+class PromptTooLong(PromptError):
+    """The prompt (visual tokens + question) plus ``max_new_tokens`` exceeds the model's context window."""
 
 
 def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
@@ -143,11 +157,15 @@ class Predictor:
 
     Each actor holds one :class:`~sparsevlm.engine.VideoQAEngine`. All prompts of the batch's decoded
     segments (the caption instruction, then each question) go into one batched ``generate``. Decode error
-    rows pass through as error result rows; a failing ``generate`` turns its rows into error rows.
+    rows pass through as error result rows; a failing ``generate`` turns its rows into error rows; a question
+    the model cannot take (see the module docstring) becomes error rows without reaching ``generate``.
 
     Args:
         config: the run's config (model, SparseConfig, prompts, generation budget, CPU share).
         engine: an already built engine (tests); default: load ``config.model``.
+
+    Raises:
+        PromptError: the caption prompt or one of ``config.questions`` cannot be asked (every row would fail).
     """
 
     def __init__(self, config: PipelineConfig, engine: VideoQAEngine | None = None) -> None:
@@ -158,6 +176,13 @@ class Predictor:
             config.model, config.sparse_config(), device=config.device
         )
         self._provenance = {**self.engine.describe(), "run_id": config.run_id, "pipeline_version": PIPELINE_VERSION}
+        text_config = getattr(self.engine.model.config, "text_config", self.engine.model.config)
+        self._context: int | None = getattr(text_config, "max_position_embeddings", None)
+        self._prompt_lengths: dict[tuple[str, int], int] = {}
+        for prompt in (config.caption_prompt, *config.questions):
+            problem = self._prompt_problem(prompt, config.frames_per_segment)
+            if problem is not None:
+                raise problem
 
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table:
         """Turn segment rows into result rows.
@@ -195,14 +220,44 @@ class Predictor:
         return [("caption", self.config.caption_prompt)] + [("qa", q) for q in row["questions"]]
 
     def _answer(self, rows: list[dict[str, Any]], tasks: list[tuple[int, str, str]]) -> list[EngineAnswer | dict]:
-        if not tasks:
-            return []
-        frames = [_frames(rows[i]) for i, _, _ in tasks]
-        try:
-            return list(self.engine.answer(frames, [p for _, _, p in tasks], self.config.max_new_tokens))
-        except Exception as err:  # recorded per row; a run with no success fails at the end
-            logger.exception("generate failed on a batch of %d prompts; writing error rows", len(tasks))
-            return [{"status": "error", "error_class": type(err).__name__, "error_message": str(err)}] * len(tasks)
+        # A prompt the model cannot take gets its error here, so that it never fails the whole batch.
+        answers: dict[int, EngineAnswer | dict] = {}
+        for k, (i, _, prompt) in enumerate(tasks):
+            problem = self._prompt_problem(prompt, rows[i]["frames_shape"][0])
+            if problem is not None:
+                answers[k] = _error_fields(problem)
+        asked = [k for k in range(len(tasks)) if k not in answers]
+        if asked:
+            frames = [_frames(rows[tasks[k][0]]) for k in asked]
+            prompts = [tasks[k][2] for k in asked]
+            try:
+                answers.update(zip(asked, self.engine.answer(frames, prompts, self.config.max_new_tokens), strict=True))
+            except Exception as err:  # recorded per row; a run with no success fails at the end
+                logger.exception("generate failed on a batch of %d prompts; writing error rows", len(asked))
+                answers.update(dict.fromkeys(asked, _error_fields(err)))
+        return [answers[k] for k in range(len(tasks))]
+
+    def _prompt_problem(self, prompt: str, num_frames: int) -> PromptError | None:
+        """Why ``prompt`` cannot be asked about ``num_frames`` frames, or None if it can."""
+        if VIDEO_PLACEHOLDER in prompt:  # extra video tokens without features: generate would raise
+            return PromptError(f"question contains the video placeholder {VIDEO_PLACEHOLDER!r}: {prompt!r:.200}")
+        if self._context is None:
+            return None
+        budget_frames = self.config.sparse_config().budget_frames
+        if budget_frames is not None:  # long-video mode renumbers positions into budget_frames' worth of tokens
+            num_frames = min(num_frames, budget_frames)
+        key = (prompt, num_frames)
+        if key not in self._prompt_lengths:  # the same few prompts come back in every batch
+            self._prompt_lengths[key] = len(self.engine.tokenizer(self.engine.prompt(prompt, num_frames))["input_ids"])
+        length = self._prompt_lengths[key]
+        needed = length + self.config.max_new_tokens
+        if needed <= self._context:
+            return None
+        return PromptTooLong(
+            f"prompt does not fit the model's context of {self._context} tokens (max_position_embeddings): with "
+            f"{num_frames} frames it is {length} tokens, plus max_new_tokens={self.config.max_new_tokens}; shorten "
+            f"it by at least {needed - self._context} tokens or use fewer frames: {prompt!r:.200}"
+        )
 
     def _result(self, row: dict[str, Any], task: str, prompt: str | None, answer: EngineAnswer | dict) -> dict:
         fields: dict[str, Any] = {
@@ -227,6 +282,10 @@ class Predictor:
             dense_prefill_flops=float(stats.dense_prefill_flops),
             latency_ms=answer.latency_ms,
         )
+
+
+def _error_fields(err: BaseException) -> dict[str, Any]:
+    return {"status": "error", "error_class": type(err).__name__, "error_message": str(err)}
 
 
 def _frames(row: dict[str, Any]) -> np.ndarray:
