@@ -18,6 +18,8 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,7 +196,9 @@ def sample_seed(split: str, index: int) -> int:
     return SPLIT_OFFSETS[split] + index
 
 
-def make_sample(split: str, index: int, num_frames: int = 8, size: int = 64, patch: int = 8) -> VideoSample:
+def make_sample(
+    split: str, index: int, num_frames: int = 8, size: int = 64, patch: int = 8, brief_between: int | None = None
+) -> VideoSample:
     """Render sample ``index`` of ``split``.
 
     Args:
@@ -203,6 +207,10 @@ def make_sample(split: str, index: int, num_frames: int = 8, size: int = 64, pat
         num_frames: T; 8 is the native setting, 32 or more gives a long video.
         size: frame height and width in pixels.
         patch: patch size P of the vision tower; ``size`` must be a multiple of it.
+        brief_between: a brief event for long-video work: one object is on screen only for a short run of
+            frames that falls between the frames a uniform ``brief_between``-frame sampling takes
+            (:func:`uniform_frame_indices`), and the clip's "yes" presence question asks about it. Needs
+            ``num_frames >= 3 * brief_between``. None: no brief event.
 
     Returns:
         The rendered :class:`VideoSample`.
@@ -214,11 +222,37 @@ def make_sample(split: str, index: int, num_frames: int = 8, size: int = 64, pat
     seed = sample_seed(split, index)
     rng = np.random.default_rng(seed)
     objects = _draw_objects(rng, num_frames, size)
+    brief: int | None = None
+    if brief_between is not None:
+        objects, brief = _make_brief(rng, objects, num_frames, brief_between)
     frames, masks = _render(rng, objects, num_frames, size)
     colour, shape, motion, owner = _patch_labels(objects, masks, patch)
-    questions = _questions(rng, objects, owner)
+    questions = _questions(rng, objects, owner, brief)
     caption = " ".join(_describe(obj, num_frames) for obj in sorted(objects, key=lambda o: o.first_frame))
     return VideoSample(frames, questions, caption, objects, masks, colour, shape, motion, patch, seed)
+
+
+def uniform_frame_indices(num_frames: int, count: int) -> np.ndarray:
+    """The frames a uniform ``count``-frame sampling of ``num_frames`` takes: the centre of each of ``count``
+    equal runs (the rule of the pipeline's segment planner)."""
+    edges = np.linspace(0, num_frames, count + 1)
+    return np.floor((edges[:-1] + edges[1:]) / 2).astype(np.int64)
+
+
+def _make_brief(
+    rng: np.random.Generator, objects: tuple[ObjectTrack, ...], num_frames: int, between: int
+) -> tuple[tuple[ObjectTrack, ...], int | None]:
+    """Make one object visible only in a run of frames that a uniform ``between``-frame sampling skips."""
+    if num_frames < 3 * between:
+        raise ValueError(f"a brief event needs num_frames >= 3 * brief_between, got {num_frames} and {between}")
+    if not objects:
+        return objects, None
+    sampled = uniform_frame_indices(num_frames, between)
+    gaps = [(int(a) + 1, int(b) - 1) for a, b in itertools.pairwise(sampled) if b - a >= 3]
+    first, last = gaps[int(rng.integers(len(gaps)))]
+    k = int(rng.integers(len(objects)))
+    brief = dataclasses.replace(objects[k], first_frame=first, last_frame=last, turn_frame=None, turn_direction=None)
+    return (*objects[:k], brief, *objects[k + 1 :]), k
 
 
 def _draw_objects(rng: np.random.Generator, num_frames: int, size: int) -> tuple[ObjectTrack, ...]:
@@ -334,8 +368,11 @@ def _patch_labels(
     return colour, shape, motion, owner
 
 
-def _questions(rng: np.random.Generator, objects: tuple[ObjectTrack, ...], owner: np.ndarray) -> tuple[QA, ...]:
-    """Every well-posed question about the clip, in :data:`FAMILIES` order."""
+def _questions(
+    rng: np.random.Generator, objects: tuple[ObjectTrack, ...], owner: np.ndarray, brief: int | None = None
+) -> tuple[QA, ...]:
+    """Every well-posed question about the clip, in :data:`FAMILIES` order (the "yes" presence question is
+    about object ``brief`` when given)."""
     evidence = [owner == k for k in range(len(objects))]
     shapes = [obj.shape for obj in objects]
     qas: list[QA] = []
@@ -356,7 +393,7 @@ def _questions(rng: np.random.Generator, objects: tuple[ObjectTrack, ...], owner
             k = firsts.index(when)
             question = f"what colour is the {family} object to appear?"
             qas.append(QA(family, question, objects[k].colour, evidence[k]))
-    qas.extend(_presence(rng, objects, evidence, owner.shape))
+    qas.extend(_presence(rng, objects, evidence, owner.shape, brief))
     for k, obj in enumerate(objects):
         if obj.turn_direction is not None:
             question = f"which way does the {obj.name} move after it turns?"
@@ -369,13 +406,16 @@ def _presence(
     objects: tuple[ObjectTrack, ...],
     evidence: list[np.ndarray],
     grid: tuple[int, ...],
+    about: int | None = None,
 ) -> list[QA]:
-    """One "yes" and one "no" presence question (the "no" names a colour-shape pair that is absent)."""
+    """One "yes" (about object ``about`` if given) and one "no" presence question (the "no" names a
+    colour-shape pair that is absent)."""
     present = {obj.name for obj in objects}
     absent = [f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in present]
     qas: list[QA] = []
     if objects:
         k = int(rng.integers(len(objects)))
+        k = k if about is None else about
         qas.append(QA("presence", f"is there a {objects[k].name}?", "yes", evidence[k]))
     name = absent[int(rng.integers(len(absent)))]
     qas.append(QA("presence", f"is there a {name}?", "no", np.zeros(grid, dtype=bool)))

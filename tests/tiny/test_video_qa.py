@@ -16,6 +16,7 @@ from sparsevlm.tiny.video_qa import (
     evidence_token_indices,
     make_sample,
     sample_seed,
+    uniform_frame_indices,
 )
 
 SAMPLES = [make_sample("train", i) for i in range(40)]
@@ -154,3 +155,22 @@ def _direction_of(delta: np.ndarray) -> str:
     if abs(d_col) > abs(d_row):
         return "right" if d_col > 0 else "left"
     return "down" if d_row > 0 else "up"
+
+
+def test_uniform_frame_indices_are_run_centres() -> None:
+    assert uniform_frame_indices(32, 8).tolist() == [2, 6, 10, 14, 18, 22, 26, 30]
+    assert uniform_frame_indices(8, 8).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_brief_event_falls_between_the_uniformly_sampled_frames(index: int) -> None:
+    sample = make_sample("test", index, num_frames=32, brief_between=8)
+    sampled = set(uniform_frame_indices(32, 8).tolist())
+    (yes,) = [q for q in sample.questions if q.family == "presence" and q.answer == "yes"]
+    brief = next(o for o in sample.objects if yes.question == f"is there a {o.name}?")
+    shown = {t for t in range(32) if sample.object_masks[sample.objects.index(brief), t].any()}
+    assert shown and shown.isdisjoint(sampled) and len(shown) >= 2
+    assert not sample.object_masks[sample.objects.index(brief)][sorted(sampled)].any()
+    assert not np.array_equal(make_sample("test", index, num_frames=32).frames, sample.frames)
+    with pytest.raises(ValueError, match="num_frames >= 3 \\* brief_between"):
+        make_sample("test", index, num_frames=16, brief_between=8)
