@@ -29,6 +29,8 @@ __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 
 # A hive partition folder: one path component, never "..", "/" or a leading "_"/"." (readers skip those).
 _PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*=[A-Za-z0-9][A-Za-z0-9_.:-]*")
+# A run id names the run manifest _runs/<run_id>.json: one path component, never "..", "/" or a leading ".".
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 def _package_version() -> str:
@@ -71,8 +73,10 @@ class PipelineConfig:
         max_duration_s: longer videos become error rows (None disables the guard).
         s3_endpoint_url: an S3-compatible endpoint (e.g. ``http://127.0.0.1:9000``); None means AWS.
         s3_options: extra s3fs options such as ``key``/``secret``/``client_kwargs``; default: the AWS
-            credential chain of the environment. Never printed.
-        run_id: identifies this run in every row.
+            credential chain of the environment. Never printed or written (credentials belong there, in the
+            environment or in an instance role: URIs and the endpoint carrying a user name or password are refused).
+        run_id: identifies this run in every row and names its manifest ``_runs/<run_id>.json`` (letters,
+            digits, ``_ . : -``; at most 128).
         retry_errors: reprocess videos whose committed rows are errors (e.g. after installing a codec).
         preflight_videos: the driver decodes the first segment of up to this many pending videos before
             starting the model; if none decodes, the run stops with one message (0 disables).
@@ -114,6 +118,16 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         check_scheme(self.input_uri)
         check_scheme(self.output_uri)
+        if self.s3_endpoint_url is not None and "@" in self.s3_endpoint_url:
+            raise ValueError(
+                "s3_endpoint_url must not carry a user name or password (it is printed with the config); pass "
+                "credentials through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role"
+            )
+        if not isinstance(self.run_id, str) or not _RUN_ID.fullmatch(self.run_id):
+            raise ValueError(
+                f"run_id names the file _runs/<run_id>.json, so it must be letters, digits and _ . : - (at most 128, "
+                f"starting with a letter or digit), got {self.run_id!r}"
+            )
         questions = tuple(self.questions)
         object.__setattr__(self, "questions", questions)
         if any(not isinstance(q, str) or not q.strip() for q in questions):

@@ -260,6 +260,7 @@ def open_local_copy(
     if max_bytes is not None and nbytes > max_bytes:
         raise TooLarge(f"{uri}: {nbytes} bytes exceed max_bytes={max_bytes}; raise max_bytes to process it")
     suffix = PurePosixPath(parts.path).suffix
+    suffix = suffix if len(suffix) <= 16 else ""  # an object key's "extension" may be too long for a file name
     fd, local = tempfile.mkstemp(suffix=suffix, prefix="decode-", dir=tmp_dir)
     try:
         with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:

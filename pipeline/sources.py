@@ -64,8 +64,20 @@ def make_video_id(uri: str, size: int | None, etag: str | None, mtime: float | N
 
 
 def check_scheme(uri: str) -> str:
-    """Return the URI's scheme ("" for a local path) or raise `SourceError` if it is not allowed."""
-    scheme = urlsplit(uri).scheme.lower()
+    """Return the URI's scheme ("" for a local path) or raise `SourceError` if it is not allowed.
+
+    URIs carrying a user name or password (``s3://KEY:SECRET@bucket/...``) are refused without repeating them:
+    they would end up in every row's ``source_uri`` and in the run manifest.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    # user:password@bucket; an AWS secret may contain "/", which ends urlsplit's netloc before the "@"
+    if "@" in parts.netloc or (scheme in ALLOWED_SCHEMES and ":" in parts.netloc and "@" in uri):
+        raise SourceError(
+            f"'{parts.scheme}://***@{uri.rpartition('@')[2]}': credentials in a URI are not accepted (they would be "
+            "written into every row); pass them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an "
+            "instance role"
+        )
     if scheme and scheme not in ALLOWED_SCHEMES:
         raise SourceError(
             f"{uri!r}: scheme {scheme!r} is not supported; use a local path, file://... or "
@@ -274,7 +286,7 @@ def _manifest_source(uri: str, row: dict[str, Any], filesystem: Any, questions: 
         return _versioned(uri, int(given["size"]), etag, mtime, questions, row)
     try:
         stat = _s3_source(uri, _s3(filesystem).info(uri)) if uri.startswith("s3://") else _local_source(uri)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # ValueError: a local path with a NUL byte, which cannot exist
         return _versioned(uri, None, None, None, questions, row)
     return _versioned(uri, stat.size, stat.etag, stat.mtime, questions, row)
 

@@ -4,7 +4,9 @@ The engine is the only way the pipeline touches the model: it loads a checkpoint
 id that is already in the local cache when running offline), checks that it is a safetensors Video-LLaVA,
 prepares model-resolution uint8 frames exactly like CLIP's processor (:mod:`sparsevlm.preprocess`), builds
 Video-LLaVA's single-turn prompt and runs one batched, left-padded, greedy ``generate`` per call under its
-:class:`~sparsevlm.config.SparseConfig`. Remote code is never trusted.
+:class:`~sparsevlm.config.SparseConfig`. Remote code is never trusted: every transformers call passes
+``trust_remote_code=False``, and a checkpoint whose ``config.json`` or ``tokenizer_config.json`` maps classes to
+its own code (``auto_map``) is refused rather than loaded as something its authors did not write.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    VideoLlavaForConditionalGeneration,
+)
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
@@ -92,7 +101,7 @@ def build_prompt(question: str, num_video_tokens: int) -> str:
 
 
 def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
-    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` only).
+    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` and ``tokenizer_config.json``).
 
     Args:
         model: a local directory or a hub id (resolved from the local cache when offline).
@@ -101,7 +110,8 @@ def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
         The checkpoint's :class:`ModelSpec`.
 
     Raises:
-        CheckpointError: the directory does not exist, has no Video-LLaVA config, or has only pickled weights.
+        CheckpointError: the directory does not exist, has no Video-LLaVA config, has only pickled weights, or
+            asks for its own code (``auto_map``).
     """
     name = os.fspath(model)
     local = Path(name).expanduser()
@@ -109,13 +119,23 @@ def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
         _check_weight_files(local)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id "org/name"
         raise CheckpointError(f"checkpoint directory {name!r} does not exist; pass a local directory or a hub id")
+    try:  # the raw JSON first: AutoConfig would fail on custom code with advice to trust it
+        settings = {"config.json": PretrainedConfig.get_config_dict(name)[0]}
+        settings["tokenizer_config.json"] = get_tokenizer_config(name)
+    except (OSError, ValueError) as err:
+        raise _unreadable(name, err) from err
+    for file, values in settings.items():
+        if values.get("auto_map"):
+            raise CheckpointError(
+                f"{name!r}: its {file} maps classes to code shipped with the checkpoint (auto_map "
+                f"{values['auto_map']}); the engine never runs checkpoint code, and loading the weights into stock "
+                "classes could silently differ from what that code does. Use a checkpoint saved from transformers' "
+                "VideoLlavaForConditionalGeneration (or delete auto_map if the model and tokenizer are stock ones)"
+            )
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read a model config from {name!r} ({err}); pass a Video-LLaVA checkpoint directory "
-            "(config.json + model.safetensors) or a cached hub id such as LanguageBind/Video-LLaVA-7B-hf"
-        ) from err
+        raise _unreadable(name, err) from err
     if config.model_type != "video_llava":
         raise CheckpointError(
             f"{name!r} is a {config.model_type!r} checkpoint, not Video-LLaVA (model_type 'video_llava'); "
@@ -123,6 +143,13 @@ def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
         )
     vision = config.vision_config
     return ModelSpec(model_id=name, frame_size=int(vision.image_size), patch_size=int(vision.patch_size))
+
+
+def _unreadable(name: str, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read a model config from {name!r} ({err}); pass a Video-LLaVA checkpoint directory "
+        "(config.json + model.safetensors) or a cached hub id such as LanguageBind/Video-LLaVA-7B-hf"
+    )
 
 
 def _check_weight_files(directory: Path) -> None:

@@ -28,8 +28,8 @@ def load_tiny(
     """
     directory = Path(path) if path is not None else CHECKPOINT_DIR
     if (directory / "config.json").exists():
-        model = VideoLlavaForConditionalGeneration.from_pretrained(str(directory)).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        model = VideoLlavaForConditionalGeneration.from_pretrained(str(directory), trust_remote_code=False).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
         return model, tokenizer, True
     if not allow_random:
         raise FileNotFoundError(f"no Video-LLaVA checkpoint (config.json) in {directory}")

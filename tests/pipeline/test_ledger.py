@@ -1,9 +1,12 @@
-"""The ledger's commit protocol on a local folder and on S3 (moto): exactly-once rows under reruns."""
+"""The ledger's commit protocol on a local folder and on S3 (moto): exactly-once rows under reruns, and
+compaction of the markers into index files that changes no answer, whatever step it stops at."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -11,7 +14,8 @@ import pyarrow.fs as pafs
 import pytest
 import s3fs
 
-from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerError, ledger_key
+import pipeline.ledger
+from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerEntry, LedgerError, ledger_key
 from pipeline.schema import RESULT_SCHEMA, make_rows
 
 CONFIG_KEY = "0123456789abcdef"
@@ -122,3 +126,160 @@ def test_local_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     key = ledger_key(CONFIG_KEY, "v", ["q"])
     assert names == [f"_ledger/{key}.ok.json", f"part-{key}.parquet"]
+
+
+def test_ledger_keys_that_could_name_a_file_elsewhere_are_refused(tmp_path: Path) -> None:
+    ledger = Ledger(pafs.LocalFileSystem(), str(tmp_path / "out"))
+    for video_id in ("../../evil", "a/b", "..", "_hidden", ".dot", "nul\0x", "é", "x" * 300, ""):
+        with pytest.raises(LedgerError, match="cannot name a file under the output prefix"):
+            ledger_key(CONFIG_KEY, video_id, ["q"])
+    rows = segment("v", 0, last=True)
+    for key in ("../../evil-0123", "a/b", "_staging", "x\0y"):
+        bad = rows.set_column(rows.schema.get_field_index(LEDGER_KEY), LEDGER_KEY, pa.array([key] * rows.num_rows))
+        with pytest.raises(LedgerError, match="cannot name a file"):
+            ledger.write_rows(bad, "r1")
+        with pytest.raises(LedgerError, match="cannot name a file"):
+            ledger.commit_if_complete(key, "r1")
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compaction: markers folded into _ledger/_index/ change no answer
+
+
+def snapshot(ledger: Ledger, keys: list[str]) -> dict[str, Any]:
+    """Every answer the ledger gives about ``keys``, and what a dataset reader sees."""
+    return {
+        "committed": ledger.committed(),
+        "pending": ledger.pending(keys),
+        "retry": ledger.pending(keys, retry_errors=True),
+        "entries": [ledger.entry(k) for k in keys],
+        "rows": read_all(ledger),
+    }
+
+
+def names(ledger: Ledger, folder: str) -> list[str]:
+    infos = ledger.fs.get_file_info(pafs.FileSelector(f"{ledger.base}/{folder}", allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def commit_videos(ledger: Ledger, run_id: str = "r1") -> tuple[list[LedgerEntry], list[str]]:
+    """Three committed videos (ok, error, partial), one half staged, one never seen."""
+    rows = [
+        pa.concat_tables([segment("ok", 0, False), segment("ok", 1, True)]),
+        segment("bad", None, last=True, error=True),
+        pa.concat_tables([segment("part", 0, False), segment("part", 1, True, error=True)]),
+        segment("half", 0, last=False),
+    ]
+    entries = [e for table in rows for e in ledger.write_rows(table, run_id)]
+    keys = [ledger_key(CONFIG_KEY, v, ["q"]) for v in ("ok", "bad", "part", "half", "new")]
+    return entries, keys
+
+
+def test_compaction_replaces_markers_by_an_index_with_the_same_answers(ledger: Ledger) -> None:
+    entries, keys = commit_videos(ledger)
+    before = snapshot(ledger, keys)
+    assert before["pending"] == keys[3:] and before["retry"] == keys[1:]
+    ledger.compact([*entries, entries[0]])  # the same video may come back from two write tasks
+    assert names(ledger, "_ledger") == []
+    (index,) = names(ledger, "_ledger/_index")
+    assert index.startswith("00000001-") and index.endswith(".parquet")
+    assert snapshot(ledger, keys) == before  # readers (pyarrow.dataset) never see _ledger/
+    ledger.compact()  # nothing to do
+    assert names(ledger, "_ledger/_index") == [index] and snapshot(ledger, keys) == before
+
+
+def test_compaction_folds_only_what_a_marker_stands_for(ledger: Ledger) -> None:
+    entries, _ = commit_videos(ledger)
+    ledger.fs.delete_file(ledger._marker(entries[0].key, "ok"))  # a run that stopped before this marker
+    stale = dataclasses.replace(entries[1], status="ok")  # not what the marker says
+    ledger.compact([entries[0], stale])
+    assert ledger.committed() == {entries[1].key: "error", entries[2].key: "partial"}
+    assert names(ledger, "_ledger/_index") == [] and len(names(ledger, "_ledger")) == 2
+
+
+def test_a_compaction_stopped_at_any_step_loses_nothing(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries, keys = commit_videos(ledger)
+    before = snapshot(ledger, keys)
+
+    def crash(paths: list[str]) -> None:
+        raise OSError("killed")
+
+    with monkeypatch.context() as m:  # killed after writing the index, before deleting a marker
+        m.setattr(ledger, "_delete_files", crash)
+        with pytest.raises(OSError, match="killed"):
+            ledger.compact(entries)
+    assert len(names(ledger, "_ledger")) == 3 and len(names(ledger, "_ledger/_index")) == 1
+    assert snapshot(ledger, keys) == before  # each key twice, with the same content
+
+    monkeypatch.setattr(pipeline.ledger, "MAX_LOOSE_MARKERS", 0)  # the next compaction merges
+    deleted: list[str] = []
+    real_delete = ledger._delete_files
+
+    def crash_after_index_files(paths: list[str]) -> None:
+        if deleted:
+            raise OSError("killed")
+        deleted.extend(paths)
+        real_delete(paths)
+
+    with monkeypatch.context() as m:  # killed after deleting the merged index file, before the markers
+        m.setattr(ledger, "_delete_files", crash_after_index_files)
+        with pytest.raises(OSError, match="killed"):
+            ledger.compact()
+    assert [p.rsplit("/", 1)[1][:9] for p in deleted] == ["00000001-"]
+    assert [n[:9] for n in names(ledger, "_ledger/_index")] == ["00000002-"] and len(names(ledger, "_ledger")) == 3
+    assert snapshot(ledger, keys) == before
+    ledger.compact()  # the next compaction finishes the job
+    assert [n[:9] for n in names(ledger, "_ledger/_index")] == ["00000003-"] and names(ledger, "_ledger") == []
+    assert snapshot(ledger, keys) == before
+
+
+def test_a_retried_video_is_newer_than_its_compacted_error(ledger: Ledger) -> None:
+    key = ledger_key(CONFIG_KEY, "bad", ["q"])
+    failed = ledger.write_rows(segment("bad", None, last=True, error=True), "r1")
+    ledger.compact(failed)
+    assert ledger.pending([key]) == [] and ledger.pending([key], retry_errors=True) == [key]
+    (retried,) = ledger.write_rows(segment("bad", 0, last=True), "r2")
+    assert ledger.committed() == {key: "ok"} and ledger.entry(key) == retried  # the marker wins over the index
+    ledger.compact([retried])
+    assert ledger.committed() == {key: "ok"} and ledger.entry(key) == retried  # the later index file wins
+    assert len(names(ledger, "_ledger/_index")) == 2 and len(read_all(ledger)) == 2
+
+
+def test_loose_markers_and_many_index_files_merge_into_one(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline.ledger, "MAX_INDEX_FILES", 2)
+    monkeypatch.setattr(pipeline.ledger, "MAX_LOOSE_MARKERS", 2)
+    entries, keys = commit_videos(ledger)
+    for entry in entries[:2]:  # two small runs that compacted
+        ledger.compact([entry])
+    # A commit interrupted between writing its new marker and deleting the old one leaves two markers of one key.
+    bad = entries[1]
+    (fixed,) = ledger.write_rows(segment("bad", 0, last=True), "r2")
+    old = json_bytes(dataclasses.replace(bad, committed_at="2000-01-01T00:00:00+00:00"))
+    with ledger.fs.open_output_stream(ledger._marker(bad.key, "error")) as f:
+        f.write(old)
+    before = snapshot(ledger, keys)
+    assert before["committed"][bad.key] in ("ok", "error")  # ambiguous while both markers exist
+    ledger.compact()  # 2 index files, 3 loose markers (one run never compacted, plus the pair)
+    assert names(ledger, "_ledger") == [] and [n[:9] for n in names(ledger, "_ledger/_index")] == ["00000003-"]
+    after = snapshot(ledger, keys)
+    assert after["committed"] == {**before["committed"], bad.key: "ok"} and after["entries"][1] == fixed
+    assert after["rows"] == before["rows"]
+
+
+def test_a_reader_lists_again_when_a_merge_replaced_the_files_it_listed(ledger: Ledger) -> None:
+    entries, _ = commit_videos(ledger)
+    ledger.compact(entries[:1])
+    stale = ledger._index_files()
+    ledger.compact(entries[1:])
+    ledger._merge(ledger._index_files(), [])
+    listings = [stale]
+    real = ledger._index_files
+    ledger._index_files = lambda: listings.pop() if listings else real()  # type: ignore[method-assign]
+    assert ledger.committed() == {e.key: e.status for e in entries} and not listings
+
+
+def json_bytes(entry: LedgerEntry) -> bytes:
+    import json
+
+    return json.dumps(dataclasses.asdict(entry)).encode()
