@@ -36,6 +36,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per model actor (1 on GPU nodes)")
     parser.add_argument("--workers", type=int, default=1, help="model actors")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
+    parser.add_argument(
+        "--decode-cpus", type=float, default=1.0, help="CPUs per decode task (decord is single-threaded)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
     parser.add_argument(
         "--s3-endpoint-url",
@@ -70,6 +73,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "workers": ns.workers,
         "num_gpus_per_worker": ns.num_gpus_per_worker,
         "cpus_per_worker": ns.cpus_per_worker,
+        "decode_cpus": ns.decode_cpus,
         "batch_size": ns.batch_size,
         "s3_endpoint_url": ns.s3_endpoint_url,
         "retry_errors": ns.retry_errors,

@@ -12,6 +12,7 @@ without Ray; this module only chooses resources and wires them. ``run_pipeline``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -65,6 +66,7 @@ class RunSummary:
     uncommitted: int
     wall_s: float
     error_classes: dict[str, int] = field(default_factory=dict)
+    replaced: list[str] = field(default_factory=list)  # old part files of retried videos, deleted
 
 
 class ResultSink(Datasink[list[dict[str, Any]]]):
@@ -143,8 +145,11 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
         raise PipelineError(str(err)) from err
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     items = [source_row(s, config) for s in sources]
-    pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
+    done = ledger.committed()
+    pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors, done))
     pending = [i for i in items if i["ledger_key"] in pending_keys]
+    # Retried videos: their old rows are replaced; remember where they are (another partition's file).
+    previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
     entries: list[LedgerEntry] = []
     if pending:
@@ -161,7 +166,12 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
             raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
         entries = sink.entries
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
+    try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
+        ledger.compact(entries)
+    except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
+        logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)
     logger.info("run %s: %s", config.run_id, summary)
     if summary.uncommitted:
         logger.warning("%d pending videos were not committed; the next run picks them up", summary.uncommitted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,26 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
     with pytest.raises(PipelineError, match=r"none of the first 2 pending videos decodes.*a\.mp4"):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()  # nothing written, Ray never started
+
+
+def test_a_video_retried_into_another_partition_replaces_its_old_rows(
+    pipeline_ray: None, pipeline_videos: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy2(pipeline_videos / "mmaction2_test.avi", videos / "mmaction2_test.avi")
+    output = tmp_path / "out"
+    night1 = make_config(
+        str(videos), str(output), pipeline_model_dir, partition="dt=2026-11-21", max_duration_s=1.0, preflight_videos=0
+    )
+    with pytest.raises(PipelineError, match="every one of the 1 processed videos failed"):
+        run_pipeline(night1)  # too long for night 1's guard: committed as an error row in dt=2026-11-21
+    assert [r["error_class"] for r in read_rows(night1)] == ["TooLarge"]
+
+    night2 = night1.replace(partition="dt=2026-11-22", max_duration_s=None, retry_errors=True)
+    summary = run_pipeline(night2)
+    assert summary.processed == 1 and len(summary.replaced) == 1
+    assert summary.replaced[0].startswith("dt=2026-11-21/part-")
+    rows = read_rows(night2)
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 2 * SEGMENTS["mmaction2_test.avi"]
+    assert not list((output / "dt=2026-11-21").glob("part-*"))

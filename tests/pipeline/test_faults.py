@@ -1,0 +1,232 @@
+"""Faults really injected into running pipelines: a killed model actor, a killed driver, an S3 outage.
+
+Each test starts a run over enough videos that work remains when the fault hits (the first commit marker is
+the trigger), then checks the promise: every (video, segment, task) row exactly once, nothing half-committed
+visible to readers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.build import PipelineError, run_pipeline
+from pipeline.config import PipelineConfig
+
+QUESTION = "What is happening?"
+CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm")
+SYNTHETIC = 10
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fault_videos(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three real clips and ten synthetic ones: 15 segments, enough to still be working after a commit."""
+    from jobs.demo import write_synthetic_videos
+
+    folder = tmp_path_factory.mktemp("fault-videos")
+    for name in CLIPS:
+        shutil.copy(assets / name, folder / name)
+    write_synthetic_videos(folder, SYNTHETIC)
+    return folder
+
+
+def _config(videos: Path, output: str, model: Path, **changes: Any) -> PipelineConfig:
+    settings: dict[str, Any] = {
+        "questions": (QUESTION,),
+        "segment_seconds": 5.0,
+        "frames_per_segment": 2,
+        "max_new_tokens": 4,
+        "batch_size": 1,  # many small batches: the fault lands between two of them
+        "decode_cpus": 0.5,
+        "cpus_per_worker": 1.0,
+    }
+    return PipelineConfig(input_uri=str(videos), output_uri=output, model=str(model), **{**settings, **changes})
+
+
+def _rows(config: PipelineConfig) -> list[dict[str, Any]]:
+    fs, base = config.output_filesystem()
+    return pads.dataset(base, filesystem=fs, format="parquet").to_table().to_pylist()
+
+
+def assert_whole_videos_once(rows: list[dict[str, Any]], videos: Path, complete: bool = True) -> None:
+    """No duplicate row; each video that has rows has all of them (segments 0..n-1, caption + question each);
+    with ``complete`` every input video is there."""
+    keys = Counter((r["source_uri"], r["segment_index"], r["task"], r["question"]) for r in rows)
+    assert set(keys.values()) <= {1}, [k for k, n in keys.items() if n > 1]
+    segments: dict[str, set[int]] = {}
+    for r in rows:
+        assert r["status"] == "ok", r
+        segments.setdefault(Path(r["source_uri"]).name, set()).add(r["segment_index"])
+    for name, found in segments.items():
+        assert found == set(range(len(found))), (name, found)
+        tasks = Counter(r["task"] for r in rows if Path(r["source_uri"]).name == name)
+        assert tasks == {"caption": len(found), "qa": len(found)}, (name, tasks)
+    if complete:
+        assert set(segments) == {p.name for p in videos.iterdir()}
+
+
+def _when_committed(markers: Callable[[], bool], action: Callable[[], None], timeout_s: float = 300) -> list[str]:
+    """Run ``action`` in a thread as soon as ``markers()`` is true; returns a list that holds "done" after."""
+    done: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if markers():
+                action()
+                done.append("done")
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def _pids(fragment: str) -> list[int]:
+    """Processes whose command line contains ``fragment`` (Ray sets ``ray::<actor>`` process titles)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_model_actor_is_replaced_and_nothing_is_lost(
+    pipeline_ray: None, fault_videos: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    config = _config(fault_videos, str(output), pipeline_model_dir)
+    killed: list[int] = []
+
+    def kill_actor() -> None:
+        pids = _pids("MapWorker(MapBatches(Predictor))")
+        assert pids, "no model actor process found"
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
+
+    done = _when_committed(lambda: any((output / "_ledger").glob("*.json")), kill_actor)
+    summary = run_pipeline(config)
+    assert done and killed, "the actor was not killed while the run was working"
+    assert summary.processed == summary.seen == len(CLIPS) + SYNTHETIC and summary.uncommitted == 0
+    assert_whole_videos_once(_rows(config), fault_videos)
+
+
+def test_a_killed_driver_resumes_on_rerun_exactly_once(
+    pipeline_ray: None, fault_videos: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    import ray
+
+    output = tmp_path / "out"
+    args = ["--input", str(fault_videos), "--output", str(output), "--model", str(pipeline_model_dir)]
+    args += ["--question", QUESTION, "--segment-seconds", "5", "--frames", "2", "--max-new-tokens", "4"]
+    args += ["--batch-size", "1", "--decode-cpus", "0.5", "--run-id", "killed"]
+    # The driver joins the test session's Ray, as a job's driver joins its cluster; killing it ends the job.
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.caption", *args, "--ray-address", address],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not any((output / "_ledger").glob("*.json")):
+            assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before its first commit"
+            assert time.monotonic() < deadline, "no commit within 300 s"
+            time.sleep(0.02)
+    finally:
+        driver.send_signal(signal.SIGKILL)  # the fault (or the cleanup of a failed wait)
+        driver.wait(timeout=60)
+    first = _rows(_config(fault_videos, str(output), pipeline_model_dir))
+    assert_whole_videos_once(first, fault_videos, complete=False)  # readers see whole videos only
+    assert 0 < len({r["source_uri"] for r in first}) < len(CLIPS) + SYNTHETIC
+
+    from jobs.caption import main
+
+    time.sleep(2)  # Ray notices the dead driver and stops its job's actors and tasks
+    summary = main([*args[:-1], "resumed"])
+    assert summary["skipped"] >= len({r["source_uri"] for r in first})
+    rows = _rows(_config(fault_videos, str(output), pipeline_model_dir))
+    assert_whole_videos_once(rows, fault_videos)
+    assert {r["run_id"] for r in rows} <= {"killed", "resumed"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_s3_outage_while_writing_completes_or_fails_cleanly_then_a_rerun_is_exact(
+    pipeline_ray: None, fault_videos: Path, pipeline_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "outage", "AWS_SECRET_ACCESS_KEY": "outage"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)]
+    servers[0].start()
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="outage-out")
+        config = _config(
+            fault_videos,
+            "s3://outage-out/rows",
+            pipeline_model_dir,
+            s3_endpoint_url=endpoint,
+            s3_options={"key": "outage", "secret": "outage"},
+            run_id="outage",
+        )
+
+        def committed() -> bool:
+            listing = client.list_objects_v2(Bucket="outage-out", Prefix="rows/_ledger/")
+            return listing.get("KeyCount", 0) > 0
+
+        def outage() -> None:
+            servers[0].stop()  # moto keeps its buckets in this process: the restarted server serves them again
+            time.sleep(4)
+            servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+            servers[-1].start()
+
+        done = _when_committed(committed, outage)
+        try:
+            summary = run_pipeline(config)
+            outcome = f"completed: {summary}"
+        except PipelineError as err:
+            outcome = f"failed: {err}"
+            assert str(err).strip(), "the failure has no message"
+        deadline = time.monotonic() + 30
+        while not done:
+            assert time.monotonic() < deadline, f"the outage never happened ({outcome})"
+            time.sleep(0.1)
+        # Whatever happened, readers see whole videos only, and a rerun completes the set exactly once.
+        assert_whole_videos_once(_rows(config), fault_videos, complete=False)
+        run_pipeline(config.replace(run_id="after-outage"))
+        assert_whole_videos_once(_rows(config), fault_videos)
+    finally:
+        servers[-1].stop()
