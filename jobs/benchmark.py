@@ -3,12 +3,26 @@
 presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
     equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
     Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
+fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N]
+    dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
+show (--synthetic I | --video FILE --question Q) --out FILE.png
+    the sampled frames with the visual tokens each method keeps.
+speed --out FILE.json
+    prefill time, peak memory and KV cache of dense vs the video presets on the Video-LLaVA-7B layout.
+long --out FILE.json [--videos N] [--preset video-long]
+    32-frame clips with a brief event: 32 frames compressed to the 8-frame budget vs 8 uniform frames.
+pipeline --out FILE.json [--synthetic N] [--copies K]
+    the Ray pipeline vs a plain sequential loop on the same videos: whole-run and steady-state throughput,
+    model busy fraction, decode cost per segment vs raw decord.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +214,114 @@ def run_speed_probe(ns: argparse.Namespace) -> None:
     print(json.dumps(peak_rss_probe(_speed_layout(ns), ns.preset, getattr(torch, ns.dtype), ns.threads)))
 
 
+def run_long_command(ns: argparse.Namespace) -> None:
+    import torch
+
+    from sparsevlm.bench.long import long_items, run_long
+    from sparsevlm.tiny.loading import load_tiny
+
+    torch.manual_seed(ns.seed)
+    model, tokenizer, trained = load_tiny(ns.model)
+    if not trained:
+        print("NOTE: no trained checkpoint: accuracies are noise; FLOPs and time ratios still hold")
+    report = run_long(model, tokenizer, long_items(ns.seed, ns.videos), ns.preset, ns.batch_size)
+    report = {"model": ns.model or "bundled tiny Video-LLaVA", "trained": trained, "seed": ns.seed, **report}
+    header = ["run", "frames", "accuracy", "accuracy_brief", "accuracy_absent", "equivalent_tokens"]
+    header += ["flops_ratio", "time_ratio"]
+    print(" ".join(f"{h[:16]:>16}" for h in header))
+    for row in report["results"]:
+        print(" ".join(f"{_fmt(row[h]):>16}" for h in header))
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
+
+
+def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    import ray
+
+    from jobs.demo import QUESTIONS, write_synthetic_videos
+    from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
+    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
+    from pipeline.config import PipelineConfig
+    from sparsevlm.engine import inspect_checkpoint
+    from sparsevlm.tiny import CHECKPOINT_DIR
+
+    assets = Path(__file__).resolve().parent.parent / "tests" / "assets"
+    work = Path(tempfile.mkdtemp(prefix="pbench", dir="/tmp"))
+    try:
+        videos = work / "videos"
+        videos.mkdir()
+        write_synthetic_videos(videos, ns.synthetic)
+        real = sorted(p for p in assets.iterdir() if p.suffix in (".mp4", ".mkv", ".webm", ".avi"))[: ns.real]
+        for copy in range(ns.copies):
+            for clip in real:
+                shutil.copy(clip, videos / f"{clip.stem}_{copy}{clip.suffix}")
+        model = ns.model or str(CHECKPOINT_DIR)
+        base = PipelineConfig(
+            input_uri=str(videos),
+            output_uri=str(work / "out-ray"),
+            model=model,
+            questions=QUESTIONS,
+            max_new_tokens=ns.max_new_tokens,
+            sparse_preset=ns.preset,
+            batch_size=ns.batch_size,
+            workers=1,
+            cpus_per_worker=ns.model_cpus,
+            decode_cpus=ns.decode_cpus,
+        )
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+        # The plain loop: the whole machine's cores for the model, decoding in between batches.
+        loop_config = base.replace(output_uri=str(work / "out-loop"), cpus_per_worker=float(ns.cpus))
+        loop_wall = plain_loop(loop_config)
+        loop = measure_rows("loop", read_rows(loop_config), loop_wall)
+        began = time.perf_counter()
+        started_ray = not ray.is_initialized()
+        ray_tmp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")  # short: Ray's unix sockets
+        if started_ray:
+            ray.init(num_cpus=ns.cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+        try:
+            run_pipeline(base)
+        finally:
+            if started_ray:
+                ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        ray_run = measure_rows("ray", read_rows(base), time.perf_counter() - began, base.workers)
+        frame_size = inspect_checkpoint(model).frame_size
+        costs = [decode_cost(clip, base, frame_size) for clip in real]
+        report: dict[str, Any] = {
+            "inputs": {"videos": len(list(videos.iterdir())), "synthetic": ns.synthetic, "real": len(real)},
+            "config": {
+                "model": model,
+                "preset": ns.preset,
+                "batch_size": ns.batch_size,
+                "questions": list(QUESTIONS),
+                "cpus": ns.cpus,
+                "ray_model_cpus": ns.model_cpus,
+                "ray_decode_cpus": ns.decode_cpus,
+            },
+            "loop": loop.as_dict(),
+            "ray": ray_run.as_dict(),
+            "steady_state_ratio": round(ray_run.segments_per_s_steady / loop.segments_per_s_steady, 4),
+            "whole_run_ratio": round(ray_run.segments_per_s_whole / loop.segments_per_s_whole, 4),
+            "decode": [{**asdict(c), "ratio": c.ratio} for c in costs],
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = ["mode", "wall_s", "startup_s", "window_s", "segments", "segments_per_s_steady", "busy_fraction"]
+    print(" ".join(f"{h[:21]:>21}" for h in header))
+    for row in (report["loop"], report["ray"]):
+        print(" ".join(f"{_fmt(row[h]):>21}" for h in header))
+    print(f"steady-state ratio (ray / loop): {report['steady_state_ratio']}; whole run: {report['whole_run_ratio']}")
+    for cost in report["decode"]:
+        raw = cost["raw_decord_ms_per_segment"]
+        print(f"decode {cost['video']}: {cost['ours_ms_per_segment']:.1f} ms/segment, raw decord {_fmt(raw)} ms")
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +369,27 @@ def main(argv: list[str] | None = None) -> None:
     probe.add_argument("--threads", type=int, default=2)
     probe.add_argument("--tiny", action="store_true")
     probe.set_defaults(run=run_speed_probe)
+    long = sub.add_parser("long", help="32 frames compressed to the 8-frame budget vs 8 uniform frames")
+    long.add_argument("--out", required=True)
+    long.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    long.add_argument("--videos", type=int, default=48, help="clips (two questions each)")
+    long.add_argument("--seed", type=int, default=0)
+    long.add_argument("--preset", default="video-long")
+    long.add_argument("--batch-size", type=int, default=8)
+    long.set_defaults(run=run_long_command)
+    pipe = sub.add_parser("pipeline", help="Ray pipeline vs a plain loop on the same videos")
+    pipe.add_argument("--out", required=True)
+    pipe.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    pipe.add_argument("--synthetic", type=int, default=16, help="synthetic 1 s videos")
+    pipe.add_argument("--real", type=int, default=6, help="real clips from tests/assets")
+    pipe.add_argument("--copies", type=int, default=2, help="copies of each real clip")
+    pipe.add_argument("--preset", default="video-25")
+    pipe.add_argument("--batch-size", type=int, default=4)
+    pipe.add_argument("--max-new-tokens", type=int, default=12)
+    pipe.add_argument("--cpus", type=int, default=2, help="CPUs of the machine (Ray's and the loop's)")
+    pipe.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
+    pipe.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task")
+    pipe.set_defaults(run=run_pipeline_benchmark)
     ns = parser.parse_args(argv)
     ns.run(ns)
 

@@ -1,0 +1,185 @@
+"""Pipeline throughput: the Ray pipeline against a plain sequential loop on the same inputs and machine.
+
+Both runs use the same config, model and inputs and write through the same ledger, one after the other in
+one process. For each:
+
+* whole run: wall time from start to the last committed row (Ray start-up, model load and all);
+* steady state: from the start of the first batched ``generate`` to the end of the last one, so start-up
+  and model load are left out; videos/s and segments/s over that window;
+* model busy: the summed wall time of the batched ``generate`` calls over the steady-state window (per model
+  worker). The batches are recovered from the result rows: the rows of one batch share its ``latency_ms``
+  and are created right after its ``generate`` returns.
+
+Plus the decode cost per segment: our decode stage (probe, plan, decode, resize and crop to model
+resolution) against raw decord ``get_batch`` of the same frames at their stored resolution.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pipeline.config import PipelineConfig
+from pipeline.decode import decode_segments, plan_segments
+from pipeline.ledger import Ledger
+from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.sources import list_sources
+
+__all__ = ["DecodeCost", "RunMeasure", "decode_cost", "measure_rows", "plain_loop"]
+
+
+@dataclass(frozen=True)
+class RunMeasure:
+    """One run's throughput. Times in seconds; ``busy_fraction`` is per model worker."""
+
+    mode: str
+    wall_s: float
+    videos: int
+    segments: int
+    rows: int
+    window_s: float
+    batches: int
+    busy_s: float
+    busy_fraction: float
+    videos_per_s_whole: float
+    segments_per_s_whole: float
+    videos_per_s_steady: float
+    segments_per_s_steady: float
+    startup_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def measure_rows(mode: str, table: pa.Table, wall_s: float, workers: int = 1) -> RunMeasure:
+    """Throughput of a finished run from its result rows.
+
+    Args:
+        mode: a label ("ray" or "loop").
+        table: every result row of the run.
+        wall_s: the run's whole wall time.
+        workers: model workers that ran in parallel (the busy time is shared among them).
+
+    Raises:
+        ValueError: the rows hold no successful model batch (nothing to measure).
+    """
+    ok = table.filter(pc.is_valid(table["latency_ms"]))
+    if ok.num_rows == 0:
+        raise ValueError(f"{mode}: no row came from a model batch (all {table.num_rows} rows are errors)")
+    batches: dict[float, tuple[float, float]] = {}  # latency_ms -> (first created, last created), epoch s
+    for latency, created in zip(ok["latency_ms"].to_pylist(), ok["created_at"].to_pylist(), strict=True):
+        at = created.timestamp()
+        first, last = batches.get(latency, (at, at))
+        batches[latency] = (min(first, at), max(last, at))
+    starts = [first - latency / 1000 for latency, (first, _) in batches.items()]
+    window = max(last for _, last in batches.values()) - min(starts)
+    busy = sum(batches) / 1000
+    videos = len(set(table["video_id"].to_pylist()))
+    segments = len(set(zip(table["video_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True)))
+    return RunMeasure(
+        mode=mode,
+        wall_s=wall_s,
+        videos=videos,
+        segments=segments,
+        rows=table.num_rows,
+        window_s=window,
+        batches=len(batches),
+        busy_s=busy,
+        busy_fraction=busy / (workers * window) if window > 0 else 1.0,
+        videos_per_s_whole=videos / wall_s,
+        segments_per_s_whole=segments / wall_s,
+        videos_per_s_steady=videos / window if window > 0 else float("nan"),
+        segments_per_s_steady=segments / window if window > 0 else float("nan"),
+        startup_s=wall_s - window,
+    )
+
+
+def read_rows(config: PipelineConfig) -> pa.Table:
+    """Every committed result row under ``config.output_uri``."""
+    fs, base = config.output_filesystem()
+    return pads.dataset(base, filesystem=fs, format="parquet").to_table()
+
+
+def plain_loop(config: PipelineConfig) -> float:
+    """The baseline: list, decode, infer and write one video after another in this process, with the same
+    stages, batch size and ledger as the pipeline (but no Ray and no overlap). Returns its wall time."""
+    began = time.perf_counter()
+    fs = config.fsspec_filesystem(config.input_uri)
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    items = [source_row(s, config) for s in list_sources(config.input_uri, fs)]
+    pending = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
+    predictor = Predictor(config)
+    from sparsevlm.engine import inspect_checkpoint
+
+    frame_size = inspect_checkpoint(config.model).frame_size
+    batch: list[dict[str, Any]] = []
+    for item in (i for i in items if i["ledger_key"] in pending):
+        for row in decode_rows(item, config, frame_size):
+            batch.append(row)
+            if len(batch) == config.batch_size:
+                ledger.write_rows(predictor(pa.Table.from_pylist(batch)), config.run_id)
+                batch = []
+    if batch:
+        ledger.write_rows(predictor(pa.Table.from_pylist(batch)), config.run_id)
+    return time.perf_counter() - began
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """Decode time per segment of one video: our decode stage vs raw decord (None if decord cannot open it)."""
+
+    video: str
+    segments: int
+    ours_ms_per_segment: float
+    raw_decord_ms_per_segment: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        raw = self.raw_decord_ms_per_segment
+        return self.ours_ms_per_segment / raw if raw else None
+
+
+def decode_cost(path: Path, config: PipelineConfig, frame_size: int, repeats: int = 3) -> DecodeCost:
+    """Median over ``repeats`` of decoding every segment of ``path``, ours vs raw decord."""
+    ours, raw, segments = [], [], 0
+    for _ in range(repeats):
+        began = time.perf_counter()
+        _, stream = decode_segments(
+            path,
+            frames_per_segment=config.frames_per_segment,
+            segment_seconds=config.segment_seconds,
+            size=frame_size,
+            max_duration_s=None,
+            max_bytes=None,
+        )
+        segments = sum(1 for _ in stream)
+        ours.append(time.perf_counter() - began)
+        raw_s = _raw_decord_s(path, config)
+        if raw_s is not None:
+            raw.append(raw_s)
+    ours_ms = 1000 * statistics.median(ours) / max(segments, 1)
+    raw_ms = 1000 * statistics.median(raw) / max(segments, 1) if raw else None
+    return DecodeCost(path.name, segments, ours_ms, raw_ms)
+
+
+def _raw_decord_s(path: Path, config: PipelineConfig) -> float | None:
+    import decord
+    import numpy as np
+
+    began = time.perf_counter()
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+    except (decord.DECORDError, RuntimeError):
+        return None
+    times = np.asarray(reader.get_frame_timestamp(range(len(reader))))
+    plans = plan_segments(times[:, 0], float(times[-1, 1]), config.frames_per_segment, config.segment_seconds)
+    for plan in plans:
+        reader.get_batch(plan.frame_indices.tolist()).asnumpy()
+    return time.perf_counter() - began
