@@ -21,7 +21,7 @@ def test_fidelity_rows_on_an_untrained_model() -> None:
     report = run_fidelity(model, tokenizer, items, trained=False, budgets=(0.25,), batch_size=2)
     assert report["dense"]["accuracy"] is None
     rows = report["results"]
-    assert [r["method"] for r in rows] == ["sparsevlm", "sparsevlm-xf", "fastv", "random"]
+    assert [r["method"] for r in rows] == ["sparsevlm", "sparsevlm-xf", "fastv", "random", "pool"]
     for r in rows:
         assert 0.0 <= r["agreement"] <= 1.0 and r["kl"] >= -1e-6
         assert r["accuracy"] is None and r["retention"] is None
@@ -35,6 +35,6 @@ def test_fidelity_command_writes_json_and_plot(tmp_path: Path, capsys: pytest.Ca
     main(["fidelity", "--samples", "2", "--budgets", "0.1", "--out", str(out), "--plot", str(plot)])
     report = json.loads(out.read_text())
     assert {"model", "dense", "results"} <= set(report)
-    assert len(report["results"]) == 4
+    assert len(report["results"]) == 5  # every method at the one budget
     assert plot.stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
