@@ -26,6 +26,11 @@ def _decode_all(path: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,  # passes -> fails: then drop the marker and the README limit
+    reason="measured: RSS grows ~17 % over 180 decodes after warm-up in one process (decord 0.6.0 / PyAV mix, "
+    "cause not isolated); the decode stage does not recycle its workers yet (Ray max_calls)",
+)
 def test_rss_is_flat_over_200_videos(assets: Path, tmp_path: Path) -> None:
     paths = []
     for name in CLIPS:  # distinct file names, as in a real run (each opens a new reader)
