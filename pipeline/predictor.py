@@ -179,6 +179,8 @@ class Predictor:
         text_config = getattr(self.engine.model.config, "text_config", self.engine.model.config)
         self._context: int | None = getattr(text_config, "max_position_embeddings", None)
         self._prompt_lengths: dict[tuple[str, int], int] = {}
+        # Long-video mode renumbers positions into budget_frames' worth of tokens (the context check uses it).
+        self._budget_frames = config.sparse_config().budget_frames
         for prompt in (config.caption_prompt, *config.questions):
             problem = self._prompt_problem(prompt, config.frames_per_segment)
             if problem is not None:
@@ -243,9 +245,8 @@ class Predictor:
             return PromptError(f"question contains the video placeholder {VIDEO_PLACEHOLDER!r}: {prompt!r:.200}")
         if self._context is None:
             return None
-        budget_frames = self.config.sparse_config().budget_frames
-        if budget_frames is not None:  # long-video mode renumbers positions into budget_frames' worth of tokens
-            num_frames = min(num_frames, budget_frames)
+        if self._budget_frames is not None:
+            num_frames = min(num_frames, self._budget_frames)
         key = (prompt, num_frames)
         if key not in self._prompt_lengths:  # the same few prompts come back in every batch
             self._prompt_lengths[key] = len(self.engine.tokenizer(self.engine.prompt(prompt, num_frames))["input_ids"])
