@@ -64,6 +64,9 @@ class TrainConfig:
         threads: torch threads. 2 is faster on an idle 2-core machine, but next to another CPU-heavy process
             a 1-thread step was measured 3x faster than a 2-thread one.
         bf16: bfloat16 autocast.
+        init: a saved checkpoint directory to continue from instead of random weights (the training-only
+            heads start fresh; the schedule restarts with this run's ``lr`` and ``warmup_steps``).
+        first_video: index of the first train-split video, so a continued run sees new videos.
     """
 
     out: str = str(DEFAULT_OUT)
@@ -86,6 +89,8 @@ class TrainConfig:
     test_videos: int = 128
     threads: int = 1
     bf16: bool = True
+    init: str = ""
+    first_video: int = 0
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 and self.max_steps <= 0:
@@ -208,7 +213,7 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     curve_path.write_text("")
     tokenizer = build_tokenizer()
     model_cfg = TinyModelConfig(num_frames=cfg.num_frames)
-    model = build_model(model_cfg, tokenizer).train()
+    model = _initial_model(cfg, model_cfg, tokenizer).train()
     heads = PatchHeads(model_cfg.text_hidden, tokenizer)
     params = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -216,7 +221,7 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     start = time.time()
     next_eval = cfg.eval_every_minutes * 60
-    step, index = 0, 0
+    step, index = 0, cfg.first_video
     running: dict[str, float] = {}
     while True:
         elapsed = time.time() - start
@@ -263,7 +268,7 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         "test_accuracy_at_warm_frames": warm_test,
         "val_accuracy": val,
         "steps": step,
-        "train_videos_seen": index,
+        "train_videos_seen": index - cfg.first_video,
         "wall_time_s": round(wall, 1),
         "command": shlex.join(["python", "-m", "sparsevlm.tiny.train", *sys.argv[1:]]),
         "train_config": asdict(cfg),
@@ -272,6 +277,25 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _initial_model(
+    cfg: TrainConfig, model_cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase
+) -> VideoLlavaForConditionalGeneration:
+    """Random weights for ``model_cfg``, or the checkpoint in ``cfg.init`` (which must match it)."""
+    if not cfg.init:
+        return build_model(model_cfg, tokenizer)
+    model = VideoLlavaForConditionalGeneration.from_pretrained(cfg.init, trust_remote_code=False)
+    expected = build_model(model_cfg, tokenizer).config
+    for part in ("text_config", "vision_config"):
+        got, want = getattr(model.config, part), getattr(expected, part)
+        if got.hidden_size != want.hidden_size or got.num_hidden_layers != want.num_hidden_layers:
+            raise ValueError(
+                f"--init {cfg.init}: its {part} (hidden {got.hidden_size}, {got.num_hidden_layers} layers) is not "
+                f"the tiny model's (hidden {want.hidden_size}, {want.num_hidden_layers} layers); give a checkpoint "
+                "written by this trainer"
+            )
+    return model
 
 
 def _log_eval(
