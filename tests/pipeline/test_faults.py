@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -230,3 +231,86 @@ def test_an_s3_outage_while_writing_completes_or_fails_cleanly_then_a_rerun_is_e
         assert_whole_videos_once(_rows(config), fault_videos)
     finally:
         servers[-1].stop()
+
+
+def _children(root: int) -> list[int]:
+    """Every process below ``root`` (from /proc parent links)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _runs_ray_work(raylet: int) -> bool:
+    """Whether a Ray task or actor process (title ``ray::...``, not Ray's own agents) runs below ``raylet``."""
+    for pid in _children(raylet):
+        try:
+            title = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"ray::") and b"Agent" not in title.split(b" ")[0]:
+            return True
+    return False
+
+
+def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
+    fault_videos: Path, pipeline_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Ray nodes on one machine (``ray.cluster_utils.Cluster``: ``ray start --address`` refuses to join
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which moves Ray off loopback). While the worker node runs
+    our work, every one of its processes is SIGKILLed; the head has CPUs for every stage (driver, decode,
+    the model actor, the writer), so the run finishes there after Ray declares the node dead."""
+    import ray._private.utils
+    from ray import ray_constants
+    from ray.cluster_utils import Cluster
+
+    # Cluster records its address in /tmp/ray for `ray.init("auto")`; nothing here needs it.
+    monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
+
+    temp_dir = tempfile.mkdtemp(prefix="r2", dir="/tmp")
+
+    def ports() -> dict[str, int]:  # the test session's Ray holds the default agent ports
+        names = ("metrics_export_port", "runtime_env_agent_port", "dashboard_agent_listen_port")
+        return {name: _free_port() for name in names}
+
+    common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 2**20}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**common, **ports(), "num_cpus": 4, "include_dashboard": False, "temp_dir": temp_dir},
+    )
+    try:
+        worker = cluster.add_node(**common, **ports(), num_cpus=2)
+        raylet = worker.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        output = tmp_path / "out"
+        args = ["--input", str(fault_videos), "--output", str(output), "--model", str(pipeline_model_dir)]
+        args += ["--question", QUESTION, "--segment-seconds", "5", "--frames", "2", "--max-new-tokens", "4"]
+        args += ["--batch-size", "1", "--decode-cpus", "0.5", "--run-id", "two-nodes"]
+        args += ["--ray-address", cluster.address]
+        done = _when_committed(
+            lambda: any((output / "_ledger").glob("*.json")) and _runs_ray_work(raylet),
+            lambda: cluster.remove_node(worker, allow_graceful=False),
+        )
+        loopback = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # or 127.0.0.1 means the node IP
+        driver = subprocess.run(
+            [sys.executable, "-m", "jobs.caption", *args],
+            cwd=ROOT,
+            env=loopback,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done, "the worker node was not lost while it ran our work"
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert_whole_videos_once(_rows(_config(fault_videos, str(output), pipeline_model_dir)), fault_videos)
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
