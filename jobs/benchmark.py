@@ -14,6 +14,9 @@ long --out FILE.json [--videos N] [--preset video-long]
 pipeline --out FILE.json [--synthetic N] [--copies K]
     the Ray pipeline vs a plain sequential loop on the same videos: whole-run and steady-state throughput,
     model busy fraction, decode cost per segment vs raw decord.
+load --out FILE.json [--videos 1000]
+    many short videos in one Ray run: completes exactly once, memory (PSS of the whole job's process tree)
+    over time and its growth after warm-up, throughput, and the time of a rerun that skips everything.
 """
 
 from __future__ import annotations
@@ -322,6 +325,104 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
     print(f"wrote {ns.out}")
 
 
+def run_load_benchmark(ns: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+    from collections import Counter
+
+    import ray
+
+    from jobs.demo import QUESTIONS, write_synthetic_videos
+    from pipeline.benchmark import read_rows
+    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
+    from pipeline.config import PipelineConfig
+    from pipeline.memory import TreeMemorySampler, growth
+    from sparsevlm.tiny import CHECKPOINT_DIR
+
+    work = Path(tempfile.mkdtemp(prefix="lbench", dir="/tmp"))
+    ray_tmp = tempfile.mkdtemp(prefix="rayl", dir="/tmp")  # short: Ray's unix sockets
+    try:
+        videos = work / "videos"
+        videos.mkdir()
+        began = time.perf_counter()
+        write_synthetic_videos(videos, ns.videos)
+        print(f"wrote {ns.videos} videos in {time.perf_counter() - began:.0f} s")
+        config = PipelineConfig(
+            input_uri=str(videos),
+            output_uri=str(work / "out"),
+            model=ns.model or str(CHECKPOINT_DIR),
+            questions=QUESTIONS[:1],
+            max_new_tokens=ns.max_new_tokens,
+            sparse_preset=ns.preset,
+            batch_size=ns.batch_size,
+            workers=1,
+            cpus_per_worker=ns.model_cpus,
+            decode_cpus=ns.decode_cpus,
+            run_id="load",
+        )
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(num_cpus=ns.cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+        try:
+            # The job's processes are this one and, for a Ray it started, everything below it.
+            with TreeMemorySampler(os.getpid(), period_s=ns.sample_seconds) as sampler:
+                summary = run_pipeline(config)
+            rerun = run_pipeline(config.replace(run_id="load-rerun"))
+        finally:
+            if started_ray:
+                ray.shutdown()
+        rows = read_rows(config).to_pylist()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    keys = Counter((r["video_id"], r["segment_index"], r["task"], r["question"]) for r in rows)
+    samples = sampler.samples
+    mib = 2**20
+    report: dict[str, Any] = {
+        "videos": ns.videos,
+        "config": {
+            "cpus": ns.cpus,
+            "model_cpus": ns.model_cpus,
+            "decode_cpus": ns.decode_cpus,
+            "batch_size": ns.batch_size,
+            "preset": ns.preset,
+            "model": config.model,
+        },
+        "run": asdict(summary),
+        "rows": len(rows),
+        "duplicate_rows": sum(n - 1 for n in keys.values()),
+        "videos_with_rows": len({r["video_id"] for r in rows}),
+        "error_rows": sum(r["status"] != "ok" for r in rows),
+        "videos_per_s": round(summary.processed / summary.wall_s, 3),
+        "segments_per_s": round(len({k[:2] for k in keys}) / summary.wall_s, 3),
+        "rerun": {"wall_s": round(rerun.wall_s, 2), "skipped": rerun.skipped, "processed": rerun.processed},
+        "memory": {
+            "sample_seconds": ns.sample_seconds,
+            "ray_started_here": started_ray,
+            "growth_after_warm_up": round(growth(samples), 4),
+            "pss_mib_first": round(samples[0].total_bytes / mib, 1),
+            "pss_mib_peak": round(max(s.total_bytes for s in samples) / mib, 1),
+            "pss_mib_last": round(samples[-1].total_bytes / mib, 1),
+            "largest_process_mib_peak": round(max(s.largest_bytes for s in samples) / mib, 1),
+            "samples": [[round(s.t_s, 1), round(s.total_bytes / mib, 1), s.processes] for s in samples],
+        },
+    }
+    memory = report["memory"]
+    print(
+        f"{summary.processed}/{ns.videos} videos, {len(rows)} rows ({report['duplicate_rows']} duplicates, "
+        f"{report['error_rows']} errors) in {summary.wall_s:.0f} s: {report['videos_per_s']} videos/s; "
+        f"rerun skipped {rerun.skipped} in {rerun.wall_s:.1f} s"
+    )
+    print(
+        f"job PSS: {memory['pss_mib_first']} MiB at start, peak {memory['pss_mib_peak']}, last "
+        f"{memory['pss_mib_last']}; growth after warm-up {100 * memory['growth_after_warm_up']:+.1f} %"
+    )
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,6 +491,18 @@ def main(argv: list[str] | None = None) -> None:
     pipe.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
     pipe.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task")
     pipe.set_defaults(run=run_pipeline_benchmark)
+    load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
+    load.add_argument("--out", required=True)
+    load.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    load.add_argument("--videos", type=int, default=1000, help="synthetic 1 s videos")
+    load.add_argument("--preset", default="video-25")
+    load.add_argument("--batch-size", type=int, default=8)
+    load.add_argument("--max-new-tokens", type=int, default=8)
+    load.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
+    load.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
+    load.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task")
+    load.add_argument("--sample-seconds", type=float, default=2.0, help="memory sampling period")
+    load.set_defaults(run=run_load_benchmark)
     ns = parser.parse_args(argv)
     ns.run(ns)
 

@@ -1,0 +1,75 @@
+"""`python -m jobs.benchmark load` and the memory sampler it uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.benchmark import main
+from pipeline.memory import MemorySample, TreeMemorySampler, growth, process_tree, pss_bytes
+
+
+def test_the_tree_holds_children_and_grandchildren() -> None:
+    sleep = "import time; time.sleep(30)"
+    code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {sleep!r}]); {sleep}"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):
+            tree = process_tree(os.getpid())
+            if len([p for p in tree if p != os.getpid()]) >= 2:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert child.pid in tree
+        assert any(p not in (os.getpid(), child.pid) for p in tree)  # the grandchild
+        assert pss_bytes(child.pid) > 0
+    finally:
+        for pid in process_tree(child.pid)[::-1]:
+            os.kill(pid, 9)
+        child.wait()
+    assert pss_bytes(child.pid) == 0  # gone: no error
+
+
+def _samples(totals: list[int]) -> list[MemorySample]:
+    return [MemorySample(float(t), total, 1, total) for t, total in enumerate(totals)]
+
+
+def test_growth_compares_after_warm_up_with_the_end() -> None:
+    # 16 samples over 15 s: warm-up 0-3.75 s, early window 3.75-7.5 s (100), late window >= 11.25 s (110).
+    totals = [50, 60, 70, 80, 100, 100, 100, 100, 105, 105, 105, 105, 110, 110, 110, 110]
+    assert growth(_samples(totals)) == pytest.approx(0.10)
+    assert growth(_samples([100] * 16)) == 0.0
+
+
+def test_growth_needs_a_trend_worth_the_name() -> None:
+    with pytest.raises(ValueError, match="at least 8"):
+        growth(_samples([1, 2, 3]))
+
+
+def test_the_sampler_records_until_the_block_ends() -> None:
+    with TreeMemorySampler(os.getpid(), period_s=0.05) as sampler:
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    count = len(sampler.samples)
+    assert count >= 3 and all(s.total_bytes > 0 and s.processes >= 1 for s in sampler.samples)
+    subprocess.run(["sleep", "0.2"])
+    assert len(sampler.samples) == count  # stopped
+    with pytest.raises(ValueError, match="period_s"), TreeMemorySampler(os.getpid(), period_s=0):
+        pass
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+def test_load_benchmark_command(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    main(["load", "--out", str(out), "--videos", "12", "--sample-seconds", "0.2"])
+    report = json.loads(out.read_text())
+    assert report["rows"] == 2 * 12  # a caption and one answer per 1 s video
+    assert report["duplicate_rows"] == report["error_rows"] == 0
+    assert report["videos_with_rows"] == 12 and report["run"]["processed"] == 12
+    assert report["rerun"] == {"wall_s": report["rerun"]["wall_s"], "skipped": 12, "processed": 0}
+    memory = report["memory"]
+    assert len(memory["samples"]) >= 8 and memory["pss_mib_peak"] >= memory["pss_mib_first"] > 0
+    assert isinstance(memory["growth_after_warm_up"], float)
