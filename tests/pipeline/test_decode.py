@@ -28,35 +28,13 @@ from pipeline.decode import (
     plan_segments,
 )
 from sparsevlm.preprocess import resize_and_crop_uint8
+from tests.pipeline.media import encode
 
 SIZE = 64  # model resolution used in these tests (smaller than 224 keeps them fast)
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials
 
 # ---------------------------------------------------------------------------------------------------------
 # Generated clips
-
-
-def encode(
-    path: Path,
-    frames: np.ndarray,
-    *,
-    codec: str = "libx264",
-    fps: int = 15,
-    options: dict[str, str] | None = None,
-    container_options: dict[str, str] | None = None,
-    rotation: int | None = None,
-) -> Path:
-    """Encode uint8 RGB frames [T, H, W, 3] with PyAV."""
-    with av.open(str(path), "w", options=container_options or {}) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = options or {}
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for image in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 def numbered_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:

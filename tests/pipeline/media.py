@@ -1,0 +1,38 @@
+"""Test videos encoded in code with PyAV: the shared helper of the decode and bad-input tests."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def encode(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    codec: str = "libx264",
+    fps: int = 15,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    pts_ms: list[int] | None = None,
+    rotation: int | None = None,
+) -> Path:
+    """Encode uint8 RGB frames `[T, H, W, 3]` with PyAV (one encoder thread, so the bytes are reproducible)."""
+    with av.open(str(path), "w", options=container_options or {}) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"threads": "1", **(options or {})} if codec == "libx264" else (options or {})
+        if pts_ms is not None:  # variable frame rate: explicit presentation times in milliseconds
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
