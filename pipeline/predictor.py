@@ -85,8 +85,10 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
     uri = row["source_uri"]
     video: dict[str, Any] = dict.fromkeys(_INFO_FIELDS)
     previous: Segment | None = None
+    local = uri
     try:
         with open_local_copy(uri, config.fsspec_filesystem(uri), max_bytes=config.max_video_bytes) as path:
+            local = str(path)
             info, segments = decode_segments(
                 path,
                 frames_per_segment=config.frames_per_segment,
@@ -108,7 +110,8 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
         if previous is not None:
             yield _segment_row(base, video, previous, last=False)
         index = None if video["duration_s"] is None else (0 if previous is None else previous.index + 1)
-        yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": str(err)}
+        message = str(err).replace(local, uri)  # name the object, not its temporary local copy
+        yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": message}
         return
     if previous is not None:
         yield _segment_row(base, video, previous, last=True)

@@ -12,6 +12,18 @@ import pytest
 
 ASSETS = Path(__file__).parent / "assets"
 
+# Set before any test module imports Ray: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import, and
+# without "0" it moves 127.0.0.1 to the machine's network address (environment.md §4). `make test` exports
+# the same; this keeps a bare `pytest` on loopback too.
+for _name, _value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
 # Dummy credentials: moto accepts any, but botocore refuses to sign requests without some.
 S3_KEY = "testing"
 S3_SECRET = "testing"
@@ -80,19 +92,11 @@ def pipeline_videos(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def pipeline_ray() -> Iterator[None]:
     """One local Ray for the session: 2 CPUs, no dashboard, loopback only, a short temp dir (unix sockets)."""
-    for name, value in {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
     import ray
     import ray.data
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False, _node_ip_address="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

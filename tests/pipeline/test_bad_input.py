@@ -370,6 +370,20 @@ def test_s3_object_deleted_after_listing(s3_server: str, media: dict[str, Path],
     assert check_rows(kept) == OK3
 
 
+def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: Path) -> None:
+    """Objects are decoded from a temporary local copy; the error row names the object, not the copy."""
+    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
+    config = config.replace(input_uri="s3://bad-input-named/in")
+    fs = config.fsspec_filesystem(config.input_uri)
+    fs.mkdir("bad-input-named")
+    fs.pipe_file("bad-input-named/in/noise.mp4", np.random.default_rng(1).bytes(5000))
+    (source,) = list_sources(config.input_uri, fs)
+    (row,) = decode(source_row(source, config), config)
+    assert row["error_class"] in ("CorruptMedia", "UnsupportedMedia")
+    assert "s3://bad-input-named/in/noise.mp4" in row["error_message"], row["error_message"]
+    assert "/tmp" not in row["error_message"], row["error_message"]
+
+
 def test_manifest_entries_are_not_filtered_by_extension(media: dict[str, Path], tmp_path: Path) -> None:
     """Manifest entries were chosen explicitly: whatever they name is opened and gets rows."""
     (tmp_path / "clip.dat").write_bytes(media["good"].read_bytes())  # a video under an odd extension
