@@ -61,6 +61,11 @@ class SparseConfig:
         temporal_merge: cross-frame merging before the LLM: a token whose cosine similarity to the same
             position's surviving token of its segment is at least this merges into it (the earliest frame's
             token survives and keeps its position); None turns it off. See :func:`sparsevlm.recycle.temporal_merge`.
+        merge_floor: target mode with ``temporal_merge``: merging stops once a video's visual tokens are down
+            to this multiple of the target count (the most similar tokens merge first), so text-guided
+            pruning still chooses among the rest and the video spends the same tokens as without merging;
+            None lets merging go as far as the threshold allows (a static video can then undershoot the
+            target). See ``max_merged`` in :func:`sparsevlm.recycle.temporal_merge`.
         segment_threshold: consecutive frames less similar than this (mean same-position cosine) start a new
             segment; temporal merging never crosses a segment boundary.
         recycle_time_weight: weight of the frame distance in the recycling clusters' distance (0: features only,
@@ -88,6 +93,7 @@ class SparseConfig:
     seed: int = 0
     method: Method = "sparsevlm"
     temporal_merge: float | None = None
+    merge_floor: float | None = None
     segment_threshold: float = 0.8
     recycle_time_weight: float = 0.0
     recycle_position: RecyclePosition = "centre"
@@ -142,6 +148,13 @@ class SparseConfig:
         if self.temporal_merge is not None and not -1.0 <= self.temporal_merge <= 1.0:
             raise ValueError(
                 f"temporal_merge must be a cosine similarity in [-1, 1] or None, got {self.temporal_merge!r}"
+            )
+        if self.merge_floor is not None and (
+            self.merge_floor < 1.0 or self.temporal_merge is None or self.target_fraction is None
+        ):
+            raise ValueError(
+                f"merge_floor must be >= 1 and needs temporal_merge and target_fraction, got {self.merge_floor!r} "
+                f"(temporal_merge={self.temporal_merge!r}, target_fraction={self.target_fraction!r})"
             )
         if not -1.0 <= self.segment_threshold <= 1.0:
             raise ValueError(f"segment_threshold must be in [-1, 1], got {self.segment_threshold!r}")
@@ -307,11 +320,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "video-25": {"prune_layers": (1,), "target_fraction": 0.25},
     "video-10": {"prune_layers": (1,), "target_fraction": 0.10},
     "video-5": {"prune_layers": (1,), "target_fraction": 0.05},
-    # Cross-frame: static tokens merge across frames before the LLM, then text-guided pruning and
-    # time-aware recycling share what is left of the same equivalent-token budget.
-    "video-xf-25": {"prune_layers": (1,), "target_fraction": 0.25, **XF},
-    "video-xf-10": {"prune_layers": (1,), "target_fraction": 0.10, **XF},
-    "video-xf-5": {"prune_layers": (1,), "target_fraction": 0.05, **XF},
+    # Cross-frame: static tokens merge across frames before the LLM (the most similar first, down to twice
+    # the target at most), then text-guided pruning and time-aware recycling spend the rest of the same
+    # equivalent-token budget. Measured on 128 questions: merging without the floor left a static clip under
+    # its 25 % budget (19.8 % spent) and lost 8 points; with floor 2 it spent 25 % and gained 3 (README).
+    "video-xf-25": {"prune_layers": (1,), "target_fraction": 0.25, "merge_floor": 2.0, **XF},
+    "video-xf-10": {"prune_layers": (1,), "target_fraction": 0.10, "merge_floor": 2.0, **XF},
+    "video-xf-5": {"prune_layers": (1,), "target_fraction": 0.05, "merge_floor": 2.0, **XF},
     # Long videos: any number of frames compressed to a quarter of 8 frames' tokens; positions renumbered so
     # RoPE stays within the range of 8 frames; the vision tower encodes 8 frames at a time.
     "video-long": {

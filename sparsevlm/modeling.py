@@ -12,6 +12,7 @@ forward unchanged.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def _frame_reduction(cfg: SparseConfig) -> Callable[[torch.Tensor], tuple[torch.
         threshold = cfg.temporal_merge
 
         def merge(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            result = temporal_merge(frames, cfg.segment_threshold, threshold)
+            result = temporal_merge(frames, cfg.segment_threshold, threshold, _max_merged(cfg, frames.shape))
             return result.tokens, result.keep
 
         return merge
@@ -124,6 +125,15 @@ def _frame_reduction(cfg: SparseConfig) -> Callable[[torch.Tensor], tuple[torch.
 
         return pool
     return None
+
+
+def _max_merged(cfg: SparseConfig, shape: torch.Size) -> int | None:
+    """How many of a ``[T, P, D]`` video's tokens temporal merging may remove under ``cfg.merge_floor``."""
+    if cfg.merge_floor is None or cfg.target_fraction is None:
+        return None
+    frames, per_frame = int(shape[0]), int(shape[1])
+    reference = (cfg.budget_frames or frames) * per_frame
+    return max(0, frames * per_frame - math.ceil(cfg.merge_floor * cfg.target_fraction * reference))
 
 
 class SparseLlamaModel(LlamaModel):

@@ -189,7 +189,9 @@ class TemporalMerge:
     segments: list[tuple[int, int]]
 
 
-def temporal_merge(frames: torch.Tensor, segment_threshold: float, merge_threshold: float) -> TemporalMerge:
+def temporal_merge(
+    frames: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
+) -> TemporalMerge:
     """Merge tokens that stay the same across frames into the earliest frame's token.
 
     Frames are segmented by :func:`segment_frames`; merging never crosses a segment boundary. Inside a
@@ -199,22 +201,52 @@ def temporal_merge(frames: torch.Tensor, segment_threshold: float, merge_thresho
     position's survivor for the frames after it. So static regions collapse to one token per segment, while
     frames that change keep their tokens: the budget goes where frames differ.
 
+    With ``max_merged``, the most similar tokens merge first: the threshold is raised to the similarity of
+    the ``max_merged``-th best merge and the pass repeated (a raised threshold changes which tokens survive,
+    so a few passes may be needed; if :data:`MERGE_CAP_PASSES` passes still merge too many, nothing merges).
+
     Args:
         frames: ``[T, P, D]`` visual tokens of one video.
         segment_threshold: consecutive-frame similarity under which a new segment starts.
         merge_threshold: token similarity at or above which a token merges into its survivor.
+        max_merged: at most this many tokens merge away (None: no cap).
     """
+    if max_merged is not None and max_merged < 0:
+        raise ValueError(f"max_merged must be >= 0 or None, got {max_merged}")
+    segments = segment_frames(frame_similarity(frames), segment_threshold) if frames.shape[0] > 1 else [(0, 1)]
+    threshold = merge_threshold
+    for _ in range(MERGE_CAP_PASSES):
+        result, similarity = _merge_pass(frames, segments, threshold)
+        merged = similarity[~result.keep]
+        if max_merged is None or merged.numel() <= max_merged:
+            return result
+        if max_merged == 0:
+            break
+        # Only merges at least as similar as the max_merged-th best one pass next time.
+        threshold = float(torch.nextafter(merged.topk(max_merged + 1).values[-1], torch.tensor(2.0)))
+    return _merge_pass(frames, segments, 2.0)[0]  # cosine similarity never reaches 2: nothing merges
+
+
+MERGE_CAP_PASSES = 4
+
+
+def _merge_pass(
+    frames: torch.Tensor, segments: list[tuple[int, int]], merge_threshold: float
+) -> tuple[TemporalMerge, torch.Tensor]:
+    """One merging pass of :func:`temporal_merge`; also returns ``[T, P]`` each token's similarity to the
+    survivor it was compared with (``-inf`` for segment starts)."""
     t, p, _ = frames.shape
     x = frames.float().clone()
     keep = torch.ones(t, p, dtype=torch.bool, device=frames.device)
     weight = torch.ones(t, p, device=frames.device)
-    segments = segment_frames(frame_similarity(frames), segment_threshold) if t > 1 else [(0, t)]
+    similarity = torch.full((t, p), float("-inf"), device=frames.device)
     columns = torch.arange(p, device=frames.device)
     for start, end in segments:
         owner = torch.full((p,), start, dtype=torch.long, device=frames.device)  # survivor frame per position
         for f in range(start + 1, end):
             survivor = x[owner, columns]  # [P, D]
-            similar = torch.nn.functional.cosine_similarity(frames[f].float(), survivor, dim=-1) >= merge_threshold
+            similarity[f] = torch.nn.functional.cosine_similarity(frames[f].float(), survivor, dim=-1)
+            similar = similarity[f] >= merge_threshold
             w = weight[owner, columns]
             merged = (survivor * w[:, None] + frames[f].float()) / (w + 1)[:, None]
             x[owner[similar], columns[similar]] = merged[similar]
@@ -222,4 +254,4 @@ def temporal_merge(frames: torch.Tensor, segment_threshold: float, merge_thresho
             keep[f, similar] = False
             weight[f, similar] = 0
             owner = torch.where(similar, owner, torch.full_like(owner, f))
-    return TemporalMerge(x.to(frames.dtype), keep, weight, segments)
+    return TemporalMerge(x.to(frames.dtype), keep, weight, segments), similarity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny_models import IMAGE_TOKEN, VIDEO_TOKEN, build_inputs, build_model, row_inputs, tokens_per_frame
 
@@ -49,6 +50,48 @@ def test_partly_static_frames_keep_only_what_changes() -> None:
     result = temporal_merge(video, segment_threshold=0.0, merge_threshold=0.9)
     assert result.keep.sum() == video.shape[1] + 1
     assert result.keep[2, 1] and not result.keep[3, 1]  # frame 3 merges into the new survivor at frame 2
+
+
+def test_a_merge_cap_merges_the_most_similar_tokens_first() -> None:
+    frame = _video(1, tokens=10)[0]
+    noise = torch.arange(1, 11.0)[None, :, None] * 0.02 * _video(8, tokens=10)  # position j changes j times more
+    video = frame.expand(8, -1, -1) + noise
+    free = temporal_merge(video, segment_threshold=0.0, merge_threshold=0.5)
+    assert (~free.keep).sum() == 70  # uncapped: every later frame merges
+    capped = temporal_merge(video, segment_threshold=0.0, merge_threshold=0.5, max_merged=21)
+    merged = ~capped.keep
+    assert 0 < merged.sum() <= 21
+    assert merged[:, :3].sum() >= merged[:, 7:].sum()  # the steadiest positions merge, the busiest keep tokens
+    assert torch.equal(temporal_merge(video, 0.0, 0.5, max_merged=70).keep, free.keep)  # a loose cap changes nothing
+    assert temporal_merge(video, 0.0, 0.5, max_merged=0).keep.all()
+
+
+def test_merge_floor_keeps_a_static_video_at_its_share_of_the_target() -> None:
+    model = build_model()
+    inputs = row_inputs(build_inputs(model, [8]), 0)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"][:, :1].expand(-1, 8, -1, -1, -1).contiguous()
+    tpf = tokens_per_frame(model)
+    base = SparseConfig(prune_layers=(1,), target_fraction=0.25, temporal_merge=0.9, segment_threshold=0.5)
+    with torch.no_grad():
+        apply_patch(model, base)
+        model(**inputs)
+        free = last_stats(model)[0]
+        apply_patch(model, base.replace(merge_floor=2.0))
+        model(**inputs)
+        floored = last_stats(model)[0]
+    assert free.removed_by_merge == 7 * tpf  # a static video collapses to one frame: under the 2 frames' target
+    assert 8 * tpf - floored.removed_by_merge >= 2.0 * 0.25 * 8 * tpf  # stops at twice the target
+    assert floored.removed_by_pruning > 0  # and the text-guided pruner chooses the rest
+    assert floored.equivalent_tokens < free.visual_tokens_in
+
+
+def test_merge_floor_needs_merging_and_a_target() -> None:
+    with pytest.raises(ValueError, match="merge_floor"):
+        SparseConfig(prune_layers=(1,), keep_tokens=(30,), temporal_merge=0.9, merge_floor=2.0)
+    with pytest.raises(ValueError, match="merge_floor"):
+        SparseConfig(prune_layers=(1,), target_fraction=0.25, merge_floor=2.0)
+    with pytest.raises(ValueError, match="merge_floor"):
+        SparseConfig(prune_layers=(1,), target_fraction=0.25, temporal_merge=0.9, merge_floor=0.5)
 
 
 def test_time_weight_keeps_clusters_within_nearby_frames() -> None:
