@@ -22,9 +22,11 @@ load --out FILE.json [--videos 1000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -242,14 +244,10 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
     import shutil
     import tempfile
 
-    import ray
-
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
-    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
-    from pipeline.config import PipelineConfig
+    from pipeline.build import run_pipeline
     from sparsevlm.engine import inspect_checkpoint
-    from sparsevlm.tiny import CHECKPOINT_DIR
 
     assets = Path(__file__).resolve().parent.parent / "tests" / "assets"
     work = Path(tempfile.mkdtemp(prefix="pbench", dir="/tmp"))
@@ -261,36 +259,15 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
         for copy in range(ns.copies):
             for clip in real:
                 shutil.copy(clip, videos / f"{clip.stem}_{copy}{clip.suffix}")
-        model = ns.model or str(CHECKPOINT_DIR)
-        base = PipelineConfig(
-            input_uri=str(videos),
-            output_uri=str(work / "out-ray"),
-            model=model,
-            questions=QUESTIONS,
-            max_new_tokens=ns.max_new_tokens,
-            sparse_preset=ns.preset,
-            batch_size=ns.batch_size,
-            workers=1,
-            cpus_per_worker=ns.model_cpus,
-            decode_cpus=ns.decode_cpus,
-        )
-        for name, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
+        base = _pipeline_config(ns, videos, work / "out-ray", QUESTIONS)
+        model = base.model
         # The plain loop: the whole machine's cores for the model, decoding in between batches.
         loop_config = base.replace(output_uri=str(work / "out-loop"), cpus_per_worker=float(ns.cpus))
         loop_wall = plain_loop(loop_config)
         loop = measure_rows("loop", read_rows(loop_config), loop_wall)
         began = time.perf_counter()
-        started_ray = not ray.is_initialized()
-        ray_tmp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")  # short: Ray's unix sockets
-        if started_ray:
-            ray.init(num_cpus=ns.cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
-        try:
+        with _local_ray(ns.cpus):
             run_pipeline(base)
-        finally:
-            if started_ray:
-                ray.shutdown()
-            shutil.rmtree(ray_tmp, ignore_errors=True)
         ray_run = measure_rows("ray", read_rows(base), time.perf_counter() - began, base.workers)
         frame_size = inspect_checkpoint(model).frame_size
         costs = [decode_cost(clip, base, frame_size) for clip in real]
@@ -330,53 +307,27 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
     import tempfile
     from collections import Counter
 
-    import ray
-
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import read_rows
-    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
-    from pipeline.config import PipelineConfig
+    from pipeline.build import run_pipeline
     from pipeline.memory import TreeMemorySampler, growth
-    from sparsevlm.tiny import CHECKPOINT_DIR
 
     work = Path(tempfile.mkdtemp(prefix="lbench", dir="/tmp"))
-    ray_tmp = tempfile.mkdtemp(prefix="rayl", dir="/tmp")  # short: Ray's unix sockets
     try:
         videos = work / "videos"
         videos.mkdir()
         began = time.perf_counter()
         write_synthetic_videos(videos, ns.videos)
         print(f"wrote {ns.videos} videos in {time.perf_counter() - began:.0f} s")
-        config = PipelineConfig(
-            input_uri=str(videos),
-            output_uri=str(work / "out"),
-            model=ns.model or str(CHECKPOINT_DIR),
-            questions=QUESTIONS[:1],
-            max_new_tokens=ns.max_new_tokens,
-            sparse_preset=ns.preset,
-            batch_size=ns.batch_size,
-            workers=1,
-            cpus_per_worker=ns.model_cpus,
-            decode_cpus=ns.decode_cpus,
-            run_id="load",
-        )
-        for name, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
-        started_ray = not ray.is_initialized()
-        if started_ray:
-            ray.init(num_cpus=ns.cpus, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
-        try:
+        config = _pipeline_config(ns, videos, work / "out", QUESTIONS[:1]).replace(run_id="load")
+        with _local_ray(ns.cpus) as started_ray:
             # The job's processes are this one and, for a Ray it started, everything below it.
             with TreeMemorySampler(os.getpid(), period_s=ns.sample_seconds) as sampler:
                 summary = run_pipeline(config)
             rerun = run_pipeline(config.replace(run_id="load-rerun"))
-        finally:
-            if started_ray:
-                ray.shutdown()
         rows = read_rows(config).to_pylist()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     keys = Counter((r["video_id"], r["segment_index"], r["task"], r["question"]) for r in rows)
     samples = sampler.samples
     mib = 2**20
@@ -421,6 +372,62 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
     )
     Path(ns.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {ns.out}")
+
+
+def _pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, questions: tuple[str, ...]) -> Any:
+    """The :class:`~pipeline.config.PipelineConfig` of a benchmark run from its flags (one model worker)."""
+    from pipeline.config import PipelineConfig
+    from sparsevlm.tiny import CHECKPOINT_DIR
+
+    return PipelineConfig(
+        input_uri=str(videos),
+        output_uri=str(output),
+        model=ns.model or str(CHECKPOINT_DIR),
+        questions=questions,
+        max_new_tokens=ns.max_new_tokens,
+        sparse_preset=ns.preset,
+        batch_size=ns.batch_size,
+        workers=1,
+        cpus_per_worker=ns.model_cpus,
+        decode_cpus=ns.decode_cpus,
+    )
+
+
+@contextlib.contextmanager
+def _local_ray(cpus: int) -> Iterator[bool]:
+    """A local Ray with ``cpus`` CPUs for the block (loopback, no dashboard, a short temp dir for its unix
+    sockets), unless one is already connected; yields whether this block started it."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    from pipeline.build import LOCAL_RAY_ENV
+
+    if ray.is_initialized():
+        yield False
+        return
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    temp_dir = tempfile.mkdtemp(prefix="rayb", dir="/tmp")
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _pipeline_flags(parser: argparse.ArgumentParser, batch_size: int, max_new_tokens: int, decode_cpus: float) -> None:
+    """The flags of the commands that run the Ray pipeline."""
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    parser.add_argument("--preset", default="video-25")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the machine (Ray's, and the plain loop's)")
+    parser.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
+    parser.add_argument("--decode-cpus", type=float, default=decode_cpus, help="CPUs per decode task")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -479,29 +486,15 @@ def main(argv: list[str] | None = None) -> None:
     long.add_argument("--batch-size", type=int, default=8)
     long.set_defaults(run=run_long_command)
     pipe = sub.add_parser("pipeline", help="Ray pipeline vs a plain loop on the same videos")
-    pipe.add_argument("--out", required=True)
-    pipe.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
     pipe.add_argument("--synthetic", type=int, default=16, help="synthetic 1 s videos")
     pipe.add_argument("--real", type=int, default=6, help="real clips from tests/assets")
     pipe.add_argument("--copies", type=int, default=2, help="copies of each real clip")
-    pipe.add_argument("--preset", default="video-25")
-    pipe.add_argument("--batch-size", type=int, default=4)
-    pipe.add_argument("--max-new-tokens", type=int, default=12)
-    pipe.add_argument("--cpus", type=int, default=2, help="CPUs of the machine (Ray's and the loop's)")
-    pipe.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
-    pipe.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decode task")
+    _pipeline_flags(pipe, batch_size=4, max_new_tokens=12, decode_cpus=1.0)
     pipe.set_defaults(run=run_pipeline_benchmark)
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
-    load.add_argument("--out", required=True)
-    load.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
     load.add_argument("--videos", type=int, default=1000, help="synthetic 1 s videos")
-    load.add_argument("--preset", default="video-25")
-    load.add_argument("--batch-size", type=int, default=8)
-    load.add_argument("--max-new-tokens", type=int, default=8)
-    load.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use")
-    load.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
-    load.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs per decode task")
     load.add_argument("--sample-seconds", type=float, default=2.0, help="memory sampling period")
+    _pipeline_flags(load, batch_size=8, max_new_tokens=8, decode_cpus=0.5)
     load.set_defaults(run=run_load_benchmark)
     ns = parser.parse_args(argv)
     ns.run(ns)
