@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -154,3 +155,27 @@ def test_cli_main_writes_a_loadable_checkpoint_without_training_heads(tmp_path: 
         assert not [k for k in f.keys() if "colour" in k or "motion" in k]  # noqa: SIM118
     assert VideoLlavaForConditionalGeneration.from_pretrained(tmp_path).config.video_token_id == 5
     assert AutoTokenizer.from_pretrained(tmp_path).video_token == "<video>"
+
+
+@pytest.mark.slow
+def test_a_run_continues_from_a_checkpoint_on_new_videos(tmp_path: Path) -> None:
+    base = TrainConfig(
+        out=str(tmp_path / "a"), minutes=0, max_steps=1, batch_size=2, num_frames=4, warm_frames=4,
+        val_videos=1, test_videos=1, eval_every_minutes=100, threads=1,
+    )  # fmt: skip
+    main(base)
+    continued = dataclasses.replace(base, out=str(tmp_path / "b"), init=str(tmp_path / "a"), first_video=1000, lr=0.0)
+    metrics = main(continued)
+    assert metrics["train_videos_seen"] == 2
+    before = VideoLlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    after = VideoLlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # lr 0: the weights it started from
+
+
+def test_continuing_from_a_different_model_is_refused(tmp_path: Path) -> None:
+    tokenizer = build_tokenizer()
+    build_model(dataclasses.replace(TinyModelConfig(), text_hidden=64, text_heads=4), tokenizer).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="is not the tiny model's"):
+        main(TrainConfig(out=str(tmp_path / "out"), init=str(tmp_path), max_steps=1, minutes=0))
