@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -150,7 +151,9 @@ class SparseConfig:
                 f"temporal_merge must be a cosine similarity in [-1, 1] or None, got {self.temporal_merge!r}"
             )
         if self.merge_floor is not None and (
-            self.merge_floor < 1.0 or self.temporal_merge is None or self.target_fraction is None
+            not (math.isfinite(self.merge_floor) and self.merge_floor >= 1.0)
+            or self.temporal_merge is None
+            or self.target_fraction is None
         ):
             raise ValueError(
                 f"merge_floor must be >= 1 and needs temporal_merge and target_fraction, got {self.merge_floor!r} "
@@ -323,7 +326,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Cross-frame: static tokens merge across frames before the LLM (the most similar first, down to twice
     # the target at most), then text-guided pruning and time-aware recycling spend the rest of the same
     # equivalent-token budget. Measured on 128 questions: merging without the floor left a static clip under
-    # its 25 % budget (19.8 % spent) and lost 8 points; with floor 2 it spent 25 % and gained 3 (README).
+    # its 25 % budget (19.8 % spent) and lost 8 points; with floor 2 it spent 25 % and gained 3.
     "video-xf-25": {"prune_layers": (1,), "target_fraction": 0.25, "merge_floor": 2.0, **XF},
     "video-xf-10": {"prune_layers": (1,), "target_fraction": 0.10, "merge_floor": 2.0, **XF},
     "video-xf-5": {"prune_layers": (1,), "target_fraction": 0.05, "merge_floor": 2.0, **XF},

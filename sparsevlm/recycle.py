@@ -201,9 +201,9 @@ def temporal_merge(
     position's survivor for the frames after it. So static regions collapse to one token per segment, while
     frames that change keep their tokens: the budget goes where frames differ.
 
-    With ``max_merged``, the most similar tokens merge first: the threshold is raised to the similarity of
-    the ``max_merged``-th best merge and the pass repeated (a raised threshold changes which tokens survive,
-    so a few passes may be needed; if :data:`MERGE_CAP_PASSES` passes still merge too many, nothing merges).
+    With ``max_merged``, the most similar tokens merge first: a free pass ranks every merge by its similarity
+    (ties by frame, then position), and a second pass lets only the best ``max_merged`` of them merge. A token
+    held back becomes its position's survivor, so the second pass can only merge fewer, never more.
 
     Args:
         frames: ``[T, P, D]`` visual tokens of one video.
@@ -213,28 +213,25 @@ def temporal_merge(
     """
     if max_merged is not None and max_merged < 0:
         raise ValueError(f"max_merged must be >= 0 or None, got {max_merged}")
-    segments = segment_frames(frame_similarity(frames), segment_threshold) if frames.shape[0] > 1 else [(0, 1)]
-    threshold = merge_threshold
-    for _ in range(MERGE_CAP_PASSES):
-        result, similarity = _merge_pass(frames, segments, threshold)
-        merged = similarity[~result.keep]
-        if max_merged is None or merged.numel() <= max_merged:
-            return result
-        if max_merged == 0:
-            break
-        # Only merges at least as similar as the max_merged-th best one pass next time.
-        threshold = float(torch.nextafter(merged.topk(max_merged + 1).values[-1], torch.tensor(2.0)))
-    return _merge_pass(frames, segments, 2.0)[0]  # cosine similarity never reaches 2: nothing merges
-
-
-MERGE_CAP_PASSES = 4
+    t = frames.shape[0]
+    segments = segment_frames(frame_similarity(frames), segment_threshold) if t > 1 else [(0, t)]
+    free, similarity = _merge_pass(frames, segments, merge_threshold)
+    merged = ~free.keep
+    if max_merged is None or int(merged.sum()) <= max_merged:
+        return free
+    ranked = torch.where(merged, similarity, float("-inf")).flatten()
+    best = torch.argsort(ranked, descending=True, stable=True)[:max_merged]
+    allowed = torch.zeros_like(ranked, dtype=torch.bool)
+    allowed[best] = True
+    return _merge_pass(frames, segments, merge_threshold, allowed.view_as(merged))[0]
 
 
 def _merge_pass(
-    frames: torch.Tensor, segments: list[tuple[int, int]], merge_threshold: float
+    frames: torch.Tensor, segments: list[tuple[int, int]], merge_threshold: float, allowed: torch.Tensor | None = None
 ) -> tuple[TemporalMerge, torch.Tensor]:
-    """One merging pass of :func:`temporal_merge`; also returns ``[T, P]`` each token's similarity to the
-    survivor it was compared with (``-inf`` for segment starts)."""
+    """One merging pass of :func:`temporal_merge` (only ``allowed`` ``[T, P]`` tokens may merge, if given);
+    also returns ``[T, P]`` each token's similarity to the survivor it was compared with (``-inf`` for the
+    first frame of a segment)."""
     t, p, _ = frames.shape
     x = frames.float().clone()
     keep = torch.ones(t, p, dtype=torch.bool, device=frames.device)
@@ -247,6 +244,8 @@ def _merge_pass(
             survivor = x[owner, columns]  # [P, D]
             similarity[f] = torch.nn.functional.cosine_similarity(frames[f].float(), survivor, dim=-1)
             similar = similarity[f] >= merge_threshold
+            if allowed is not None:
+                similar &= allowed[f]
             w = weight[owner, columns]
             merged = (survivor * w[:, None] + frames[f].float()) / (w + 1)[:, None]
             x[owner[similar], columns[similar]] = merged[similar]
