@@ -22,11 +22,10 @@ load --out FILE.json [--videos 1000]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -246,7 +245,7 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
 
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
-    from pipeline.build import run_pipeline
+    from pipeline.build import local_ray, run_pipeline
     from sparsevlm.engine import inspect_checkpoint
 
     assets = Path(__file__).resolve().parent.parent / "tests" / "assets"
@@ -266,7 +265,7 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
         loop_wall = plain_loop(loop_config)
         loop = measure_rows("loop", read_rows(loop_config), loop_wall)
         began = time.perf_counter()
-        with _local_ray(ns.cpus):
+        with local_ray(ns.cpus):
             run_pipeline(base)
         ray_run = measure_rows("ray", read_rows(base), time.perf_counter() - began, base.workers)
         frame_size = inspect_checkpoint(model).frame_size
@@ -309,8 +308,8 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
 
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import read_rows
-    from pipeline.build import run_pipeline
-    from pipeline.memory import TreeMemorySampler, growth
+    from pipeline.build import local_ray, run_pipeline
+    from pipeline.memory import TreeMemorySampler
 
     work = Path(tempfile.mkdtemp(prefix="lbench", dir="/tmp"))
     try:
@@ -320,7 +319,7 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
         write_synthetic_videos(videos, ns.videos)
         print(f"wrote {ns.videos} videos in {time.perf_counter() - began:.0f} s")
         config = _pipeline_config(ns, videos, work / "out", QUESTIONS[:1]).replace(run_id="load")
-        with _local_ray(ns.cpus) as started_ray:
+        with local_ray(ns.cpus) as started_ray:
             # The job's processes are this one and, for a Ray it started, everything below it.
             with TreeMemorySampler(os.getpid(), period_s=ns.sample_seconds) as sampler:
                 summary = run_pipeline(config)
@@ -352,7 +351,7 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
         "memory": {
             "sample_seconds": ns.sample_seconds,
             "ray_started_here": started_ray,
-            "growth_after_warm_up": round(growth(samples), 4),
+            **_growth(samples),
             "pss_mib_first": round(samples[0].total_bytes / mib, 1),
             "pss_mib_peak": round(max(s.total_bytes for s in samples) / mib, 1),
             "pss_mib_last": round(samples[-1].total_bytes / mib, 1),
@@ -368,7 +367,8 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
     )
     print(
         f"job PSS: {memory['pss_mib_first']} MiB at start, peak {memory['pss_mib_peak']}, last "
-        f"{memory['pss_mib_last']}; growth after warm-up {100 * memory['growth_after_warm_up']:+.1f} %"
+        f"{memory['pss_mib_last']}; growth after warm-up "
+        + (f"{100 * memory['growth_after_warm_up']:+.1f} %" if memory["growth_after_warm_up"] is not None else "n/a")
     )
     Path(ns.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {ns.out}")
@@ -393,29 +393,26 @@ def _pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, questio
     )
 
 
-@contextlib.contextmanager
-def _local_ray(cpus: int) -> Iterator[bool]:
-    """A local Ray with ``cpus`` CPUs for the block (loopback, no dashboard, a short temp dir for its unix
-    sockets), unless one is already connected; yields whether this block started it."""
-    import shutil
-    import tempfile
+def _growth(samples: list[Any]) -> dict[str, Any]:
+    """The memory growth after warm-up, or None and why (a run too short to show a trend)."""
+    from pipeline.memory import growth
 
-    import ray
-
-    from pipeline.build import LOCAL_RAY_ENV
-
-    if ray.is_initialized():
-        yield False
-        return
-    for name, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    temp_dir = tempfile.mkdtemp(prefix="rayb", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
     try:
-        yield True
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        return {"growth_after_warm_up": round(growth(samples), 4)}
+    except ValueError as err:
+        return {"growth_after_warm_up": None, "growth_not_measured": str(err)}
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a positive ``kind``, or an error naming the value."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def _pipeline_flags(parser: argparse.ArgumentParser, batch_size: int, max_new_tokens: int, decode_cpus: float) -> None:
@@ -425,7 +422,7 @@ def _pipeline_flags(parser: argparse.ArgumentParser, batch_size: int, max_new_to
     parser.add_argument("--preset", default="video-25")
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the machine (Ray's, and the plain loop's)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the machine (Ray's; the plain loop's threads)")
     parser.add_argument("--model-cpus", type=float, default=1.0, help="CPUs (= torch threads) of the model actor")
     parser.add_argument("--decode-cpus", type=float, default=decode_cpus, help="CPUs per decode task")
 
@@ -492,8 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     _pipeline_flags(pipe, batch_size=4, max_new_tokens=12, decode_cpus=1.0)
     pipe.set_defaults(run=run_pipeline_benchmark)
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
-    load.add_argument("--videos", type=int, default=1000, help="synthetic 1 s videos")
-    load.add_argument("--sample-seconds", type=float, default=2.0, help="memory sampling period")
+    load.add_argument("--videos", type=_positive(int), default=1000, help="synthetic 1 s videos")
+    load.add_argument("--sample-seconds", type=_positive(float), default=2.0, help="memory sampling period")
     _pipeline_flags(load, batch_size=8, max_new_tokens=8, decode_cpus=0.5)
     load.set_defaults(run=run_load_benchmark)
     ns = parser.parse_args(argv)

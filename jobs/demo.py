@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -56,9 +56,8 @@ def write_synthetic_videos(folder: Path, count: int) -> dict[str, dict[str, str]
 
 def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
     import pyarrow.dataset as ds
-    import ray
 
-    from pipeline.build import LOCAL_RAY_ENV, run_pipeline
+    from pipeline.build import local_ray, run_pipeline
     from pipeline.config import PipelineConfig
 
     inputs = work / "videos"
@@ -66,19 +65,15 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
     truths = write_synthetic_videos(inputs, count)
     if REAL_CLIP.exists():
         shutil.copy(REAL_CLIP, inputs / REAL_CLIP.name)
-    for name, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(name, value)
     server = None
     input_uri, output_uri, s3_options, endpoint = str(inputs), str(work / "results"), {}, None
     if use_s3:
         server, endpoint = _start_s3(inputs)
         input_uri, output_uri = "s3://demo-videos/", "s3://demo-results/run/"
         s3_options = {"key": "demo", "secret": "demo"}
-    ray_tmp = tempfile.mkdtemp(prefix="rayd", dir="/tmp")  # short: Ray's unix sockets
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+    ray_session = contextlib.ExitStack()
     try:
+        ray_session.enter_context(local_ray(cpus=2))
         config = PipelineConfig(
             input_uri=input_uri,
             output_uri=output_uri,
@@ -116,9 +111,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
         if use_s3:
             print(f"  (S3 endpoint {endpoint}, stopped when the demo ends)")
     finally:
-        if started_ray:
-            ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        ray_session.close()
         if server is not None:
             server.stop()
 

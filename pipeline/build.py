@@ -12,12 +12,15 @@ without Ray; this module only chooses resources and wires them. ``run_pipeline``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,12 +39,21 @@ from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOCAL_RAY_ENV", "PipelineError", "ResultSink", "RunSummary", "build_dataset", "run_pipeline"]
+__all__ = [
+    "LOCAL_RAY_ENV",
+    "PipelineError",
+    "ResultSink",
+    "RunSummary",
+    "build_dataset",
+    "local_ray",
+    "run_pipeline",
+]
 
 # One decode task per video spreads long and short videos evenly; past this many the per-task overhead
 # (a few ms each) would start to matter, so videos share tasks.
 MAX_INPUT_BLOCKS = 4096
 # Loopback-only, telemetry-free settings for a Ray that run_pipeline starts itself (environment.md §4).
+LOOPBACK = "127.0.0.1"
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
@@ -212,13 +224,37 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
 def _init_ray(config: PipelineConfig) -> None:
     if ray.is_initialized():
         return
-    if config.ray_address is None:
-        if "RAY_ADDRESS" not in os.environ:  # a local Ray we start ourselves; a job's cluster keeps its own auth
-            for name, value in LOCAL_RAY_ENV.items():
-                os.environ.setdefault(name, value)
-        ray.init(include_dashboard=False)
-    else:
+    if config.ray_address is not None:
         ray.init(address=config.ray_address)
+    elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth
+        ray.init(include_dashboard=False)
+    else:  # a local Ray we start ourselves
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK)
+
+
+@contextlib.contextmanager
+def local_ray(cpus: int) -> Iterator[bool]:
+    """A local Ray with ``cpus`` logical CPUs for the block, unless one is already connected; yields whether
+    the block started it (then it also stops it).
+
+    Loopback only (``_node_ip_address``: the environment variable Ray reads for this is read once, when Ray is
+    imported, so setting it here would be too late), telemetry off, no dashboard, and a short temp dir: Ray's
+    unix socket paths must fit in 107 bytes.
+    """
+    if ray.is_initialized():
+        yield False
+        return
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False, _node_ip_address=LOOPBACK)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:

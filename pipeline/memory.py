@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -57,7 +58,8 @@ class MemorySample:
 
 @dataclass
 class TreeMemorySampler:
-    """Samples the PSS of the tree under ``root`` every ``period_s`` in a background thread while in use.
+    """Samples the PSS of the tree under ``root`` every ``period_s`` in a background thread while in use
+    (``read`` gives one process's size; an error in the thread is raised when the block ends).
 
     Usage::
 
@@ -68,21 +70,27 @@ class TreeMemorySampler:
 
     root: int
     period_s: float = 2.0
-    samples: list[MemorySample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    read: Callable[[int], int] = pss_bytes
+    samples: list[MemorySample] = field(default_factory=list, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _error: BaseException | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> TreeMemorySampler:
-        if self.period_s <= 0:
+        if not self.period_s > 0:
             raise ValueError(f"period_s must be positive, got {self.period_s}")
+        self._stop.clear()
         began = time.monotonic()
 
         def loop() -> None:
-            while True:
-                sizes = [pss_bytes(pid) for pid in process_tree(self.root)]
-                self.samples.append(MemorySample(time.monotonic() - began, sum(sizes), len(sizes), max(sizes)))
-                if self._stop.wait(self.period_s):
-                    return
+            try:
+                while True:
+                    sizes = [self.read(pid) for pid in process_tree(self.root)]
+                    self.samples.append(MemorySample(time.monotonic() - began, sum(sizes), len(sizes), max(sizes)))
+                    if self._stop.wait(self.period_s):
+                        return
+            except BaseException as err:  # re-raised by __exit__: a sampler that died must not pass silently
+                self._error = err
 
         self._thread = threading.Thread(target=loop, name="memory-sampler", daemon=True)
         self._thread.start()
@@ -93,7 +101,11 @@ class TreeMemorySampler:
     ) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=60 + self.period_s)
+            if self._thread.is_alive():
+                raise RuntimeError("the memory sampler did not stop within 60 s (a /proc read hung?)")
+        if self._error is not None and error is None:
+            raise self._error
 
 
 def growth(samples: list[MemorySample], warm_fraction: float = 0.25) -> float:

@@ -95,6 +95,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.minutes <= 0 and self.max_steps <= 0:
             raise ValueError("give a positive --minutes or --max-steps")
+        if self.init and not (Path(self.init) / "config.json").is_file():
+            raise ValueError(f"--init {self.init!r} is not a saved checkpoint directory (no config.json in it)")
+        if self.first_video < 0:
+            raise ValueError(f"--first-video must be >= 0, got {self.first_video}")
         if not 4 <= self.warm_frames <= self.num_frames:
             raise ValueError(f"warm_frames must be in [4, num_frames={self.num_frames}], got {self.warm_frames}")
 
@@ -289,11 +293,12 @@ def _initial_model(
     expected = build_model(model_cfg, tokenizer).config
     for part in ("text_config", "vision_config"):
         got, want = getattr(model.config, part), getattr(expected, part)
-        if got.hidden_size != want.hidden_size or got.num_hidden_layers != want.num_hidden_layers:
+        ignored = {"_name_or_path": "", "dtype": "", "torch_dtype": ""}  # where it was saved from, how stored
+        if got.to_diff_dict() | ignored != want.to_diff_dict() | ignored:
             raise ValueError(
-                f"--init {cfg.init}: its {part} (hidden {got.hidden_size}, {got.num_hidden_layers} layers) is not "
-                f"the tiny model's (hidden {want.hidden_size}, {want.num_hidden_layers} layers); give a checkpoint "
-                "written by this trainer"
+                f"--init {cfg.init}: its {part} (hidden {got.hidden_size}, {got.num_hidden_layers} layers, ...) is "
+                f"not the tiny model's (hidden {want.hidden_size}, {want.num_hidden_layers} layers, ...); give a "
+                "checkpoint written by this trainer"
             )
     return model
 

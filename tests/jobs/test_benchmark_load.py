@@ -19,13 +19,13 @@ def test_the_tree_holds_children_and_grandchildren() -> None:
     code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {sleep!r}]); {sleep}"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        for _ in range(100):
-            tree = process_tree(os.getpid())
-            if len([p for p in tree if p != os.getpid()]) >= 2:
+        for _ in range(200):
+            below = process_tree(child.pid)
+            if len(below) >= 2:
                 break
             subprocess.run(["sleep", "0.05"])
-        assert child.pid in tree
-        assert any(p not in (os.getpid(), child.pid) for p in tree)  # the grandchild
+        assert below[0] == child.pid and len(below) == 2  # the child, then the grandchild it started
+        assert child.pid in process_tree(os.getpid()) and below[1] in process_tree(os.getpid())
         assert pss_bytes(child.pid) > 0
     finally:
         for pid in process_tree(child.pid)[::-1]:
@@ -50,13 +50,23 @@ def test_growth_needs_a_trend_worth_the_name() -> None:
         growth(_samples([1, 2, 3]))
 
 
+def test_a_failing_sampler_reports_its_error() -> None:
+    with (
+        pytest.raises(ProcessLookupError, match="no such process"),
+        TreeMemorySampler(os.getpid(), period_s=0.05, read=_broken),
+    ):
+        subprocess.run(["sleep", "0.2"])
+
+
+def _broken(pid: int) -> int:
+    raise ProcessLookupError(f"no such process {pid}")
+
+
 def test_the_sampler_records_until_the_block_ends() -> None:
     with TreeMemorySampler(os.getpid(), period_s=0.05) as sampler:
         subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5)"])
     count = len(sampler.samples)
     assert count >= 3 and all(s.total_bytes > 0 and s.processes >= 1 for s in sampler.samples)
-    subprocess.run(["sleep", "0.2"])
-    assert len(sampler.samples) == count  # stopped
     with pytest.raises(ValueError, match="period_s"), TreeMemorySampler(os.getpid(), period_s=0):
         pass
 

@@ -7,6 +7,7 @@ visible to readers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ import pytest
 
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
+from pipeline.memory import process_tree
 
 QUESTION = "What is happening?"
 CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm")
@@ -233,31 +235,18 @@ def test_an_s3_outage_while_writing_completes_or_fails_cleanly_then_a_rerun_is_e
         servers[-1].stop()
 
 
-def _children(root: int) -> list[int]:
-    """Every process below ``root`` (from /proc parent links)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
+# Process titles of our pipeline's tasks and actors (idle pooled workers are ``ray::IDLE``).
+OUR_WORK = (b"ray::MapWorker(", b"ray::FlatMap(", b"ray::ReadItems", b"ray::Write")
 
 
-def _runs_ray_work(raylet: int) -> bool:
-    """Whether a Ray task or actor process (title ``ray::...``, not Ray's own agents) runs below ``raylet``."""
-    for pid in _children(raylet):
+def _runs_our_work(raylet: int) -> bool:
+    """Whether one of this pipeline's tasks or actors runs below ``raylet``."""
+    for pid in process_tree(raylet)[1:]:
         try:
             title = (Path("/proc") / str(pid) / "cmdline").read_bytes()
         except OSError:
             continue
-        if title.startswith(b"ray::") and b"Agent" not in title.split(b" ")[0]:
+        if title.startswith(OUR_WORK):
             return True
     return False
 
@@ -266,9 +255,10 @@ def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
     fault_videos: Path, pipeline_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two Ray nodes on one machine (``ray.cluster_utils.Cluster``: ``ray start --address`` refuses to join
-    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which moves Ray off loopback). While the worker node runs
-    our work, every one of its processes is SIGKILLed; the head has CPUs for every stage (driver, decode,
-    the model actor, the writer), so the run finishes there after Ray declares the node dead."""
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which moves Ray off loopback). While the worker node runs one
+    of our tasks or actors, the node's workers and then its raylet and agents are SIGKILLed; the head has CPUs
+    for every stage (driver, decode, the model actor, the writer), so the run finishes there after Ray
+    declares the node dead."""
     import ray._private.utils
     from ray import ray_constants
     from ray.cluster_utils import Cluster
@@ -276,18 +266,15 @@ def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
     # Cluster records its address in /tmp/ray for `ray.init("auto")`; nothing here needs it.
     monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
 
-    temp_dir = tempfile.mkdtemp(prefix="r2", dir="/tmp")
-
     def ports() -> dict[str, int]:  # the test session's Ray holds the default agent ports
         names = ("metrics_export_port", "runtime_env_agent_port", "dashboard_agent_listen_port")
         return {name: _free_port() for name in names}
 
     common = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 * 2**20}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**common, **ports(), "num_cpus": 4, "include_dashboard": False, "temp_dir": temp_dir},
-    )
+    temp_dir = tempfile.mkdtemp(prefix="r2", dir="/tmp")
+    cluster = Cluster()
     try:
+        cluster.add_node(**common, **ports(), num_cpus=4, include_dashboard=False, temp_dir=temp_dir)
         worker = cluster.add_node(**common, **ports(), num_cpus=2)
         raylet = worker.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
         output = tmp_path / "out"
@@ -295,9 +282,19 @@ def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
         args += ["--question", QUESTION, "--segment-seconds", "5", "--frames", "2", "--max-new-tokens", "4"]
         args += ["--batch-size", "1", "--decode-cpus", "0.5", "--run-id", "two-nodes"]
         args += ["--ray-address", cluster.address]
-        done = _when_committed(
-            lambda: any((output / "_ledger").glob("*.json")) and _runs_ray_work(raylet),
-            lambda: cluster.remove_node(worker, allow_graceful=False),
+        finished: list[float] = []
+        killed: list[float] = []
+
+        def lose_the_node() -> None:
+            for pid in process_tree(raylet)[1:]:  # the workers first: an abrupt loss, not a fate-shared exit
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            cluster.remove_node(worker, allow_graceful=False)  # SIGKILLs the raylet and the node's agents
+            killed.append(time.monotonic())
+
+        done = _when_committed(  # stops polling /proc once the driver has ended
+            lambda: not finished and any((output / "_ledger").glob("*.json")) and _runs_our_work(raylet),
+            lose_the_node,
         )
         loopback = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # or 127.0.0.1 means the node IP
         driver = subprocess.run(
@@ -308,7 +305,8 @@ def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
             text=True,
             timeout=900,
         )
-        assert done, "the worker node was not lost while it ran our work"
+        finished.append(time.monotonic())
+        assert done and killed[0] < finished[0], "the worker node was not lost while it ran our work"
         assert driver.returncode == 0, driver.stderr[-3000:]
         assert_whole_videos_once(_rows(_config(fault_videos, str(output), pipeline_model_dir)), fault_videos)
     finally:
