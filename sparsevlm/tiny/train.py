@@ -278,9 +278,20 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         "train_config": asdict(cfg),
         "model_config": asdict(model_cfg),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "init_from": init_provenance(cfg.init),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def init_provenance(init: str) -> list[dict[str, object]]:
+    """The runs a checkpoint continued from, oldest first (from their metrics.json), so that its
+    metrics.json says every command that made it; empty for a run from random weights."""
+    if not init or not (Path(init) / "metrics.json").is_file():
+        return []
+    previous = json.loads((Path(init) / "metrics.json").read_text())
+    run = {k: previous.get(k) for k in ("command", "steps", "train_videos_seen", "wall_time_s")}
+    return [*previous.get("init_from", []), run]
 
 
 def _initial_model(

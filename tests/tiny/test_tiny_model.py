@@ -167,6 +167,7 @@ def test_a_run_continues_from_a_checkpoint_on_new_videos(tmp_path: Path) -> None
     continued = dataclasses.replace(base, out=str(tmp_path / "b"), init=str(tmp_path / "a"), first_video=1000, lr=0.0)
     metrics = main(continued)
     assert metrics["train_videos_seen"] == 2
+    assert [run["steps"] for run in metrics["init_from"]] == [1]  # the run it continued
     before = VideoLlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
     after = VideoLlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # lr 0: the weights it started from
