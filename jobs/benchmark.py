@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import use_local_ray_env
 from sparsevlm.bench.presets import Layout, preset_table
 
 
@@ -428,6 +429,7 @@ def _pipeline_flags(parser: argparse.ArgumentParser, batch_size: int, max_new_to
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_local_ray_env()  # before anything imports Ray (the commands that need one start it locally)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     presets = sub.add_parser("presets", help="preset costs on a model layout (no model runs)")

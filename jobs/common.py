@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, use_local_ray_env
 from sparsevlm.config import PRESETS
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -82,7 +82,10 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     }
     if ns.run_id:
         fields["run_id"] = ns.run_id
-    return PipelineConfig(**fields)
+    config = PipelineConfig(**fields)
+    if config.ray_address is None and "RAY_ADDRESS" not in os.environ:  # the job will start a local Ray
+        use_local_ray_env()
+    return config
 
 
 def fail(message: str) -> NoReturn:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import use_local_ray_env
+
 QUESTIONS = ("how many objects are there?", "is there a red square?")
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
 
@@ -210,6 +212,7 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_local_ray_env()  # before anything imports Ray (the commands that need one start it locally)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=6, help="synthetic videos for the pipeline run")
     parser.add_argument("--s3", action="store_true", help="read and write through a local S3-compatible server")

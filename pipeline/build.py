@@ -31,7 +31,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
-from pipeline.config import PipelineConfig
+from pipeline.config import LOCAL_RAY_ENV, PipelineConfig
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -52,17 +52,7 @@ __all__ = [
 # One decode task per video spreads long and short videos evenly; past this many the per-task overhead
 # (a few ms each) would start to matter, so videos share tasks.
 MAX_INPUT_BLOCKS = 4096
-# Loopback-only, telemetry-free settings for a Ray that run_pipeline starts itself (environment.md §4).
-LOOPBACK = "127.0.0.1"
-# Workers at the driver's priority: Ray starts them at nice 15, and on a local machine the driver and Ray's
-# own processes (nice 0) then win every contended core; measured on 64 videos here, the whole run took 2.0x
-# as long (119 s vs 71 s) and the model actor 1.9x as long to start (100 s vs 53 s).
-LOCAL_RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_worker_niceness": "0",
-}
+LOOPBACK = "127.0.0.1"  # the node address of a Ray that this process starts itself
 
 
 class PipelineError(RuntimeError):
@@ -248,9 +238,8 @@ def local_ray(cpus: int) -> Iterator[bool]:
     the block started it (then it also stops it).
 
     The node announces 127.0.0.1, telemetry is off, there is no dashboard, and the temp dir is short (Ray's
-    unix socket paths must fit in 107 bytes). Ray's listening sockets bind to loopback only if
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before Ray was imported (`make` and the tests export it;
-    measured: without it they bind to every interface even with the node IP given).
+    unix socket paths must fit in 107 bytes). Ray's listening sockets stay on loopback only if
+    :func:`~pipeline.config.use_local_ray_env` ran before Ray was imported (the job entry points call it).
     """
     if ray.is_initialized():
         yield False

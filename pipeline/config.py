@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -229,3 +230,28 @@ class PipelineConfig:
 
 def _as_local_uri(uri: str) -> str:
     return uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))
+
+
+# Loopback-only, telemetry-free settings for a Ray that this process starts itself (environment.md §4), and
+# workers at the driver's priority: Ray starts them at nice 15, and on a local machine the driver and Ray's
+# own processes (nice 0) then win every contended core; measured on 64 videos here, the whole run took 2.0x
+# as long (119 s vs 71 s) and the model actor 1.9x as long to start (100 s vs 53 s).
+LOCAL_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_worker_niceness": "0",
+}
+
+
+def use_local_ray_env() -> bool:
+    """Set :data:`LOCAL_RAY_ENV` (as defaults) for a Ray this process will start; call it before Ray is
+    imported. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import, and only that keeps its listening
+    sockets on loopback (measured: a node IP of 127.0.0.1 alone still binds every interface).
+
+    Returns:
+        False when Ray was already imported, so the loopback setting can no longer take effect.
+    """
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
+    return "ray" not in sys.modules

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -12,6 +14,8 @@ import pytest
 
 from jobs import caption, index_archive
 from jobs.common import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CLIPS = ("gradio_video_sample.webm", "mmaction2_test.avi")  # 5 s VP9/WebM, 6.6 s MPEG-4/AVI: one segment each
 FAST = ["--frames", "2", "--max-new-tokens", "3", "--question", "what happens?"]
@@ -99,3 +103,18 @@ def test_unreachable_storage_and_missing_credentials(
         run_cli(lambda: caption.main([*argv, "--s3-endpoint-url", "http://127.0.0.1:9"]))
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("extra", "loopback"), [([], True), (["--ray-address", "10.0.0.1:6379"], False)])
+def test_a_job_that_starts_its_own_ray_keeps_it_on_loopback(extra: list[str], loopback: bool) -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import: the job sets it before anything imports
+    Ray, and only when it will start Ray itself (a cluster's driver must announce its real address)."""
+    probe = (
+        "from jobs.caption import build_parser; from jobs.common import config_from_args; "
+        f"config_from_args(build_parser().parse_args(['--input', '/tmp', '--output', '/tmp/out', *{extra!r}])); "
+        "from ray._private import ray_constants; print(ray_constants.ENABLE_RAY_CLUSTER)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == str(not loopback)
