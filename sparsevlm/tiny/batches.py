@@ -38,6 +38,13 @@ class TrainBatch:
             model cannot know it yet.
         patch_new: long ``[B, T, gh * gw]``, 1 where an object is in its first visible frame, 0 on other
             object patches, IGNORE on background.
+        patch_earliest: long ``[B, T, gh * gw]``, 1 on the patches of the objects that appeared first in the
+            video, 0 on other object patches, IGNORE on background (what "the first object to appear" asks).
+        patch_newest: long ``[B, T, gh * gw]``, 1 on the patches of the objects that appeared last among
+            those seen up to that frame, 0 on other object patches, IGNORE on background.
+
+    Both order targets are causal: at frame ``t`` every object that appeared by ``t`` has been seen, and an
+    object appearing later cannot be the earliest nor (yet) the newest.
     """
 
     input_ids: torch.Tensor
@@ -48,6 +55,8 @@ class TrainBatch:
     patch_shape: torch.Tensor
     patch_motion: torch.Tensor
     patch_new: torch.Tensor
+    patch_earliest: torch.Tensor
+    patch_newest: torch.Tensor
 
 
 class SequenceBuilder:
@@ -131,6 +140,8 @@ def collate(
         patch_shape=torch.from_numpy(np.stack([s.patch_shape for s in samples]).reshape(colour.shape)),
         patch_motion=torch.from_numpy(motion),
         patch_new=torch.from_numpy(np.stack([_new_patches(s) for s in samples]).reshape(colour.shape)),
+        patch_earliest=torch.from_numpy(np.stack([_earliest_patches(s) for s in samples]).reshape(colour.shape)),
+        patch_newest=torch.from_numpy(np.stack([_newest_patches(s) for s in samples]).reshape(colour.shape)),
     )
 
 
@@ -142,3 +153,27 @@ def _new_patches(sample: VideoSample) -> np.ndarray:
     for code, t in first.items():
         new[t][sample.patch_colour[t] == code] = 1
     return new.astype(np.int64)
+
+
+def _earliest_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: 1 on the patches of the objects with the smallest first frame, 0 on other
+    object patches, IGNORE on background."""
+    out = np.where(sample.patch_colour > 0, 0, IGNORE)
+    if sample.objects:
+        earliest = min(obj.first_frame for obj in sample.objects)
+        for obj in sample.objects:
+            if obj.first_frame == earliest:
+                out[sample.patch_colour == 1 + COLOURS.index(obj.colour)] = 1
+    return out.astype(np.int64)
+
+
+def _newest_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: in frame ``t``, 1 on the patches of the objects with the largest first frame
+    among those that appeared by ``t``, 0 on other object patches, IGNORE on background."""
+    out = np.where(sample.patch_colour > 0, 0, IGNORE)
+    for t in range(out.shape[0]):
+        seen = [obj.first_frame for obj in sample.objects if obj.first_frame <= t]
+        for obj in sample.objects:
+            if seen and obj.first_frame == max(seen):
+                out[t][sample.patch_colour[t] == 1 + COLOURS.index(obj.colour)] = 1
+    return out.astype(np.int64)

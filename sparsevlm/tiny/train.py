@@ -5,10 +5,11 @@
 The recipe is the measured one of reference/tiny-model-training.md: several questions per video in one
 sequence, linear per-patch heads on the projector output that make colour and shape readable from every
 visual token, bf16 autocast, AdamW at 2e-3 with a cosine schedule over the time budget (batch 8 here: on a
-shared CPU, more updates per minute mattered more than a larger batch). Two more per-patch heads read the
-LLM's hidden states after ``--motion-layer`` layers: the motion of the object into each frame, and whether
-the object is new in that frame. A causal LLM can only answer those by comparing a patch with the previous
-frames, which is what the direction, "after", first and last questions need. All heads are training-only;
+shared CPU, more updates per minute mattered more than a larger batch). Four more per-patch heads read the
+LLM's hidden states after ``--motion-layer`` layers: the motion of the object into each frame, whether
+the object is new in that frame, and its order of appearance (among the earliest objects of the video; the
+newest so far). A causal LLM can only answer those by comparing a patch with the previous frames, which is
+what the direction, "after", first and last questions need. All heads are training-only;
 the saved checkpoint is a plain Video-LLaVA.
 """
 
@@ -144,6 +145,8 @@ class PatchHeads(nn.Module):
         self.shape = WordHead(dim, [ids[w] for w in SHAPES])
         self.motion = WordHead(dim, [ids[w] for w in DIRECTIONS])
         self.new = nn.Linear(dim, 2)
+        self.earliest = nn.Linear(dim, 2)
+        self.newest = nn.Linear(dim, 2)
 
     def loss(
         self, projected: torch.Tensor, hidden: torch.Tensor, embeddings: torch.Tensor, batch: TrainBatch
@@ -166,6 +169,8 @@ class PatchHeads(nn.Module):
             "shape": ce(self.shape(projected.float(), table), batch.patch_shape),
             "motion": ce(self.motion(hidden.float(), table), batch.patch_motion),
             "new": ce(self.new(hidden.float()), batch.patch_new),
+            "earliest": ce(self.earliest(hidden.float()), batch.patch_earliest),
+            "newest": ce(self.newest(hidden.float()), batch.patch_newest),
         }
 
 

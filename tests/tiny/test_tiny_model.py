@@ -17,7 +17,7 @@ from sparsevlm.tiny.inputs import CLIP_MEAN, CLIP_STD, build_prompt, encode_prom
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
 from sparsevlm.tiny.train import PatchHeads, TrainConfig, main, train_step
-from sparsevlm.tiny.video_qa import ANSWER_WORDS, VideoSample, make_sample
+from sparsevlm.tiny.video_qa import ANSWER_WORDS, COLOURS, VideoSample, make_sample
 
 # 48 px frames, 16 px patches: 9 patches + CLS = 10 tokens per frame, 40 for a 4-frame video.
 SMALL = TinyModelConfig(
@@ -120,6 +120,28 @@ def test_save_and_load_offline_round_trip(
     assert loaded.config.text_config._attn_implementation == "sdpa"
 
 
+def test_order_targets_mark_the_first_and_the_newest_object(tokenizer: PreTrainedTokenizerBase) -> None:
+    # A video whose objects appear at different frames, as "first"/"last" questions need.
+    sample = next(
+        s for s in (make_sample("train", i) for i in range(200)) if len({o.first_frame for o in s.objects}) >= 2
+    )
+    batch = collate(SequenceBuilder(tokenizer), [sample], np.random.default_rng(0))
+    colour = batch.patch_colour[0]  # [T, P]
+    codes = {1 + COLOURS.index(o.colour): o.first_frame for o in sample.objects}
+    earliest = min(codes.values())
+    for t in range(colour.shape[0]):
+        seen = [f for f in codes.values() if f <= t]
+        for code, first in codes.items():
+            on = colour[t] == code
+            if not on.any():
+                continue
+            assert set(batch.patch_earliest[0, t][on].tolist()) == {int(first == earliest)}
+            assert set(batch.patch_newest[0, t][on].tolist()) == {int(first == max(seen))}
+        background = colour[t] == 0
+        assert (batch.patch_earliest[0, t][background] == IGNORE).all()
+        assert (batch.patch_newest[0, t][background] == IGNORE).all()
+
+
 def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase) -> None:
     torch.manual_seed(0)
     model = build_model(SMALL, tokenizer).train()
@@ -135,7 +157,7 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
         losses["total"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "total"}
+    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "earliest", "newest", "total"}
     assert history[-1]["total"] < 0.9 * history[0]["total"]
     assert history[-1]["answer"] < history[0]["answer"]
 
