@@ -9,42 +9,19 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pytest
 import s3fs
 
 from pipeline.build import PipelineError, build_dataset, run_pipeline
-from pipeline.config import PipelineConfig
 from pipeline.ledger import Ledger
 from pipeline.predictor import Predictor, decode_rows, source_row
-from pipeline.schema import RESULT_SCHEMA
 from pipeline.sources import list_sources
+from tests.pipeline.runs import make_config, read_rows
 
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
-QUESTION = "What is happening?"
 BROKEN_CLIP = "broken_truncated.mp4"  # made by the pipeline_videos fixture
 # Segments of 5 s: the 10.4 s mkv gives 2, the 6.6 s avi and the 5.0 s webm 1 each (short tails merge).
 SEGMENTS = {"decord_flipping_a_pancake.mkv": 2, "mmaction2_test.avi": 1, "gradio_video_sample.webm": 1}
-
-
-def make_config(input_uri: str, output_uri: str, model: Path, **changes: Any) -> PipelineConfig:
-    settings: dict[str, Any] = {
-        "questions": (QUESTION,),
-        "segment_seconds": 5.0,
-        "frames_per_segment": 2,
-        "max_new_tokens": 4,
-        "batch_size": 2,
-        "decode_cpus": 0.5,
-        "cpus_per_worker": 1.0,
-    }
-    return PipelineConfig(input_uri=input_uri, output_uri=output_uri, model=str(model), **{**settings, **changes})
-
-
-def read_rows(config: PipelineConfig) -> list[dict[str, Any]]:
-    fs, base = config.output_filesystem()
-    table = pads.dataset(base, format="parquet", filesystem=fs).to_table()
-    assert table.schema.equals(RESULT_SCHEMA, check_metadata=False)
-    return table.to_pylist()
 
 
 def assert_exactly_once(rows: list[dict[str, Any]]) -> None:

@@ -22,14 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pads
 import pytest
 
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import process_tree
+from tests.pipeline.runs import QUESTION, make_config, read_rows
 
-QUESTION = "What is happening?"
 CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm")
 SYNTHETIC = 10
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,21 +49,8 @@ def fault_videos(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _config(videos: Path, output: str, model: Path, **changes: Any) -> PipelineConfig:
-    settings: dict[str, Any] = {
-        "questions": (QUESTION,),
-        "segment_seconds": 5.0,
-        "frames_per_segment": 2,
-        "max_new_tokens": 4,
-        "batch_size": 1,  # many small batches: the fault lands between two of them
-        "decode_cpus": 0.5,
-        "cpus_per_worker": 1.0,
-    }
-    return PipelineConfig(input_uri=str(videos), output_uri=output, model=str(model), **{**settings, **changes})
-
-
-def _rows(config: PipelineConfig) -> list[dict[str, Any]]:
-    fs, base = config.output_filesystem()
-    return pads.dataset(base, filesystem=fs, format="parquet").to_table().to_pylist()
+    # Many small batches: the fault lands between two of them.
+    return make_config(str(videos), output, model, **{"batch_size": 1, **changes})
 
 
 def assert_whole_videos_once(rows: list[dict[str, Any]], videos: Path, complete: bool = True) -> None:
@@ -101,18 +87,17 @@ def _when_committed(markers: Callable[[], bool], action: Callable[[], None], tim
     return done
 
 
+def _command_line(pid: int) -> str:
+    """The command line of ``pid`` (Ray sets ``ray::<actor>`` process titles); "" once it has ended."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _pids(fragment: str) -> list[int]:
-    """Processes whose command line contains ``fragment`` (Ray sets ``ray::<actor>`` process titles)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if fragment in cmdline:
-                found.append(int(entry.name))
-    return found
+    """Processes whose command line contains ``fragment`` (every process descends from pid 1)."""
+    return [pid for pid in process_tree(1) if fragment in _command_line(pid)]
 
 
 def test_a_killed_model_actor_is_replaced_and_nothing_is_lost(
@@ -132,7 +117,7 @@ def test_a_killed_model_actor_is_replaced_and_nothing_is_lost(
     summary = run_pipeline(config)
     assert done and killed, "the actor was not killed while the run was working"
     assert summary.processed == summary.seen == len(CLIPS) + SYNTHETIC and summary.uncommitted == 0
-    assert_whole_videos_once(_rows(config), fault_videos)
+    assert_whole_videos_once(read_rows(config), fault_videos)
 
 
 def test_a_killed_driver_resumes_on_rerun_exactly_once(
@@ -161,7 +146,7 @@ def test_a_killed_driver_resumes_on_rerun_exactly_once(
     finally:
         driver.send_signal(signal.SIGKILL)  # the fault (or the cleanup of a failed wait)
         driver.wait(timeout=60)
-    first = _rows(_config(fault_videos, str(output), pipeline_model_dir))
+    first = read_rows(_config(fault_videos, str(output), pipeline_model_dir))
     assert_whole_videos_once(first, fault_videos, complete=False)  # readers see whole videos only
     assert 0 < len({r["source_uri"] for r in first}) < len(CLIPS) + SYNTHETIC
 
@@ -170,7 +155,7 @@ def test_a_killed_driver_resumes_on_rerun_exactly_once(
     time.sleep(2)  # Ray notices the dead driver and stops its job's actors and tasks
     summary = main([*args[:-1], "resumed"])
     assert summary["skipped"] >= len({r["source_uri"] for r in first})
-    rows = _rows(_config(fault_videos, str(output), pipeline_model_dir))
+    rows = read_rows(_config(fault_videos, str(output), pipeline_model_dir))
     assert_whole_videos_once(rows, fault_videos)
     assert {r["run_id"] for r in rows} <= {"killed", "resumed"}
 
@@ -228,27 +213,20 @@ def test_an_s3_outage_while_writing_completes_or_fails_cleanly_then_a_rerun_is_e
             assert time.monotonic() < deadline, f"the outage never happened ({outcome})"
             time.sleep(0.1)
         # Whatever happened, readers see whole videos only, and a rerun completes the set exactly once.
-        assert_whole_videos_once(_rows(config), fault_videos, complete=False)
+        assert_whole_videos_once(read_rows(config), fault_videos, complete=False)
         run_pipeline(config.replace(run_id="after-outage"))
-        assert_whole_videos_once(_rows(config), fault_videos)
+        assert_whole_videos_once(read_rows(config), fault_videos)
     finally:
         servers[-1].stop()
 
 
 # Process titles of our pipeline's tasks and actors (idle pooled workers are ``ray::IDLE``).
-OUR_WORK = (b"ray::MapWorker(", b"ray::FlatMap(", b"ray::ReadItems", b"ray::Write")
+OUR_WORK = ("ray::MapWorker(", "ray::FlatMap(", "ray::ReadItems", "ray::Write")
 
 
 def _runs_our_work(raylet: int) -> bool:
     """Whether one of this pipeline's tasks or actors runs below ``raylet``."""
-    for pid in process_tree(raylet)[1:]:
-        try:
-            title = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if title.startswith(OUR_WORK):
-            return True
-    return False
+    return any(_command_line(pid).startswith(OUR_WORK) for pid in process_tree(raylet)[1:])
 
 
 def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
@@ -308,7 +286,7 @@ def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
         finished.append(time.monotonic())
         assert done and killed[0] < finished[0], "the worker node was not lost while it ran our work"
         assert driver.returncode == 0, driver.stderr[-3000:]
-        assert_whole_videos_once(_rows(_config(fault_videos, str(output), pipeline_model_dir)), fault_videos)
+        assert_whole_videos_once(read_rows(_config(fault_videos, str(output), pipeline_model_dir)), fault_videos)
     finally:
         cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
