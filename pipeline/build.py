@@ -31,7 +31,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
-from pipeline.config import LOCAL_RAY_ENV, PipelineConfig
+from pipeline.config import LOCAL_RAY_ENV, PipelineConfig, use_local_ray_env
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -226,10 +226,15 @@ def _init_ray(config: PipelineConfig) -> None:
         ray.init(address=config.ray_address)
     elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth
         ray.init(include_dashboard=False)
-    else:  # a local Ray we start ourselves
-        for name, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(name, value)
-        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK)
+    else:
+        _start_local_ray()
+
+
+def _start_local_ray(**options: Any) -> None:
+    """Start a Ray on this machine only: the node announces 127.0.0.1, no dashboard, LOCAL_RAY_ENV set (as
+    defaults; it keeps the sockets on loopback only if it was set before Ray was imported)."""
+    use_local_ray_env()
+    ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
 
 
 @contextlib.contextmanager
@@ -244,10 +249,8 @@ def local_ray(cpus: int) -> Iterator[bool]:
     if ray.is_initialized():
         yield False
         return
-    for name, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(name, value)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False, _node_ip_address=LOOPBACK)
+    _start_local_ray(num_cpus=cpus, _temp_dir=temp_dir, log_to_driver=False)
     try:
         yield True
     finally:
