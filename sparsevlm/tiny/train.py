@@ -58,6 +58,8 @@ class TrainConfig:
         warm_fraction: share of the budget trained at ``warm_frames``.
         questions_per_family: at most this many questions of each family per sequence.
         aux_weight: weight of the per-patch losses relative to the answer loss.
+        order_weight: weight of the two appearance-order heads (earliest, newest) instead of ``aux_weight``;
+            0 trains without them, as the first two runs of the committed checkpoint did.
         motion_layer: LLM layer whose output feeds the motion and "new object" heads.
         eval_every_minutes: validation period.
         val_videos: validation videos per evaluation.
@@ -84,6 +86,7 @@ class TrainConfig:
     warm_fraction: float = 0.75
     questions_per_family: int = 2
     aux_weight: float = 1.0
+    order_weight: float = 1.0
     motion_layer: int = 2
     eval_every_minutes: float = 10.0
     val_videos: int = 48
@@ -200,7 +203,9 @@ def train_step(
     losses = heads.loss(projected, hidden, embeddings, batch)
     logits = out.logits.float()  # [B, L, V]
     losses["answer"] = nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
-    losses["total"] = losses["answer"] + cfg.aux_weight * sum(v for k, v in losses.items() if k != "answer")
+    order = losses["earliest"] + losses["newest"]
+    aux = sum(v for k, v in losses.items() if k not in ("answer", "earliest", "newest"))
+    losses["total"] = losses["answer"] + cfg.aux_weight * aux + cfg.order_weight * order
     return losses
 
 

@@ -162,6 +162,17 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
     assert history[-1]["answer"] < history[0]["answer"]
 
 
+def test_order_weight_zero_trains_without_the_order_heads(tokenizer: PreTrainedTokenizerBase) -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL, tokenizer)
+    heads = PatchHeads(SMALL.text_hidden, tokenizer)
+    batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
+    losses = train_step(model, heads, batch, TrainConfig(motion_layer=1, bf16=False, aux_weight=0.5, order_weight=0))
+    rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"]
+    torch.testing.assert_close(losses["total"], losses["answer"] + 0.5 * rest)
+    assert losses["earliest"] > 0 and losses["newest"] > 0  # still measured, just not trained
+
+
 @pytest.mark.slow
 def test_cli_main_writes_a_loadable_checkpoint_without_training_heads(tmp_path: Path) -> None:
     cfg = TrainConfig(
