@@ -172,8 +172,8 @@ def _newest_patches(sample: VideoSample) -> np.ndarray:
     among those that appeared by ``t``, 0 on other object patches, IGNORE on background."""
     out = np.where(sample.patch_colour > 0, 0, IGNORE)
     for t in range(out.shape[0]):
-        seen = [obj.first_frame for obj in sample.objects if obj.first_frame <= t]
+        newest = max((obj.first_frame for obj in sample.objects if obj.first_frame <= t), default=None)
         for obj in sample.objects:
-            if seen and obj.first_frame == max(seen):
+            if obj.first_frame == newest:
                 out[t][sample.patch_colour[t] == 1 + COLOURS.index(obj.colour)] = 1
     return out.astype(np.int64)
