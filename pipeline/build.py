@@ -31,7 +31,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
-from pipeline.config import LOCAL_RAY_ENV, PipelineConfig, use_local_ray_env
+from pipeline.config import PipelineConfig, use_local_ray_env
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -40,7 +40,6 @@ from sparsevlm.engine import CheckpointError, inspect_checkpoint
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LOCAL_RAY_ENV",
     "PipelineError",
     "ResultSink",
     "RunSummary",

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.tiny.inputs import normalize_frames, video_tokens_per_frame
 from sparsevlm.tiny.tokenizer import token_id
-from sparsevlm.tiny.video_qa import COLOURS, QA, VideoSample
+from sparsevlm.tiny.video_qa import COLOURS, QA, ObjectTrack, VideoSample
 
 IGNORE = -100
 
@@ -145,35 +145,43 @@ def collate(
     )
 
 
+def _object_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: 0 on every object patch, IGNORE on background (the start of each order target)."""
+    return np.where(sample.patch_colour > 0, 0, IGNORE).astype(np.int64)
+
+
+def _code(obj: ObjectTrack) -> int:
+    """The value of ``obj``'s patches in ``patch_colour`` (0 is background)."""
+    return 1 + COLOURS.index(obj.colour)
+
+
 def _new_patches(sample: VideoSample) -> np.ndarray:
     """int64 ``[T, gh, gw]``: 1 on an object's patches in its first visible frame, 0 on its other patches,
     IGNORE on background."""
-    new = np.where(sample.patch_colour > 0, 0, IGNORE)
-    first = {1 + COLOURS.index(obj.colour): obj.first_frame for obj in sample.objects}
-    for code, t in first.items():
-        new[t][sample.patch_colour[t] == code] = 1
-    return new.astype(np.int64)
+    out = _object_patches(sample)
+    for obj in sample.objects:
+        out[obj.first_frame][sample.patch_colour[obj.first_frame] == _code(obj)] = 1
+    return out
 
 
 def _earliest_patches(sample: VideoSample) -> np.ndarray:
     """int64 ``[T, gh, gw]``: 1 on the patches of the objects with the smallest first frame, 0 on other
     object patches, IGNORE on background."""
-    out = np.where(sample.patch_colour > 0, 0, IGNORE)
-    if sample.objects:
-        earliest = min(obj.first_frame for obj in sample.objects)
-        for obj in sample.objects:
-            if obj.first_frame == earliest:
-                out[sample.patch_colour == 1 + COLOURS.index(obj.colour)] = 1
-    return out.astype(np.int64)
+    out = _object_patches(sample)
+    earliest = min((obj.first_frame for obj in sample.objects), default=None)
+    for obj in sample.objects:
+        if obj.first_frame == earliest:
+            out[sample.patch_colour == _code(obj)] = 1
+    return out
 
 
 def _newest_patches(sample: VideoSample) -> np.ndarray:
     """int64 ``[T, gh, gw]``: in frame ``t``, 1 on the patches of the objects with the largest first frame
     among those that appeared by ``t``, 0 on other object patches, IGNORE on background."""
-    out = np.where(sample.patch_colour > 0, 0, IGNORE)
+    out = _object_patches(sample)
     for t in range(out.shape[0]):
         newest = max((obj.first_frame for obj in sample.objects if obj.first_frame <= t), default=None)
         for obj in sample.objects:
             if obj.first_frame == newest:
-                out[t][sample.patch_colour[t] == 1 + COLOURS.index(obj.colour)] = 1
-    return out.astype(np.int64)
+                out[t][sample.patch_colour[t] == _code(obj)] = 1
+    return out
