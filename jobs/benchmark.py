@@ -3,7 +3,7 @@
 presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
     equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
     Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
-fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N]
+fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N] [--schedule LAYERS:KEEPS ...]
     dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
 show (--synthetic I | --video FILE --question Q) --out FILE.png
     the sampled frames with the visual tokens each method keeps.
@@ -49,6 +49,17 @@ def run_presets(ns: argparse.Namespace) -> None:
         print(f"wrote {ns.out}")
 
 
+def _schedule(text: str) -> str:
+    """argparse type of ``--schedule``: the text itself once :func:`parse_schedule` accepts it."""
+    from sparsevlm.baselines import parse_schedule
+
+    try:
+        parse_schedule(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def run_fidelity_command(ns: argparse.Namespace) -> None:
     import torch
 
@@ -65,13 +76,22 @@ def run_fidelity_command(ns: argparse.Namespace) -> None:
             "recall comparisons are not meaningful"
         )
     items = benchmark_questions(ns.seed, ns.samples)
-    report = run_fidelity(model, tokenizer, items, trained, budgets=tuple(ns.budgets), batch_size=ns.batch_size)
+    report = run_fidelity(
+        model,
+        tokenizer,
+        items,
+        trained,
+        budgets=tuple(ns.budgets),
+        batch_size=ns.batch_size,
+        schedules=tuple(ns.schedule),
+    )
     report = {"model": label, "trained": trained, "seed": ns.seed, **report}
     print(f"model: {label}; {ns.samples} questions; dense accuracy: {report['dense']['accuracy']}")
     header = ("method", "budget", "equiv", "agree", "kl", "recall", "acc", "retention", "flops", "ms")
     print(" ".join(f"{h:>9}" for h in header))
     for r in report["results"]:
-        cells = [r["method"], r["budget"], r["equivalent_tokens"], r["agreement"], r["kl"], r["evidence_recall"]]
+        budget = r["budget"] if r["schedule"] is None else r["schedule"]
+        cells = [r["method"], budget, r["equivalent_tokens"], r["agreement"], r["kl"], r["evidence_recall"]]
         cells += [r["accuracy"], r["retention"], r["prefill_flops_ratio"], r["prefill_ms"]]
         print(" ".join(f"{_fmt(c):>9}" for c in cells))
     Path(ns.out).write_text(json.dumps(report, indent=2))
@@ -95,7 +115,8 @@ def _plot_fidelity(report: dict[str, object], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
+    every: list[dict[str, object]] = report["results"]  # type: ignore[assignment]
+    rows = [r for r in every if r["schedule"] is None]  # fixed schedules are not budgets: table only
     metric = "accuracy" if report["trained"] else "agreement"
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(str(r["method"]) for r in rows):
@@ -446,6 +467,14 @@ def main(argv: list[str] | None = None) -> None:
     fidelity.add_argument("--samples", type=int, default=64)
     fidelity.add_argument("--batch-size", type=int, default=8)
     fidelity.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.10, 0.05])
+    fidelity.add_argument(
+        "--schedule",
+        action="append",
+        type=_schedule,
+        default=[],
+        help="also run sparsevlm, fastv and random at this fixed schedule LAYERS:KEEPS, e.g. 1:52 or 0,1:130,26 "
+        "(repeat)",
+    )
     fidelity.add_argument("--out", required=True, help="JSON report")
     fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")
     fidelity.set_defaults(run=run_fidelity_command)

@@ -59,3 +59,47 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
     if method == "pool":
         return SparseConfig(spatial_pool=fraction, recycle_ratio=0.0, seed=seed, name=f"pool-{fraction:g}")
     raise ValueError(f"unknown method {method!r}; known methods: {', '.join(ALL_METHODS)}")
+
+
+# The methods that prune inside the LLM, so they can share a fixed schedule (``pool`` acts before the LLM).
+SCHEDULE_METHODS = ("sparsevlm", "fastv", "random")
+
+
+def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"LAYERS:KEEPS"`` (e.g. ``"1:52"`` or ``"0,1:130,26"``) as ``(prune_layers, keep_tokens)``.
+
+    Raises:
+        ValueError: not two comma lists of integers of the same length, naming the bad text.
+    """
+    try:
+        layers_text, keeps_text = text.split(":")
+        layers = tuple(int(v) for v in layers_text.split(","))
+        keeps = tuple(int(v) for v in keeps_text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"schedule {text!r} is not LAYERS:KEEPS with comma-separated integers, e.g. '1:52' or '0,1:130,26'"
+        ) from None
+    if len(layers) != len(keeps):
+        raise ValueError(f"schedule {text!r} has {len(layers)} layers but {len(keeps)} keep counts")
+    return layers, keeps
+
+
+def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
+    """The config of ``method`` pruning at a fixed schedule (budget mode) instead of a target fraction.
+
+    Comparing methods at the same layers and counts separates how well each one chooses tokens from where a
+    budget forces it to prune. ``sparsevlm`` recycles as usual; ``fastv`` and ``random`` do not.
+
+    Raises:
+        ValueError: a method other than :data:`SCHEDULE_METHODS`, or a bad schedule (see :func:`parse_schedule`
+            and :class:`SparseConfig`).
+    """
+    if method not in SCHEDULE_METHODS:
+        raise ValueError(f"method {method!r} cannot run a fixed schedule; use one of {', '.join(SCHEDULE_METHODS)}")
+    layers, keeps = parse_schedule(schedule)
+    config = SparseConfig(prune_layers=layers, keep_tokens=keeps, seed=seed, name=f"{method}-{schedule}")
+    if method == "fastv":
+        return config.replace(method="fastv", recycle_ratio=0.0)
+    if method == "random":
+        return config.replace(method="random", recycle_ratio=0.0)
+    return config

@@ -1,6 +1,7 @@
 """Fidelity of sparsified Video-LLaVA against dense, on the synthetic video QA task, at equal budgets.
 
-For each method and budget, on the same questions: does the sparse model give the dense answer
+For each method and budget (and optionally at fixed schedules: the same prune layers and counts for every
+text-guided or random method), on the same questions: does the sparse model give the dense answer
 (``agreement``), how far is its first answer token distribution from dense (``kl``, dense || sparse), how much
 of the question's evidence survives the first pruning step (``evidence_recall``), and, when the model was
 trained on the task, its accuracy and retention (% of dense accuracy). Costs come from ``last_stats``.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
-from sparsevlm.baselines import method_config
+from sparsevlm.baselines import SCHEDULE_METHODS, method_config, schedule_config
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.tiny.inputs import encode_prompts
@@ -38,11 +39,13 @@ class Question:
 @dataclass
 class FidelityRow:
     method: str
-    budget: float
+    budget: float | None  # None on a fixed-schedule row
+    schedule: str | None  # "LAYERS:KEEPS" on a fixed-schedule row
     agreement: float
     kl: float
     evidence_recall: float | None
     accuracy: float | None
+    family_accuracy: dict[str, float] | None  # accuracy per question family
     retention: float | None
     equivalent_tokens: float
     equivalent_fraction: float
@@ -105,8 +108,10 @@ def run_fidelity(
     methods: tuple[str, ...] = ("sparsevlm", "sparsevlm-xf", "fastv", "random", "pool"),
     budgets: tuple[float, ...] = BUDGETS,
     batch_size: int = 8,
+    schedules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Dense and every method at every budget on the same questions.
+    """Dense and every method at every budget on the same questions, then each of :data:`SCHEDULE_METHODS`
+    at each fixed schedule (``"LAYERS:KEEPS"``, see :func:`sparsevlm.baselines.parse_schedule`).
 
     Returns:
         ``{"dense": {...}, "results": [row, ...]}``; accuracy fields are None for an untrained model.
@@ -114,38 +119,20 @@ def run_fidelity(
     answer_ids = [tokenizer(" " + q.qa.answer, add_special_tokens=False)["input_ids"][0] for q in items]
     truth = torch.tensor(answer_ids)
     dense = _run(model, tokenizer, items, SparseConfig.preset("dense"), batch_size)
-    dense_pred = dense.log_probs.argmax(-1)
-    dense_acc = float((dense_pred == truth).float().mean()) if trained else None
+    dense_acc = float((dense.log_probs.argmax(-1) == truth).float().mean()) if trained else None
+    runs: list[tuple[str, float | None, str | None, SparseConfig]] = [
+        (method, budget, None, method_config(method, budget)) for method in methods for budget in budgets
+    ]
+    runs += [
+        (method, None, schedule, schedule_config(method, schedule))
+        for schedule in schedules
+        for method in SCHEDULE_METHODS
+    ]
     results = []
-    for method in methods:
-        for budget in budgets:
-            run = _run(model, tokenizer, items, method_config(method, budget), batch_size)
-            pred = run.log_probs.argmax(-1)
-            kl = (dense.log_probs.exp() * (dense.log_probs - run.log_probs)).sum(-1)  # [N]
-            recalls = [
-                len(kept & set(q.evidence.tolist())) / len(q.evidence)
-                for q, kept in zip(items, run.kept_first, strict=True)
-                if kept is not None and len(q.evidence)
-            ]
-            accuracy = float((pred == truth).float().mean()) if trained else None
-            retention = 100 * accuracy / dense_acc if accuracy is not None and dense_acc else None
-            results.append(
-                asdict(
-                    FidelityRow(
-                        method=method,
-                        budget=budget,
-                        agreement=float((pred == dense_pred).float().mean()),
-                        kl=float(kl.mean()),
-                        evidence_recall=statistics.mean(recalls) if recalls else None,
-                        accuracy=accuracy,
-                        retention=retention,
-                        equivalent_tokens=statistics.mean(run.equivalent),
-                        equivalent_fraction=statistics.mean(run.fraction),
-                        prefill_flops_ratio=statistics.mean(run.flops_ratio),
-                        prefill_ms=statistics.median(run.ms_per_sample),
-                    )
-                )
-            )
+    for method, budget, schedule, config in runs:
+        run = _run(model, tokenizer, items, config, batch_size)
+        row = _row(method, budget, schedule, run, dense, items, truth if trained else None, dense_acc)
+        results.append(asdict(row))
     return {
         "dense": {
             "accuracy": dense_acc,
@@ -154,3 +141,48 @@ def run_fidelity(
         },
         "results": results,
     }
+
+
+def _row(
+    method: str,
+    budget: float | None,
+    schedule: str | None,
+    run: _Run,
+    dense: _Run,
+    items: list[Question],
+    truth: torch.Tensor | None,
+    dense_acc: float | None,
+) -> FidelityRow:
+    """One method's run against dense; ``truth`` is None for an untrained model (no accuracy)."""
+    pred, dense_pred = run.log_probs.argmax(-1), dense.log_probs.argmax(-1)
+    kl = (dense.log_probs.exp() * (dense.log_probs - run.log_probs)).sum(-1)  # [N]
+    recalls = [
+        len(kept & set(q.evidence.tolist())) / len(q.evidence)
+        for q, kept in zip(items, run.kept_first, strict=True)
+        if kept is not None and len(q.evidence)
+    ]
+    accuracy = float((pred == truth).float().mean()) if truth is not None else None
+    families = None
+    if truth is not None:
+        correct = (pred == truth).tolist()
+        names = sorted({q.qa.family for q in items})
+        families = {
+            name: statistics.mean(ok for q, ok in zip(items, correct, strict=True) if q.qa.family == name)
+            for name in names
+        }
+    retention = 100 * accuracy / dense_acc if accuracy is not None and dense_acc else None
+    return FidelityRow(
+        method=method,
+        budget=budget,
+        schedule=schedule,
+        agreement=float((pred == dense_pred).float().mean()),
+        kl=float(kl.mean()),
+        evidence_recall=statistics.mean(recalls) if recalls else None,
+        accuracy=accuracy,
+        family_accuracy=families,
+        retention=retention,
+        equivalent_tokens=statistics.mean(run.equivalent),
+        equivalent_fraction=statistics.mean(run.fraction),
+        prefill_flops_ratio=statistics.mean(run.flops_ratio),
+        prefill_ms=statistics.median(run.ms_per_sample),
+    )

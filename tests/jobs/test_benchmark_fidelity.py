@@ -24,7 +24,7 @@ def test_fidelity_rows_on_an_untrained_model() -> None:
     assert [r["method"] for r in rows] == ["sparsevlm", "sparsevlm-xf", "fastv", "random", "pool"]
     for r in rows:
         assert 0.0 <= r["agreement"] <= 1.0 and r["kl"] >= -1e-6
-        assert r["accuracy"] is None and r["retention"] is None
+        assert r["accuracy"] is None and r["retention"] is None and r["family_accuracy"] is None
         assert abs(r["equivalent_fraction"] - 0.25) <= 0.02
         assert 0.0 < r["prefill_flops_ratio"] < 1.0
         assert r["evidence_recall"] is None or 0.0 <= r["evidence_recall"] <= 1.0
@@ -32,9 +32,30 @@ def test_fidelity_rows_on_an_untrained_model() -> None:
 
 def test_fidelity_command_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, plot = tmp_path / "fidelity.json", tmp_path / "fidelity.png"
-    main(["fidelity", "--samples", "2", "--budgets", "0.1", "--out", str(out), "--plot", str(plot)])
+    main(
+        ["fidelity", "--samples", "2", "--budgets", "0.1", "--schedule", "1:20", "--out", str(out), "--plot", str(plot)]
+    )
     report = json.loads(out.read_text())
     assert {"model", "dense", "results"} <= set(report)
-    assert len(report["results"]) == 5  # every method at the one budget
+    rows = report["results"]
+    assert [r["budget"] for r in rows[:5]] == [0.1] * 5  # every method at the one budget
+    assert [(r["method"], r["budget"], r["schedule"]) for r in rows[5:]] == [
+        ("sparsevlm", None, "1:20"),
+        ("fastv", None, "1:20"),
+        ("random", None, "1:20"),
+    ]
+    assert rows[6]["equivalent_tokens"] == (520 + 3 * 20) / 4  # 8 frames x 65 tokens, 4 layers, kept after 1
+    for r in rows if report["trained"] else []:  # accuracy per family, averaging to the whole
+        families = [q.qa.family for q in benchmark_questions(seed=0, count=2)]
+        assert set(r["family_accuracy"]) == set(families)
+        mean = sum(r["family_accuracy"][f] for f in families) / len(families)
+        assert abs(mean - r["accuracy"]) < 1e-9
     assert plot.stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_bad_schedule_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fidelity", "--schedule", "0,1:52", "--out", "unused.json"])
+    assert exit_info.value.code == 2
+    assert "'0,1:52' has 2 layers but 1 keep counts" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 from tiny_models import VIDEO_TOKEN, build_inputs, build_model, row_inputs
 
 from sparsevlm import apply_patch, last_stats
-from sparsevlm.baselines import METHODS, method_config
+from sparsevlm.baselines import METHODS, SCHEDULE_METHODS, method_config, parse_schedule, schedule_config
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.10])
@@ -60,3 +60,35 @@ def test_random_is_seeded_and_independent_of_the_batch() -> None:
 def test_unknown_method_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown method 'tome'"):
         method_config("tome", 0.1)
+
+
+def test_fixed_schedules_prune_every_method_at_the_same_layers_and_counts() -> None:
+    model = build_model(layers=6, image_size=64)
+    inputs = build_inputs(model, [6, 9], frames=4)
+    counts = {}
+    with torch.no_grad():
+        for method in SCHEDULE_METHODS:
+            config = schedule_config(method, "1,3:60,20")
+            assert (config.prune_layers, config.keep_tokens) == ((1, 3), (60, 20))
+            apply_patch(model, config)
+            model(**inputs)
+            counts[method] = [s.visual_tokens_per_layer for s in last_stats(model)]
+    # fastv and random keep exactly the counts; sparsevlm adds its recycled clusters to the kept tokens
+    assert counts["fastv"] == counts["random"]
+    assert counts["fastv"][0] == [260, 260, 60, 60, 20, 20]  # entering each of the 6 layers
+    assert all(s >= f for s, f in zip(counts["sparsevlm"][0], counts["fastv"][0], strict=True))
+    assert counts["sparsevlm"][0][2] > 60
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("1", "not LAYERS:KEEPS"), ("1:a", "not LAYERS:KEEPS"), ("0,1:52", "2 layers but 1 keep counts")],
+)
+def test_bad_schedules_name_the_text(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(text)
+
+
+def test_pool_cannot_run_a_fixed_schedule() -> None:
+    with pytest.raises(ValueError, match="'pool' cannot run a fixed schedule"):
+        schedule_config("pool", "1:52")
