@@ -13,9 +13,10 @@ Frames travel as raw bytes plus their shape rather than as a tensor column, so e
 segment rows share one Arrow schema. The model stage turns each segment into one caption row and one row per
 question (``RESULT_SCHEMA``) and appends :data:`pipeline.ledger.INTERNAL_COLUMNS` for the writer.
 
-Questions are checked against the model before they are asked, and rejected, never truncated: one containing
-the ``<video>`` placeholder (``PromptError``), or one whose prompt plus ``max_new_tokens`` exceeds the model's
-context window (``PromptTooLong``, naming the limit; past it the model still runs but answers garbage). The
+Questions are checked against the model (``VideoQAEngine.check_prompt``) before they are asked, and rejected,
+never truncated: one containing the ``<video>`` placeholder (``PromptError``), or one whose prompt plus
+``max_new_tokens`` exceeds the model's context window (``PromptTooLong``, naming the limit; past it the model
+still runs but answers garbage). The
 run's own questions and caption prompt fail the model stage at start; a manifest's per-video question
 becomes error rows for that question only.
 """
@@ -35,22 +36,14 @@ from pipeline.decode import DecodeError, Segment, VideoInfo, decode_segments, op
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.sources import VideoSource
-from sparsevlm.engine import VIDEO_PLACEHOLDER, EngineAnswer, VideoQAEngine
+from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "PromptError", "PromptTooLong", "decode_rows", "source_row"]
+__all__ = ["Predictor", "decode_rows", "source_row"]
 
 _VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
 _INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
-
-
-class PromptError(ValueError):
-    """A question the model cannot be asked as given (its rows record this class in ``error_class``)."""
-
-
-class PromptTooLong(PromptError):
-    """The prompt (visual tokens + question) plus ``max_new_tokens`` exceeds the model's context window."""
 
 
 def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
@@ -179,11 +172,6 @@ class Predictor:
             config.model, config.sparse_config(), device=config.device
         )
         self._provenance = {**self.engine.describe(), "run_id": config.run_id, "pipeline_version": PIPELINE_VERSION}
-        text_config = getattr(self.engine.model.config, "text_config", self.engine.model.config)
-        self._context: int | None = getattr(text_config, "max_position_embeddings", None)
-        self._prompt_lengths: dict[tuple[str, int], int] = {}
-        # Long-video mode renumbers positions into budget_frames' worth of tokens (the context check uses it).
-        self._budget_frames = config.sparse_config().budget_frames
         for prompt in (config.caption_prompt, *config.questions):
             problem = self._prompt_problem(prompt, config.frames_per_segment)
             if problem is not None:
@@ -244,24 +232,11 @@ class Predictor:
 
     def _prompt_problem(self, prompt: str, num_frames: int) -> PromptError | None:
         """Why ``prompt`` cannot be asked about ``num_frames`` frames, or None if it can."""
-        if VIDEO_PLACEHOLDER in prompt:  # extra video tokens without features: generate would raise
-            return PromptError(f"question contains the video placeholder {VIDEO_PLACEHOLDER!r}: {prompt!r:.200}")
-        if self._context is None:
-            return None
-        if self._budget_frames is not None:
-            num_frames = min(num_frames, self._budget_frames)
-        key = (prompt, num_frames)
-        if key not in self._prompt_lengths:  # the same few prompts come back in every batch
-            self._prompt_lengths[key] = len(self.engine.tokenizer(self.engine.prompt(prompt, num_frames))["input_ids"])
-        length = self._prompt_lengths[key]
-        needed = length + self.config.max_new_tokens
-        if needed <= self._context:
-            return None
-        return PromptTooLong(
-            f"prompt does not fit the model's context of {self._context} tokens (max_position_embeddings): with "
-            f"{num_frames} frames it is {length} tokens, plus max_new_tokens={self.config.max_new_tokens}; shorten "
-            f"it by at least {needed - self._context} tokens or use fewer frames: {prompt!r:.200}"
-        )
+        try:
+            self.engine.check_prompt(prompt, num_frames, self.config.max_new_tokens)
+        except PromptError as err:
+            return err
+        return None
 
     def _result(self, row: dict[str, Any], task: str, prompt: str | None, answer: EngineAnswer | dict) -> dict:
         fields: dict[str, Any] = {

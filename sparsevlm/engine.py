@@ -41,6 +41,8 @@ __all__ = [
     "CheckpointError",
     "EngineAnswer",
     "ModelSpec",
+    "PromptError",
+    "PromptTooLong",
     "VideoQAEngine",
     "build_prompt",
     "inspect_checkpoint",
@@ -54,6 +56,14 @@ _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 class CheckpointError(ValueError):
     """The checkpoint is missing, is not a Video-LLaVA, or stores its weights in an unsafe format."""
+
+
+class PromptError(ValueError):
+    """A question the model cannot be asked as given (pipeline rows record this class in ``error_class``)."""
+
+
+class PromptTooLong(PromptError):
+    """The prompt (visual tokens + question) plus ``max_new_tokens`` exceeds the model's context window."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,9 @@ class VideoQAEngine:
             frame_size=int(vision.image_size),
             patch_size=int(vision.patch_size),
         )
+        text_config = getattr(model.config, "text_config", model.config)
+        self._context: int | None = getattr(text_config, "max_position_embeddings", None)
+        self._prompt_lengths: dict[tuple[str, int], int] = {}  # the same few prompts come back in every batch
 
     @classmethod
     def from_pretrained(
@@ -242,6 +255,35 @@ class VideoQAEngine:
         """The full prompt for ``num_frames`` frames at model resolution."""
         return build_prompt(question, num_frames * self.spec.tokens_per_frame)
 
+    def check_prompt(self, question: str, num_frames: int, max_new_tokens: int) -> None:
+        """Refuse a question that cannot be asked about ``num_frames`` frames; never truncate it.
+
+        Long-video mode (``budget_frames``) renumbers positions into that many frames' worth of tokens, so the
+        context check counts at most ``budget_frames`` frames.
+
+        Raises:
+            PromptError: the question contains the video placeholder (extra video tokens without features).
+            PromptTooLong: prompt plus ``max_new_tokens`` exceeds ``max_position_embeddings`` (past it the model
+                still runs but answers garbage), naming the limit and by how much to shorten it.
+        """
+        if VIDEO_PLACEHOLDER in question:
+            raise PromptError(f"question contains the video placeholder {VIDEO_PLACEHOLDER!r}: {question!r:.200}")
+        if self._context is None:
+            return
+        if self.sparse.budget_frames is not None:
+            num_frames = min(num_frames, self.sparse.budget_frames)
+        key = (question, num_frames)
+        if key not in self._prompt_lengths:
+            self._prompt_lengths[key] = len(self.tokenizer(self.prompt(question, num_frames))["input_ids"])
+        length = self._prompt_lengths[key]
+        needed = length + max_new_tokens
+        if needed > self._context:
+            raise PromptTooLong(
+                f"prompt does not fit the model's context of {self._context} tokens (max_position_embeddings): "
+                f"with {num_frames} frames it is {length} tokens, plus max_new_tokens={max_new_tokens}; shorten "
+                f"it by at least {needed - self._context} tokens or use fewer frames: {question!r:.200}"
+            )
+
     def prepare(self, frames: np.ndarray) -> torch.Tensor:
         """CLIP-normalise one segment of model-resolution frames.
 
@@ -272,6 +314,9 @@ class VideoQAEngine:
 
         Returns:
             B answers in input order, each with its row's prefill statistics.
+
+        Raises:
+            PromptError: a prompt cannot be asked (see :meth:`check_prompt`); nothing runs.
         """
         if len(segments) != len(prompts) or not segments:
             raise ValueError(f"need one prompt per segment, got {len(segments)} segments and {len(prompts)} prompts")
@@ -280,6 +325,8 @@ class VideoQAEngine:
             raise ValueError(f"all segments of one call must have the same frame count, got {sorted(counts)}")
         pixels = torch.stack([self.prepare(s) for s in segments])  # [B, T, 3, S, S]
         num_frames = int(segments[0].shape[0])
+        for p in prompts:
+            self.check_prompt(p, num_frames, max_new_tokens)
         text = [self.prompt(p, num_frames) for p in prompts]
         enc = self.tokenizer(text, return_tensors="pt", padding=True, padding_side="left")
         device = self.model.device

@@ -11,7 +11,14 @@ import torch
 from transformers import LlamaConfig, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
 from sparsevlm import SparseConfig
-from sparsevlm.engine import CAPTION_PROMPT, CheckpointError, VideoQAEngine, inspect_checkpoint
+from sparsevlm.engine import (
+    CAPTION_PROMPT,
+    CheckpointError,
+    PromptError,
+    PromptTooLong,
+    VideoQAEngine,
+    inspect_checkpoint,
+)
 from sparsevlm.tiny.inputs import build_prompt, normalize_frames
 from sparsevlm.tiny.loading import load_tiny
 
@@ -52,6 +59,18 @@ def test_batched_answers_equal_answers_row_by_row(tiny: Tiny) -> None:
         assert alone.stats.visual_tokens_per_layer == batch[i].stats.visual_tokens_per_layer
         assert alone.stats.prefill_flops == pytest.approx(batch[i].stats.prefill_flops)
     assert len({a.latency_ms for a in batch}) == 1 and batch[0].latency_ms > 0  # one generate call
+
+
+def test_answer_refuses_prompts_it_cannot_ask_and_never_truncates(tiny: Tiny) -> None:
+    engine = VideoQAEngine.from_model(*tiny, sparse="dense")
+    context = int(tiny[0].config.text_config.max_position_embeddings)
+    too_many = context // engine.spec.tokens_per_frame + 1  # frames whose visual tokens alone overflow it
+    with pytest.raises(PromptTooLong, match=rf"context of {context} tokens .* with {too_many} frames"):
+        engine.answer(segments(1, num_frames=too_many), ["Is there a circle?"], max_new_tokens=4)
+    with pytest.raises(PromptError, match="video placeholder"):
+        engine.answer(segments(2), ["Is there a circle?", "Where is the <video>?"], max_new_tokens=4)
+    # long-video mode renumbers positions into 8 frames' worth of tokens, so the same frames fit
+    VideoQAEngine.from_model(*tiny, sparse="video-long").check_prompt("Is there a circle?", too_many, 4)
 
 
 def test_stats_follow_the_sparse_config(tiny: Tiny) -> None:

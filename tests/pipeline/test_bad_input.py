@@ -30,9 +30,9 @@ import pytest
 import pipeline.decode
 from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT
-from pipeline.predictor import Predictor, PromptTooLong, decode_rows, source_row
+from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
-from sparsevlm.engine import VideoQAEngine
+from sparsevlm.engine import PromptTooLong, VideoQAEngine
 from sparsevlm.tiny.loading import load_tiny
 from tests.pipeline.media import encode
 
