@@ -80,10 +80,16 @@ class RunSummary:
 
 class ResultSink(Datasink[list[dict[str, Any]]]):
     """Writes result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per video, then
-    its commit marker) and collects the committed entries on the driver."""
+    its commit marker) and collects the committed entries on the driver.
 
-    def __init__(self, config: PipelineConfig) -> None:
+    Args:
+        config: the run's config.
+        replaces: old part file per retried key; the commit of the new rows deletes it (see the ledger).
+    """
+
+    def __init__(self, config: PipelineConfig, replaces: dict[str, str] | None = None) -> None:
         self.config = config
+        self.replaces = replaces or {}
         self.entries: list[LedgerEntry] = []
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> list[dict[str, Any]]:
@@ -92,7 +98,7 @@ class ResultSink(Datasink[list[dict[str, Any]]]):
         if not tables:
             return []
         ledger = Ledger(*self.config.output_filesystem(), partition=self.config.partition)
-        committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id)
+        committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id, self.replaces)
         return [asdict(e) for e in committed]
 
     def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
@@ -164,7 +170,7 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     if pending:
         _preflight(config, pending, spec.frame_size)
         _init_ray(config)
-        sink = ResultSink(config)
+        sink = ResultSink(config, {key: entry.file for key, entry in previous.items()})
         try:
             build_dataset(config, pending, spec.frame_size).write_datasink(
                 sink,

@@ -29,9 +29,10 @@ What readers may rely on:
 * A marker ``_ledger/<key>.*.json`` (or, once compacted, an index row) exists only after its part file is
   complete. Runs skip such videos before decoding (``error`` ones only with ``retry_errors``).
 * A video retried into another partition (``retry_errors`` with nightly partitions) has its old part file
-  deleted by the driver right after the run (:meth:`Ledger.remove_replaced`); a driver killed in between
-  leaves the old error rows beside the new ones until they are deleted by hand (the run manifest of the
-  killed run has no ``replaced`` list).
+  deleted by the write that commits the new one, right after the new marker (``replaces`` of
+  :meth:`Ledger.write_rows`); the driver deletes what is left after the run (:meth:`Ledger.remove_replaced`).
+  Only a writer killed between its marker and that delete, with its driver killed too, leaves the old error
+  rows beside the new ones.
 * Nothing under ``_staging/`` is a result. One writer per output prefix and config key at a time is assumed
   (concurrent runs stay correct but duplicate work).
 
@@ -65,7 +66,7 @@ import logging
 import posixpath
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -251,16 +252,19 @@ class Ledger:
 
     # -- writing ------------------------------------------------------------------------------------------
 
-    def write_rows(self, table: pa.Table, run_id: str) -> list[LedgerEntry]:
+    def write_rows(self, table: pa.Table, run_id: str, replaces: Mapping[str, str] | None = None) -> list[LedgerEntry]:
         """Stage result rows (with the :data:`INTERNAL_COLUMNS`) and commit every video they complete.
 
         Args:
             table: rows of ``RESULT_SCHEMA`` plus the internal columns; all rows of a segment together.
             run_id: recorded in the markers written now.
+            replaces: old part file per key (retried videos, :meth:`entries`); a file in another partition is
+                deleted right after the key's new marker, so the old rows never stay beside the new ones.
 
         Returns:
             The entries committed by this call.
         """
+        replaces = replaces or {}
         missing = [c for c in (*COLUMNS, *INTERNAL_COLUMNS) if c not in table.column_names]
         if missing:
             raise LedgerError(f"rows lack columns {missing}; the model stage must append {INTERNAL_COLUMNS}")
@@ -273,7 +277,7 @@ class Ledger:
                 raise LedgerError(f"{key}: rows about the whole video (no segment_index) mixed with segment rows")
             if nulls:  # the video failed as a whole
                 self._delete_dir(self._staging(key))
-                committed.append(self._commit(key, _results(rows), run_id))
+                committed.append(self._commit(key, _results(rows), run_id, replaces.get(key)))
                 continue
             for index in sorted(set(rows.column("segment_index").to_pylist())):
                 segment = rows.filter(pc.equal(rows["segment_index"], index))
@@ -286,13 +290,16 @@ class Ledger:
                 last = bool(segment.column(LAST_SEGMENT)[0].as_py())
                 name = f"seg-{index:06d}{'-last' if last else ''}.parquet"
                 self._write_parquet(_results(segment), posixpath.join(self._staging(key), name))
-            entry = self.commit_if_complete(key, run_id)
+            entry = self.commit_if_complete(key, run_id, replaces.get(key))
             if entry is not None:
                 committed.append(entry)
         return committed
 
-    def commit_if_complete(self, key: str, run_id: str) -> LedgerEntry | None:
-        """Merge the staged segments of ``key`` into its part file and commit it, if all are staged."""
+    def commit_if_complete(self, key: str, run_id: str, replaces: str | None = None) -> LedgerEntry | None:
+        """Merge the staged segments of ``key`` into its part file and commit it, if all are staged.
+
+        ``replaces`` is the key's old part file (another partition's), deleted once the new one is committed.
+        """
         _checked_key(key)
         infos = self.fs.get_file_info(pafs.FileSelector(self._staging(key), allow_not_found=True))
         staged: dict[int, str] = {}
@@ -314,11 +321,11 @@ class Ledger:
             if entry is not None:
                 return None
             raise
-        entry = self._commit(key, pa.concat_tables(parts), run_id)
+        entry = self._commit(key, pa.concat_tables(parts), run_id, replaces)
         self._delete_dir(self._staging(key))
         return entry
 
-    def _commit(self, key: str, rows: pa.Table, run_id: str) -> LedgerEntry:
+    def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self._write_parquet(rows, self._path(name))  # data first ...
         statuses = rows.column("status").to_pylist()
@@ -341,6 +348,8 @@ class Ledger:
         for other in STATUSES:  # a retried video may change status; one marker per key
             if other != status:
                 self._delete_file(self._marker(key, other))
+        if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
+            self._delete_file(self._path(replaces))
         logger.debug("committed %s: %d rows, status %s", key, entry.rows, status)
         return entry
 

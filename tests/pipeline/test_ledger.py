@@ -99,6 +99,21 @@ def test_failed_videos_commit_as_errors_and_retry_on_request(ledger: Ledger) -> 
     assert ledger.entry(key) == retried and len(read_all(ledger)) == 2
 
 
+def test_a_retry_into_another_partition_deletes_the_old_rows_when_it_commits(ledger: Ledger) -> None:
+    night1 = Ledger(ledger.fs, ledger.base, partition="dt=2026-11-21")
+    (old,) = night1.write_rows(segment("bad", None, last=True, error=True), "r1")
+    night2 = Ledger(ledger.fs, ledger.base, partition="dt=2026-11-22")
+    replaces = {key: entry.file for key, entry in night2.entries([old.key]).items()}
+    assert night2.write_rows(segment("bad", 0, last=False), "r2", replaces) == []
+    assert read_all(ledger) == [("bad", None, None)]  # not committed yet: the old error row stays
+    (new,) = night2.write_rows(segment("bad", 1, last=True), "r2", replaces)  # no driver step after this
+    assert new.file.startswith("dt=2026-11-22/") and ledger.part_files() == [f"{ledger.base}/{new.file}"]
+    assert [(v, i) for v, i, _ in read_all(ledger)] == [("bad", 0), ("bad", 0), ("bad", 1), ("bad", 1)]
+    # in the same partition the new file is the old name: it is overwritten, never deleted
+    (again,) = night2.write_rows(segment("bad", 0, last=True), "r3", {new.key: new.file})
+    assert again.file == new.file and len(read_all(ledger)) == 2
+
+
 def test_a_partial_video_records_its_failing_segment(ledger: Ledger) -> None:
     rows = pa.concat_tables([segment("v", 0, last=False), segment("v", 1, last=True, error=True)])
     (entry,) = ledger.write_rows(rows, "r1")
