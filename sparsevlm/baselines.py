@@ -4,6 +4,8 @@ Every method is a :class:`SparseConfig`, so it runs through the same patched dec
 ``last_stats``:
 
 * ``sparsevlm`` -- ours: rater text tokens score the visual tokens, deleted tokens are recycled.
+* ``sparsevlm-text`` -- the same with every prompt token after the video as a rater instead of the ones whose
+  embeddings relate to the visual tokens (the paper's "all text tokens" ablation).
 * ``fastv``     -- FastV's rule: the last prompt token's attention at layer K scores the visual tokens; no
   recycling.
 * ``random``    -- uniformly random visual tokens at the same layer; no recycling.
@@ -21,7 +23,7 @@ from __future__ import annotations
 from sparsevlm.config import SparseConfig
 
 METHODS = ("sparsevlm", "fastv", "random", "pool")
-ALL_METHODS = (*METHODS, "sparsevlm-xf")
+ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-text")
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
@@ -34,6 +36,14 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
     """
     if method == "sparsevlm":
         return SparseConfig(prune_layers=(1,), target_fraction=fraction, seed=seed, name=f"sparsevlm-{fraction:g}")
+    if method == "sparsevlm-text":
+        return SparseConfig(
+            prune_layers=(1,),
+            target_fraction=fraction,
+            method="sparsevlm-text",
+            seed=seed,
+            name=f"{method}-{fraction:g}",
+        )
     if method == "sparsevlm-xf":
         return SparseConfig.preset("video-xf-25").replace(
             target_fraction=fraction, seed=seed, name=f"sparsevlm-xf-{fraction:g}"
@@ -62,7 +72,7 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
 
 
 # The methods that prune inside the LLM, so they can share a fixed schedule (``pool`` acts before the LLM).
-SCHEDULE_METHODS = ("sparsevlm", "fastv", "random")
+SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -88,7 +98,8 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
     """The config of ``method`` pruning at a fixed schedule (budget mode) instead of a target fraction.
 
     Comparing methods at the same layers and counts separates how well each one chooses tokens from where a
-    budget forces it to prune. ``sparsevlm`` recycles as usual; ``fastv`` and ``random`` do not.
+    budget forces it to prune. ``sparsevlm`` and ``sparsevlm-text`` recycle as usual; ``fastv`` and ``random``
+    do not.
 
     Raises:
         ValueError: a method other than :data:`SCHEDULE_METHODS`, or a bad schedule (see :func:`parse_schedule`
@@ -102,4 +113,6 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
         return config.replace(method="fastv", recycle_ratio=0.0)
     if method == "random":
         return config.replace(method="random", recycle_ratio=0.0)
+    if method == "sparsevlm-text":
+        return config.replace(method="sparsevlm-text")
     return config

@@ -28,9 +28,9 @@ from sparsevlm.stats import simulate_visual_counts, visual_after_pruning
 logger = logging.getLogger(__name__)
 
 Positions = Literal["original", "compact"]
-Method = Literal["sparsevlm", "fastv", "random"]
+Method = Literal["sparsevlm", "sparsevlm-text", "fastv", "random"]
 RecyclePosition = Literal["centre", "earliest"]
-METHODS = ("sparsevlm", "fastv", "random")
+METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
 
 # Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
 # is only taken when it gets this close, otherwise an earlier layer that gets closer is preferred).
@@ -56,9 +56,11 @@ class SparseConfig:
             layer decodes at its own cache length.
         seed: seeds the density tie-break noise of the DPC-KNN clustering (paper code uses unseeded noise) and
             the ``random`` method.
-        method: how visual tokens are scored: ``"sparsevlm"`` (rater text tokens' attention), ``"fastv"`` (the
-            last prompt token's attention, the FastV rule) or ``"random"`` (uniform random scores); the
-            baselines are compared at equal budgets (see :mod:`sparsevlm.baselines`).
+        method: how visual tokens are scored: ``"sparsevlm"`` (rater text tokens' attention),
+            ``"sparsevlm-text"`` (the same with every prompt token after the video as a rater, the paper's
+            "all text tokens" ablation), ``"fastv"`` (the last prompt token's attention, the FastV rule) or
+            ``"random"`` (uniform random scores); the baselines are compared at equal budgets (see
+            :mod:`sparsevlm.baselines`).
         temporal_merge: cross-frame merging before the LLM: a token whose cosine similarity to the same
             position's surviving token of its segment is at least this merges into it (the earliest frame's
             token survives and keeps its position); None turns it off. See :func:`sparsevlm.recycle.temporal_merge`.

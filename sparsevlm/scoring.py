@@ -111,7 +111,8 @@ def select_rater_tokens(
 ) -> torch.Tensor:
     """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token.
 
-    SparseVLM picks the relevant ones (:func:`select_raters`); FastV's rule uses the last prompt token alone.
+    SparseVLM picks the relevant ones (:func:`select_raters`); ``sparsevlm-text`` takes every candidate;
+    FastV's rule uses the last prompt token alone.
     """
     b, length, _ = embeds.shape
     at = torch.arange(length, device=embeds.device)
@@ -124,6 +125,9 @@ def select_rater_tokens(
         cand = candidates.nonzero().squeeze(1)
         if method == "fastv":
             raters[row, cand[-1:]] = True
+            continue
+        if method == "sparsevlm-text":
+            raters[row, cand] = True
             continue
         chosen = select_raters(embeds[row, vis], embeds[row, cand])
         raters[row, cand[chosen]] = True

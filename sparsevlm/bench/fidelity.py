@@ -105,7 +105,7 @@ def run_fidelity(
     tokenizer: PreTrainedTokenizerBase,
     items: list[Question],
     trained: bool,
-    methods: tuple[str, ...] = ("sparsevlm", "sparsevlm-xf", "fastv", "random", "pool"),
+    methods: tuple[str, ...] = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "fastv", "random", "pool"),
     budgets: tuple[float, ...] = BUDGETS,
     batch_size: int = 8,
     schedules: tuple[str, ...] = (),

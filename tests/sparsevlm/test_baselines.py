@@ -45,6 +45,23 @@ def test_fastv_scores_are_the_last_tokens_attention() -> None:
     assert not stats.clusters  # no recycling
 
 
+def test_text_raters_are_every_prompt_token_after_the_video() -> None:
+    model = build_model("eager", layers=6)
+    inputs = row_inputs(build_inputs(model, [10]), 0)
+    with torch.no_grad():
+        dense = model(**inputs, output_attentions=True)
+        apply_patch(model, method_config("sparsevlm-text", 0.25))
+        model(**inputs)
+    stats = last_stats(model)[0]
+    layer = next(iter(stats.kept_indices))
+    visual = (inputs["input_ids"][0] == VIDEO_TOKEN).nonzero().squeeze(1)
+    after = list(range(int(visual.max()) + 1, inputs["input_ids"].shape[1]))
+    assert stats.raters.tolist() == after and len(after) == 11  # the question's 10 tokens and the closing one
+    expected = dense.attentions[layer][0].float().mean(0)[after][:, visual].mean(0)
+    assert torch.allclose(stats.scores[layer], expected, atol=1e-6, rtol=1e-5)
+    assert stats.clusters  # recycled like sparsevlm
+
+
 def test_random_is_seeded_and_independent_of_the_batch() -> None:
     model = apply_patch(build_model(), method_config("random", 0.25, seed=3))
     inputs = build_inputs(model, [5, 8])
@@ -73,8 +90,9 @@ def test_fixed_schedules_prune_every_method_at_the_same_layers_and_counts() -> N
             apply_patch(model, config)
             model(**inputs)
             counts[method] = [s.visual_tokens_per_layer for s in last_stats(model)]
-    # fastv and random keep exactly the counts; sparsevlm adds its recycled clusters to the kept tokens
+    # fastv and random keep exactly the counts; both sparsevlm variants add recycled clusters to the kept tokens
     assert counts["fastv"] == counts["random"]
+    assert counts["sparsevlm"] == counts["sparsevlm-text"]
     assert counts["fastv"][0] == [260, 260, 60, 60, 20, 20]  # entering each of the 6 layers
     assert all(s >= f for s, f in zip(counts["sparsevlm"][0], counts["fastv"][0], strict=True))
     assert counts["sparsevlm"][0][2] > 60
