@@ -13,6 +13,7 @@ Every method is a :class:`SparseConfig`, so it runs through the same patched dec
   fraction applies to each frame's tokens, so every layer sees the pooled count.
 * ``sparsevlm-xf`` -- ours with cross-frame recycling: static tokens merge across frames before the LLM,
   then text-guided pruning and time-aware recycling share the rest of the same budget.
+* ``sparsevlm-xf-text`` -- ``sparsevlm-xf`` with the raters of ``sparsevlm-text``.
 
 Budgets are target fractions of the visual tokens in equivalent tokens, so every method is solved for the
 same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedule`).
@@ -23,7 +24,7 @@ from __future__ import annotations
 from sparsevlm.config import SparseConfig
 
 METHODS = ("sparsevlm", "fastv", "random", "pool")
-ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-text")
+ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-text", "sparsevlm-xf-text")
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
@@ -44,9 +45,12 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             seed=seed,
             name=f"{method}-{fraction:g}",
         )
-    if method == "sparsevlm-xf":
+    if method in ("sparsevlm-xf", "sparsevlm-xf-text"):
         return SparseConfig.preset("video-xf-25").replace(
-            target_fraction=fraction, seed=seed, name=f"sparsevlm-xf-{fraction:g}"
+            target_fraction=fraction,
+            method="sparsevlm-text" if method == "sparsevlm-xf-text" else "sparsevlm",
+            seed=seed,
+            name=f"{method}-{fraction:g}",
         )
     if method == "fastv":
         return SparseConfig(

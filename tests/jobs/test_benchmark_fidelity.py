@@ -21,7 +21,15 @@ def test_fidelity_rows_on_an_untrained_model() -> None:
     report = run_fidelity(model, tokenizer, items, trained=False, budgets=(0.25,), batch_size=2)
     assert report["dense"]["accuracy"] is None
     rows = report["results"]
-    assert [r["method"] for r in rows] == ["sparsevlm", "sparsevlm-text", "sparsevlm-xf", "fastv", "random", "pool"]
+    assert [r["method"] for r in rows] == [
+        "sparsevlm",
+        "sparsevlm-text",
+        "sparsevlm-xf",
+        "sparsevlm-xf-text",
+        "fastv",
+        "random",
+        "pool",
+    ]
     for r in rows:
         assert 0.0 <= r["agreement"] <= 1.0 and r["kl"] >= -1e-6
         assert r["accuracy"] is None and r["retention"] is None and r["family_accuracy"] is None
@@ -38,14 +46,14 @@ def test_fidelity_command_writes_json_and_plot(tmp_path: Path, capsys: pytest.Ca
     report = json.loads(out.read_text())
     assert {"model", "dense", "results"} <= set(report)
     rows = report["results"]
-    assert [r["budget"] for r in rows[:6]] == [0.1] * 6  # every method at the one budget
-    assert [(r["method"], r["budget"], r["schedule"]) for r in rows[6:]] == [
+    assert [r["budget"] for r in rows[:7]] == [0.1] * 7  # every method at the one budget
+    assert [(r["method"], r["budget"], r["schedule"]) for r in rows[7:]] == [
         ("sparsevlm", None, "1:20"),
         ("sparsevlm-text", None, "1:20"),
         ("fastv", None, "1:20"),
         ("random", None, "1:20"),
     ]
-    assert rows[8]["equivalent_tokens"] == (520 + 3 * 20) / 4  # 8 frames x 65 tokens, 4 layers, kept after 1
+    assert rows[9]["equivalent_tokens"] == (520 + 3 * 20) / 4  # 8 frames x 65 tokens, 4 layers, kept after 1
     for r in rows if report["trained"] else []:  # accuracy per family, averaging to the whole
         families = [q.qa.family for q in benchmark_questions(seed=0, count=2)]
         assert set(r["family_accuracy"]) == set(families)

@@ -110,3 +110,9 @@ def test_bad_schedules_name_the_text(text: str, message: str) -> None:
 def test_pool_cannot_run_a_fixed_schedule() -> None:
     with pytest.raises(ValueError, match="'pool' cannot run a fixed schedule"):
         schedule_config("pool", "1:52")
+
+
+def test_the_cross_frame_variants_differ_only_in_their_raters() -> None:
+    xf, xf_text = method_config("sparsevlm-xf", 0.1), method_config("sparsevlm-xf-text", 0.1)
+    assert xf.temporal_merge is not None and xf.method == "sparsevlm"
+    assert xf.replace(method="sparsevlm-text", name=xf_text.name) == xf_text
