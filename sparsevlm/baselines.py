@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from sparsevlm.config import SparseConfig
 
-METHODS = ("sparsevlm", "fastv", "random", "pool")
-ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-text", "sparsevlm-xf-text")
+METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random", "pool")
+ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-xf-text")
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
