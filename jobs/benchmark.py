@@ -3,7 +3,7 @@
 presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
     equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
     Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
-fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N] [--schedule LAYERS:KEEPS ...]
+fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N] [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
     dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
 show (--synthetic I | --video FILE --question Q) --out FILE.png
     the sampled frames with the visual tokens each method keeps.
@@ -472,8 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         type=_schedule,
         default=[],
-        help="also run sparsevlm, fastv and random at this fixed schedule LAYERS:KEEPS, e.g. 1:52 or 0,1:130,26 "
-        "(repeat)",
+        help="also run sparsevlm, sparsevlm-text, fastv and random at this schedule (repeat): fixed counts "
+        "LAYERS:KEEPS (1:52, 0,1:130,26) or a budget shared by several layers LAYERS@FRACTION (0,1@0.1)",
     )
     fidelity.add_argument("--out", required=True, help="JSON report")
     fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")

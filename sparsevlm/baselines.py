@@ -79,27 +79,32 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
 SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
 
 
-def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``"LAYERS:KEEPS"`` (e.g. ``"1:52"`` or ``"0,1:130,26"``) as ``(prune_layers, keep_tokens)``.
+def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...] | float]:
+    """A fixed schedule ``"LAYERS:KEEPS"`` (``"1:52"``, ``"0,1:130,26"``: keep counts per layer) or a progressive
+    target ``"LAYERS@FRACTION"`` (``"0,1@0.1"``: a budget shared by the layers, each step keeping the same share
+    of its tokens) as ``(prune_layers, keep_tokens)`` or ``(prune_layers, target_fraction)``.
 
     Raises:
-        ValueError: not two comma lists of integers of the same length, naming the bad text.
+        ValueError: neither form with comma-separated integers (and one keep count per layer), naming the text.
     """
+    usage = "is not LAYERS:KEEPS or LAYERS@FRACTION, e.g. '1:52', '0,1:130,26' or '0,1@0.1'"
+    separator = "@" if "@" in text else ":"
     try:
-        layers_text, keeps_text = text.split(":")
+        layers_text, rest = text.split(separator)
         layers = tuple(int(v) for v in layers_text.split(","))
-        keeps = tuple(int(v) for v in keeps_text.split(","))
+        if separator == "@":
+            return layers, float(rest)
+        keeps = tuple(int(v) for v in rest.split(","))
     except ValueError:
-        raise ValueError(
-            f"schedule {text!r} is not LAYERS:KEEPS with comma-separated integers, e.g. '1:52' or '0,1:130,26'"
-        ) from None
+        raise ValueError(f"schedule {text!r} {usage}") from None
     if len(layers) != len(keeps):
         raise ValueError(f"schedule {text!r} has {len(layers)} layers but {len(keeps)} keep counts")
     return layers, keeps
 
 
 def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
-    """The config of ``method`` pruning at a fixed schedule (budget mode) instead of a target fraction.
+    """The config of ``method`` at a schedule of :func:`parse_schedule`: fixed counts, or a target shared by
+    several layers (each method's counts then solved for its own recycling, so the budgets are equal).
 
     Comparing methods at the same layers and counts separates how well each one chooses tokens from where a
     budget forces it to prune. ``sparsevlm`` and ``sparsevlm-text`` recycle as usual; ``fastv`` and ``random``
@@ -111,8 +116,12 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
     """
     if method not in SCHEDULE_METHODS:
         raise ValueError(f"method {method!r} cannot run a fixed schedule; use one of {', '.join(SCHEDULE_METHODS)}")
-    layers, keeps = parse_schedule(schedule)
-    config = SparseConfig(prune_layers=layers, keep_tokens=keeps, seed=seed, name=f"{method}-{schedule}")
+    layers, budget = parse_schedule(schedule)
+    name = f"{method}-{schedule}"
+    if isinstance(budget, float):
+        config = SparseConfig(prune_layers=layers, target_fraction=budget, seed=seed, name=name)
+    else:
+        config = SparseConfig(prune_layers=layers, keep_tokens=budget, seed=seed, name=name)
     if method == "fastv":
         return config.replace(method="fastv", recycle_ratio=0.0)
     if method == "random":

@@ -7,9 +7,11 @@ A config is a frozen, validated dataclass. It has four modes, decided by which f
   (SparseVLM v1.5 convention: the count before the recycled cluster tokens are added).
 * ``rank``   -- ``rank_scale`` set: keep ``int(rank_scale * rank(P) + rank_bias)`` tokens, where ``P`` is the
   rater-by-visual attention matrix of that layer (SparseVLM v1 / video branch, paper Eq. 8).
-* ``target`` -- ``target_fraction`` set: a one-layer budget derived *for the model it runs on* so that the
-  equivalent token count (mean over layers of the visual count after each layer, recycled tokens counted)
-  equals ``target_fraction`` of the visual tokens. See :func:`derive_target_schedule`.
+* ``target`` -- ``target_fraction`` set: a budget derived *for the model it runs on* so that the equivalent
+  token count (mean over layers of the visual count after each layer, recycled tokens counted) equals
+  ``target_fraction`` of the visual tokens. One prune layer: :func:`derive_target_schedule` (which may move to
+  an earlier layer on a shallow model); several: :func:`derive_progressive_schedule` (each step keeps the same
+  share of the tokens entering it).
 """
 
 from __future__ import annotations
@@ -137,11 +139,8 @@ class SparseConfig:
             )
         if self.rank_scale is not None and not self.rank_scale > 0:
             raise ValueError(f"rank_scale must be > 0, got {self.rank_scale!r}")
-        if self.target_fraction is not None:
-            if not 0.0 < self.target_fraction <= 1.0:
-                raise ValueError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
-            if len(layers) != 1:
-                raise ValueError(f"target mode uses exactly one prune layer, got prune_layers={layers!r}")
+        if self.target_fraction is not None and not 0.0 < self.target_fraction <= 1.0:
+            raise ValueError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         if not 0.0 <= self.recycle_ratio <= 1.0:
             raise ValueError(f"recycle_ratio must be in [0, 1], got {self.recycle_ratio!r}")
         if not 0.0 < self.cluster_ratio <= 1.0:
@@ -246,6 +245,12 @@ class SparseConfig:
         fraction = self.target_fraction * (reference if reference is not None else n_visual) / n_visual
         if fraction >= 1.0:
             return {}  # temporal merging alone already met the target
+        if len(self.prune_layers) > 1:
+            return dict(
+                derive_progressive_schedule(
+                    fraction, num_layers, n_visual, self.prune_layers, self.recycle_ratio, self.cluster_ratio
+                )
+            )
         layer, keep = derive_target_schedule(
             fraction,
             num_layers,
@@ -301,6 +306,52 @@ def derive_target_schedule(
         target + best[0],
     )
     return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def derive_progressive_schedule(
+    fraction: float,
+    num_layers: int,
+    n_visual: int,
+    layers: tuple[int, ...],
+    recycle_ratio: float,
+    cluster_ratio: float,
+) -> tuple[tuple[int, int], ...]:
+    """Solve several pruning steps at ``layers`` so that the equivalent tokens hit ``fraction * n_visual``.
+
+    Every step keeps the same share ``s`` of the visual tokens entering it (recycled clusters of the previous
+    step included): ``keep_j = round(s * entering_j)``, a geometric schedule with no shape parameter. ``s`` is
+    searched in steps of 0.001 for the simulated equivalent count (recycling arithmetic included) closest to
+    the target; a target out of reach at these layers is logged and the closest schedule used.
+
+    Returns:
+        ``((layer, keep), ...)`` in layer order.
+    """
+    target = fraction * n_visual
+    best: tuple[float, tuple[int, ...]] | None = None
+    for step in range(1, 1001):
+        keeps: list[int] = []
+        entering = n_visual
+        for _ in layers:
+            keeps.append(max(1, min(entering, round(step / 1000 * entering))))
+            entering = visual_after_pruning(entering, keeps[-1], recycle_ratio, cluster_ratio)
+        counts = simulate_visual_counts(
+            n_visual, num_layers, dict(zip(layers, keeps, strict=True)), recycle_ratio, cluster_ratio
+        )
+        err = abs(sum(counts[1:]) / num_layers - target)
+        if best is None or err < best[0]:
+            best = (err, tuple(keeps))
+    assert best is not None
+    if best[0] > TARGET_TOLERANCE * n_visual:
+        logger.warning(
+            "target %.3f of %d visual tokens is out of reach pruning at layers %s of %d; closest is %.1f tokens",
+            fraction,
+            n_visual,
+            layers,
+            num_layers,
+            target + best[0],
+        )
+    return tuple(zip(layers, best[1], strict=True))
 
 
 def _equivalent(

@@ -100,7 +100,12 @@ def test_fixed_schedules_prune_every_method_at_the_same_layers_and_counts() -> N
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("1", "not LAYERS:KEEPS"), ("1:a", "not LAYERS:KEEPS"), ("0,1:52", "2 layers but 1 keep counts")],
+    [
+        ("1", "not LAYERS:KEEPS or LAYERS@FRACTION"),
+        ("1:a", "not LAYERS:KEEPS"),
+        ("0,1@x", "not LAYERS:KEEPS"),
+        ("0,1:52", "2 layers but 1 keep counts"),
+    ],
 )
 def test_bad_schedules_name_the_text(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -116,3 +121,16 @@ def test_the_cross_frame_variants_differ_only_in_their_raters() -> None:
     xf, xf_text = method_config("sparsevlm-xf", 0.1), method_config("sparsevlm-xf-text", 0.1)
     assert xf.temporal_merge is not None and xf.method == "sparsevlm"
     assert xf.replace(method="sparsevlm-text", name=xf_text.name) == xf_text
+
+
+def test_a_shared_target_gives_every_method_the_same_budget_over_the_same_layers() -> None:
+    model = build_model(layers=6, image_size=64)
+    inputs = build_inputs(model, [6, 9], frames=4)
+    with torch.no_grad():
+        for method in SCHEDULE_METHODS:
+            apply_patch(model, schedule_config(method, "1,3@0.2"))
+            model(**inputs)
+            for stats in last_stats(model):
+                assert sorted(stats.kept_indices) == [1, 3]
+                assert abs(stats.equivalent_tokens / stats.visual_tokens_in - 0.2) <= 0.01
+    assert parse_schedule("0,1@0.1") == ((0, 1), 0.1)

@@ -21,7 +21,6 @@ from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_co
         ({"rank_scale": 1.0}, "prune_layers is empty"),
         ({"prune_layers": (1,), "rank_scale": 0.0}, "rank_scale must be > 0"),
         ({"prune_layers": (1,), "target_fraction": 1.5}, r"target_fraction must be in \(0, 1\]"),
-        ({"prune_layers": (1, 2), "target_fraction": 0.1}, "exactly one prune layer"),
         ({"recycle_ratio": -0.1}, r"recycle_ratio must be in \[0, 1\]"),
         ({"cluster_ratio": 0.0}, r"cluster_ratio must be in \(0, 1\]"),
         ({"positions": "absolute"}, "positions must be 'original' or 'compact'"),
@@ -73,6 +72,21 @@ def test_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual
 def test_video_target_prefers_layer_one_on_deep_models() -> None:
     assert list(SparseConfig.preset("video-10").schedule(32, 2056)) == [1]
     assert list(SparseConfig.preset("video-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.10, 0.05])
+@pytest.mark.parametrize(("layers", "n_visual", "prune_layers"), [(4, 520, (0, 1)), (32, 2056, (1, 6, 15))])
+@pytest.mark.parametrize("recycle_ratio", [0.3, 0.0])
+def test_progressive_targets_hit_their_fraction_with_one_share_per_step(
+    fraction: float, layers: int, n_visual: int, prune_layers: tuple[int, ...], recycle_ratio: float
+) -> None:
+    cfg = SparseConfig(prune_layers=prune_layers, target_fraction=fraction, recycle_ratio=recycle_ratio)
+    schedule = cfg.schedule(layers, n_visual)
+    assert list(schedule) == list(prune_layers)  # every given layer prunes; none moves
+    counts = simulate_visual_counts(n_visual, layers, schedule, cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]
+    assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.005
+    shares = [keep / counts[layer] for layer, keep in schedule.items() if keep is not None]  # kept / entering
+    assert max(shares) - min(shares) < 0.05 and all(0 < x < 1 for x in shares)
 
 
 def test_schedule_rejects_missing_layers() -> None:
