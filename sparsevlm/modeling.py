@@ -405,13 +405,26 @@ class SparseLlamaModel(LlamaModel):
 
 
 class SparseVideoLlavaModel(VideoLlavaModel):
-    """``VideoLlavaModel`` that can encode video frames through the vision tower in chunks."""
+    """``VideoLlavaModel`` that encodes each distinct video of a batch once, optionally in frame chunks.
+
+    Batches often ask several questions of one segment (a caption and the questions are rows with the same
+    frames); the vision tower then runs once per distinct video and the features are copied to its rows.
+    """
 
     _sparse_runtime: SparseRuntime
 
     def get_video_features(
         self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any = None, **kwargs: Any
     ) -> Any:
+        unique, inverse = distinct_rows(pixel_values_videos)
+        if unique.shape[0] == pixel_values_videos.shape[0]:
+            return self._encode_videos(pixel_values_videos, vision_feature_layer, **kwargs)
+        features = self._encode_videos(unique, vision_feature_layer, **kwargs).pooler_output  # [U * T, tokens, D]
+        t = pixel_values_videos.shape[1]
+        per_video = features.view(unique.shape[0], t, *features.shape[1:])[inverse]  # [B, T, tokens, D]
+        return BaseModelOutputWithPooling(pooler_output=per_video.reshape(-1, *features.shape[1:]))
+
+    def _encode_videos(self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any, **kwargs: Any) -> Any:
         chunk = self._sparse_runtime.config.vision_chunk_frames
         b, t = pixel_values_videos.shape[:2]
         if not chunk or t <= chunk:
@@ -429,6 +442,24 @@ class SparseVideoLlavaModel(VideoLlavaModel):
             parts.append(features.view(b, -1, *features.shape[1:]))
         features = torch.cat(parts, dim=1)  # [B, T, tokens, D]
         return BaseModelOutputWithPooling(pooler_output=features.reshape(b * t, *features.shape[2:]))
+
+
+def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``batch`` (exact equality, first occurrence order) and, per row, its index among them.
+
+    Returns:
+        ``(unique [U, ...], inverse [B])`` with ``unique[inverse]`` equal to ``batch``.
+    """
+    firsts: list[int] = []
+    inverse = []
+    for row in range(batch.shape[0]):
+        same = next((k for k, first in enumerate(firsts) if torch.equal(batch[row], batch[first])), None)
+        if same is None:
+            firsts.append(row)
+            same = len(firsts) - 1
+        inverse.append(same)
+    index = torch.tensor(inverse, device=batch.device)
+    return (batch if len(firsts) == batch.shape[0] else batch[firsts]), index
 
 
 class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneration):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import build_inputs, build_model
+from tiny_models import build_inputs, build_model, row_inputs
 
 import sparsevlm.patch
 from sparsevlm import SparseConfig, apply_patch, is_patched, last_stats, remove_patch
@@ -68,3 +68,24 @@ def test_save_pretrained_writes_the_original_class(tmp_path: object) -> None:
     loaded = transformers.VideoLlavaForConditionalGeneration.from_pretrained(str(tmp_path))
     assert loaded.config.architectures == ["VideoLlavaForConditionalGeneration"]
     assert is_patched(model)
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_a_video_shared_by_rows_is_encoded_once_and_each_row_answers_as_alone(chunk: int) -> None:
+    model = build_model(layers=4)
+    apply_patch(model, SparseConfig.preset("video-25").replace(vision_chunk_frames=chunk))
+    inputs = build_inputs(model, [6, 9, 7], frames=4)
+    inputs["pixel_values_videos"][2] = inputs["pixel_values_videos"][0]  # a caption and a question of one video
+    encoded: list[int] = []
+
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        encoded.append((args[0] if args else kwargs["pixel_values"]).shape[0])
+
+    hook = model.model.video_tower.register_forward_pre_hook(count, with_kwargs=True)
+    with torch.no_grad():
+        batch = model(**inputs).logits[:, -1]
+        assert sum(encoded) == 2 * 4  # two distinct videos of 4 frames, not three
+        for row in range(3):
+            alone = model(**row_inputs(inputs, row)).logits[0, -1]
+            assert torch.allclose(alone, batch[row], atol=1e-5)
+    hook.remove()
