@@ -25,6 +25,7 @@ from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices, make_sample
 
 BUDGETS = (0.50, 0.25, 0.10, 0.05)
+FIDELITY_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random", "pool")
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,7 @@ def run_fidelity(
     tokenizer: PreTrainedTokenizerBase,
     items: list[Question],
     trained: bool,
-    methods: tuple[str, ...] = (
-        "sparsevlm",
-        "sparsevlm-text",
-        "sparsevlm-xf",
-        "sparsevlm-xf-text",
-        "fastv",
-        "random",
-        "pool",
-    ),
+    methods: tuple[str, ...] = FIDELITY_METHODS,
     budgets: tuple[float, ...] = BUDGETS,
     batch_size: int = 8,
     schedules: tuple[str, ...] = (),
