@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +26,26 @@ from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import spatial_pool
-from sparsevlm.recycle import recycle_deleted, temporal_merge
-from sparsevlm.scoring import rank_keep_count, rater_attention, select_keep, select_rater_tokens, visual_scores
+from sparsevlm.recycle import recycle_rows, temporal_merge_batch
+from sparsevlm.scoring import (
+    keep_mask,
+    rank_keep_counts,
+    rater_attention,
+    rater_candidates,
+    select_rater_tokens,
+    visual_scores,
+)
 from sparsevlm.sequence import (
     TEXT,
+    FrameReduction,
+    Inserted,
     Layout,
     build_attention_mask,
     frame_index,
-    pack_left,
-    prune_row,
+    rebuild,
     reduce_frames,
 )
-from sparsevlm.stats import PrefillRecorder, SampleStats, dense_stats
+from sparsevlm.stats import PrefillRecorder, PruneRecord, SampleStats, dense_stats
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class _Group:
     first_layer: int
     kv_valid: torch.Tensor  # [B, K] bool: which cached prefill entries are real tokens
     shift: torch.Tensor  # [B]: original position minus this group's position of the same token
+    padded: bool  # some cached prefill entry is padding (known on the host)
 
 
 @dataclass
@@ -106,22 +114,28 @@ class _KeyCapture:
         return key_states, value_states
 
 
-def _frame_reduction(cfg: SparseConfig) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """What happens to the video frames before the first decoder layer: temporal merging, pooling or nothing."""
+def _frame_reduction(cfg: SparseConfig) -> FrameReduction | None:
+    """What happens to the video frames before the first decoder layer: temporal merging, pooling or nothing.
+
+    Each takes ``[G, T, P, D]`` frames of ``G`` videos and returns new features and the ``[G, T, P]`` survivors.
+    """
     if cfg.temporal_merge is not None:
         threshold = cfg.temporal_merge
 
         def merge(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            result = temporal_merge(frames, cfg.segment_threshold, threshold, _max_merged(cfg, frames.shape))
-            return result.tokens, result.keep
+            tokens, keep, _ = temporal_merge_batch(
+                frames, cfg.segment_threshold, threshold, _max_merged(cfg, frames.shape[1:])
+            )
+            return tokens, keep
 
         return merge
     if cfg.spatial_pool is not None:
         fraction = cfg.spatial_pool
 
         def pool(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            result = spatial_pool(frames, fraction)
-            return result.tokens, result.keep
+            g, t = frames.shape[:2]
+            result = spatial_pool(frames.flatten(0, 1), fraction)  # frames pool independently
+            return result.tokens.view(frames.shape), result.keep.view(g, t, -1)
 
         return pool
     return None
@@ -208,6 +222,9 @@ class SparseLlamaModel(LlamaModel):
         cache: DynamicCache | None,
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
+        """The prefill, batched: every step works on all rows at once and reads from the device only what
+        shapes the next tensors (one transfer of the row counts here, one after a frame reduction, one per
+        rank-mode pruning layer), whatever the batch size."""
         rt, cfg = self._sparse_runtime, self._sparse_runtime.config
         b, length, _ = embeds.shape
         device = embeds.device
@@ -218,29 +235,24 @@ class SparseLlamaModel(LlamaModel):
             position_ids = torch.arange(length, device=device)[None]
         positions = position_ids.expand(b, length)
         visual = visual & valid
-        visual_index = torch.full((b, length), TEXT, dtype=torch.long, device=device)
-        for row in range(b):
-            visual_index[row, visual[row]] = torch.arange(int(visual[row].sum()), device=device)
-        raters = select_rater_tokens(embeds, valid, visual, rt.prompt_len, cfg.method)
-        layout = Layout(embeds, positions, valid, visual_index, raters)
+        candidates = rater_candidates(valid, visual, rt.prompt_len)
+        n_valid, n_visual, n_text = torch.stack([valid.sum(1), visual.sum(1), candidates.sum(1)]).tolist()
+        visual_index = torch.where(visual, visual.long().cumsum(1) - 1, TEXT)
+        raters = select_rater_tokens(embeds, candidates, visual, cfg.method, max(n_text), max(n_visual))
+        layout = Layout(embeds, positions, valid, visual_index, raters, tuple(n_valid), tuple(n_visual))
         last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
         original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
 
         num_layers = self.config.num_hidden_layers
-        n_visual = [int(n) for n in visual.sum(1)]
-        record = PrefillRecorder(b, raters, [int(n) for n in valid.sum(1)])
+        record = PrefillRecorder(b, raters, n_valid)
         tpf = rt.tokens_per_frame
         reduce = _frame_reduction(cfg)
         if reduce is not None and tpf:
             layout = reduce_frames(layout, tpf, reduce, compact=cfg.positions == "compact")
             record.reduced(layout, n_visual)
-        references = [cfg.budget_frames * tpf if cfg.budget_frames and tpf else n for n in n_visual]
-        schedules = [
-            cfg.schedule(num_layers, int(m), ref)
-            for m, ref in zip(layout.visual.sum(1).tolist(), references, strict=True)
-        ]
+        schedules = _schedules(cfg, num_layers, layout.n_visual, n_visual, tpf)
         prune_at = sorted(set().union(*schedules))
-        groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1])]
+        groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1], layout.padded)]
         mask, rope = self._mask_and_rope(layout)
         for i, layer in enumerate(self.layers[:num_layers]):
             record.enter(layout)
@@ -263,7 +275,7 @@ class SparseLlamaModel(LlamaModel):
             if new_layout is not None:
                 layout = new_layout
                 shift = original_last_pos - layout.position_ids[:, -1]
-                groups.append(_Group(i + 1, layout.valid, shift))
+                groups.append(_Group(i + 1, layout.valid, shift, layout.padded))
                 mask, rope = self._mask_and_rope(layout)
         rt.stats = record.finish(layout, n_visual, self.config)
         rt.prefill = None
@@ -281,71 +293,80 @@ class SparseLlamaModel(LlamaModel):
         schedules: list[dict[int, int | None]],
         record: PrefillRecorder,
     ) -> Layout | None:
-        """Score, select and recycle at one pruning layer; None when no row changes."""
-        cfg = self._sparse_runtime.config
+        """Score, select and recycle at one pruning layer, all rows at once; None when no row changes."""
+        rt = self._sparse_runtime
+        cfg = rt.config
         b = layout.hidden.shape[0]
+        device = layout.hidden.device
         counts = layout.rater.sum(1)
-        n_raters = max(int(counts.max()), 1)
+        n_raters = max(1, max(_rater_counts(layout, record)))
         # Rater rows, right-padded to the longest: their positions in the (padded) sequence.
         order = torch.sort(layout.rater.long(), dim=1, descending=True, stable=True).indices[:, :n_raters]
-        rater_valid = torch.arange(n_raters, device=order.device)[None] < counts[:, None]  # [B, R]
+        rater_valid = torch.arange(n_raters, device=device)[None] < counts[:, None]  # [B, R]
         rater_hidden = hidden_in.gather(1, order[..., None].expand(-1, -1, hidden_in.shape[-1]))  # [B, R, D]
         attn_module = layer.self_attn
         q = attn_module.q_proj(layer.input_layernorm(rater_hidden))
         q = q.view(b, n_raters, -1, attn_module.head_dim).transpose(1, 2)  # [B, H, R, hd]
         cos, sin = self.rotary_emb(rater_hidden, layout.position_ids.gather(1, order))
         q, _ = apply_rotary_pos_emb(q, q, cos, sin)
-        key_at = torch.arange(keys.shape[2], device=keys.device)
+        key_at = torch.arange(keys.shape[2], device=device)
         allowed = layout.valid[:, None, :] & (key_at[None, None, :] <= order[:, :, None])  # [B, R, K]
         allowed |= key_at[None, None, :] == order[:, :, None]  # padded rater rows are never fully masked
         attention = rater_attention(q, keys, allowed, attn_module.scaling)  # [B, R, K]
         scores = visual_scores(attention, rater_valid)  # [B, K]
 
-        rows, changed = [], False
-        for row in range(b):
-            vis_pos = layout.visual[row].nonzero().squeeze(1)  # [n]
-            row_scores = scores[row, vis_pos]
-            if cfg.method == "random":  # the same draw for a row alone or in a batch
-                draw = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_idx)
-                row_scores = torch.rand(vis_pos.numel(), generator=draw).to(row_scores.device)
-            if layer_idx not in schedules[row]:
-                rows.append(prune_row(layout, row, vis_pos[:0]))
-                continue
-            keep = schedules[row][layer_idx]
-            if keep is None:
-                assert cfg.rank_scale is not None
-                rater_visual = attention[row, rater_valid[row]][:, vis_pos]
-                keep = rank_keep_count(rater_visual, cfg.rank_scale, cfg.rank_bias)
-            kept = select_keep(row_scores, keep)
-            deleted = torch.ones_like(row_scores, dtype=torch.bool)
-            deleted[kept] = False
-            deleted_local = deleted.nonzero().squeeze(1)
-            record.pruned(row, layer_idx, layout, vis_pos, row_scores, kept)
-            if deleted_local.numel() == 0:
-                rows.append(prune_row(layout, row, vis_pos[:0]))
-                continue
-            changed = True
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer_idx)
-            times = frame_index(layout.visual_index[row, vis_pos], self._sparse_runtime.tokens_per_frame)
-            recycled = recycle_deleted(
-                layout.hidden[row, vis_pos[deleted_local]],
-                row_scores[deleted_local],
+        present = layout.visual  # [B, L]
+        if cfg.method == "random":  # the same draw for a row alone or in a batch
+            scores = _random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
+        pruned = [layer_idx in schedule for schedule in schedules]
+        keep = [schedule.get(layer_idx) for schedule in schedules]
+        if any(p and k is None for p, k in zip(pruned, keep, strict=True)):
+            assert cfg.rank_scale is not None
+            width = max(layout.n_visual)
+            visual_at = (~present).to(torch.int8).argsort(dim=1, stable=True)[:, :width]  # [B, V]
+            rater_visual = attention.gather(2, visual_at[:, None, :].expand(-1, n_raters, -1))  # [B, R, V]
+            slot_ok = (
+                torch.arange(width, device=device)[None, :] < torch.tensor(layout.n_visual, device=device)[:, None]
+            )
+            rater_visual = rater_visual * (rater_valid[:, :, None] & slot_ok[:, None, :])
+            ranks = rank_keep_counts(
+                rater_visual, counts, torch.tensor(layout.n_visual, device=device), cfg.rank_scale, cfg.rank_bias
+            )
+            keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
+        keep_n = [
+            min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, layout.n_visual, strict=True)
+        ]
+        kept = keep_mask(scores, present, torch.tensor(keep_n, device=device))
+        deleted = present & ~kept
+        n_deleted = [n - k for n, k in zip(layout.n_visual, keep_n, strict=True)]
+        recycled = None
+        if any(n_deleted):
+            times = frame_index(layout.visual_index, rt.tokens_per_frame)
+            recycled = recycle_rows(
+                layout.hidden,
+                scores,
+                deleted,
+                n_deleted,
                 cfg.recycle_ratio,
                 cfg.cluster_ratio,
-                generator,
-                times[deleted_local],
+                cfg.seed * 1_000_003 + layer_idx,
+                times,
                 cfg.recycle_time_weight,
             )
-            merged, merged_pos = None, None
-            if recycled is not None:
-                merged = recycled.tokens
-                deleted_pos = layout.position_ids[row, vis_pos[deleted_local]]
-                anchor = recycled.centres if cfg.recycle_position == "centre" else recycled.earliest(deleted_pos)
-                merged_pos = deleted_pos[anchor]
-                record.recycled(row, layer_idx, layout, vis_pos[deleted_local[recycled.members]], len(merged))
-            compact = cfg.positions == "compact"
-            rows.append(prune_row(layout, row, vis_pos[deleted_local], merged, merged_pos, compact))
-        return pack_left(rows) if changed else None
+        members = torch.zeros_like(present)
+        inserted = None
+        if recycled is not None:
+            members.scatter_(1, recycled.members, recycled.member_valid)
+            anchor = recycled.centres if cfg.recycle_position == "centre" else recycled.earliest(layout.position_ids)
+            merged_pos = layout.position_ids.gather(1, anchor)
+            inserted = Inserted(recycled.tokens, merged_pos, recycled.counts)
+        clusters = recycled.counts if recycled is not None else [0] * b
+        record.pruned(
+            layer_idx, PruneRecord(layout.visual_index, present, scores, kept, members & deleted, clusters, pruned)
+        )
+        if not any(n_deleted):
+            return None
+        return rebuild(layout, deleted, n_deleted, inserted, compact=cfg.positions == "compact")
 
     # -- decoding on a pruned cache ---------------------------------------------------------------------
 
@@ -382,7 +403,8 @@ class SparseLlamaModel(LlamaModel):
         bounds = [g.first_layer for g in state.groups] + [self.config.num_hidden_layers]
         impl = self.config._attn_implementation
         for group, end in zip(state.groups, bounds[1:], strict=True):
-            mask = build_attention_mask(torch.cat([group.kv_valid, new_cols], 1), q_len, impl, hidden.dtype)
+            padded = group.padded or not bool(new_cols.all())  # decoding: one read per step is the step's own
+            mask = build_attention_mask(torch.cat([group.kv_valid, new_cols], 1), q_len, impl, hidden.dtype, padded)
             group_pos = positions - group.shift[:, None]
             rope = self.rotary_emb(hidden, group_pos)
             for layer in self.layers[group.first_layer : end]:
@@ -400,8 +422,42 @@ class SparseLlamaModel(LlamaModel):
     def _mask_and_rope(self, layout: Layout) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         impl = self.config._attn_implementation
         length = layout.hidden.shape[1]
-        mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype)
+        mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype, layout.padded)
         return mask, self.rotary_emb(layout.hidden, layout.position_ids)
+
+
+def _schedules(
+    cfg: SparseConfig, num_layers: int, n_visual: tuple[int, ...], n_input: list[int], tokens_per_frame: int | None
+) -> list[dict[int, int | None]]:
+    """Each row's ``{layer: keep}`` schedule (rows without visual tokens: none), computed once per distinct
+    (visual count, reference) pair."""
+    cache: dict[tuple[int, int], dict[int, int | None]] = {}
+    out = []
+    for m, n in zip(n_visual, n_input, strict=True):
+        ref = cfg.budget_frames * tokens_per_frame if cfg.budget_frames and tokens_per_frame else n
+        if (m, ref) not in cache:
+            cache[m, ref] = cfg.schedule(num_layers, m, ref) if m > 0 else {}
+        out.append(cache[m, ref])
+    return out
+
+
+def _rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
+    """Raters per row (host ints): fixed for the whole prefill, so counted once and kept by the recorder."""
+    if record.rater_counts is None:
+        record.rater_counts = layout.rater.sum(1).tolist()
+    return record.rater_counts
+
+
+def _random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``[B, L]`` random scores of the visual tokens: row ``b`` gets the first ``n_visual[b]`` draws of a
+    generator seeded with ``seed`` (drawn on the host per distinct count, copied in one transfer)."""
+    draws = {n: torch.rand(n, generator=torch.Generator().manual_seed(seed)) for n in set(n_visual)}
+    table = torch.zeros(len(n_visual), max(max(n_visual), 1))
+    for row, n in enumerate(n_visual):
+        table[row, :n] = draws[n]
+    table = table.to(present.device, non_blocking=True)
+    slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
+    return torch.where(present, table.gather(1, slot), float("-inf"))
 
 
 class SparseVideoLlavaModel(VideoLlavaModel):

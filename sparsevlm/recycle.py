@@ -1,8 +1,10 @@
-"""Pure tensor functions of SparseVLM's token recycling: DPC-KNN clustering and merging.
+"""Pure tensor functions of SparseVLM's token recycling (DPC-KNN merging) and cross-frame merging.
 
 The deleted visual tokens with the best scores are clustered by density-peak clustering over k nearest
-neighbours (DPC-KNN, as in the paper code's ``cluster_and_merge``) and each cluster becomes one token, the
-plain mean of its members (paper Sec. 3.3; the code averages, the paper text says "sum").
+neighbours (DPC-KNN, as in the paper code's ``cluster_and_merge``; batched in :mod:`sparsevlm.cluster`) and
+each cluster becomes one token, the plain mean of its members (paper Sec. 3.3; the code averages, the paper
+text says "sum"). :func:`recycle_rows` does this for every row of a batch at once; the one-row functions
+(:func:`dpc_knn_cluster`, :func:`recycle_deleted`) are the same computation on a batch of one.
 """
 
 from __future__ import annotations
@@ -11,22 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
 from sparsevlm.stats import recycle_counts
 
 
 def pairwise_distance(points: torch.Tensor) -> torch.Tensor:
-    """``[N, N]`` float32 Euclidean distances of ``[N, D]`` points, exactly 0 on the diagonal.
+    """``[N, N]`` float32 Euclidean distances of ``[N, D]`` points, exactly 0 on the diagonal (see
+    :func:`sparsevlm.cluster.squared_distances` for the precision)."""
+    valid = torch.ones(1, points.shape[0], dtype=torch.bool, device=points.device)
+    return squared_distances(points[None], valid)[0].sqrt()
 
-    Computed from the Gram matrix of the shifted points in their own dtype: in bf16 the matrix product runs
-    at the model's speed (cdist upcasts to float32, ~5x slower on CPU, which made recycling cost several
-    percent of a decoder layer); moving the origin to one of the points removes the large components every
-    token shares, so the ``|a|^2 + |b|^2 - 2ab`` form does not cancel catastrophically.
-    """
-    shifted = points - points[:1]  # any point as origin; nearby values subtract exactly, no reduction needed
-    gram = (shifted @ shifted.T).float()  # [N, N]
-    norms = gram.diagonal()
-    dist = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(0).sqrt()
-    return dist.fill_diagonal_(0.0)
+
+def _keys(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator).to(device)[None]
 
 
 def dpc_knn_cluster(
@@ -36,57 +35,40 @@ def dpc_knn_cluster(
     times: torch.Tensor | None = None,
     time_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density-peak clustering with a kNN density.
-
-    ``dist = ||x_i - x_j|| / sqrt(D)``; density ``rho_i = exp(-mean of the squared distances to the k
-    nearest points)`` with ``k = num_clusters`` (self included), plus ``U(0, 1) * 1e-6`` tie-break noise;
-    ``delta_i`` = distance to the nearest denser point (the largest distance for the densest one); the
-    ``num_clusters`` points with the largest ``rho * delta`` are centres and every point joins its nearest
-    centre.
+    """Density-peak clustering of one set of points (:func:`sparsevlm.cluster.dpc_knn` on a batch of one).
 
     Args:
         points: ``[N, D]`` features.
         num_clusters: ``C`` with ``1 <= C <= N``.
-        generator: seeds the tie-break noise (CPU generator); None uses the global RNG.
+        generator: seeds the tie-break keys (CPU generator); None uses the global RNG.
         times: ``[N]`` frame index of each point, for a distance that takes time into account.
         time_weight: ``w`` in ``dist = sqrt(dist_features^2 + (w * |t_i - t_j|)^2)``; 0 ignores time.
 
     Returns:
         ``(assign, centres)``: ``[N]`` cluster id of each point, ``[C]`` index of each cluster's centre.
     """
-    n, d = points.shape
+    n = points.shape[0]
     if not 1 <= num_clusters <= n:
         raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
-    dist = pairwise_distance(points) / d**0.5  # [N, N]
-    device = dist.device
-    if times is not None and time_weight > 0:
-        gap = (times[:, None] - times[None, :]).abs().float().to(device) * time_weight  # [N, N]
-        dist = (dist**2 + gap**2).sqrt()
-    knn = dist.topk(num_clusters, dim=-1, largest=False).values  # [N, k]
-    noise = torch.rand(n, generator=generator).to(device) * 1e-6
-    density = (-(knn**2).mean(dim=-1)).exp() + noise  # [N]
-    denser = density[None, :] > density[:, None]  # [N, N]: j is denser than i
-    parent_dist = torch.where(denser, dist, dist.max()).min(dim=-1).values  # [N]
-    centres = (parent_dist * density).topk(num_clusters).indices  # [C]
-    assign = dist[:, centres].argmin(dim=-1)  # [N]
-    assign[centres] = torch.arange(num_clusters, device=device)
-    return assign, centres
+    device = points.device
+    valid = torch.ones(1, n, dtype=torch.bool, device=device)
+    counts = torch.tensor([num_clusters], device=device)
+    out = dpc_knn(
+        points[None],
+        valid,
+        counts,
+        num_clusters,
+        _keys(n, generator, device),
+        times[None] if times is not None else None,
+        time_weight,
+    )
+    return out.assign[0], out.centres[0]
 
 
 def merge_clusters(points: torch.Tensor, assign: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """Mean of each cluster's members.
-
-    Args:
-        points: ``[N, D]``; assign: ``[N]`` cluster ids in ``[0, C)``.
-
-    Returns:
-        ``[C, D]`` in the dtype of ``points``: the sums come from a one-hot matrix product in that dtype (the
-        product accumulates in float32; no float32 copy of the points), divided in float32.
-    """
-    clusters = torch.arange(num_clusters, device=points.device)
-    onehot = (assign[None, :] == clusters[:, None]).to(points.dtype)  # [C, N], exact in any float dtype
-    counts = onehot.float().sum(dim=1).clamp_min(1)
-    return ((onehot @ points).float() / counts[:, None]).to(points.dtype)
+    """``[C, D]`` mean of each cluster's members of ``[N, D]`` points with ``[N]`` ids in ``[0, C)``."""
+    valid = torch.ones(1, points.shape[0], dtype=torch.bool, device=points.device)
+    return cluster_means(points[None], valid, assign[None], num_clusters)[0]
 
 
 @dataclass(frozen=True)
@@ -127,7 +109,7 @@ def recycle_deleted(
     times: torch.Tensor | None = None,
     time_weight: float = 0.0,
 ) -> Recycled | None:
-    """Recycle the best-scored deleted tokens into a few merged tokens.
+    """Recycle the best-scored deleted tokens of one row into a few merged tokens.
 
     Args:
         deleted: ``[M, D]`` features of the deleted tokens (the pruning layer's output hidden states).
@@ -148,17 +130,103 @@ def recycle_deleted(
     return Recycled(tokens=tokens, members=members, assign=assign, centres=members[centres])
 
 
+@dataclass(frozen=True)
+class RecycledRows:
+    """Recycling of every row of a padded batch, in the batch's own token positions.
+
+    Attributes:
+        tokens: ``[B, C, D]`` merged tokens (``C = max C_b``; rows with fewer clusters are padded).
+        counts: ``C_b`` per row (host ints).
+        cluster_valid: ``[B, C]`` bool, ``c < C_b``.
+        members: ``[B, R]`` sequence position of each recycled token (``R = max n_r``).
+        member_valid: ``[B, R]`` bool.
+        assign: ``[B, R]`` cluster of each recycled token.
+        centres: ``[B, C]`` sequence position of each cluster's centre token.
+    """
+
+    tokens: torch.Tensor
+    counts: list[int]
+    cluster_valid: torch.Tensor
+    members: torch.Tensor
+    member_valid: torch.Tensor
+    assign: torch.Tensor
+    centres: torch.Tensor
+
+    def earliest(self, key: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` sequence position of each cluster's member with the smallest ``key`` (``[B, L]``)."""
+        member_key = key.gather(1, self.members).float().masked_fill(~self.member_valid, float("inf"))  # [B, R]
+        clusters = torch.arange(self.tokens.shape[1], device=key.device)
+        mine = self.assign[:, :, None] == clusters[None, None, :]  # [B, R, C]
+        first = torch.where(mine, member_key[:, :, None], float("inf")).argmin(dim=1)  # [B, C]
+        return self.members.gather(1, first)
+
+
+def recycle_rows(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    deleted: torch.Tensor,
+    n_deleted: list[int],
+    recycle_ratio: float,
+    cluster_ratio: float,
+    seed: int,
+    times: torch.Tensor | None = None,
+    time_weight: float = 0.0,
+) -> RecycledRows | None:
+    """Recycle the best-scored deleted tokens of every row into merged tokens, with no host synchronisation.
+
+    Args:
+        hidden: ``[B, L, D]`` the pruning layer's output; scores: ``[B, L]`` scores of the visual tokens.
+        deleted: ``[B, L]`` bool, the deleted tokens; ``n_deleted`` their count per row (host ints).
+        seed: seeds the clustering's tie-break keys (the same keys for a row alone or in a batch).
+        times: ``[B, L]`` frame index of each token, or None.
+
+    Returns:
+        The merged tokens and their provenance, or None when no row recycles anything.
+    """
+    plan = [recycle_counts(n, recycle_ratio, cluster_ratio) for n in n_deleted]
+    n_members = [r for r, _ in plan]
+    counts = [c for _, c in plan]
+    width, max_c = max(n_members, default=0), max(counts, default=0)
+    if width == 0:
+        return None
+    device = hidden.device
+    order = scores.masked_fill(~deleted, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    members = order[:, :width]  # [B, R] best-scored deleted tokens first
+    member_valid = torch.arange(width, device=device)[None, :] < torch.tensor(n_members, device=device)[:, None]
+    points = hidden.gather(1, members[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, D]
+    member_times = times.gather(1, members) if times is not None else None
+    clusters = dpc_knn(
+        points,
+        member_valid,
+        torch.tensor(counts, device=device),
+        max_c,
+        tiebreak_keys(n_members, seed, device),
+        member_times,
+        time_weight,
+    )
+    tokens = cluster_means(points, member_valid, clusters.assign, max_c)
+    return RecycledRows(
+        tokens=tokens,
+        counts=counts,
+        cluster_valid=clusters.centre_valid,
+        members=members,
+        member_valid=member_valid,
+        assign=clusters.assign,
+        centres=members.gather(1, clusters.centres),
+    )
+
+
 def frame_similarity(frames: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of same-position tokens between consecutive frames.
 
     Args:
-        frames: ``[T, P, D]`` visual tokens of one video, ``P`` tokens per frame.
+        frames: ``[..., T, P, D]`` visual tokens of one video (or a batch of videos), ``P`` tokens per frame.
 
     Returns:
-        ``[T - 1]``: entry ``t`` compares frame ``t + 1`` with frame ``t``.
+        ``[..., T - 1]``: entry ``t`` compares frame ``t + 1`` with frame ``t``.
     """
     x = torch.nn.functional.normalize(frames.float(), dim=-1)
-    return (x[1:] * x[:-1]).sum(-1).mean(-1)
+    return (x[..., 1:, :, :] * x[..., :-1, :, :]).sum(-1).mean(-1)
 
 
 def segment_frames(similarity: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
@@ -170,6 +238,13 @@ def segment_frames(similarity: torch.Tensor, threshold: float) -> list[tuple[int
     cuts = [0] + [t + 1 for t in range(similarity.shape[0]) if float(similarity[t]) < threshold]
     ends = [*cuts[1:], similarity.shape[0] + 1]
     return list(zip(cuts, ends, strict=True))
+
+
+def segment_starts(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[..., T]`` bool: frames that start a segment (frame 0, and every frame less similar than ``threshold``
+    to the one before it); the tensor form of :func:`segment_frames`."""
+    first = torch.ones(*similarity.shape[:-1], 1, dtype=torch.bool, device=similarity.device)
+    return torch.cat([first, similarity < threshold], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -192,18 +267,8 @@ class TemporalMerge:
 def temporal_merge(
     frames: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
 ) -> TemporalMerge:
-    """Merge tokens that stay the same across frames into the earliest frame's token.
-
-    Frames are segmented by :func:`segment_frames`; merging never crosses a segment boundary. Inside a
-    segment, each position has a survivor (first the segment's first frame); a later frame's token at that
-    position whose cosine similarity to the survivor is at least ``merge_threshold`` is merged into it (running
-    mean weighted by how many tokens each stands for) and dropped; otherwise it is kept and becomes the
-    position's survivor for the frames after it. So static regions collapse to one token per segment, while
-    frames that change keep their tokens: the budget goes where frames differ.
-
-    With ``max_merged``, the most similar tokens merge first: a free pass ranks every merge by its similarity
-    (ties by frame, then position), and a second pass lets only the best ``max_merged`` of them merge. A token
-    held back becomes its position's survivor, so the second pass can only merge fewer, never more.
+    """Merge tokens that stay the same across frames into the earliest frame's token (one video; see
+    :func:`temporal_merge_batch`, which this runs on a batch of one).
 
     Args:
         frames: ``[T, P, D]`` visual tokens of one video.
@@ -211,46 +276,90 @@ def temporal_merge(
         merge_threshold: token similarity at or above which a token merges into its survivor.
         max_merged: at most this many tokens merge away (None: no cap).
     """
-    if max_merged is not None and max_merged < 0:
-        raise ValueError(f"max_merged must be >= 0 or None, got {max_merged}")
+    tokens, keep, weight = temporal_merge_batch(frames[None], segment_threshold, merge_threshold, max_merged)
     t = frames.shape[0]
     segments = segment_frames(frame_similarity(frames), segment_threshold) if t > 1 else [(0, t)]
-    free, similarity = _merge_pass(frames, segments, merge_threshold)
-    merged = ~free.keep
-    if max_merged is None or int(merged.sum()) <= max_merged:
-        return free
-    ranked = torch.where(merged, similarity, float("-inf")).flatten()
-    best = torch.argsort(ranked, descending=True, stable=True)[:max_merged]
-    allowed = torch.zeros_like(ranked, dtype=torch.bool)
-    allowed[best] = True
-    return _merge_pass(frames, segments, merge_threshold, allowed.view_as(merged))[0]
+    return TemporalMerge(tokens[0], keep[0], weight[0], segments)
+
+
+def temporal_merge_batch(
+    frames: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge tokens that stay the same across frames, for a batch of videos with the same frame count.
+
+    Frames are segmented where consecutive frames are less similar than ``segment_threshold`` (a shot
+    change); merging never crosses a segment boundary. Inside a segment, each position has a survivor (first
+    the segment's first frame); a later frame's token at that position whose cosine similarity to the
+    survivor is at least ``merge_threshold`` is merged into it (running mean weighted by how many tokens each
+    stands for) and dropped; otherwise it is kept and becomes the position's survivor for the frames after it.
+    So static regions collapse to one token per segment, while frames that change keep their tokens: the
+    budget goes where frames differ.
+
+    With ``max_merged``, the most similar tokens merge first: a free pass ranks every merge by its similarity
+    (ties by frame, then position), and a second pass lets only the best ``max_merged`` of them merge. A token
+    held back becomes its position's survivor, so the second pass can only merge fewer, never more. Both
+    passes loop over frames, never over videos, and read nothing back to the host.
+
+    Args:
+        frames: ``[G, T, P, D]`` visual tokens of ``G`` videos.
+        segment_threshold: consecutive-frame similarity under which a new segment starts.
+        merge_threshold: token similarity at or above which a token merges into its survivor.
+        max_merged: at most this many tokens of each video merge away (None: no cap).
+
+    Returns:
+        ``(tokens [G, T, P, D], keep [G, T, P] bool, weight [G, T, P])`` as in :class:`TemporalMerge`.
+    """
+    if max_merged is not None and max_merged < 0:
+        raise ValueError(f"max_merged must be >= 0 or None, got {max_merged}")
+    g, t = frames.shape[:2]
+    if t > 1:
+        starts = segment_starts(frame_similarity(frames), segment_threshold)  # [G, T]
+    else:
+        starts = torch.ones(g, t, dtype=torch.bool, device=frames.device)
+    tokens, keep, weight, similarity = _merge_pass(frames, starts, merge_threshold)
+    if max_merged is None:
+        return tokens, keep, weight
+    merged = ~keep
+    ranked = torch.where(merged, similarity, float("-inf")).flatten(1)  # [G, T*P]
+    order = ranked.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    allowed = (rank < max_merged).view_as(merged) & merged
+    return _merge_pass(frames, starts, merge_threshold, allowed)[:3]
 
 
 def _merge_pass(
-    frames: torch.Tensor, segments: list[tuple[int, int]], merge_threshold: float, allowed: torch.Tensor | None = None
-) -> tuple[TemporalMerge, torch.Tensor]:
-    """One merging pass of :func:`temporal_merge` (only ``allowed`` ``[T, P]`` tokens may merge, if given);
-    also returns ``[T, P]`` each token's similarity to the survivor it was compared with (``-inf`` for the
-    first frame of a segment)."""
-    t, p, _ = frames.shape
-    x = frames.float().clone()
-    keep = torch.ones(t, p, dtype=torch.bool, device=frames.device)
-    weight = torch.ones(t, p, device=frames.device)
-    similarity = torch.full((t, p), float("-inf"), device=frames.device)
-    columns = torch.arange(p, device=frames.device)
-    for start, end in segments:
-        owner = torch.full((p,), start, dtype=torch.long, device=frames.device)  # survivor frame per position
-        for f in range(start + 1, end):
-            survivor = x[owner, columns]  # [P, D]
-            similarity[f] = torch.nn.functional.cosine_similarity(frames[f].float(), survivor, dim=-1)
-            similar = similarity[f] >= merge_threshold
-            if allowed is not None:
-                similar &= allowed[f]
-            w = weight[owner, columns]
-            merged = (survivor * w[:, None] + frames[f].float()) / (w + 1)[:, None]
-            x[owner[similar], columns[similar]] = merged[similar]
-            weight[owner[similar], columns[similar]] = w[similar] + 1
-            keep[f, similar] = False
-            weight[f, similar] = 0
-            owner = torch.where(similar, owner, torch.full_like(owner, f))
-    return TemporalMerge(x.to(frames.dtype), keep, weight, segments), similarity
+    frames: torch.Tensor, starts: torch.Tensor, merge_threshold: float, allowed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One merging pass of :func:`temporal_merge_batch` over ``[G, T, P, D]`` frames with ``[G, T]`` segment
+    starts (only ``allowed`` ``[G, T, P]`` tokens may merge, if given). Returns tokens, keep, weight and each
+    token's similarity to the survivor it was compared with (``-inf`` for the first frame of a segment)."""
+    g, t, p, d = frames.shape
+    device = frames.device
+    x = frames.float().clone().view(g, t * p, d)
+    keep = torch.ones(g, t, p, dtype=torch.bool, device=device)
+    weight = torch.ones(g, t * p, device=device)
+    similarity = torch.full((g, t, p), float("-inf"), device=device)
+    columns = torch.arange(p, device=device)[None, :]  # [1, P]
+    owner = torch.zeros(g, p, dtype=torch.long, device=device)  # survivor frame per position
+    for f in range(1, t):
+        start = starts[:, f, None]  # [G, 1]
+        owner = torch.where(start, f, owner)
+        slot = owner * p + columns  # [G, P] the survivor's flat index
+        survivor = x.gather(1, slot[..., None].expand(g, p, d))  # [G, P, D]
+        current = frames[:, f].float()
+        sim = torch.nn.functional.cosine_similarity(current, survivor, dim=-1)  # [G, P]
+        similarity[:, f] = torch.where(start, float("-inf"), sim)
+        similar = (sim >= merge_threshold) & ~start
+        if allowed is not None:
+            similar &= allowed[:, f]
+        w = weight.gather(1, slot)  # [G, P]
+        mean = (survivor * w[..., None] + current) / (w + 1)[..., None]
+        x.scatter_(1, slot[..., None].expand(g, p, d), torch.where(similar[..., None], mean, survivor))
+        weight.scatter_(1, slot, torch.where(similar, w + 1, w))
+        keep[:, f] = ~similar
+        weight[:, f * p : (f + 1) * p] = torch.where(similar, 0.0, 1.0)
+        owner = torch.where(similar, owner, f)
+    tokens = x.view(g, t, p, d).to(frames.dtype)
+    return tokens, keep, weight.view(g, t, p), similarity

@@ -80,55 +80,88 @@ def visual_scores(attention: torch.Tensor, rater_valid: torch.Tensor) -> torch.T
     return (attention * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
-def rank_keep_count(rater_visual: torch.Tensor, scale: float, bias: float) -> int:
-    """Rank-adaptive kept count ``int(scale * rank(P) + bias)`` (paper Eq. 8 as the v1 code applies it).
+def rank_keep_counts(
+    rater_visual: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, scale: float, bias: float
+) -> list[int]:
+    """Rank-adaptive kept counts ``int(scale * rank(P) + bias)`` of a padded batch (paper Eq. 8 as the v1 code
+    applies it), with one device-to-host transfer.
 
     Args:
-        rater_visual: ``[R, Lv]`` head-averaged attention of the raters over the visual tokens.
+        rater_visual: ``[B, R, V]`` head-averaged attention of the raters over the visual tokens, zero-padded.
+        rows: ``[B]`` real raters per row; cols: ``[B]`` real visual tokens per row.
 
     Returns:
-        The number of visual tokens to keep, at least 1 and at most ``Lv``.
+        Per row the number of visual tokens to keep, at least 1 and at most the row's visual count. Zero
+        padding does not change a rank; the tolerance is the one ``matrix_rank`` uses for the unpadded matrix.
     """
-    rank = int(torch.linalg.matrix_rank(rater_visual.float()).item())
-    return max(1, min(int(scale * rank + bias), rater_visual.shape[-1]))
+    eps = torch.finfo(torch.float32).eps
+    rtol = torch.maximum(rows, cols).float() * eps  # [B]
+    ranks = torch.linalg.matrix_rank(rater_visual.float(), rtol=rtol)  # [B]
+    return [max(1, min(int(scale * r + bias), n)) for r, n in zip(ranks.tolist(), cols.tolist(), strict=True)]
 
 
-def select_keep(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the ``keep`` best scores, in their original (ascending) order.
+def keep_mask(scores: torch.Tensor, present: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: each row's ``keep[b]`` best-scored tokens among ``present`` (ties: the earlier token).
 
     Args:
-        scores: ``[Lv]`` scores of the visual tokens.
-
-    Returns:
-        ``[keep]`` sorted LongTensor.
+        scores: ``[B, L]``; present: ``[B, L]`` bool candidates; keep: ``[B]`` long counts.
     """
-    keep = min(keep, scores.shape[0])
-    return scores.topk(keep).indices.sort().values
+    order = scores.masked_fill(~present, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return present & (rank < keep[:, None])
+
+
+def rater_candidates(valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None) -> torch.Tensor:
+    """``[B, L]`` bool: the real prompt tokens after each row's last visual token (none in a text-only row)."""
+    at = torch.arange(valid.shape[1], device=valid.device)[None, :]
+    last_visual = torch.where(visual, at, -1).amax(1, keepdim=True)  # [B, 1], -1 without visual tokens
+    candidates = valid & ~visual & (at > last_visual) & (last_visual >= 0)
+    if prompt_len is not None:
+        candidates &= at < prompt_len
+    return candidates
 
 
 def select_rater_tokens(
-    embeds: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, prompt_len: int | None, method: str
+    embeds: torch.Tensor,
+    candidates: torch.Tensor,
+    visual: torch.Tensor,
+    method: str,
+    text_width: int,
+    visual_width: int,
 ) -> torch.Tensor:
-    """``[B, L]`` bool raters per row: candidates are the real prompt tokens after the last visual token.
+    """``[B, L]`` bool raters per row, chosen among the candidates (:func:`rater_candidates`).
 
-    SparseVLM picks the relevant ones (:func:`select_raters`); ``sparsevlm-text`` takes every candidate;
-    FastV's rule uses the last prompt token alone.
+    SparseVLM picks the relevant ones (paper Eq. 5-6; :func:`select_raters` is the same for one row);
+    ``sparsevlm-text`` takes every candidate; FastV's rule uses the last prompt token alone. All rows at once:
+    candidates and visual tokens are gathered to the front of padded ``[B, T, D]`` and ``[B, V, D]`` tensors.
+
+    Args:
+        embeds: ``[B, L, D]`` the LLM input embeddings.
+        candidates, visual: ``[B, L]`` bool.
+        text_width, visual_width: the largest candidate and visual counts of a row (host ints).
     """
-    b, length, _ = embeds.shape
-    at = torch.arange(length, device=embeds.device)
-    raters = torch.zeros(b, length, dtype=torch.bool, device=embeds.device)
-    for row in range(b):
-        vis = visual[row].nonzero().squeeze(1)
-        candidates = valid[row] & ~visual[row] & (at > vis.max())
-        if prompt_len is not None:
-            candidates &= at < prompt_len
-        cand = candidates.nonzero().squeeze(1)
-        if method == "fastv":
-            raters[row, cand[-1:]] = True
-            continue
-        if method == "sparsevlm-text":
-            raters[row, cand] = True
-            continue
-        chosen = select_raters(embeds[row, vis], embeds[row, cand])
-        raters[row, cand[chosen]] = True
-    return raters
+    if method == "fastv":
+        at = torch.arange(candidates.shape[1], device=candidates.device)[None, :]
+        last = torch.where(candidates, at, -1).amax(1, keepdim=True)
+        return candidates & (at == last)
+    if method == "sparsevlm-text" or text_width == 0 or visual_width == 0:
+        return candidates
+    d = embeds.shape[-1]
+    n_text, n_visual = candidates.sum(1), visual.sum(1)  # [B]
+    text_at = (~candidates).to(torch.int8).argsort(dim=1, stable=True)[:, :text_width]  # candidates first
+    visual_at = (~visual).to(torch.int8).argsort(dim=1, stable=True)[:, :visual_width]
+    text_ok = torch.arange(text_width, device=embeds.device)[None, :] < n_text[:, None]  # [B, T]
+    visual_ok = torch.arange(visual_width, device=embeds.device)[None, :] < n_visual[:, None]  # [B, V]
+    text = embeds.gather(1, text_at[..., None].expand(-1, -1, d)).float()  # [B, T, D]
+    vis = embeds.gather(1, visual_at[..., None].expand(-1, -1, d)).float()  # [B, V, D]
+    relation = torch.bmm(vis, text.transpose(1, 2)).masked_fill(~text_ok[:, None, :], float("-inf"))  # [B, V, T]
+    probs = relation.softmax(dim=-1).nan_to_num(0.0) * visual_ok[..., None]
+    relevance = probs.sum(1) / n_visual.clamp_min(1)[:, None]  # [B, T]
+    mean = (relevance * text_ok).sum(1, keepdim=True) / n_text.clamp_min(1)[:, None]
+    chosen = (relevance > mean) & text_ok
+    chosen = torch.where(chosen.any(1, keepdim=True), chosen, text_ok)
+    raters = torch.zeros_like(candidates)
+    raters.scatter_(1, text_at, chosen)
+    return raters & candidates

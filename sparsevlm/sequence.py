@@ -1,8 +1,10 @@
 """The token layout of a batch while it is being pruned, and the attention masks that go with it.
 
 Rows are packed to the left-padded form that ``generate`` uses: after pruning, rows may differ in length
-(rank mode, different prompt lengths), so every pruning step rebuilds each row from its surviving tokens and
-re-pads the batch on the left. Pure tensor code: no transformers modules.
+(rank mode, different prompt lengths), so every pruning step rebuilds the batch from its surviving tokens
+and re-pads it on the left, for all rows at once (one scatter per field, no per-row Python). The token
+counts that shape the new tensors (each row's length and visual count) are kept on the host beside the
+tensors, so a rebuild needs no device-to-host synchronisation. Pure tensor code: no transformers modules.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Layout:
         visual_index: ``[B, L]`` long: the original visual-token index (0..Lv-1), ``MERGED`` for a recycled
             cluster token, ``TEXT`` for every other token and for padding.
         rater: ``[B, L]`` bool, the rater text tokens.
+        lengths: real tokens per row (host ints, ``valid.sum(1)``).
+        n_visual: visual tokens per row (host ints, ``visual.sum(1)``).
     """
 
     hidden: torch.Tensor
@@ -38,89 +42,100 @@ class Layout:
     valid: torch.Tensor
     visual_index: torch.Tensor
     rater: torch.Tensor
+    lengths: tuple[int, ...]
+    n_visual: tuple[int, ...]
 
     @property
     def visual(self) -> torch.Tensor:
         """``[B, L]`` bool: visual tokens present (original or merged)."""
         return self.valid & (self.visual_index != TEXT)
 
+    @property
+    def padded(self) -> bool:
+        """True when some row is shorter than the batch (known on the host)."""
+        return min(self.lengths) < self.hidden.shape[1]
+
     def with_hidden(self, hidden: torch.Tensor) -> Layout:
         return replace(self, hidden=hidden)
 
 
 @dataclass(frozen=True)
-class RowTokens:
-    """One row's surviving tokens, unpadded (the fields of :class:`Layout` for a single row)."""
+class Inserted:
+    """Tokens to insert into each row right after its last surviving visual token.
 
-    hidden: torch.Tensor  # [n, D]
-    position_ids: torch.Tensor  # [n]
-    visual_index: torch.Tensor  # [n]
-    rater: torch.Tensor  # [n]
+    Attributes:
+        hidden: ``[B, C, D]``; rows with fewer than ``C`` tokens are padded.
+        position_ids: ``[B, C]`` their positions (ignored when the rebuild is compact).
+        counts: tokens inserted per row (host ints).
+    """
+
+    hidden: torch.Tensor
+    position_ids: torch.Tensor
+    counts: list[int]
 
 
-def prune_row(
-    layout: Layout,
-    row: int,
-    deleted: torch.Tensor,
-    merged: torch.Tensor | None = None,
-    merged_positions: torch.Tensor | None = None,
-    compact: bool = False,
-) -> RowTokens:
-    """Drop some tokens of one row and insert merged tokens right after its last surviving visual token.
+def rebuild(
+    layout: Layout, deleted: torch.Tensor, n_deleted: list[int], inserted: Inserted | None = None, compact: bool = False
+) -> Layout:
+    """Drop tokens of every row, insert merged tokens after each row's last surviving visual token, re-pad.
 
     Args:
         layout: the batch.
-        row: the row index.
-        deleted: ``[M]`` positions (in the padded row) of the tokens to drop.
-        merged: ``[C, D]`` merged tokens to insert, or None.
-        merged_positions: ``[C]`` their position ids (ignored when ``compact``).
-        compact: renumber the row's positions consecutively from its first position (paper v1 code).
+        deleted: ``[B, L]`` bool, the tokens to drop (real tokens only); ``n_deleted`` their count per row.
+        inserted: merged tokens to insert, or None.
+        compact: renumber each row's positions consecutively from its first position (paper v1 code).
 
     Returns:
-        The row's new tokens in order.
+        The new left-padded layout; a row keeps its surviving tokens in order.
     """
-    keep = layout.valid[row].clone()
-    keep[deleted] = False
-    idx = keep.nonzero().squeeze(1)  # [n]
-    hidden = layout.hidden[row, idx]
-    positions = layout.position_ids[row, idx]
-    visual_index = layout.visual_index[row, idx]
-    rater = layout.rater[row, idx]
-    if merged is not None and merged.shape[0] > 0:
-        assert merged_positions is not None
-        at = int((visual_index != TEXT).nonzero().max()) + 1
-        n_merged = merged.shape[0]
-        hidden = torch.cat([hidden[:at], merged.to(hidden.dtype), hidden[at:]])
-        positions = torch.cat([positions[:at], merged_positions.to(positions), positions[at:]])
-        visual_index = torch.cat([visual_index[:at], visual_index.new_full((n_merged,), MERGED), visual_index[at:]])
-        rater = torch.cat([rater[:at], rater.new_zeros(n_merged), rater[at:]])
+    b, length = layout.hidden.shape[:2]
+    device = layout.hidden.device
+    counts = inserted.counts if inserted is not None else [0] * b
+    lengths = tuple(n - m + c for n, m, c in zip(layout.lengths, n_deleted, counts, strict=True))
+    new_len = max(lengths)
+    keep = layout.valid & ~deleted  # [B, L]
+    rank = keep.long().cumsum(1) - 1  # [B, L]: index among the row's survivors
+    pad = new_len - torch.tensor(lengths, device=device)  # [B]
+    at = torch.tensor(counts, device=device)  # [B] tokens inserted per row
+    # Insert after the last surviving visual token: survivors ranked at or after it shift by the insertion.
+    survivor_visual = keep & (layout.visual_index != TEXT)
+    after = torch.where(survivor_visual, rank, -1).amax(1) + 1  # [B]: rank of the first token after it
+    dest = pad[:, None] + rank + torch.where(rank >= after[:, None], at[:, None], 0)  # [B, L]
+    dest = torch.where(keep, dest, new_len)  # dropped tokens go to a spare column that is cut off
+
+    def place(values: torch.Tensor, fill: float | int | bool, extra: torch.Tensor | None = None) -> torch.Tensor:
+        shape = (b, new_len + 1, *values.shape[2:])
+        out = values.new_full(shape, fill)
+        index = dest.view(b, length, *([1] * (values.dim() - 2))).expand_as(values)
+        out.scatter_(1, index, values)
+        if extra is not None and inserted is not None:
+            width = extra.shape[1]
+            slot = torch.arange(width, device=device)[None, :]
+            target = torch.where(slot < at[:, None], pad[:, None] + after[:, None] + slot, new_len)  # [B, C]
+            out.scatter_(1, target.view(b, width, *([1] * (values.dim() - 2))).expand_as(extra), extra)
+        return out[:, :new_len]
+
+    merged = inserted is not None and inserted.hidden.shape[1] > 0
+    width = inserted.hidden.shape[1] if merged and inserted is not None else 0
+    hidden = place(layout.hidden, 0.0, inserted.hidden.to(layout.hidden.dtype) if merged and inserted else None)
+    positions = place(
+        layout.position_ids, 0, inserted.position_ids.to(layout.position_ids) if merged and inserted else None
+    )
+    ones = torch.ones(b, width, dtype=torch.bool, device=device)
+    valid = place(keep, False, ones if merged else None)
+    visual_index = place(
+        layout.visual_index, TEXT, layout.visual_index.new_full((b, width), MERGED) if merged else None
+    )
+    rater = place(layout.rater & keep, False, torch.zeros_like(ones) if merged else None)
     if compact:
-        positions = positions[0] + torch.arange(positions.shape[0], device=positions.device)
-    return RowTokens(hidden, positions, visual_index, rater)
-
-
-def pack_left(rows: list[RowTokens]) -> Layout:
-    """Left-pad rows of different lengths into a :class:`Layout`."""
-    length = max(r.hidden.shape[0] for r in rows)
-    first = rows[0]
-    b, d = len(rows), first.hidden.shape[1]
-    hidden = first.hidden.new_zeros(b, length, d)
-    positions = first.position_ids.new_zeros(b, length)
-    valid = torch.zeros(b, length, dtype=torch.bool, device=first.hidden.device)
-    visual_index = first.visual_index.new_full((b, length), TEXT)
-    rater = torch.zeros(b, length, dtype=torch.bool, device=first.hidden.device)
-    for i, r in enumerate(rows):
-        n = r.hidden.shape[0]
-        hidden[i, length - n :] = r.hidden
-        positions[i, length - n :] = r.position_ids
-        valid[i, length - n :] = True
-        visual_index[i, length - n :] = r.visual_index
-        rater[i, length - n :] = r.rater
-    return Layout(hidden, positions, valid, visual_index, rater)
+        first = positions.gather(1, pad.clamp_max(new_len - 1)[:, None])  # [B, 1] each row's first position
+        positions = torch.where(valid, first + torch.arange(new_len, device=device)[None, :] - pad[:, None], 0)
+    n_vis = tuple(v - m + c for v, m, c in zip(layout.n_visual, n_deleted, counts, strict=True))
+    return Layout(hidden, positions, valid, visual_index, rater, lengths, n_vis)
 
 
 def build_attention_mask(
-    kv_valid: torch.Tensor, q_len: int, implementation: str, dtype: torch.dtype
+    kv_valid: torch.Tensor, q_len: int, implementation: str, dtype: torch.dtype, padded: bool
 ) -> torch.Tensor | None:
     """A causal padding mask for queries that are the last ``q_len`` entries of the keys.
 
@@ -132,13 +147,14 @@ def build_attention_mask(
         implementation: the attention implementation (``"eager"`` needs an additive float mask, the others
             take a bool mask).
         dtype: the float dtype of an additive mask.
+        padded: whether any key is padding (known on the host; saves a device-to-host synchronisation).
 
     Returns:
         ``[B, 1, q_len, K]`` mask, or None when sdpa can use its own causal path (no padding, and either one
         query or as many queries as keys).
     """
     b, k = kv_valid.shape
-    if implementation == "sdpa" and bool(kv_valid.all()) and q_len in (1, k):
+    if implementation == "sdpa" and not padded and q_len in (1, k):
         return None
     device = kv_valid.device
     q_at = torch.arange(k - q_len, k, device=device)  # [q]: key index of each query
@@ -152,45 +168,54 @@ def build_attention_mask(
 
 
 def frame_index(visual_index: torch.Tensor, tokens_per_frame: int | None) -> torch.Tensor:
-    """``[n]`` frame of each visual token; a merged cluster token takes the frame of the token before it."""
+    """``[..., L]`` frame of each visual token; a merged cluster token (or any other token) takes the frame of
+    the visual token before it (0 before the first)."""
     frame = torch.where(visual_index >= 0, visual_index // (tokens_per_frame or 1), -1)
-    at = torch.arange(frame.shape[0], device=frame.device)
-    source = torch.where(frame >= 0, at, 0).cummax(dim=0).values  # forward fill, vectorised
-    frame = frame[source]
-    return frame.clamp_min(0)
+    at = torch.arange(frame.shape[-1], device=frame.device).expand_as(frame)
+    source = torch.where(frame >= 0, at, 0).cummax(dim=-1).values  # forward fill, vectorised
+    return frame.gather(-1, source).clamp_min(0)
 
 
-def reduce_frames(
-    layout: Layout,
-    tokens_per_frame: int,
-    reduce: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    compact: bool = False,
-) -> Layout:
-    """Reduce each row's video frames before the LLM, row by row.
+FrameReduction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def reduce_frames(layout: Layout, tokens_per_frame: int, reduce: FrameReduction, compact: bool = False) -> Layout:
+    """Reduce the video frames of every row before the LLM, rows with the same frame count together.
 
     Args:
         layout: the batch before the first decoder layer.
         tokens_per_frame: visual tokens of one frame.
-        reduce: ``[T, P, D]`` frames -> (``[T, P, D]`` new features, ``[T, P]`` bool tokens that survive), e.g.
-            temporal merging (:func:`sparsevlm.recycle.temporal_merge`) or spatial pooling
+        reduce: ``[G, T, P, D]`` frames -> (``[G, T, P, D]`` new features, ``[G, T, P]`` bool tokens that
+            survive), e.g. temporal merging (:func:`sparsevlm.recycle.temporal_merge_batch`) or spatial pooling
             (:func:`sparsevlm.pooling.spatial_pool`).
         compact: renumber positions consecutively (``positions="compact"``).
 
-    A row whose visual tokens are not whole frames is left as it is, with a warning.
+    A row whose visual tokens are not whole frames is left as it is, with a warning. One device-to-host
+    transfer reads how many tokens survive in each row.
     """
+    b, length, d = layout.hidden.shape
+    device = layout.hidden.device
     hidden = layout.hidden.clone()
-    reduced = Layout(hidden, layout.position_ids, layout.valid, layout.visual_index, layout.rater)
-    rows = []
-    for row in range(hidden.shape[0]):
-        vis_pos = layout.visual[row].nonzero().squeeze(1)
-        n = vis_pos.numel()
+    deleted = torch.zeros(b, length, dtype=torch.bool, device=device)
+    order = (~layout.visual).to(torch.int8).argsort(dim=1, stable=True)  # [B, L] visual positions first
+    groups: dict[int, list[int]] = {}
+    for row, n in enumerate(layout.n_visual):
         if n == 0 or n % tokens_per_frame:
-            logger.warning(
-                "row %d: %d visual tokens are not whole frames of %d; frames left unreduced", row, n, tokens_per_frame
-            )
-            rows.append(prune_row(reduced, row, vis_pos[:0]))
+            if n:
+                logger.warning(
+                    "row %d: %d visual tokens are not whole frames of %d; frames left unreduced",
+                    row,
+                    n,
+                    tokens_per_frame,
+                )
             continue
-        tokens, keep = reduce(hidden[row, vis_pos].view(n // tokens_per_frame, tokens_per_frame, -1))
-        hidden[row, vis_pos] = tokens.reshape(n, -1)
-        rows.append(prune_row(reduced, row, vis_pos[~keep.reshape(n)], compact=compact))
-    return pack_left(rows)
+        groups.setdefault(n, []).append(row)
+    for n, rows in groups.items():
+        index = torch.tensor(rows, device=device)
+        positions = order[index, :n]  # [G, n]
+        frames = hidden[index[:, None], positions]  # [G, n, D]
+        tokens, keep = reduce(frames.view(len(rows), n // tokens_per_frame, tokens_per_frame, d))
+        hidden[index[:, None], positions] = tokens.reshape(len(rows), n, d).to(hidden.dtype)
+        deleted[index[:, None], positions] = ~keep.reshape(len(rows), n)
+    n_deleted = deleted.sum(1).tolist() if groups else [0] * b
+    return rebuild(layout.with_hidden(hidden), deleted, n_deleted, compact=compact)

@@ -88,7 +88,8 @@ class SampleStats:
         raters: 1-D LongTensor, positions (in the row's input sequence) of the rater text tokens.
         prefill_flops: FLOPs of this prefill by the formula.
         dense_prefill_flops: the same formula for the unpruned sequence.
-        seq_len_per_layer: tokens (padding excluded) entering each layer; also each layer's KV-cache length.
+        seq_len_per_layer: this row's tokens (padding excluded) entering each layer. A layer's KV cache holds
+            the batch's padded length there, the longest row's count (equal to this one at batch 1).
         recycled_indices: pruning layer -> original visual indices merged into cluster tokens there.
         clusters: pruning layer -> number of merged cluster tokens added there.
         removed_by_merge: visual tokens removed by temporal (cross-frame) merging before the LLM.
@@ -118,79 +119,102 @@ class SampleStats:
         return self.prefill_flops / self.dense_prefill_flops if self.dense_prefill_flops else 1.0
 
 
+@dataclass
+class PruneRecord:
+    """One pruning layer's decisions for the whole batch, on the device until the prefill ends."""
+
+    visual_index: torch.Tensor  # [B, L] of the layout that was pruned
+    present: torch.Tensor  # [B, L] bool: the visual tokens scored there
+    scores: torch.Tensor  # [B, L]
+    kept: torch.Tensor  # [B, L] bool
+    recycled: torch.Tensor  # [B, L] bool: deleted tokens merged into cluster tokens
+    clusters: list[int]  # cluster tokens added per row
+    pruned: list[bool]  # rows this layer pruned
+
+
 class PrefillRecorder:
-    """Collects the per-row statistics of one prefill."""
+    """Collects the per-row statistics of one prefill.
+
+    Token counts come from the layouts' host-side counts; the per-token decisions (kept, recycled, scores,
+    raters) stay on the device while the prefill runs and are read back once, in :meth:`finish`, a few
+    transfers per pruning layer whatever the batch size.
+    """
 
     def __init__(self, batch: int, raters: torch.Tensor, input_lens: list[int]) -> None:
         self.batch = batch
         self.input_lens = input_lens  # tokens of each row before any merging or pruning (the dense cost)
-        self.raters = [raters[row].nonzero().squeeze(1).cpu() for row in range(batch)]
+        self.raters = raters
         self.seq_lens: list[list[int]] = [[] for _ in range(batch)]
         self.visual: list[list[int]] = [[] for _ in range(batch)]
-        self.kept: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.scores: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.recycled_idx: list[dict[int, torch.Tensor]] = [{} for _ in range(batch)]
-        self.clusters: list[dict[int, int]] = [{} for _ in range(batch)]
+        self.layers: dict[int, PruneRecord] = {}
         self.merged: list[int] = [0] * batch
-        self.reduced_kept: list[torch.Tensor | None] = [None] * batch
+        self.reduced_index: torch.Tensor | None = None  # [B, L] visual_index after the frame reduction
+        self.rater_counts: list[int] | None = None  # raters per row, read once when first needed
 
     def reduced(self, layout: Layout, n_visual: list[int]) -> None:
         """The frames were reduced before the LLM: record what survived."""
-        for row in range(self.batch):
-            index = layout.visual_index[row, layout.visual[row]]
-            self.reduced_kept[row] = index.sort().values.cpu()
-            self.merged[row] = n_visual[row] - int(index.numel())
+        self.reduced_index = torch.where(layout.visual, layout.visual_index, -1)
+        self.merged = [n - m for n, m in zip(n_visual, layout.n_visual, strict=True)]
 
     def enter(self, layout: Layout) -> None:
-        for row, (n, v) in enumerate(zip(layout.valid.sum(1).tolist(), layout.visual.sum(1).tolist(), strict=True)):
-            self.seq_lens[row].append(int(n))
-            self.visual[row].append(int(v))
+        for row in range(self.batch):
+            self.seq_lens[row].append(layout.lengths[row])
+            self.visual[row].append(layout.n_visual[row])
 
-    def pruned(
-        self,
-        row: int,
-        layer: int,
-        layout: Layout,
-        vis_pos: torch.Tensor,
-        scores: torch.Tensor,
-        kept: torch.Tensor,
-    ) -> None:
-        original = layout.visual_index[row, vis_pos[kept]]
-        self.kept[row][layer] = original[original >= 0].sort().values.cpu()
-        self.scores[row][layer] = scores.detach().float().cpu()
-
-    def recycled(self, row: int, layer: int, layout: Layout, positions: torch.Tensor, clusters: int) -> None:
-        original = layout.visual_index[row, positions]
-        self.recycled_idx[row][layer] = original[original >= 0].sort().values.cpu()
-        self.clusters[row][layer] = clusters
+    def pruned(self, layer: int, record: PruneRecord) -> None:
+        self.layers[layer] = record
 
     def finish(self, layout: Layout, n_visual: list[int], config: Any) -> list[SampleStats]:
-        final_visual = layout.visual.sum(1).tolist()
+        raters = self.raters.cpu()
+        reduced = self.reduced_index.cpu() if self.reduced_index is not None else None
+        layers = {}
+        for layer, rec in self.layers.items():
+            flags = torch.stack([rec.visual_index, rec.present.long(), rec.kept.long(), rec.recycled.long()]).cpu()
+            layers[layer] = (flags, rec.scores.detach().float().cpu(), rec)
         stats = []
         for row in range(self.batch):
-            after = [*self.visual[row][1:], int(final_visual[row])]
+            kept: dict[int, torch.Tensor] = {}
+            scores: dict[int, torch.Tensor] = {}
+            recycled: dict[int, torch.Tensor] = {}
+            clusters: dict[int, int] = {}
+            for layer, (flags, layer_scores, rec) in layers.items():
+                if not rec.pruned[row]:
+                    continue
+                index, present, keep, merged = flags[0, row], flags[1, row].bool(), flags[2, row].bool(), flags[3, row]
+                scores[layer] = layer_scores[row, present]
+                kept[layer] = _originals(index, keep)
+                if rec.clusters[row]:
+                    recycled[layer] = _originals(index, merged.bool())
+                    clusters[layer] = rec.clusters[row]
+            after = [*self.visual[row][1:], layout.n_visual[row]]
             dense_len = self.input_lens[row]
             stats.append(
                 SampleStats(
                     visual_tokens_in=n_visual[row],
                     visual_tokens_per_layer=self.visual[row],
                     equivalent_tokens=equivalent_tokens(after),
-                    kept_indices=self.kept[row],
-                    scores=self.scores[row],
-                    raters=self.raters[row],
+                    kept_indices=kept,
+                    scores=scores,
+                    raters=raters[row].nonzero().squeeze(1),
                     prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
                     dense_prefill_flops=prefill_flops(
                         [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
                     ),
                     seq_len_per_layer=self.seq_lens[row],
-                    recycled_indices=self.recycled_idx[row],
-                    clusters=self.clusters[row],
+                    recycled_indices=recycled,
+                    clusters=clusters,
                     removed_by_merge=self.merged[row],
-                    removed_by_pruning=n_visual[row] - self.merged[row] - int(final_visual[row]),
-                    reduced_kept=self.reduced_kept[row],
+                    removed_by_pruning=n_visual[row] - self.merged[row] - layout.n_visual[row],
+                    reduced_kept=_originals(reduced[row], reduced[row] >= 0) if reduced is not None else None,
                 )
             )
         return stats
+
+
+def _originals(visual_index: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Sorted original visual indices of the chosen tokens (merged cluster tokens left out)."""
+    index = visual_index[chosen]
+    return index[index >= 0].sort().values
 
 
 def dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:
