@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -165,12 +166,13 @@ class PrefillRecorder:
         self.layers[layer] = record
 
     def finish(self, layout: Layout, n_visual: list[int], config: Any) -> list[SampleStats]:
-        raters = self.raters.cpu()
-        reduced = self.reduced_index.cpu() if self.reduced_index is not None else None
+        """The rows' statistics: one transfer per recorded tensor, then host-side (numpy) work per row."""
+        raters = self.raters.numpy(force=True)
+        reduced = self.reduced_index.numpy(force=True) if self.reduced_index is not None else None
         layers = {}
         for layer, rec in self.layers.items():
-            flags = torch.stack([rec.visual_index, rec.present.long(), rec.kept.long(), rec.recycled.long()]).cpu()
-            layers[layer] = (flags, rec.scores.detach().float().cpu(), rec)
+            flags = torch.stack([rec.visual_index, rec.present.long(), rec.kept.long(), rec.recycled.long()])
+            layers[layer] = (flags.numpy(force=True), rec.scores.detach().float().numpy(force=True), rec)
         stats = []
         for row in range(self.batch):
             kept: dict[int, torch.Tensor] = {}
@@ -180,11 +182,11 @@ class PrefillRecorder:
             for layer, (flags, layer_scores, rec) in layers.items():
                 if not rec.pruned[row]:
                     continue
-                index, present, keep, merged = flags[0, row], flags[1, row].bool(), flags[2, row].bool(), flags[3, row]
-                scores[layer] = layer_scores[row, present]
-                kept[layer] = _originals(index, keep)
+                index, present = flags[0, row], flags[1, row].astype(bool)
+                scores[layer] = torch.from_numpy(layer_scores[row, present].copy())
+                kept[layer] = _originals(index, flags[2, row].astype(bool))
                 if rec.clusters[row]:
-                    recycled[layer] = _originals(index, merged.bool())
+                    recycled[layer] = _originals(index, flags[3, row].astype(bool))
                     clusters[layer] = rec.clusters[row]
             after = [*self.visual[row][1:], layout.n_visual[row]]
             dense_len = self.input_lens[row]
@@ -195,7 +197,7 @@ class PrefillRecorder:
                     equivalent_tokens=equivalent_tokens(after),
                     kept_indices=kept,
                     scores=scores,
-                    raters=raters[row].nonzero().squeeze(1),
+                    raters=torch.from_numpy(np.flatnonzero(raters[row])),
                     prefill_flops=prefill_flops(self.seq_lens[row], config.hidden_size, config.intermediate_size),
                     dense_prefill_flops=prefill_flops(
                         [dense_len] * len(self.seq_lens[row]), config.hidden_size, config.intermediate_size
@@ -211,10 +213,10 @@ class PrefillRecorder:
         return stats
 
 
-def _originals(visual_index: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+def _originals(visual_index: np.ndarray, chosen: np.ndarray) -> torch.Tensor:
     """Sorted original visual indices of the chosen tokens (merged cluster tokens left out)."""
     index = visual_index[chosen]
-    return index[index >= 0].sort().values
+    return torch.from_numpy(np.sort(index[index >= 0]))
 
 
 def dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:

@@ -1,0 +1,77 @@
+"""Count the device-to-host synchronisations of a piece of code, on any device (CPU included).
+
+A GPU prefill stalls whenever the host needs a value from the device: a Python ``int``/``bool``/``float`` of
+a tensor, ``.tolist()``, ``.cpu()``/``.numpy()``, or an operator whose output shape depends on the data
+(``nonzero``, boolean indexing, ``unique``, ...). :class:`SyncCounter` counts those calls while it is active,
+by operator (a ``TorchDispatchMode``) and by the ``Tensor`` methods that copy to the host, so a CPU test can
+assert what a GPU run would wait for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_aten = torch.ops.aten
+# Operators whose result needs a value or a shape from the device.
+SYNC_OPS = {
+    _aten._local_scalar_dense.default: "item",
+    _aten.nonzero.default: "nonzero",
+    _aten.masked_select.default: "masked_select",
+    _aten.equal.default: "equal",
+    _aten.is_nonzero.default: "is_nonzero",
+    _aten._unique2.default: "unique",
+    _aten.unique_dim.default: "unique",
+    _aten.unique_consecutive.default: "unique",
+    _aten.repeat_interleave.Tensor: "repeat_interleave",
+}
+_HOST_METHODS = ("tolist", "cpu", "numpy")
+
+
+class SyncCounter(TorchDispatchMode):
+    """``with SyncCounter() as syncs: ...`` then ``syncs.total`` and ``syncs.by_kind``.
+
+    Boolean-mask indexing (``x[mask]``, ``x[mask] = v``) counts as ``bool_index``. ``.cpu()`` and friends
+    count as ``host_copy`` even on a CPU tensor, where they copy nothing: the count is what a GPU would do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_kind: Counter[str] = Counter()
+        self._saved: dict[str, Any] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kind = SYNC_OPS.get(func)
+        if kind is None and func in (_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default):
+            indices = args[1] if len(args) > 1 else []
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+                kind = "bool_index"
+        if kind is not None:
+            self.by_kind[kind] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self) -> SyncCounter:
+        for name in _HOST_METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(tensor: torch.Tensor, *args: Any, _orig: Any = original, **kwargs: Any) -> Any:
+                self.by_kind["host_copy"] += 1
+                return _orig(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+        self._saved.clear()
