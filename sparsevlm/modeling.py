@@ -78,6 +78,7 @@ class SparseRuntime:
         self.config = config
         self.visual_mask: torch.Tensor | None = None  # [B, L] of the current call, set by the input hook
         self.prompt_len: int | None = None  # set while generate() runs: later tokens are never raters
+        self.max_new_tokens: int | None = None  # set while generate() runs: positions they will take
         self.prefill: _PrefillState | None = None
         self.stats: list[SampleStats] = []
         self.hook: Any = None
@@ -123,17 +124,16 @@ def _frame_reduction(cfg: SparseConfig) -> FrameReduction | None:
     if cfg.temporal_merge is not None:
         threshold = cfg.temporal_merge
 
-        def merge(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            tokens, keep, _ = temporal_merge_batch(
-                frames, cfg.segment_threshold, threshold, _max_merged(cfg, frames.shape[1:])
-            )
+        def merge(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cap = _max_merged(cfg, frames.shape[1:])
+            tokens, keep, _ = temporal_merge_batch(frames, cfg.segment_threshold, threshold, cap, least)
             return tokens, keep
 
         return merge
     if cfg.spatial_pool is not None:
         fraction = cfg.spatial_pool
 
-        def pool(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def pool(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             g, t = frames.shape[:2]
             result = spatial_pool(frames.flatten(0, 1), fraction)  # frames pool independently
             return result.tokens.view(frames.shape), result.keep.view(g, t, -1)
@@ -248,9 +248,17 @@ class SparseLlamaModel(LlamaModel):
         record = PrefillRecorder(b, raters, n_valid)
         tpf = rt.tokens_per_frame
         reduce = _frame_reduction(cfg)
+        compact = cfg.positions == "compact"
+        context = getattr(self.config, "max_position_embeddings", None)
+        reserve = rt.max_new_tokens or 0
         if reduce is not None and tpf:
-            layout = reduce_frames(layout, tpf, reduce, compact=cfg.positions == "compact")
+            room = None
+            if compact and context:  # compact positions: fewer tokens means smaller positions
+                room = [context - reserve - (n - v) for n, v in zip(n_valid, n_visual, strict=True)]
+            layout = reduce_frames(layout, tpf, reduce, compact=compact, room=room)
             record.reduced(layout, n_visual)
+        if context:  # positions only fall after this point (compact) or stay (original)
+            _check_context(max(layout.lengths) if compact else max(n_valid), context, reserve)
         schedules = _schedules(cfg, num_layers, layout.n_visual, n_visual, tpf)
         prune_at = sorted(set().union(*schedules))
         groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1], layout.padded)]
@@ -442,6 +450,20 @@ def _schedules(
     return out
 
 
+def _check_context(widest: int, context: int, reserve: int) -> None:
+    """Refuse a prefill whose ``widest`` row (plus ``reserve`` new tokens) would pass ``max_position_embeddings``.
+
+    Pruning only lowers positions (compact) or keeps them (original), so checking the sequence entering the
+    first layer checks every layer.
+    """
+    if widest + reserve > context:
+        raise ValueError(
+            f"the prompt reaches position {widest + reserve - 1} with {reserve} new tokens, beyond the model's "
+            f"context of {context} tokens (max_position_embeddings); use fewer frames, a preset with "
+            "compact positions and a frame budget (video-long), or fewer new tokens"
+        )
+
+
 def _rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
     """Raters per row (host ints): fixed for the whole prefill, so counted once and kept by the recorder."""
     if record.rater_counts is None:
@@ -548,6 +570,16 @@ def _fingerprint_weights(n: int, device: str) -> torch.Tensor:
     return torch.randint(1, 2**62, (n,), generator=torch.Generator().manual_seed(0)).to(device)
 
 
+def _max_new_tokens(kwargs: dict[str, Any], default: Any, prompt_len: int | None) -> int | None:
+    """How many tokens a ``generate`` call may add: its ``max_new_tokens``, else ``max_length`` minus the prompt."""
+    config = kwargs.get("generation_config") or default
+    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if new is not None:
+        return int(new)
+    total = kwargs.get("max_length", getattr(config, "max_length", None))
+    return max(0, int(total) - prompt_len) if total is not None and prompt_len is not None else None
+
+
 class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneration):
     """Video-LLaVA whose language model is a :class:`SparseLlamaModel`; remembers the prompt length."""
 
@@ -557,11 +589,14 @@ class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneratio
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         prompt = ids if ids is not None else embeds
-        self._sparse_runtime.prompt_len = prompt.shape[1] if prompt is not None else None
+        rt = self._sparse_runtime
+        rt.prompt_len = prompt.shape[1] if prompt is not None else None
+        rt.max_new_tokens = _max_new_tokens(kwargs, self.generation_config, rt.prompt_len)
         try:
             return super().generate(*args, **kwargs)  # type: ignore[misc]
         finally:
-            self._sparse_runtime.prompt_len = None
+            rt.prompt_len = None
+            rt.max_new_tokens = None
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         """Saves as the original class (the checkpoint must not name the patched one)."""

@@ -283,7 +283,11 @@ def temporal_merge(
 
 
 def temporal_merge_batch(
-    frames: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
+    frames: torch.Tensor,
+    segment_threshold: float,
+    merge_threshold: float,
+    max_merged: int | None = None,
+    min_merged: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge tokens that stay the same across frames, for a batch of videos with the same frame count.
 
@@ -297,14 +301,18 @@ def temporal_merge_batch(
 
     With ``max_merged``, the most similar tokens merge first: a free pass ranks every merge by its similarity
     (ties by frame, then position), and a second pass lets only the best ``max_merged`` of them merge. A token
-    held back becomes its position's survivor, so the second pass can only merge fewer, never more. Both
-    passes loop over frames, never over videos, and read nothing back to the host.
+    held back becomes its position's survivor, so the second pass can only merge fewer, never more. With
+    ``min_merged`` (a video that must fit a context), the most similar tokens below the threshold merge too
+    until that many have merged (``max_merged`` still caps it); such a video is one segment (shots may merge),
+    and only its first frame never merges.
+    Both passes loop over frames, never over videos, and read nothing back to the host.
 
     Args:
         frames: ``[G, T, P, D]`` visual tokens of ``G`` videos.
         segment_threshold: consecutive-frame similarity under which a new segment starts.
         merge_threshold: token similarity at or above which a token merges into its survivor.
         max_merged: at most this many tokens of each video merge away (None: no cap).
+        min_merged: ``[G]`` at least this many tokens of each video merge away, if the segments allow it.
 
     Returns:
         ``(tokens [G, T, P, D], keep [G, T, P] bool, weight [G, T, P])`` as in :class:`TemporalMerge`.
@@ -317,24 +325,39 @@ def temporal_merge_batch(
     else:
         starts = torch.ones(g, t, dtype=torch.bool, device=frames.device)
     tokens, keep, weight, similarity = _merge_pass(frames, starts, merge_threshold)
-    if max_merged is None:
+    if max_merged is None and min_merged is None:
         return tokens, keep, weight
     merged = ~keep
-    ranked = torch.where(merged, similarity, float("-inf")).flatten(1)  # [G, T*P]
-    order = ranked.argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-    )
-    allowed = (rank < max_merged).view_as(merged) & merged
-    return _merge_pass(frames, starts, merge_threshold, allowed)[:3]
+    count = merged.flatten(1).sum(1)  # [G] merges of the free pass
+    if min_merged is not None:
+        # A video that must lose more than its free pass merged may merge across shots: one segment.
+        whole = (min_merged > count)[:, None] & (torch.arange(t, device=frames.device)[None, :] > 0)
+        starts = starts & ~whole
+        keep, similarity = _merge_pass(frames, starts, merge_threshold)[1::2]
+        merged = ~keep
+        count = torch.maximum(merged.flatten(1).sum(1), min_merged)
+    if max_merged is not None:
+        count = count.clamp_max(max_merged)
+    # Rank by similarity to the survivor: the free pass's merges first (they pass the threshold), then the
+    # most similar of the rest (ties by frame, then position); segment starts (-inf) never merge.
+    order = similarity.flatten(1).argsort(dim=1, descending=True, stable=True)  # [G, T*P]
+    at = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, at)
+    allowed = (rank < count[:, None]).view_as(merged) & (similarity > float("-inf"))
+    return _merge_pass(frames, starts, merge_threshold, allowed, forced=allowed & ~merged)[:3]
 
 
 def _merge_pass(
-    frames: torch.Tensor, starts: torch.Tensor, merge_threshold: float, allowed: torch.Tensor | None = None
+    frames: torch.Tensor,
+    starts: torch.Tensor,
+    merge_threshold: float,
+    allowed: torch.Tensor | None = None,
+    forced: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One merging pass of :func:`temporal_merge_batch` over ``[G, T, P, D]`` frames with ``[G, T]`` segment
-    starts (only ``allowed`` ``[G, T, P]`` tokens may merge, if given). Returns tokens, keep, weight and each
-    token's similarity to the survivor it was compared with (``-inf`` for the first frame of a segment)."""
+    starts (only ``allowed`` ``[G, T, P]`` tokens may merge, if given; ``forced`` ones merge whatever their
+    similarity). Returns tokens, keep, weight and each token's similarity to the survivor it was compared with
+    (``-inf`` for the first frame of a segment)."""
     g, t, p, d = frames.shape
     device = frames.device
     x = frames.float().clone().view(g, t * p, d)
@@ -351,7 +374,10 @@ def _merge_pass(
         current = frames[:, f].float()
         sim = torch.nn.functional.cosine_similarity(current, survivor, dim=-1)  # [G, P]
         similarity[:, f] = torch.where(start, float("-inf"), sim)
-        similar = (sim >= merge_threshold) & ~start
+        similar = sim >= merge_threshold
+        if forced is not None:
+            similar |= forced[:, f]
+        similar &= ~start
         if allowed is not None:
             similar &= allowed[:, f]
         w = weight.gather(1, slot)  # [G, P]

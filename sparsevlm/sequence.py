@@ -176,19 +176,27 @@ def frame_index(visual_index: torch.Tensor, tokens_per_frame: int | None) -> tor
     return frame.gather(-1, source).clamp_min(0)
 
 
-FrameReduction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+FrameReduction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def reduce_frames(layout: Layout, tokens_per_frame: int, reduce: FrameReduction, compact: bool = False) -> Layout:
+def reduce_frames(
+    layout: Layout,
+    tokens_per_frame: int,
+    reduce: FrameReduction,
+    compact: bool = False,
+    room: list[int] | None = None,
+) -> Layout:
     """Reduce the video frames of every row before the LLM, rows with the same frame count together.
 
     Args:
         layout: the batch before the first decoder layer.
         tokens_per_frame: visual tokens of one frame.
-        reduce: ``[G, T, P, D]`` frames -> (``[G, T, P, D]`` new features, ``[G, T, P]`` bool tokens that
-            survive), e.g. temporal merging (:func:`sparsevlm.recycle.temporal_merge_batch`) or spatial pooling
+        reduce: ``[G, T, P, D]`` frames and ``[G]`` the fewest tokens each video must lose -> (``[G, T, P, D]``
+            new features, ``[G, T, P]`` bool tokens that survive), e.g. temporal merging
+            (:func:`sparsevlm.recycle.temporal_merge_batch`) or spatial pooling
             (:func:`sparsevlm.pooling.spatial_pool`).
         compact: renumber positions consecutively (``positions="compact"``).
+        room: per row, the most visual tokens it may keep (to stay inside the model's context); None: no limit.
 
     A row whose visual tokens are not whole frames is left as it is, with a warning. One device-to-host
     transfer reads how many tokens survive in each row.
@@ -214,7 +222,9 @@ def reduce_frames(layout: Layout, tokens_per_frame: int, reduce: FrameReduction,
         index = torch.tensor(rows, device=device)
         positions = order[index, :n]  # [G, n]
         frames = hidden[index[:, None], positions]  # [G, n, D]
-        tokens, keep = reduce(frames.view(len(rows), n // tokens_per_frame, tokens_per_frame, d))
+        least = [max(0, n - room[row]) if room is not None else 0 for row in rows]
+        shaped = frames.view(len(rows), n // tokens_per_frame, tokens_per_frame, d)
+        tokens, keep = reduce(shaped, torch.tensor(least, device=device))
         hidden[index[:, None], positions] = tokens.reshape(len(rows), n, d).to(hidden.dtype)
         deleted[index[:, None], positions] = ~keep.reshape(len(rows), n)
     n_deleted = deleted.sum(1).tolist() if groups else [0] * b

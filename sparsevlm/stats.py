@@ -169,10 +169,10 @@ class PrefillRecorder:
         """The rows' statistics: one transfer per recorded tensor, then host-side (numpy) work per row."""
         raters = self.raters.numpy(force=True)
         reduced = self.reduced_index.numpy(force=True) if self.reduced_index is not None else None
-        layers = {}
+        layers: dict[int, tuple[np.ndarray, np.ndarray, PruneRecord]] = {}
         for layer, rec in self.layers.items():
-            flags = torch.stack([rec.visual_index, rec.present.long(), rec.kept.long(), rec.recycled.long()])
-            layers[layer] = (flags.numpy(force=True), rec.scores.detach().float().numpy(force=True), rec)
+            stacked = torch.stack([rec.visual_index, rec.present.long(), rec.kept.long(), rec.recycled.long()])
+            layers[layer] = (stacked.numpy(force=True), rec.scores.detach().float().numpy(force=True), rec)
         stats = []
         for row in range(self.batch):
             kept: dict[int, torch.Tensor] = {}
