@@ -19,6 +19,8 @@ from transformers import VideoLlavaForConditionalGeneration
 
 from jobs import caption
 from sparsevlm.engine import PromptTooLong, VideoQAEngine, resolve_dtype
+from sparsevlm.preprocess import preprocess_frames
+from sparsevlm.prompt import encode_text, left_pad
 from tests.standin_7b import SHARDS, legacy_name
 
 QUESTIONS = ["Why is this video funny?", "Describe the video."]
@@ -83,6 +85,30 @@ def test_patched_dense_equals_unpatched(standin_7b: Path) -> None:
     assert torch.equal(got.sequences, want.sequences)
     for step, (logits, reference) in enumerate(zip(got.logits, want.logits, strict=True)):
         assert torch.equal(logits, reference), step
+
+
+def test_the_readme_recipe_builds_what_the_engine_sends(engine: VideoQAEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: dict[str, torch.Tensor] = {}
+
+    class Sent(Exception):
+        pass
+
+    def capture(**kwargs: torch.Tensor) -> torch.Tensor:
+        sent.update(kwargs)
+        raise Sent
+
+    monkeypatch.setattr(engine.model, "generate", capture)
+    videos = frames(2, seed=5)
+    with pytest.raises(Sent):
+        engine.answer(videos, QUESTIONS, max_new_tokens=1)
+    # the README's steps 2-4, with the model's own config and tokenizer
+    tokenizer, model = engine.tokenizer, engine.model
+    pixel_values_videos = preprocess_frames(np.stack(videos), 224)
+    rows = [encode_text(tokenizer, q).ids(model.config.video_token_id, 8 * 257) for q in QUESTIONS]
+    input_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)
+    assert torch.equal(sent["input_ids"], input_ids) and torch.equal(sent["attention_mask"], attention_mask)
+    assert torch.equal(sent["pixel_values_videos"], pixel_values_videos)
+    assert tokenizer.pad_token_id == 32002 and int((input_ids == 32001).sum()) == 2 * VISUAL
 
 
 def test_the_prompt_check_counts_every_frame_on_the_7b_layout(standin_7b: Path, engine: VideoQAEngine) -> None:
