@@ -134,6 +134,25 @@ def test_loads_in_each_dtype(standin_7b: Path, name: str) -> None:
     assert answer.stats.visual_tokens_in == 257
 
 
+def test_weights_load_straight_onto_the_device(standin_7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the call transformers receives is checked instead (device_map, not a later .to())."""
+    received: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def loader(name: str, **kwargs: object) -> None:
+        received.update(kwargs, name=name)
+        raise Stop
+
+    monkeypatch.setattr(VideoLlavaForConditionalGeneration, "from_pretrained", loader)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    with pytest.raises(Stop):
+        VideoQAEngine.from_pretrained(standin_7b, device="cuda:1")
+    assert received["device_map"] == {"": "cuda:1"} and received["dtype"] == torch.float16
+    assert received["use_safetensors"] is True and received["trust_remote_code"] is False
+
+
 def test_dtype_auto_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_dtype("auto", "cpu") == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
