@@ -14,6 +14,10 @@ long --out FILE.json [--videos N] [--preset video-long]
 pipeline --out FILE.json [--synthetic N] [--copies K]
     the Ray pipeline vs a plain sequential loop on the same videos: whole-run and steady-state throughput,
     model busy fraction, decode cost per segment vs raw decord.
+gpu --out FILE.json [--tiny] [--new-tokens 32]
+    the full Video-LLaVA-7B layout in bf16 with random weights on one GPU: dense vs video-50/25/10/5 and
+    video-xf-25 at batch 1, 8 and 32 (vision tower and LLM prefill time, decode tokens/s, peak memory, KV
+    cache); --tiny, or no CUDA, runs a tiny model on CPU to check the command.
 load --out FILE.json [--videos 1000]
     many short videos in one Ray run: completes exactly once, memory (PSS of the whole job's process tree)
     over time and its growth after warm-up, throughput, and the time of a rerun that skips everything.
@@ -22,6 +26,7 @@ load --out FILE.json [--videos 1000]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -238,6 +243,25 @@ def run_speed_probe(ns: argparse.Namespace) -> None:
     from sparsevlm.bench.speed import peak_rss_probe
 
     print(json.dumps(peak_rss_probe(_speed_layout(ns), ns.preset, getattr(torch, ns.dtype), ns.threads)))
+
+
+def run_gpu_command(ns: argparse.Namespace) -> None:
+    import torch
+
+    from sparsevlm.bench.gpu import GpuBenchSetup, run_gpu_benchmark
+
+    if not ns.tiny and not torch.cuda.is_available():
+        print("no CUDA device: running the tiny CPU size (--tiny)")
+    setup = GpuBenchSetup() if not ns.tiny and torch.cuda.is_available() else GpuBenchSetup.tiny()
+    report = run_gpu_benchmark(dataclasses.replace(setup, new_tokens=ns.new_tokens or setup.new_tokens))
+    header = ["preset", "batch", "ttft_s", "vision_tower_s", "llm_prefill_s", "ttft_ratio", "decode_tokens_per_s"]
+    header += ["peak_memory_bytes", "kv_cache_bytes", "kv_ratio", "equivalent_tokens"]
+    print(f"{report['device_name']}, {report['setup']['dtype']}")
+    print(" ".join(f"{h[:14]:>14}" for h in header))
+    for row in report["results"]:
+        print(" ".join(f"{_fmt(row[h]):>14}" for h in header))
+    Path(ns.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {ns.out}")
 
 
 def run_long_command(ns: argparse.Namespace) -> None:
@@ -519,6 +543,11 @@ def main(argv: list[str] | None = None) -> None:
     pipe.add_argument("--copies", type=int, default=2, help="copies of each real clip")
     _pipeline_flags(pipe, batch_size=4, max_new_tokens=12, decode_cpus=1.0)
     pipe.set_defaults(run=run_pipeline_benchmark)
+    gpu = sub.add_parser("gpu", help="the full 7B layout on one GPU in bf16: time to first token, tokens/s, memory")
+    gpu.add_argument("--out", required=True)
+    gpu.add_argument("--tiny", action="store_true", help="a tiny model on CPU, to check the command only")
+    gpu.add_argument("--new-tokens", type=_positive(int), help="tokens generated per row (default 32; tiny 4)")
+    gpu.set_defaults(run=run_gpu_command)
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
     load.add_argument("--videos", type=_positive(int), default=1000, help="synthetic 1 s videos")
     load.add_argument("--sample-seconds", type=_positive(float), default=2.0, help="memory sampling period")

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from pipeline.config import PipelineConfig, use_local_ray_env
 from sparsevlm.config import PRESETS
+from sparsevlm.engine import DTYPE_NAMES
 from sparsevlm.tiny import CHECKPOINT_DIR
 
 USAGE_ERROR = 2
@@ -32,7 +33,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
     parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="per answer")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default="auto",
+        help="model weights: auto = bfloat16 on GPUs with native bf16, float16 on other GPUs, float32 on CPU",
+    )
     parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per model actor (1 on GPU nodes)")
     parser.add_argument("--workers", type=int, default=1, help="model actors")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
@@ -69,6 +76,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "segment_seconds": ns.segment_seconds or None,
         "frames_per_segment": ns.frames,
         "max_new_tokens": ns.max_new_tokens,
+        "dtype": ns.dtype,
         "sparse_preset": ns.preset,
         "workers": ns.workers,
         "num_gpus_per_worker": ns.num_gpus_per_worker,

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
 from sparsevlm.config import PRESETS, SparseConfig
-from sparsevlm.engine import CAPTION_PROMPT
+from sparsevlm.engine import CAPTION_PROMPT, DTYPE_NAMES, DtypeName
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 
@@ -63,6 +63,7 @@ class PipelineConfig:
         segment_seconds: segment length; None treats each video as one segment.
         frames_per_segment: frames sampled per segment (the model's T).
         max_new_tokens: generation budget per answer.
+        dtype: model weight dtype, one of :data:`sparsevlm.engine.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
         sparse_preset: a :data:`sparsevlm.PRESETS` name.
         sparse_json: a custom SparseConfig as JSON (``SparseConfig.to_json()`` form); overrides the preset.
         workers: model actors (one engine each).
@@ -95,6 +96,7 @@ class PipelineConfig:
     segment_seconds: float | None = 10.0
     frames_per_segment: int = 8
     max_new_tokens: int = 64
+    dtype: DtypeName = "auto"
     sparse_preset: str = "video-25"
     sparse_json: str | None = None
     workers: int = 1
@@ -153,6 +155,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.preflight_videos < 0:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
         if self.sparse_json is None and self.sparse_preset not in PRESETS:

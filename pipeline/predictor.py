@@ -169,7 +169,7 @@ class Predictor:
         torch.set_num_threads(config.torch_threads)
         self.config = config
         self.engine = engine or VideoQAEngine.from_pretrained(
-            config.model, config.sparse_config(), device=config.device
+            config.model, config.sparse_config(), device=config.device, dtype=config.dtype
         )
         self._provenance = {**self.engine.describe(), "run_id": config.run_id, "pipeline_version": PIPELINE_VERSION}
         for prompt in (config.caption_prompt, *config.questions):

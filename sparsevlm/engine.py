@@ -3,8 +3,10 @@
 The engine is the only way the pipeline touches the model: it loads a checkpoint (a local directory, or a hub
 id that is already in the local cache when running offline), checks that it is a safetensors Video-LLaVA,
 prepares model-resolution uint8 frames exactly like CLIP's processor (:mod:`sparsevlm.preprocess`), builds
-Video-LLaVA's single-turn prompt and runs one batched, left-padded, greedy ``generate`` per call under its
-:class:`~sparsevlm.config.SparseConfig`. Remote code is never trusted: every transformers call passes
+Video-LLaVA's single-turn prompt with the token ids the checkpoint was trained on (:mod:`sparsevlm.prompt`) and
+runs one batched, left-padded, greedy ``generate`` per call under its :class:`~sparsevlm.config.SparseConfig`.
+Weights load straight onto the target device in the chosen dtype (``auto``: bf16 on GPUs that have it, fp16 on
+other GPUs, fp32 on CPU). Remote code is never trusted: every transformers call passes
 ``trust_remote_code=False``, and a checkpoint whose ``config.json`` or ``tokenizer_config.json`` maps classes to
 its own code (``auto_map``) is refused rather than loaded as something its authors did not write.
 """
@@ -16,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,13 +34,24 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.preprocess import normalize_uint8
+from sparsevlm.prompt import (
+    CAPTION_PROMPT,
+    PLACEHOLDERS,
+    PromptText,
+    build_prompt,
+    encode_text,
+    left_pad,
+    visual_positions,
+)
 from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CAPTION_PROMPT",
+    "DTYPE_NAMES",
     "CheckpointError",
+    "DtypeName",
     "EngineAnswer",
     "ModelSpec",
     "PromptError",
@@ -46,10 +59,12 @@ __all__ = [
     "VideoQAEngine",
     "build_prompt",
     "inspect_checkpoint",
+    "resolve_dtype",
 ]
 
-CAPTION_PROMPT = "Describe the video."
-VIDEO_PLACEHOLDER = "<video>"
+DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -101,13 +116,24 @@ class EngineAnswer:
     latency_ms: float
 
 
-def build_prompt(question: str, num_video_tokens: int) -> str:
-    """Video-LLaVA's single-turn prompt ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` expanded.
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The weight dtype for a ``--dtype`` value on ``device``.
 
-    The tiny model is trained on exactly this (:mod:`sparsevlm.tiny.inputs` uses it), and it is what
-    ``VideoLlavaProcessor`` produces for the hub checkpoints.
+    ``auto`` is bfloat16 on a CUDA GPU with native bf16 (compute capability 8.0 and up: A10G, L4, A100,
+    H100), float16 on other CUDA GPUs (T4, V100: bf16 there is emulated and slow) and float32 elsewhere (CPU).
+
+    Raises:
+        ValueError: ``dtype`` is none of :data:`DTYPE_NAMES` (nor one of their torch dtypes).
     """
-    return f"USER: {VIDEO_PLACEHOLDER * num_video_tokens}\n{question} ASSISTANT:"
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    if dtype != "auto":
+        return _DTYPES[str(dtype)]
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
@@ -205,7 +231,8 @@ class VideoQAEngine:
         )
         text_config = getattr(model.config, "text_config", model.config)
         self._context: int | None = getattr(text_config, "max_position_embeddings", None)
-        self._prompt_lengths: dict[tuple[str, int], int] = {}  # the same few prompts come back in every batch
+        self._video_token_id = int(model.config.video_token_id)
+        self._texts: dict[str, PromptText] = {}  # the same few prompts come back in every batch
 
     @classmethod
     def from_pretrained(
@@ -214,25 +241,33 @@ class VideoQAEngine:
         sparse: SparseConfig | str = "dense",
         *,
         device: str = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: DtypeName | torch.dtype = "auto",
     ) -> VideoQAEngine:
         """Load a safetensors Video-LLaVA checkpoint and its tokenizer.
+
+        The weights go from the safetensors files straight to ``device`` (``device_map={"": device}``), in
+        ``dtype``: no float32 or host-memory copy of the model on the way to a GPU.
 
         Args:
             model: a local checkpoint directory or a hub id (set ``HF_HUB_OFFLINE=1`` to use the cache only).
             sparse: SparseConfig or preset name.
-            device: torch device for the model, e.g. ``"cpu"`` or ``"cuda"``.
-            dtype: weight dtype; default float32 on CPU, bfloat16 elsewhere.
+            device: torch device for the model, e.g. ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
+            dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
 
         Raises:
             CheckpointError: see :func:`inspect_checkpoint`.
+            ValueError: an unknown ``dtype``.
         """
+        weights = resolve_dtype(dtype, device)
         spec = inspect_checkpoint(model)
-        dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
         loaded: Any = VideoLlavaForConditionalGeneration.from_pretrained(
-            spec.model_id, dtype=dtype, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
+            spec.model_id,
+            dtype=weights,
+            device_map={"": device},
+            use_safetensors=True,
+            trust_remote_code=False,
+            attn_implementation="sdpa",
         )
-        loaded.to(device)
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id, trust_remote_code=False)
         return cls(loaded, tokenizer, sparse, model_id=spec.model_id)
 
@@ -252,36 +287,45 @@ class VideoQAEngine:
         return self.spec.model_id
 
     def prompt(self, question: str, num_frames: int) -> str:
-        """The full prompt for ``num_frames`` frames at model resolution."""
+        """The full prompt for ``num_frames`` frames at model resolution, as text."""
         return build_prompt(question, num_frames * self.spec.tokens_per_frame)
+
+    def prompt_ids(self, question: str, num_frames: int) -> list[int]:
+        """The token ids the engine sends for ``question`` about ``num_frames`` frames (see :mod:`sparsevlm.prompt`)."""
+        return self._text(question).ids(self._video_token_id, num_frames * self.spec.tokens_per_frame)
+
+    def _text(self, question: str) -> PromptText:
+        if question not in self._texts:
+            self._texts[question] = encode_text(self.tokenizer, question)
+        return self._texts[question]
 
     def check_prompt(self, question: str, num_frames: int, max_new_tokens: int) -> None:
         """Refuse a question that cannot be asked about ``num_frames`` frames; never truncate it.
 
-        Long-video mode (``budget_frames``) renumbers positions into that many frames' worth of tokens, so the
-        context check counts at most ``budget_frames`` frames.
+        The count is what the LLM really holds: every frame's visual tokens (as many as enter its first layer
+        under this engine's SparseConfig, :func:`sparsevlm.prompt.visual_positions`; long-video mode's
+        ``budget_frames`` sets a pruning budget but the layers before the first pruning layer still see every
+        frame), the text tokens, and ``max_new_tokens``.
 
         Raises:
-            PromptError: the question contains the video placeholder (extra video tokens without features).
-            PromptTooLong: prompt plus ``max_new_tokens`` exceeds ``max_position_embeddings`` (past it the model
-                still runs but answers garbage), naming the limit and by how much to shorten it.
+            PromptError: the question contains a ``<video>`` or ``<image>`` placeholder (tokens without features).
+            PromptTooLong: the count exceeds ``max_position_embeddings`` (past it the model still runs but
+                answers garbage), naming the limit and by how much to shorten it.
         """
-        if VIDEO_PLACEHOLDER in question:
-            raise PromptError(f"question contains the video placeholder {VIDEO_PLACEHOLDER!r}: {question!r:.200}")
+        for placeholder in PLACEHOLDERS:
+            if placeholder in question:
+                raise PromptError(f"question contains the placeholder {placeholder!r}: {question!r:.200}")
         if self._context is None:
             return
-        if self.sparse.budget_frames is not None:
-            num_frames = min(num_frames, self.sparse.budget_frames)
-        key = (question, num_frames)
-        if key not in self._prompt_lengths:
-            self._prompt_lengths[key] = len(self.tokenizer(self.prompt(question, num_frames))["input_ids"])
-        length = self._prompt_lengths[key]
-        needed = length + max_new_tokens
+        text = len(self._text(question))
+        visual = visual_positions(self.sparse, num_frames, self.spec.tokens_per_frame)
+        needed = text + visual + max_new_tokens
         if needed > self._context:
             raise PromptTooLong(
                 f"prompt does not fit the model's context of {self._context} tokens (max_position_embeddings): "
-                f"with {num_frames} frames it is {length} tokens, plus max_new_tokens={max_new_tokens}; shorten "
-                f"it by at least {needed - self._context} tokens or use fewer frames: {question!r:.200}"
+                f"with {num_frames} frames it is {visual} visual + {text} text tokens, plus "
+                f"max_new_tokens={max_new_tokens}; shorten it by at least {needed - self._context} tokens or use "
+                f"fewer frames: {question!r:.200}"
             )
 
     def prepare(self, frames: np.ndarray) -> torch.Tensor:
@@ -327,14 +371,14 @@ class VideoQAEngine:
         num_frames = int(segments[0].shape[0])
         for p in prompts:
             self.check_prompt(p, num_frames, max_new_tokens)
-        text = [self.prompt(p, num_frames) for p in prompts]
-        enc = self.tokenizer(text, return_tensors="pt", padding=True, padding_side="left")
+        pad = self.tokenizer.pad_token_id
+        input_ids, attention_mask = left_pad([self.prompt_ids(p, num_frames) for p in prompts], int(pad))
         device = self.model.device
         start = time.perf_counter()
         model: Any = self.model  # transformers types generate() for its mixin, not for the model class
         out = model.generate(
-            input_ids=enc["input_ids"].to(device),
-            attention_mask=enc["attention_mask"].to(device),
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
             pixel_values_videos=pixels.to(device, self.model.dtype),
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -342,7 +386,7 @@ class VideoQAEngine:
         )  # [B, L + new]
         latency_ms = (time.perf_counter() - start) * 1000
         stats = last_stats(self.model)
-        new = out[:, enc["input_ids"].shape[1] :]
+        new = out[:, input_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [EngineAnswer(t.strip(), s, latency_ms) for t, s in zip(texts, stats, strict=True)]
 

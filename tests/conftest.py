@@ -103,3 +103,11 @@ def pipeline_ray() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def standin_7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in of the ``LanguageBind/Video-LLaVA-7B-hf`` checkpoint folder (see ``tests/standin_7b.py``)."""
+    from tests.standin_7b import build_standin
+
+    return build_standin(tmp_path_factory.mktemp("standin-7b"))

@@ -67,10 +67,13 @@ def test_answer_refuses_prompts_it_cannot_ask_and_never_truncates(tiny: Tiny) ->
     too_many = context // engine.spec.tokens_per_frame + 1  # frames whose visual tokens alone overflow it
     with pytest.raises(PromptTooLong, match=rf"context of {context} tokens .* with {too_many} frames"):
         engine.answer(segments(1, num_frames=too_many), ["Is there a circle?"], max_new_tokens=4)
-    with pytest.raises(PromptError, match="video placeholder"):
+    with pytest.raises(PromptError, match="placeholder '<video>'"):
         engine.answer(segments(2), ["Is there a circle?", "Where is the <video>?"], max_new_tokens=4)
-    # long-video mode renumbers positions into 8 frames' worth of tokens, so the same frames fit
-    VideoQAEngine.from_model(*tiny, sparse="video-long").check_prompt("Is there a circle?", too_many, 4)
+    with pytest.raises(PromptError, match="placeholder '<image>'"):
+        engine.check_prompt("Is this an <image>?", 2, max_new_tokens=4)
+    # long-video mode's budget does not shorten the first layers: every frame still enters the LLM
+    with pytest.raises(PromptTooLong, match=rf"with {too_many} frames"):
+        VideoQAEngine.from_model(*tiny, sparse="video-long").check_prompt("Is there a circle?", too_many, 4)
 
 
 def test_stats_follow_the_sparse_config(tiny: Tiny) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sparsevlm.engine import VIDEO_PLACEHOLDER, build_prompt  # the one prompt format, training and inference
 from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD, normalize_uint8
+from sparsevlm.prompt import VIDEO_PLACEHOLDER, build_prompt  # the one prompt format, training and inference
 
 __all__ = [
     "CLIP_MEAN",

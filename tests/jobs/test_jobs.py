@@ -13,7 +13,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs import caption, index_archive
-from jobs.common import run_cli
+from jobs.common import config_from_args, run_cli
+from pipeline.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +119,19 @@ def test_a_job_that_starts_its_own_ray_keeps_it_on_loopback(extra: list[str], lo
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == str(not loopback)
+
+
+def test_dtype_and_max_new_tokens_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    ns = caption.build_parser().parse_args(["--input", ".", "--output", "/tmp/o"])
+    assert (ns.dtype, ns.max_new_tokens) == ("auto", 64)
+    assert PipelineConfig.max_new_tokens == 64  # one default for the CLI and the library config
+    config = config_from_args(
+        caption.build_parser().parse_args(["--input", ".", "--output", "/tmp/o", "--dtype", "float16"])
+    )
+    assert config.dtype == "float16"
+    with pytest.raises(SystemExit) as exit_info:
+        caption.build_parser().parse_args(["--input", ".", "--output", "/tmp/o", "--dtype", "fp16"])
+    assert exit_info.value.code == 2
+    assert "--dtype: invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"dtype must be one of auto, bfloat16, float16, float32, got 'half'"):
+        PipelineConfig(input_uri=".", output_uri="/tmp/o", model="m", dtype="half")  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""`python -m jobs.benchmark gpu --tiny` on CPU (proves the command; measures nothing meaningful)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs.benchmark import main
+from sparsevlm.bench.gpu import GPU_PRESETS, GpuBenchSetup, build_model
+from sparsevlm.bench.layout import Widths
+
+
+@pytest.mark.slow  # about 15-35 s: 12 generate calls on 2,096-token prompts
+def test_gpu_command_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    main(["gpu", "--tiny", "--new-tokens", "3", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["device_name"] == "cpu" and report["setup"]["dtype"] == "float32"
+    rows = {(r["preset"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(p, b) for p in GPU_PRESETS for b in (1, 2)}
+    for (preset, batch), row in rows.items():
+        assert row["visual_tokens_in"] == 2056 and row["new_tokens"] == 3
+        assert row["vision_tower_s"] + row["llm_prefill_s"] == pytest.approx(row["ttft_s"])
+        assert 0 < row["vision_tower_s"] < row["ttft_s"] and row["decode_tokens_per_s"] > 0
+        assert row["peak_memory_bytes"] is None  # CUDA only
+        dense = rows[("dense", batch)]
+        assert row["kv_cache_bytes"] == pytest.approx(dense["kv_cache_bytes"] * row["kv_ratio"])
+        if preset != "dense":
+            assert row["kv_ratio"] < 1 and row["equivalent_tokens"] < 2056
+    assert rows[("dense", 2)]["kv_cache_bytes"] == 2 * rows[("dense", 1)]["kv_cache_bytes"]
+    assert rows[("video-25", 1)]["equivalent_tokens"] == pytest.approx(0.25 * 2056, rel=0.02)
+
+
+def test_the_full_setup_is_the_7b_layout_in_bf16_at_batch_1_8_32() -> None:
+    setup = GpuBenchSetup()
+    assert setup.widths == Widths(hidden=4096, layers=32, heads=32, ffn=11008, vision_hidden=1024, vision_layers=24)
+    assert setup.batches == (1, 8, 32) and setup.device == "cuda" and str(setup.dtype) == "torch.bfloat16"
+    assert setup.presets == ("dense", "video-50", "video-25", "video-10", "video-5", "video-xf-25")
+
+
+def test_the_model_is_built_in_the_target_dtype() -> None:
+    import torch
+
+    setup = GpuBenchSetup.tiny()
+    model = build_model(GpuBenchSetup(widths=setup.widths, device="cpu", dtype=torch.bfloat16))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
