@@ -83,10 +83,14 @@ def visual_positions(cfg: SparseConfig, num_frames: int, tokens_per_frame: int) 
 
     Every layer before the first pruning layer holds all of them, and decoding continues after the last of
     them, so this (plus the text and the generated tokens) must fit ``max_position_embeddings``. Pooling before
-    the LLM (``spatial_pool``) shrinks the count when positions are renumbered (``positions="compact"``);
-    cross-frame merging depends on the frames, so its worst case (nothing merges) is counted. ``budget_frames``
-    does not shrink it: it sets the pruning budget, not the tokens entering the LLM.
+    the LLM (``spatial_pool``) shrinks the count when positions are renumbered (``positions="compact"``).
+    Cross-frame merging with compact positions (``video-long``) merges as much as the context demands (the
+    model forces it, across shots if it must), down to one frame: that is the count that must fit. With
+    original positions merging lowers no position, so every frame counts. ``budget_frames`` does not shrink
+    it: it sets the pruning budget, not the tokens entering the LLM.
     """
+    if cfg.temporal_merge is not None and cfg.positions == "compact":
+        return min(num_frames, 1) * tokens_per_frame
     if cfg.spatial_pool is not None and cfg.positions == "compact":
         side, extra = frame_grid(tokens_per_frame)
         rows, cols = pool_grid(side, cfg.spatial_pool * tokens_per_frame - extra)

@@ -56,8 +56,10 @@ def test_the_tiny_model_gets_the_ids_it_was_trained_on() -> None:
 def test_visual_positions_count_every_frame_entering_the_llm() -> None:
     per_frame = 257
     assert visual_positions(SparseConfig.preset("dense"), 8, per_frame) == 2056
-    # long-video mode: budget_frames sets the pruning budget, the first layers still hold all 32 frames
-    assert visual_positions(SparseConfig.preset("video-long"), 32, per_frame) == 32 * 257
+    # long-video mode: merging is forced down to what the context leaves, one frame at most
+    assert visual_positions(SparseConfig.preset("video-long"), 32, per_frame) == 257
+    # cross-frame merging with original positions lowers no position: every frame counts
+    assert visual_positions(SparseConfig.preset("video-xf-25"), 32, per_frame) == 32 * 257
     # pooling before the LLM shrinks the count only when positions are renumbered
     pooled = SparseConfig(spatial_pool=0.1, recycle_ratio=0.0)
     assert visual_positions(pooled, 8, per_frame) == 2056

@@ -116,11 +116,16 @@ def test_the_prompt_check_counts_every_frame_on_the_7b_layout(standin_7b: Path, 
     with pytest.raises(PromptTooLong, match=r"with 16 frames it is 4112 visual \+ 19 text tokens"):
         engine.check_prompt(QUESTIONS[0], 16, max_new_tokens=1)
     long = VideoQAEngine.from_model(engine.model, engine.tokenizer, "video-long")
-    long.check_prompt(QUESTIONS[0], 15, max_new_tokens=64)  # 3,855 + 19 + 64
-    with pytest.raises(PromptTooLong, match=r"with 32 frames it is 8224 visual"):  # budget_frames does not help
-        long.check_prompt(QUESTIONS[0], 32, max_new_tokens=64)
-    with pytest.raises(PromptTooLong, match="shorten it by at least 1 tokens"):
-        long.check_prompt(QUESTIONS[0], 15, max_new_tokens=64 + 4096 - 3855 - 19 - 64 + 1)
+    long.check_prompt(QUESTIONS[0], 32, max_new_tokens=64)  # merging is forced down to what the context leaves
+    with pytest.raises(PromptTooLong, match="shorten it by at least 1 tokens"):  # not even one frame fits
+        long.check_prompt(QUESTIONS[0], 32, max_new_tokens=4096 - 257 - 19 + 1)
+
+
+def test_video_long_answers_32_frames_inside_the_context(standin_7b: Path, engine: VideoQAEngine) -> None:
+    long = VideoQAEngine.from_model(engine.model, engine.tokenizer, "video-long")
+    answer = long.answer(frames(1, num_frames=32, seed=9), QUESTIONS[:1], max_new_tokens=2)[0]
+    assert answer.stats.visual_tokens_in == 32 * 257
+    assert answer.stats.seq_len_per_layer[0] + 2 <= 4096  # compact positions: every one below the context
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "float16", "float32"])
