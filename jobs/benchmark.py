@@ -18,6 +18,9 @@ gpu --out FILE.json [--tiny] [--new-tokens 32]
     the full Video-LLaVA-7B layout in bf16 with random weights on one GPU: dense vs video-50/25/10/5 and
     video-xf-25 at batch 1, 8 and 32 (vision tower and LLM prefill time, decode tokens/s, peak memory, KV
     cache); --tiny, or no CUDA, runs a tiny model on CPU to check the command.
+syncs --out FILE.json [--batches 1 2 8 32]
+    device-to-host synchronisations of one prefill per preset and batch size on the 7B token layout
+    (counted by operator on the CPU: what a GPU would wait for).
 load --out FILE.json [--videos 1000]
     many short videos in one Ray run: completes exactly once, memory (PSS of the whole job's process tree)
     over time and its growth after warm-up, throughput, and the time of a rerun that skips everything.
@@ -243,6 +246,16 @@ def run_speed_probe(ns: argparse.Namespace) -> None:
     from sparsevlm.bench.speed import peak_rss_probe
 
     print(json.dumps(peak_rss_probe(_speed_layout(ns), ns.preset, getattr(torch, ns.dtype), ns.threads)))
+
+
+def run_syncs(ns: argparse.Namespace) -> None:
+    from sparsevlm.bench.syncs import count_prefill_syncs
+
+    rows = count_prefill_syncs(ns.presets, ns.batches)
+    for r in rows:
+        print(f"{r['preset']:<10} batch {r['batch']:>3}: {r['syncs']:>4} syncs {r['by_kind']}")
+    Path(ns.out).write_text(json.dumps({"results": rows}, indent=2))
+    print(f"wrote {ns.out}")
 
 
 def run_gpu_command(ns: argparse.Namespace) -> None:
@@ -548,6 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument("--tiny", action="store_true", help="a tiny model on CPU, to check the command only")
     gpu.add_argument("--new-tokens", type=_positive(int), help="tokens generated per row (default 32; tiny 4)")
     gpu.set_defaults(run=run_gpu_command)
+    syncs = sub.add_parser("syncs", help="host synchronisations of one prefill per preset and batch size")
+    syncs.add_argument("--out", required=True)
+    syncs.add_argument("--batches", type=_positive(int), nargs="+", default=[1, 2, 8, 32])
+    syncs.add_argument("--presets", nargs="+", default=["dense", "video-50", "video-25", "video-10", "video-5"])
+    syncs.set_defaults(run=run_syncs)
+
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
     load.add_argument("--videos", type=_positive(int), default=1000, help="synthetic 1 s videos")
     load.add_argument("--sample-seconds", type=_positive(float), default=2.0, help="memory sampling period")

@@ -220,12 +220,12 @@ def _originals(visual_index: np.ndarray, chosen: np.ndarray) -> torch.Tensor:
 
 
 def dense_stats(config: Any, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> list[SampleStats]:
-    """Statistics of an unpruned prefill (the dense preset)."""
+    """Statistics of an unpruned prefill (the dense preset); one read of the row counts."""
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(visual)
+    n_visual, n_valid = torch.stack([(visual & valid).sum(1), valid.sum(1)]).tolist()
     stats = []
-    for row in range(visual.shape[0]):
-        n_vis = int((visual[row] & valid[row]).sum())
-        lens = [int(valid[row].sum())] * config.num_hidden_layers
+    for n_vis, n in zip(n_visual, n_valid, strict=True):
+        lens = [n] * config.num_hidden_layers
         flops = prefill_flops(lens, config.hidden_size, config.intermediate_size)
         stats.append(
             SampleStats(

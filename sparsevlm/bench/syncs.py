@@ -75,3 +75,43 @@ class SyncCounter(TorchDispatchMode):
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
         self._saved.clear()
+
+
+def count_prefill_syncs(presets: list[str], batches: list[int], depth: int = 4) -> list[dict[str, Any]]:
+    """Host synchronisations of one prefill per preset and batch size, on the Video-LLaVA-7B token layout.
+
+    The layout is the real one (8 frames x 257 tokens, prompts of different lengths, left-padded) at small
+    widths: the count depends on the code path, not on the widths. Each row is a distinct video.
+    """
+    from sparsevlm.bench.speed import IMAGE_TOKEN, VIDEO_TOKEN, SpeedLayout, build_speed_model, full_depth_config
+    from sparsevlm.patch import apply_patch
+
+    layout = SpeedLayout(hidden=64, heads=4, kv_heads=2, ffn=128, depth=depth)
+    model = build_speed_model(layout, torch.float32)
+    rows = []
+    for preset in presets:
+        config = full_depth_config(preset, layout) if preset.startswith("video-") else preset
+        apply_patch(model, config)
+        for batch in batches:
+            inputs = _batch_inputs(layout, batch, VIDEO_TOKEN, IMAGE_TOKEN)
+            with torch.no_grad(), SyncCounter() as syncs:
+                model(**inputs)
+            rows.append({"preset": preset, "batch": batch, "syncs": syncs.total, "by_kind": dict(syncs.by_kind)})
+    return rows
+
+
+def _batch_inputs(layout: Any, batch: int, video_token: int, image_token: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(batch)
+    ids = []
+    for row in range(batch):
+        question = torch.randint(32, 64, (layout.text_tokens - row % 9,), generator=gen).tolist()
+        ids.append([1, 40, 41] + [video_token] * layout.n_visual + question)
+    width = max(len(r) for r in ids)
+    input_ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for row, r in enumerate(ids):
+        input_ids[row, width - len(r) :] = torch.tensor(r)
+        mask[row, width - len(r) :] = 1
+    size = layout.image_size
+    pixels = torch.randn(batch, layout.frames, 3, size, size, generator=gen)
+    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values_videos": pixels}

@@ -10,6 +10,7 @@ from sparsevlm import SparseConfig, apply_patch, last_stats
 from sparsevlm.bench.syncs import SyncCounter
 
 CONFIGS = {
+    "dense": SparseConfig.preset("dense"),
     "video-25": SparseConfig.preset("video-25"),
     "video-xf-25": SparseConfig.preset("video-xf-25"),
     "two-layer budget": SparseConfig(prune_layers=(1, 2), keep_tokens=(40, 12)),
