@@ -6,8 +6,8 @@ function here takes a padded batch ``[B, N, D]`` with a ``[B, N]`` validity mask
 rows of a prefill with no host synchronisation, and every row gets exactly what it would get alone.
 
 Precision. The hidden states of a bf16 or fp16 model are exact in float32, and so is every product of two
-of them; only the sums round. Distances therefore come from a float32 Gram matrix of the points centred on
-their mean (in float32), which removes the large components that all tokens share (LLaMA's outlier
+of them; only the sums round. Distances therefore come from a float32 Gram matrix of the points shifted to
+one of them as origin (in float32), which removes the large components that all tokens share (LLaMA's outlier
 channels reach several hundred) before the ``|a|^2 + |b|^2 - 2ab`` form could cancel them; cluster sums
 accumulate in float32 (an fp16 sum overflows past 65,504). Densities stay in log space (``exp`` of a mean
 squared distance underflows to 0 in float32 for far-apart tokens), and ties (duplicate tokens are common
@@ -43,13 +43,13 @@ def squared_distances(points: torch.Tensor, valid: torch.Tensor, dtype: torch.dt
 
     Args:
         points: ``[B, N, D]`` in any float dtype.
-        valid: ``[B, N]`` bool; padded points do not move the centring mean (their distances are meaningless).
+        valid: ``[B, N]`` bool (padded points get distances too; callers mask them).
         dtype: the computation dtype (float32; float64 for a reference).
     """
+    # Any origin among the points removes what they all share (the outlier channels); the first point of each
+    # row costs no reduction pass.
     x = points.to(dtype)
-    weight = valid.to(dtype)[..., None]  # [B, N, 1]
-    mean = (x * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
-    x = (x - mean) * weight  # [B, N, D]
+    x = x - x[:, :1]  # [B, N, D]; padded points' distances are masked by the caller
     with _full_precision_matmul():
         gram = torch.bmm(x, x.transpose(1, 2))  # [B, N, N]
     norms = gram.diagonal(dim1=1, dim2=2)  # [B, N]
