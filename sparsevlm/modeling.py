@@ -392,8 +392,9 @@ class SparseLlamaModel(LlamaModel):
         b, q_len, _ = embeds.shape
         if b != state.batch:
             raise RuntimeError(
-                f"batch size changed from {state.batch} to {b} on a pruned cache; SparseVLM supports greedy "
-                "and sampling decoding, not beam search or cache reordering"
+                f"batch size changed from {state.batch} to {b} on a pruned cache; greedy, sampling and beam "
+                "search decoding keep the prefill's batch (beams expand before it), a cache cut or expanded "
+                "after the prefill is not supported: run a new prefill for the new batch"
             )
         # Tokens after the prefill (earlier decoding steps and this call), counted on layer 0's cache, which
         # holds the prefill as group 0 laid it out (shorter than the input when temporal merging ran).
