@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sparsevlm.transfer import to_device
+
 _BIG = torch.finfo(torch.float32).max
 
 
@@ -160,4 +162,4 @@ def tiebreak_keys(counts: list[int], seed: int, device: torch.device) -> torch.T
     keys = torch.zeros(len(counts), width)
     for row, n in enumerate(counts):
         keys[row, :n] = draws[n]
-    return keys.to(device, non_blocking=True)
+    return to_device(keys, device)

@@ -47,6 +47,7 @@ from sparsevlm.sequence import (
     reduce_frames,
 )
 from sparsevlm.stats import PrefillRecorder, PruneRecord, SampleStats, dense_stats
+from sparsevlm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -334,18 +335,16 @@ class SparseLlamaModel(LlamaModel):
             width = max(layout.n_visual)
             visual_at = (~present).to(torch.int8).argsort(dim=1, stable=True)[:, :width]  # [B, V]
             rater_visual = attention.gather(2, visual_at[:, None, :].expand(-1, n_raters, -1))  # [B, R, V]
-            slot_ok = (
-                torch.arange(width, device=device)[None, :] < torch.tensor(layout.n_visual, device=device)[:, None]
-            )
+            slot_ok = torch.arange(width, device=device)[None, :] < to_device(layout.n_visual, device)[:, None]
             rater_visual = rater_visual * (rater_valid[:, :, None] & slot_ok[:, None, :])
             ranks = rank_keep_counts(
-                rater_visual, counts, torch.tensor(layout.n_visual, device=device), cfg.rank_scale, cfg.rank_bias
+                rater_visual, counts, to_device(layout.n_visual, device), cfg.rank_scale, cfg.rank_bias
             )
             keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
         keep_n = [
             min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, layout.n_visual, strict=True)
         ]
-        kept = keep_mask(scores, present, torch.tensor(keep_n, device=device))
+        kept = keep_mask(scores, present, to_device(keep_n, device))
         deleted = present & ~kept
         n_deleted = [n - k for n, k in zip(layout.n_visual, keep_n, strict=True)]
         recycled = None
@@ -479,7 +478,7 @@ def _random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) 
     table = torch.zeros(len(n_visual), max(max(n_visual), 1))
     for row, n in enumerate(n_visual):
         table[row, :n] = draws[n]
-    table = table.to(present.device, non_blocking=True)
+    table = to_device(table, present.device)
     slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
     return torch.where(present, table.gather(1, slot), float("-inf"))
 
@@ -539,7 +538,7 @@ def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     prints = _fingerprints(flat).tolist()
     first: dict[float, int] = {}
     candidate = [first.setdefault(p, row) for row, p in enumerate(prints)]
-    same = (flat == flat[torch.tensor(candidate, device=flat.device)]).all(1).tolist()
+    same = (flat == flat[to_device(candidate, flat.device)]).all(1).tolist()
     firsts: list[int] = []
     position: dict[int, int] = {}
     inverse = []
@@ -549,8 +548,8 @@ def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             position[source] = len(firsts)
             firsts.append(source)
         inverse.append(position[source])
-    index = torch.tensor(inverse, device=batch.device)
-    return (batch if len(firsts) == b else batch[torch.tensor(firsts, device=batch.device)]), index
+    index = to_device(inverse, batch.device)
+    return (batch if len(firsts) == b else batch[to_device(firsts, batch.device)]), index
 
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

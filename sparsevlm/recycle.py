@@ -15,6 +15,7 @@ import torch
 
 from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
 from sparsevlm.stats import recycle_counts
+from sparsevlm.transfer import to_device
 
 
 def pairwise_distance(points: torch.Tensor) -> torch.Tensor:
@@ -192,13 +193,13 @@ def recycle_rows(
     device = hidden.device
     order = scores.masked_fill(~deleted, float("-inf")).argsort(dim=1, descending=True, stable=True)
     members = order[:, :width]  # [B, R] best-scored deleted tokens first
-    member_valid = torch.arange(width, device=device)[None, :] < torch.tensor(n_members, device=device)[:, None]
+    member_valid = torch.arange(width, device=device)[None, :] < to_device(n_members, device)[:, None]
     points = hidden.gather(1, members[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, D]
     member_times = times.gather(1, members) if times is not None else None
     clusters = dpc_knn(
         points,
         member_valid,
-        torch.tensor(counts, device=device),
+        to_device(counts, device),
         max_c,
         tiebreak_keys(n_members, seed, device),
         member_times,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from sparsevlm.transfer import to_device
+
 logger = logging.getLogger(__name__)
 
 # visual_index codes for tokens that are not original visual tokens.
@@ -95,8 +97,8 @@ def rebuild(
     new_len = max(lengths)
     keep = layout.valid & ~deleted  # [B, L]
     rank = keep.long().cumsum(1) - 1  # [B, L]: index among the row's survivors
-    pad = new_len - torch.tensor(lengths, device=device)  # [B]
-    at = torch.tensor(counts, device=device)  # [B] tokens inserted per row
+    pad = new_len - to_device(lengths, device)  # [B]
+    at = to_device(counts, device)  # [B] tokens inserted per row
     # Insert after the last surviving visual token: survivors ranked at or after it shift by the insertion.
     survivor_visual = keep & (layout.visual_index != TEXT)
     after = torch.where(survivor_visual, rank, -1).amax(1) + 1  # [B]: rank of the first token after it
@@ -219,12 +221,12 @@ def reduce_frames(
             continue
         groups.setdefault(n, []).append(row)
     for n, rows in groups.items():
-        index = torch.tensor(rows, device=device)
+        index = to_device(rows, device)
         positions = order[index, :n]  # [G, n]
         frames = hidden[index[:, None], positions]  # [G, n, D]
         least = [max(0, n - room[row]) if room is not None else 0 for row in rows]
         shaped = frames.view(len(rows), n // tokens_per_frame, tokens_per_frame, d)
-        tokens, keep = reduce(shaped, torch.tensor(least, device=device))
+        tokens, keep = reduce(shaped, to_device(least, device))
         hidden[index[:, None], positions] = tokens.reshape(len(rows), n, d).to(hidden.dtype)
         deleted[index[:, None], positions] = ~keep.reshape(len(rows), n)
     n_deleted = deleted.sum(1).tolist() if groups else [0] * b
