@@ -49,6 +49,14 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
     parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
+    parser.add_argument(
+        "--allow-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a folder or s3://bucket/prefix that a manifest's entries may name besides the manifest's own folder "
+        "(repeat; by default a manifest reads only below its own folder)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -78,6 +86,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "s3_endpoint_url": ns.s3_endpoint_url,
         "retry_errors": ns.retry_errors,
         "ray_address": ns.ray_address,
+        "allow_prefixes": tuple(ns.allow_prefix),
         **extra,
     }
     if ns.run_id:

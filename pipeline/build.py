@@ -155,7 +155,9 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     start = time.perf_counter()
     try:
         spec = inspect_checkpoint(config.model)
-        sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
+        sources = list_sources(
+            config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+        )
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)

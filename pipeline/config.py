@@ -85,6 +85,9 @@ class PipelineConfig:
         partition: a hive partition folder such as ``dt=2026-11-22`` for this run's part files (nightly
             indexing); the ledger stays at the output root, so runs into different partitions skip each
             other's videos.
+        allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
+            the manifest's own folder (by default a manifest reads only below its own folder, in its own
+            bucket; see :mod:`pipeline.sources`).
     """
 
     input_uri: str
@@ -111,6 +114,7 @@ class PipelineConfig:
     preflight_videos: int = 3
     ray_address: str | None = None
     partition: str | None = None
+    allow_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -119,6 +123,12 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         check_scheme(self.input_uri)
         check_scheme(self.output_uri)
+        allow_prefixes = (self.allow_prefixes,) if isinstance(self.allow_prefixes, str) else self.allow_prefixes
+        object.__setattr__(self, "allow_prefixes", tuple(allow_prefixes))
+        for prefix in self.allow_prefixes:
+            if not isinstance(prefix, str) or not prefix.strip():
+                raise ValueError(f"allow_prefixes must be non-empty strings, got {self.allow_prefixes!r}")
+            check_scheme(prefix)
         if self.s3_endpoint_url is not None and "@" in self.s3_endpoint_url:
             raise ValueError(
                 "s3_endpoint_url must not carry a user name or password (it is printed with the config); pass "
