@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -76,6 +77,9 @@ class RunSummary:
     wall_s: float
     error_classes: dict[str, int] = field(default_factory=dict)
     replaced: list[str] = field(default_factory=list)  # old part files of retried videos, deleted
+    status: str = "ok"  # "failed": the run stopped; its counts are what it had committed by then
+    error_class: str | None = None  # why the run failed (not a video's error: those are in error_classes)
+    error_message: str | None = None
 
 
 class ResultSink(Datasink[list[dict[str, Any]]]):
@@ -143,16 +147,48 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
     Videos already committed under the same config key are skipped before decoding. Bad videos become error
-    rows; systemic problems raise :class:`PipelineError` with one message.
+    rows; systemic problems raise :class:`PipelineError` with one message. The output's writability is
+    checked first (a probe object written and deleted under ``_runs/``), so a read-only output fails in
+    seconds, before Ray starts.
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
 
     Raises:
-        PipelineError: the model cannot load, the input cannot be listed, none of the first pending videos
-            decodes, every processed video failed, or the Ray job failed.
+        PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
+            the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
+            stops a run after the probe still leaves ``_runs/<run_id>.json``, with ``status: failed``, the error's
+            class and message and what the run had committed by then.
     """
     start = time.perf_counter()
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    probe_output(config, ledger)
+    progress: dict[str, Any] = {}
+    try:
+        return _run(config, ledger, progress, start)
+    except BaseException as err:  # interrupts too: every run that got this far leaves a record
+        _write_failure(config, ledger, progress, err, time.perf_counter() - start)
+        raise
+
+
+def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
+    """Write and delete a small object under ``<output>/_runs/``; raise :class:`PipelineError` with one line
+    naming the output and the fix if either fails (read-only folder, missing bucket, no PutObject or
+    DeleteObject permission, unreachable endpoint, no credentials)."""
+    relative = f"_runs/.probe-{config.run_id}.json"
+    try:
+        ledger.write_json(relative, {"run_id": config.run_id, "probe": True})
+        ledger.fs.delete_file(posixpath.join(ledger.base, relative))
+    except Exception as err:
+        raise PipelineError(
+            f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "
+            "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
+            "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
+        ) from err
+
+
+def _run(config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], start: float) -> RunSummary:
+    """The body of :func:`run_pipeline`; ``progress`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
         sources = list_sources(
@@ -160,11 +196,11 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
         )
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     items = [source_row(s, config) for s in sources]
     done = ledger.committed()
     pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors, done))
     pending = [i for i in items if i["ledger_key"] in pending_keys]
+    progress.update(seen=len(items), pending=sorted(pending_keys))
     # Retried videos: their old rows are replaced; remember where they are (another partition's file).
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
@@ -288,6 +324,28 @@ def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Le
 
 def _write_summary(ledger: Ledger, summary: RunSummary) -> None:
     ledger.write_json(f"_runs/{summary.run_id}.json", asdict(summary))
+
+
+def _write_failure(
+    config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], err: BaseException, wall: float
+) -> None:
+    """Record a failed run: ``status: failed``, the error, and the videos it committed before it stopped
+    (read back from the ledger: a Ray job that fails returns nothing to the driver). Never raises."""
+    pending: list[str] = progress.get("pending", [])
+    try:
+        found = ledger.entries(pending).values() if pending else []
+        entries = [e for e in found if e.run_id == config.run_id]
+    except Exception as read_err:  # the storage that failed the run may fail this too; the counts stay 0
+        logger.warning("run %s: could not read what it committed (%s)", config.run_id, _first_line(read_err))
+        entries = []
+    summary = _summarise(config, progress.get("seen", 0), len(pending), entries, wall)
+    summary = dataclasses.replace(
+        summary, status="failed", error_class=type(err).__name__, error_message=_first_line(err)
+    )
+    try:
+        _write_summary(ledger, summary)
+    except Exception as write_err:
+        logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
 
 
 def _first_line(err: BaseException) -> str:
