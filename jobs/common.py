@@ -46,6 +46,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); credentials come from the standard "
         "AWS sources (environment, ~/.aws, instance roles)",
     )
+    parser.add_argument(
+        "--io-retries",
+        type=int,
+        default=3,
+        help="Ray retries of a decode task after a transient storage error (5xx, throttling, dropped connection)",
+    )
     parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
     parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
@@ -87,6 +93,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "retry_errors": ns.retry_errors,
         "ray_address": ns.ray_address,
         "allow_prefixes": tuple(ns.allow_prefix),
+        "io_retries": ns.io_retries,
         **extra,
     }
     if ns.run_id:

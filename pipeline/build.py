@@ -36,6 +36,7 @@ from pipeline.config import PipelineConfig, use_local_ray_env
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
+from pipeline.storage import TransientIOError
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,14 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         # decord runs single-threaded (num_threads=1), so one CPU per task is its real use. flat_map can change
         # the row count and map_batches below asks for batch_size rows, so Ray never fuses decoding into the
         # model actor (performance-anchors §4): decoders and the model overlap.
-        # Decode errors never raise (they become error rows); transient S3 errors are retried inside s3fs/botocore.
+        # Decode errors and a storage's permanent answers (403, 404) become error rows. A transient storage
+        # failure (5xx, throttling, a dropped connection) that outlasts the client's own retries raises
+        # TransientIOError before the task sends any row, and Ray retries the task, at most io_retries times
+        # (a fresh list: Ray Data appends RaySystemError to it). max_retries also bounds retries after a lost
+        # worker, which Ray Data otherwise repeats forever.
         num_cpus=config.decode_cpus,
+        max_retries=config.io_retries,
+        retry_exceptions=[TransientIOError],
     )
     return ds.map_batches(
         Predictor,
@@ -250,6 +257,9 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
         rows = decode_rows(item, one_frame, frame_size)
         try:
             first = next(rows)
+        except TransientIOError as err:  # the decode tasks will retry it; here it is one failed try
+            errors.append(f"{item['source_uri']}: TransientIOError: {err}")
+            continue
         finally:
             rows.close()  # removes a temporary local copy now
         if first["error_class"] is None:

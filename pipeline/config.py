@@ -85,6 +85,10 @@ class PipelineConfig:
         partition: a hive partition folder such as ``dt=2026-11-22`` for this run's part files (nightly
             indexing); the ledger stays at the output root, so runs into different partitions skip each
             other's videos.
+        io_retries: how often Ray retries a decode task after a transient storage failure (5xx, throttling,
+            a dropped connection; :class:`pipeline.storage.TransientIOError`), each attempt with the storage
+            client's own retries and backoff inside; also bounds retries after a lost worker. Permanent answers
+            (403, 404) are error rows, never retried.
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.sources`).
@@ -115,6 +119,7 @@ class PipelineConfig:
     ray_address: str | None = None
     partition: str | None = None
     allow_prefixes: tuple[str, ...] = ()
+    io_retries: int = 3
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -163,6 +168,8 @@ class PipelineConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
+        if not isinstance(self.io_retries, int) or isinstance(self.io_retries, bool) or self.io_retries < 0:
+            raise ValueError(f"io_retries must be an int >= 0, got {self.io_retries!r}")
         if self.preflight_videos < 0:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
         if self.sparse_json is None and self.sparse_preset not in PRESETS:

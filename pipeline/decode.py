@@ -7,7 +7,8 @@ dmlc/decord#246); PyAV takes what decord cannot open or decode at its first fram
 duration, small quarter-turned frames). decord 0.6.0 applies the display-matrix rotation itself (measured
 on `moviepy_fire2.mp4`, -180°, and on ±90° clips); the PyAV path rotates with `np.rot90`. Mirroring display
 matrices are handled by neither. Deterministic per-video failures raise `DecodeError` subclasses (the
-pipeline writes error rows); object-storage I/O errors stay unwrapped: they may be transient (Ray retries).
+pipeline writes error rows), including a storage's permanent answers (`AccessDenied`, `MissingMedia`,
+`StorageRefused`); transient storage failures raise `pipeline.storage.TransientIOError` (Ray retries the task).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ import decord
 import fsspec
 import numpy as np
 
+from pipeline.storage import TransientIOError, http_status, storage_failure
 from sparsevlm.preprocess import resize_and_crop_uint8
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,14 @@ class NoVideoStream(DecodeError):
 
 class TooLarge(DecodeError):
     """The file exceeds a configured size, resolution or duration guard."""
+
+
+class AccessDenied(DecodeError):
+    """The storage refuses this object to the run's credentials (HTTP 401/403)."""
+
+
+class StorageRefused(DecodeError):
+    """The storage answered the request for this object with another client error (4xx)."""
 
 
 @dataclass(frozen=True)
@@ -255,19 +264,60 @@ def open_local_copy(
     fs = filesystem if filesystem is not None else fsspec.filesystem(parts.scheme)
     try:
         nbytes = int(fs.size(uri))
-    except FileNotFoundError as err:
-        raise MissingMedia(f"{uri}: no such object") from err
+    except Exception as err:
+        mapped = _storage_error(uri, err)
+        if mapped is None:
+            raise
+        raise mapped from err
     if max_bytes is not None and nbytes > max_bytes:
         raise TooLarge(f"{uri}: {nbytes} bytes exceed max_bytes={max_bytes}; raise max_bytes to process it")
     suffix = PurePosixPath(parts.path).suffix
     suffix = suffix if len(suffix) <= 16 else ""  # an object key's "extension" may be too long for a file name
     fd, local = tempfile.mkstemp(suffix=suffix, prefix="decode-", dir=tmp_dir)
     try:
-        with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:
-            shutil.copyfileobj(src, dst, chunk_bytes)
+        try:
+            with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:
+                _copy_bounded(src, dst, chunk_bytes, max_bytes, uri)
+        except DecodeError:
+            raise
+        except Exception as err:
+            mapped = _storage_error(uri, err)
+            if mapped is None:
+                raise
+            raise mapped from err
         yield local
     finally:
         os.unlink(local)
+
+
+def _copy_bounded(src: Any, dst: Any, chunk_bytes: int, max_bytes: int | None, uri: str) -> None:
+    """Copy in chunks, stopping with `TooLarge` past ``max_bytes`` (an object that grew after its size was read)."""
+    copied = 0
+    while chunk := src.read(chunk_bytes):
+        copied += len(chunk)
+        if max_bytes is not None and copied > max_bytes:
+            raise TooLarge(f"{uri}: more than max_bytes={max_bytes} bytes; raise max_bytes to process it")
+        dst.write(chunk)
+
+
+def _storage_error(uri: str, err: BaseException) -> Exception | None:
+    """The error to raise for a failed read of ``uri``: retried (`TransientIOError`), an error row
+    (`AccessDenied`, `MissingMedia`, `StorageRefused`), or None to re-raise ``err`` as it is."""
+    kind = storage_failure(err)
+    status, code = http_status(err)
+    if status is not None:
+        err_text = f"HTTP {status} {code or ''}".strip() + f", {_short(err)}"
+    else:
+        err_text = _short(err)
+    if kind == "transient":
+        return TransientIOError(f"{uri}: {err_text}")
+    if kind == "denied":
+        return AccessDenied(f"{uri}: access denied ({err_text}); grant the run's credentials read access to it")
+    if kind == "missing":
+        return MissingMedia(f"{uri}: no such object")
+    if kind == "refused":
+        return StorageRefused(f"{uri}: the storage refused the request ({err_text})")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

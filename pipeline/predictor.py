@@ -36,6 +36,7 @@ from pipeline.decode import DecodeError, Segment, VideoInfo, decode_segments, op
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.sources import VideoSource
+from pipeline.storage import TransientIOError, storage_failure
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
 
     Deterministic failures (:class:`~pipeline.decode.DecodeError`) and unexpected decoder exceptions become
     error rows: the whole video's when it cannot be opened, or one for the failing segment after the good
-    ones. ``OSError`` (object-storage I/O) propagates so that Ray retries the task.
+    ones. A storage's permanent answers (403, 404, other 4xx) are error rows too; a transient storage failure
+    (5xx, throttling, a dropped connection) raises :class:`~pipeline.storage.TransientIOError`, which the Ray
+    decode task retries (``pipeline/build.py``). All storage I/O happens before the first row is yielded.
 
     Args:
         row: a :func:`source_row`.
@@ -78,6 +81,7 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
     uri = row["source_uri"]
     video: dict[str, Any] = dict.fromkeys(_INFO_FIELDS)
     previous: Segment | None = None
+    sent = False
     local = uri
     try:
         with open_local_copy(uri, config.fsspec_filesystem(uri), max_bytes=config.max_video_bytes) as path:
@@ -93,11 +97,14 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
             video = _video_fields(info)
             for segment in segments:  # one segment of look-ahead, to flag the last one
                 if previous is not None:
+                    sent = True
                     yield _segment_row(base, video, previous, last=False)
                 previous = segment
-    except OSError:
-        raise
     except Exception as err:  # bad input never fails the job; the row records it
+        if not sent and isinstance(err, TransientIOError):  # Ray retries the task; it had sent no row yet
+            raise
+        if not sent and isinstance(err, OSError) and storage_failure(err) == "transient":
+            raise TransientIOError(f"{uri}: {err}") from err
         if not isinstance(err, DecodeError):
             logger.exception("unexpected %s decoding %s; recorded as an error row", type(err).__name__, uri)
         if previous is not None:
