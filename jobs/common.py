@@ -41,6 +41,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
     parser.add_argument(
+        "--max-frames", type=int, default=2_000_000, help="videos with more frames become TooLarge error rows"
+    )
+    parser.add_argument(
+        "--max-decode-seconds",
+        type=float,
+        default=3600.0,
+        help="wall-clock limit per video (download and decoding); past it a Timeout error row; 0 = no limit",
+    )
+    parser.add_argument(
         "--s3-endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),
         help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); credentials come from the standard "
@@ -89,6 +98,8 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "cpus_per_worker": ns.cpus_per_worker,
         "decode_cpus": ns.decode_cpus,
         "batch_size": ns.batch_size,
+        "max_frames": ns.max_frames,
+        "max_decode_seconds": ns.max_decode_seconds or None,
         "s3_endpoint_url": ns.s3_endpoint_url,
         "retry_errors": ns.retry_errors,
         "ray_address": ns.ray_address,

@@ -247,14 +247,15 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
     """Stop before starting the model when none of the first few videos decodes (a missing codec, a wrong
     bucket, unreadable storage), instead of producing a run of error rows.
 
-    Each try decodes one frame in the driver; an s3:// video is copied to a local temp file first (bounded by
-    ``max_video_bytes``), so this check costs up to ``preflight_videos`` downloads.
+    Each try decodes the first decodable frame in the driver (never the middle one: PyAV would decode half the
+    video to reach it); an s3:// video is copied to a local temp file first (bounded by ``max_video_bytes``
+    and ``max_decode_seconds``), so this check costs up to ``preflight_videos`` downloads.
     """
     tried = pending[: config.preflight_videos]
     errors = []
     one_frame = config.replace(segment_seconds=None, frames_per_segment=1)
     for item in tried:
-        rows = decode_rows(item, one_frame, frame_size)
+        rows = decode_rows(item, one_frame, frame_size, first_frame_only=True)
         try:
             first = next(rows)
         except TransientIOError as err:  # the decode tasks will retry it; here it is one failed try

@@ -72,6 +72,10 @@ class PipelineConfig:
         batch_size: segments per model call; each brings ``1 + len(questions)`` prompts into one ``generate``.
         max_video_bytes: larger videos become error rows (None disables the guard).
         max_duration_s: longer videos become error rows (None disables the guard).
+        max_frames: videos with more frames become ``TooLarge`` error rows (None disables the guard).
+        max_decode_seconds: wall-clock limit for one video, its download included; past it the video's
+            remaining segments become one ``Timeout`` error row (None: no limit). Checked between chunks,
+            packets, frames and segments.
         s3_endpoint_url: an S3-compatible endpoint (e.g. ``http://127.0.0.1:9000``); None means AWS.
         s3_options: extra s3fs options such as ``key``/``secret``/``client_kwargs``; default: the AWS
             credential chain of the environment. Never printed or written (credentials belong there, in the
@@ -111,6 +115,8 @@ class PipelineConfig:
     batch_size: int = 4
     max_video_bytes: int | None = 20 * 2**30
     max_duration_s: float | None = 6 * 3600.0
+    max_frames: int | None = 2_000_000
+    max_decode_seconds: float | None = 3600.0
     s3_endpoint_url: str | None = None
     s3_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     run_id: str = field(default_factory=new_run_id)
@@ -164,7 +170,7 @@ class PipelineConfig:
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_video_bytes", "max_duration_s"):
+        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")

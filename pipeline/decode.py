@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import tempfile
+import time
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -38,6 +40,10 @@ DecoderName = Literal["auto", "decord", "pyav"]
 DEFAULT_MAX_BYTES = 20 * 2**30  # 20 GiB
 DEFAULT_MAX_DURATION_S = 6 * 3600.0
 DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; 8 such RGB frames are ~0.8 GB before resizing
+DEFAULT_MAX_FRAMES = 2_000_000  # 6 h (the duration guard) at 90 fps; bounds the per-frame index arrays
+DEFAULT_MAX_DECODE_S = 3600.0  # wall-clock seconds for one video, its download included
+_DEADLINE_EVERY = 256  # demuxed packets between two deadline checks
+_clock = time.monotonic  # what deadlines are measured on (tests replace it)
 # decord raises RuntimeError when it cannot open a file, DECORDError (not a RuntimeError) on failed checks,
 # and AssertionError for a zero frame count.
 _DECORD_ERRORS = (RuntimeError, decord.DECORDError, AssertionError)
@@ -65,6 +71,10 @@ class NoVideoStream(DecodeError):
 
 class TooLarge(DecodeError):
     """The file exceeds a configured size, resolution or duration guard."""
+
+
+class Timeout(DecodeError):
+    """Decoding the video took longer than its wall-clock limit."""
 
 
 class AccessDenied(DecodeError):
@@ -165,13 +175,17 @@ def decode_segments(
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
+    deadline: float | None = None,
+    first_frame_only: bool = False,
     decoder: DecoderName = "auto",
 ) -> tuple[VideoInfo, Iterator[Segment]]:
     """Open a local video once and stream its segments.
 
     Checks, probing and indexing happen now, so `DecodeError`s about the file as a whole raise here; the
     returned iterator decodes lazily, one segment per step, and may still raise `CorruptMedia` for damage
-    further into the file (segments already yielded stay valid).
+    further into the file, or `Timeout` (segments already yielded stay valid). The deadline is checked
+    between segments, demuxed packets and decoded frames: one blocking decoder call is not interrupted.
 
     Args:
         path: Local file (use `open_local_copy` for s3:// and other remote URIs).
@@ -181,6 +195,10 @@ def decode_segments(
         max_duration_s: Reject longer videos with `TooLarge` (None disables).
         max_bytes: Reject larger files with `TooLarge` (None disables).
         max_pixels: Reject frames with more pixels (width * height) with `TooLarge` (None disables).
+        max_frames: Reject videos with more frames with `TooLarge` (None disables).
+        deadline: From `deadline_after`; past it decoding stops with `Timeout` (None: no limit).
+        first_frame_only: One segment holding the first decodable frame only (a cheap check that the video
+            decodes; PyAV stops at that frame instead of decoding up to the middle of the video).
         decoder: "auto" (decord, PyAV fallback), or force "decord" / "pyav".
 
     Returns:
@@ -203,16 +221,17 @@ def decode_segments(
     height, width = (probe.width, probe.height) if quarter_turn else (probe.height, probe.width)
     reader: _DecordReader | _PyAVReader
     if decoder == "pyav":
-        reader = _PyAVReader(path, probe)
+        reader = _PyAVReader(path, probe, max_frames, deadline)
     else:
         try:
-            reader = _DecordReader(path, (height, width))
+            reader = _DecordReader(path, (height, width), deadline)
         except _DECORD_ERRORS as err:
             if decoder == "decord":
                 raise UnsupportedMedia(f"{path}: decord cannot open it ({_short(err)})") from err
             logger.info("decord cannot open %s (%s); falling back to PyAV", path, _short(err))
-            reader = _PyAVReader(path, probe)
+            reader = _PyAVReader(path, probe, max_frames, deadline)
     _check_duration(path, reader.duration_s, max_duration_s)
+    _check_frames(path, int(reader.timestamps_s.size), max_frames)
     if probe.duration_s and reader.duration_s < 0.5 * probe.duration_s:
         message = f"video ends at {reader.duration_s:.1f} s of {probe.duration_s:.1f} s; truncated?"
         logger.warning("%s: %s", path, message)
@@ -227,8 +246,11 @@ def decode_segments(
         rotation=probe.rotation,
         decoder=reader.name,
     )
-    plans = plan_segments(reader.timestamps_s, reader.duration_s, frames_per_segment, segment_seconds)
-    return info, reader.iter_segments(plans, size)
+    if first_frame_only:
+        plans = [SegmentPlan(0, 0.0, reader.duration_s, np.zeros(1, dtype=np.int64))]
+    else:
+        plans = plan_segments(reader.timestamps_s, reader.duration_s, frames_per_segment, segment_seconds)
+    return info, reader.iter_segments(plans, size, to_the_end=not first_frame_only)
 
 
 @contextlib.contextmanager
@@ -239,6 +261,7 @@ def open_local_copy(
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     chunk_bytes: int = 8 * 2**20,
     tmp_dir: str | None = None,
+    deadline: float | None = None,
 ) -> Iterator[str]:
     """Yield a local path for `uri`, streaming remote objects into a temporary file chunk by chunk.
 
@@ -253,6 +276,7 @@ def open_local_copy(
         max_bytes: Raise `TooLarge` before downloading a larger object (None disables).
         chunk_bytes: Copy buffer size.
         tmp_dir: Directory for the temporary copy (default: the system temp dir).
+        deadline: From `deadline_after`; a copy still running past it stops with `Timeout`.
     """
     parts = urlsplit(uri)
     if parts.scheme in ("", "file"):
@@ -277,7 +301,7 @@ def open_local_copy(
     try:
         try:
             with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:
-                _copy_bounded(src, dst, chunk_bytes, max_bytes, uri)
+                _copy_bounded(src, dst, chunk_bytes, max_bytes, uri, deadline)
         except DecodeError:
             raise
         except Exception as err:
@@ -290,10 +314,14 @@ def open_local_copy(
         os.unlink(local)
 
 
-def _copy_bounded(src: Any, dst: Any, chunk_bytes: int, max_bytes: int | None, uri: str) -> None:
-    """Copy in chunks, stopping with `TooLarge` past ``max_bytes`` (an object that grew after its size was read)."""
+def _copy_bounded(
+    src: Any, dst: Any, chunk_bytes: int, max_bytes: int | None, uri: str, deadline: float | None
+) -> None:
+    """Copy in chunks, stopping with `TooLarge` past ``max_bytes`` (an object that grew after its size was
+    read) and with `Timeout` past the deadline."""
     copied = 0
     while chunk := src.read(chunk_bytes):
+        check_deadline(uri, deadline)
         copied += len(chunk)
         if max_bytes is not None and copied > max_bytes:
             raise TooLarge(f"{uri}: more than max_bytes={max_bytes} bytes; raise max_bytes to process it")
@@ -305,10 +333,7 @@ def _storage_error(uri: str, err: BaseException) -> Exception | None:
     (`AccessDenied`, `MissingMedia`, `StorageRefused`), or None to re-raise ``err`` as it is."""
     kind = storage_failure(err)
     status, code = http_status(err)
-    if status is not None:
-        err_text = f"HTTP {status} {code or ''}".strip() + f", {_short(err)}"
-    else:
-        err_text = _short(err)
+    err_text = _short(err) if status is None else f"HTTP {status} {code or ''}".strip() + f", {_short(err)}"
     if kind == "transient":
         return TransientIOError(f"{uri}: {err_text}")
     if kind == "denied":
@@ -342,6 +367,25 @@ def _check_file(path: str, max_bytes: int | None) -> None:
         raise CorruptMedia(f"{path}: empty file (0 bytes)")
     if max_bytes is not None and nbytes > max_bytes:
         raise TooLarge(f"{path}: {nbytes} bytes exceed max_bytes={max_bytes}; raise max_bytes to process it")
+
+
+def _check_frames(path: str, frames: int, max_frames: int | None) -> None:
+    if max_frames is not None and frames > max_frames:
+        raise TooLarge(f"{path}: more than max_frames={max_frames} frames ({frames}); raise max_frames to process it")
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """The deadline ``seconds`` from now, for `decode_segments` and `open_local_copy` (None: no limit)."""
+    return None if seconds is None else _clock() + seconds
+
+
+def check_deadline(path: str, deadline: float | None) -> None:
+    """Raise `Timeout` once the clock is past ``deadline`` (see `deadline_after`; None: never)."""
+    if deadline is not None and _clock() > deadline:
+        raise Timeout(
+            f"{path}: decoding took longer than its wall-clock limit; raise max_decode_seconds "
+            "(--max-decode-seconds) or split the file"
+        )
 
 
 def _check_duration(path: str, duration_s: float | None, max_duration_s: float | None) -> None:
@@ -430,8 +474,8 @@ def _segment(plan: SegmentPlan, frames: np.ndarray, timestamps_s: np.ndarray) ->
 class _DecordReader:
     name = "decord"
 
-    def __init__(self, path: str, expected_hw: tuple[int, int]) -> None:
-        self._path = path
+    def __init__(self, path: str, expected_hw: tuple[int, int], deadline: float | None = None) -> None:
+        self._path, self._deadline = path, deadline
         self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         # Decode one frame now so that streams decord picks differently, rotations it does not apply, or its
         # failures on small quarter-turned frames ("DECORDArrayCopyFromTo: The size must exactly match")
@@ -447,8 +491,9 @@ class _DecordReader:
         self.timestamps_s, self.duration_s, _ = _frame_times(path, ts[:, 0], float(ts[-1, 1]), fps, count)
         self.fps = fps if math.isfinite(fps) and fps > 0 else count / self.duration_s
 
-    def iter_segments(self, plans: Sequence[SegmentPlan], size: int) -> Iterator[Segment]:
-        for plan in plans:
+    def iter_segments(self, plans: Sequence[SegmentPlan], size: int, to_the_end: bool = True) -> Iterator[Segment]:
+        for plan in plans:  # seeks: nothing is decoded past the last planned frame whatever to_the_end says
+            check_deadline(self._path, self._deadline)
             unique, inverse = np.unique(plan.frame_indices, return_inverse=True)
             try:
                 batch = self._vr.get_batch(unique.tolist()).asnumpy()  # [U, H, W, 3], already rotated
@@ -463,33 +508,52 @@ class _PyAVReader:
 
     name = "pyav"
 
-    def __init__(self, path: str, probe: _Probe) -> None:
-        self._path, self._probe = path, probe
+    def __init__(
+        self, path: str, probe: _Probe, max_frames: int | None = DEFAULT_MAX_FRAMES, deadline: float | None = None
+    ) -> None:
+        self._path, self._probe, self._deadline = path, probe, deadline
+        # One demux pass for the timestamps: 16 bytes per packet in typed arrays (never a Python object per
+        # packet), stopped by the frame cap and the deadline.
+        pts, durations, count, without_pts = array("q"), array("q"), 0, 0
         try:
             with av.open(path) as container:
                 stream = _video_stream(container, probe.stream_index)
                 time_base = float(stream.time_base) if stream.time_base else 0.0
                 rate = stream.average_rate or stream.guessed_rate
                 fps = float(rate) if rate else 0.0
-                packets = [(p.pts, p.duration or 0) for p in container.demux(stream) if p.size > 0]
+                for packet in container.demux(stream):
+                    if packet.size <= 0:
+                        continue
+                    count += 1
+                    _check_frames(path, count, max_frames)
+                    if count % _DEADLINE_EVERY == 0:
+                        check_deadline(path, deadline)
+                    if packet.pts is None:
+                        without_pts += 1
+                    else:
+                        pts.append(packet.pts)
+                        durations.append(packet.duration or 0)
         except av.error.FFmpegError as err:
             raise CorruptMedia(f"{path}: PyAV cannot read its packets ({_short(err)})") from err
-        if not packets:
+        if not count:
             raise CorruptMedia(f"{path}: the video stream has no packets")
         # Display order is pts order; `_keys` maps a decoded frame's pts back to its index.
-        keys = np.sort(np.array([p for p, _ in packets if p is not None], dtype=np.int64))
+        stamps = np.frombuffer(pts, dtype=np.int64) if pts else np.zeros(0, dtype=np.int64)
+        keys = np.sort(stamps)
         starts, end = None, 0.0
-        if time_base > 0 and keys.size == len(packets):
-            last_pts, last_duration = max(packets, key=lambda p: p[0] or 0)
+        if time_base > 0 and not without_pts:
+            last = int(np.argmax(stamps))  # the packet shown last
             starts = (keys - keys[0]) * time_base
-            end = float((last_pts or 0) + last_duration - keys[0]) * time_base
-        self.timestamps_s, self.duration_s, by_pts = _frame_times(path, starts, end, fps, len(packets))
+            end = float(stamps[last] + durations[last] - keys[0]) * time_base
+        self.timestamps_s, self.duration_s, by_pts = _frame_times(path, starts, end, fps, count)
         self._keys = keys if by_pts else None
-        self.fps = fps if fps > 0 else len(packets) / self.duration_s
+        self.fps = fps if fps > 0 else count / self.duration_s
 
-    def iter_segments(self, plans: Sequence[SegmentPlan], size: int) -> Iterator[Segment]:
-        # Decode forward once. A planned frame is taken when its pts comes out of the decoder; if the decoder
-        # dropped it, the frame on screen at that time (the previous one) is used instead.
+    def iter_segments(self, plans: Sequence[SegmentPlan], size: int, to_the_end: bool = True) -> Iterator[Segment]:
+        # Decode forward once; by default on to the end after the last planned frame, so that damage after it
+        # is reported (CorruptMedia), at the cost of at most one segment's frames. A planned frame is taken
+        # when its pts comes out of the decoder; if the decoder dropped it, the frame on screen at that time
+        # (the previous one) is used instead.
         remaining = iter(plans)
         plan = next(remaining, None)
         picked: dict[int, np.ndarray] = {}  # frame index -> [S, S, 3] for the current plan
@@ -500,6 +564,7 @@ class _PyAVReader:
                 stream.codec_context.thread_count = 1  # one decode task = one CPU, as with decord
                 frames = (f for packet in container.demux(stream) for f in stream.decode(packet))
                 for count, frame in enumerate(frames):
+                    check_deadline(self._path, self._deadline)
                     position = self._position(frame, count)
                     while plan is not None:
                         wanted = set(plan.frame_indices.tolist())
@@ -514,6 +579,8 @@ class _PyAVReader:
                         picked = {last: picked[last]}  # a later plan may reuse it; drop the rest
                         plan = next(remaining, None)
                     prev = frame
+                    if plan is None and not to_the_end:
+                        break
         except av.error.FFmpegError as err:
             raise CorruptMedia(f"{self._path}: PyAV decoding failed ({_short(err)})") from err
         if prev is None:

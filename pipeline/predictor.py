@@ -32,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
-from pipeline.decode import DecodeError, Segment, VideoInfo, decode_segments, open_local_copy
+from pipeline.decode import DecodeError, Segment, VideoInfo, deadline_after, decode_segments, open_local_copy
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.sources import VideoSource
@@ -60,7 +60,9 @@ def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) -> Generator[dict[str, Any], None, None]:
+def decode_rows(
+    row: dict[str, Any], config: PipelineConfig, frame_size: int, *, first_frame_only: bool = False
+) -> Generator[dict[str, Any], None, None]:
     """Decode one video into segment rows (the decode stage; see the module docstring for the fields).
 
     Deterministic failures (:class:`~pipeline.decode.DecodeError`) and unexpected decoder exceptions become
@@ -73,6 +75,7 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
         row: a :func:`source_row`.
         config: the run's config (segmenting, guards, S3 options).
         frame_size: the model's frame side in pixels.
+        first_frame_only: one row with the first decodable frame (the driver's preflight check).
 
     Yields:
         Segment rows in time order; the last one has ``last_segment=True``.
@@ -83,8 +86,10 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
     previous: Segment | None = None
     sent = False
     local = uri
+    deadline = deadline_after(config.max_decode_seconds)  # the download counts too
     try:
-        with open_local_copy(uri, config.fsspec_filesystem(uri), max_bytes=config.max_video_bytes) as path:
+        fs = config.fsspec_filesystem(uri)
+        with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
             local = str(path)
             info, segments = decode_segments(
                 path,
@@ -93,6 +98,9 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
                 size=frame_size,
                 max_duration_s=config.max_duration_s,
                 max_bytes=config.max_video_bytes,
+                max_frames=config.max_frames,
+                deadline=deadline,
+                first_frame_only=first_frame_only,
             )
             video = _video_fields(info)
             for segment in segments:  # one segment of look-ahead, to flag the last one
