@@ -13,6 +13,7 @@ PyAV-versus-decord agreement, and the size and pixel guards (`test_decode.py::te
 
 from __future__ import annotations
 
+import io
 import itertools
 import tempfile
 import threading
@@ -29,7 +30,7 @@ import pytest
 
 import pipeline.decode
 from pipeline.config import PipelineConfig
-from pipeline.decode import DecoderName
+from pipeline.decode import DecoderName, Timeout, TooLarge, open_local_copy
 from pipeline.ledger import LAST_SEGMENT
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
@@ -416,6 +417,26 @@ def test_the_preflight_decodes_one_frame_not_half_the_video(
     config = make_config(tmp_path, preflight_videos=1)
     _preflight(config, [local_row(hour_long["mp4"], config)], SIZE)  # raises if nothing decodes
     assert len(positions) == 1
+
+
+class GrownObject:
+    """A filesystem whose object grew after its size was read: 100 bytes announced, 5,000 served."""
+
+    def size(self, uri: str) -> int:
+        return 100
+
+    def open(self, uri: str, mode: str, block_size: int) -> io.BytesIO:
+        return io.BytesIO(b"x" * 5000)
+
+
+def test_a_local_copy_is_bounded_in_bytes_and_time(tmp_path: Path) -> None:
+    too_big = open_local_copy("s3://b/a.mp4", GrownObject(), max_bytes=1000, chunk_bytes=256, tmp_dir=str(tmp_path))
+    with pytest.raises(TooLarge, match=r"s3://b/a\.mp4: more than max_bytes=1000 bytes"), too_big:
+        pass
+    too_late = open_local_copy("s3://b/a.mp4", GrownObject(), deadline=-1.0, tmp_dir=str(tmp_path))
+    with pytest.raises(Timeout, match="wall-clock limit"), too_late:
+        pass
+    assert list(tmp_path.iterdir()) == []  # no partial copy left behind
 
 
 # ---------------------------------------------------------------------------------------------------------
