@@ -198,6 +198,7 @@ def _run(config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], start
     """The body of :func:`run_pipeline`; ``progress`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
+        config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
         sources = list_sources(
             config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
         )

@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
 from sparsevlm.config import PRESETS, SparseConfig
@@ -93,6 +94,10 @@ class PipelineConfig:
             a dropped connection; :class:`pipeline.storage.TransientIOError`), each attempt with the storage
             client's own retries and backoff inside; also bounds retries after a lost worker. Permanent answers
             (403, 404) are error rows, never retried.
+        model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.revision.model_revision`:
+            a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
+            is made (also by ``replace``), carried as it is to the workers; part of the config key and of
+            every row, so a changed checkpoint under the same name is processed again.
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.sources`).
@@ -126,6 +131,7 @@ class PipelineConfig:
     partition: str | None = None
     allow_prefixes: tuple[str, ...] = ()
     io_retries: int = 3
+    model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -183,6 +189,7 @@ class PipelineConfig:
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         self.sparse_config()  # a bad sparse_json fails here, not in a worker
+        object.__setattr__(self, "model_revision", model_revision(self.model))
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with some fields changed (validated again)."""
@@ -219,6 +226,7 @@ class PipelineConfig:
         """
         material = {
             "model": self.model,
+            "model_revision": self.model_revision,
             "sparse": self.sparse_config().to_json(),
             "segment_seconds": self.segment_seconds,
             "frames_per_segment": self.frames_per_segment,

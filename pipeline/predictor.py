@@ -186,7 +186,12 @@ class Predictor:
         self.engine = engine or VideoQAEngine.from_pretrained(
             config.model, config.sparse_config(), device=config.device
         )
-        self._provenance = {**self.engine.describe(), "run_id": config.run_id, "pipeline_version": PIPELINE_VERSION}
+        self._provenance = {
+            **self.engine.describe(),
+            "model_revision": config.model_revision,
+            "run_id": config.run_id,
+            "pipeline_version": PIPELINE_VERSION,
+        }
         for prompt in (config.caption_prompt, *config.questions):
             problem = self._prompt_problem(prompt, config.frames_per_segment)
             if problem is not None:
