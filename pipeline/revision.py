@@ -65,7 +65,7 @@ def _hub_commit(repo_id: str, cache_dir: str | os.PathLike[str] | None) -> str |
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=None if cache_dir is None else Path(cache_dir))
     if not isinstance(found, str):
         return None
     snapshot = Path(found).parent  # <cache>/models--org--name/snapshots/<commit>/config.json
