@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -41,12 +42,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
     parser.add_argument(
-        "--max-frames", type=int, default=2_000_000, help="videos with more frames become TooLarge error rows"
+        "--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="videos with more frames become TooLarge error rows"
     )
     parser.add_argument(
         "--max-decode-seconds",
         type=float,
-        default=3600.0,
+        default=DEFAULT_MAX_DECODE_S,
         help="wall-clock limit per video (download and decoding); past it a Timeout error row; 0 = no limit",
     )
     parser.add_argument(

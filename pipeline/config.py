@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
+from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import CAPTION_PROMPT
 
@@ -120,8 +121,8 @@ class PipelineConfig:
     batch_size: int = 4
     max_video_bytes: int | None = 20 * 2**30
     max_duration_s: float | None = 6 * 3600.0
-    max_frames: int | None = 2_000_000
-    max_decode_seconds: float | None = 3600.0
+    max_frames: int | None = DEFAULT_MAX_FRAMES
+    max_decode_seconds: float | None = DEFAULT_MAX_DECODE_S
     s3_endpoint_url: str | None = None
     s3_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     run_id: str = field(default_factory=new_run_id)

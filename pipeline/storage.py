@@ -1,4 +1,4 @@
-"""Which storage errors are worth retrying. No Ray here.
+"""Reading input objects: which storage errors are worth retrying, and a bounded local copy. No Ray here.
 
 Object-storage clients raise many types for one failure: botocore's ``ClientError`` (with the HTTP status and
 S3 error code), s3fs's translation of it into an ``OSError`` subclass (the ``ClientError`` kept as its
@@ -10,16 +10,37 @@ reads through them to one answer:
   of times, on top of the client's own retries with backoff inside each attempt;
 - permanent (403 / 401 AccessDenied, 404 NoSuchKey / NoSuchBucket, other 4xx): an answer a retry would not
   change; the decode stage turns it into an error row and the run goes on.
+
+`open_local_copy` gives the decoders a local path for an object: a temporary copy, streamed in chunks, stopped
+past ``max_bytes`` and past the deadline, whose failures come out classified (an error row, or a retry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
-from typing import Literal
+from pathlib import PurePosixPath
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["TransientIOError", "http_status", "storage_failure"]
+import fsspec
+
+from pipeline.video import (
+    DEFAULT_MAX_BYTES,
+    AccessDenied,
+    DecodeError,
+    MissingMedia,
+    StorageRefused,
+    TooLarge,
+    check_deadline,
+    short_error,
+)
+
+__all__ = ["TransientIOError", "http_status", "open_local_copy", "storage_failure"]
 
 # S3 error codes that mean "later", whatever the status (some stores send throttling as 400 or 403).
 _RETRY_CODES = frozenset(
@@ -112,3 +133,99 @@ def _connection_failure(err: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(err, (ClientConnectionError, ClientPayloadError))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A bounded local copy of an object
+
+
+@contextlib.contextmanager
+def open_local_copy(
+    uri: str,
+    filesystem: Any = None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    chunk_bytes: int = 8 * 2**20,
+    tmp_dir: str | None = None,
+    deadline: float | None = None,
+) -> Iterator[str]:
+    """Yield a local path for `uri`, streaming remote objects into a temporary file chunk by chunk.
+
+    Local paths and file:// URIs are yielded as they are. Other URIs (s3://...) are copied through
+    `filesystem` (an fsspec filesystem, e.g. `s3fs.S3FileSystem(endpoint_url=...)`; default
+    `fsspec.filesystem(scheme)`) into a temp file that keeps the extension and is deleted on exit. Never holds
+    the whole object in memory.
+
+    Args:
+        uri: Local path, file:// URI or any fsspec URI.
+        filesystem: fsspec filesystem for remote URIs.
+        max_bytes: Raise `TooLarge` before downloading a larger object (None disables).
+        chunk_bytes: Copy buffer size.
+        tmp_dir: Directory for the temporary copy (default: the system temp dir).
+        deadline: From `deadline_after`; a copy still running past it stops with `Timeout`.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        local = unquote(parts.path) if parts.scheme == "file" else uri
+        if not os.path.isfile(local):
+            raise MissingMedia(f"{uri}: no such file")
+        yield local
+        return
+    fs = filesystem if filesystem is not None else fsspec.filesystem(parts.scheme)
+    try:
+        nbytes = int(fs.size(uri))
+    except Exception as err:
+        mapped = _storage_error(uri, err)
+        if mapped is None:
+            raise
+        raise mapped from err
+    if max_bytes is not None and nbytes > max_bytes:
+        raise TooLarge(f"{uri}: {nbytes} bytes exceed max_bytes={max_bytes}; raise max_bytes to process it")
+    suffix = PurePosixPath(parts.path).suffix
+    suffix = suffix if len(suffix) <= 16 else ""  # an object key's "extension" may be too long for a file name
+    fd, local = tempfile.mkstemp(suffix=suffix, prefix="decode-", dir=tmp_dir)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:
+                _copy_bounded(src, dst, chunk_bytes, max_bytes, uri, deadline)
+        except DecodeError:
+            raise
+        except Exception as err:
+            mapped = _storage_error(uri, err)
+            if mapped is None:
+                raise
+            raise mapped from err
+        yield local
+    finally:
+        os.unlink(local)
+
+
+def _copy_bounded(
+    src: Any, dst: Any, chunk_bytes: int, max_bytes: int | None, uri: str, deadline: float | None
+) -> None:
+    """Copy in chunks, stopping with `TooLarge` past ``max_bytes`` (an object that grew after its size was
+    read) and with `Timeout` past the deadline."""
+    copied = 0
+    while chunk := src.read(chunk_bytes):
+        check_deadline(uri, deadline)
+        copied += len(chunk)
+        if max_bytes is not None and copied > max_bytes:
+            raise TooLarge(f"{uri}: more than max_bytes={max_bytes} bytes; raise max_bytes to process it")
+        dst.write(chunk)
+
+
+def _storage_error(uri: str, err: BaseException) -> Exception | None:
+    """The error to raise for a failed read of ``uri``: retried (`TransientIOError`), an error row
+    (`AccessDenied`, `MissingMedia`, `StorageRefused`), or None to re-raise ``err`` as it is."""
+    kind = storage_failure(err)
+    status, code = http_status(err)
+    err_text = short_error(err) if status is None else f"HTTP {status} {code or ''}".strip() + f", {short_error(err)}"
+    if kind == "transient":
+        return TransientIOError(f"{uri}: {err_text}")
+    if kind == "denied":
+        return AccessDenied(f"{uri}: access denied ({err_text}); grant the run's credentials read access to it")
+    if kind == "missing":
+        return MissingMedia(f"{uri}: no such object")
+    if kind == "refused":
+        return StorageRefused(f"{uri}: the storage refused the request ({err_text})")
+    return None
