@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 import ray.data
 from ray.data.block import Block, BlockAccessor
@@ -183,9 +184,13 @@ def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
     naming the output and the fix if either fails (read-only folder, missing bucket, no PutObject or
     DeleteObject permission, unreachable endpoint, no credentials)."""
     relative = f"_runs/.probe-{config.run_id}.json"
+    path = posixpath.join(ledger.base, relative)
     try:
         ledger.write_json(relative, {"run_id": config.run_id, "probe": True})
-        ledger.fs.delete_file(posixpath.join(ledger.base, relative))
+        ledger.fs.delete_file(path)
+        # s3fs deletes with DeleteObjects and ignores its per-key errors: a refused deletion looks like success.
+        if ledger.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise PermissionError(f"{path} is still there after its deletion")
     except Exception as err:
         raise PipelineError(
             f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "

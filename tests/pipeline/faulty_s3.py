@@ -1,8 +1,10 @@
 """A fault-injecting HTTP proxy in front of the test S3 server, on 127.0.0.1 only.
 
 Requests pass through to the moto server unchanged, except those for an object with a fault: they get the
-chosen HTTP status and an S3 error document instead, the first ``times`` requests (or all of them). Every
-request's path is counted, so a test can tell how often a client (and Ray) really retried.
+chosen HTTP status and an S3 error document instead, the first ``times`` requests (or all of them). Status
+200 is a swallowed request: an empty ``DeleteResult`` that deletes nothing, which is what a DeleteObjects
+request whose keys were all refused looks like to s3fs (it ignores per-key errors). Every request's path is
+counted, so a test can tell how often a client (and Ray) really retried.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 class Fault:
     status: int
     times: int | None  # None: every request
+    method: str | None  # None: every method
 
 
 class FaultyS3:
@@ -37,16 +40,17 @@ class FaultyS3:
         self.lock = threading.Lock()
         self.url = ""
 
-    def fail(self, path: str, status: int, times: int | None = None) -> None:
-        """Answer requests for ``/bucket/key`` with ``status``: the next ``times`` ones, or all (None)."""
+    def fail(self, path: str, status: int, times: int | None = None, method: str | None = None) -> None:
+        """Answer requests for ``/bucket/key`` with ``status``: the next ``times`` ones, or all (None); only
+        those with HTTP ``method`` if given."""
         with self.lock:
-            self.faults[path] = Fault(status, times)
+            self.faults[path] = Fault(status, times, method)
 
-    def take_fault(self, path: str) -> int | None:
+    def take_fault(self, path: str, method: str) -> int | None:
         with self.lock:
             self.requests[path] += 1
             fault = self.faults.get(path)
-            if fault is None or fault.times == 0:
+            if fault is None or fault.times == 0 or fault.method not in (None, method):
                 return None
             if fault.times is not None:
                 fault.times -= 1
@@ -63,10 +67,13 @@ def _handler(state: FaultyS3) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            status = state.take_fault(unquote(urlsplit(self.path).path))
+            status = state.take_fault(unquote(urlsplit(self.path).path), self.command)
             if status is not None:
                 code = _CODES.get(status, str(status))
                 error = f"<Error><Code>{code}</Code><Message>injected {status}</Message></Error>".encode()
+                if status == 200:
+                    error = b'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></DeleteResult>'
+
                 payload = b"" if self.command == "HEAD" else error
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import s3fs
 
+from pipeline import build
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.predictor import decode_rows, source_row
@@ -127,3 +128,32 @@ def test_ray_retries_transient_failures_and_the_run_completes_past_a_refused_obj
     assert proxy.requests[flaky] == (1 + down.io_retries) * per_attempt
     record = json.loads((tmp_path / "out" / "_runs" / "down.json").read_text())
     assert (record["status"], record["error_class"]) == ("failed", "PipelineError")
+
+
+@pytest.mark.parametrize(("method", "permission"), [("PUT", "s3:PutObject"), ("POST", "s3:DeleteObject")])
+def test_an_output_that_refuses_writes_or_deletes_fails_before_anything_else(
+    method: str,
+    permission: str,
+    proxy: FaultyS3,
+    s3_server: str,
+    pipeline_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bucket_with(s3_server, f"refusing-{method.lower()}", Path(), [])
+    config = config_through(
+        proxy, "unused", f"s3://refusing-{method.lower()}/rows", pipeline_model_dir, run_id=f"probe-{method}"
+    )
+    if method == "PUT":
+        proxy.fail(f"/refusing-{method.lower()}/rows/_runs/.probe-probe-{method}.json", 403, method=method)
+    else:  # the probe is written, and its deletion (DeleteObjects, a POST to the bucket) silently refused
+        proxy.fail(f"/refusing-{method.lower()}", 200, method=method)
+
+    def no_work(*args: Any) -> None:
+        raise AssertionError("the run went past the probe")
+
+    monkeypatch.setattr(build, "inspect_checkpoint", no_work)
+    output = f"s3://refusing-{method.lower()}/rows"
+    with pytest.raises(PipelineError, match=rf"the output {output} is not writable \(PermissionError: ") as caught:
+        run_pipeline(config)
+    assert permission in str(caught.value) and "choose another --output" in str(caught.value)
