@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
+from pipeline.storage import arrow_filesystem, s3_filesystem
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import CAPTION_PROMPT
@@ -242,26 +243,12 @@ class PipelineConfig:
         """An fsspec filesystem for an s3:// URI (None for local paths), for listing and decoding inputs."""
         if check_scheme(uri) != "s3":
             return None
-        import s3fs
-
-        # No listing cache: the ledger lists markers that other processes write during the run.
-        options = {"use_listings_cache": False, **self.s3_options}
-        if self.s3_endpoint_url:
-            options["endpoint_url"] = self.s3_endpoint_url
-        return s3fs.S3FileSystem(**options)
+        return s3_filesystem(self.s3_endpoint_url, self.s3_options)
 
     def output_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """The pyarrow filesystem and base path of ``output_uri`` (S3 goes through s3fs, so the same
         endpoint and credential options apply to inputs and outputs)."""
-        fs = self.fsspec_filesystem(self.output_uri)
-        if fs is None:
-            local, base = pafs.FileSystem.from_uri(_as_local_uri(self.output_uri))
-            return local, base
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), self.output_uri.removeprefix("s3://").rstrip("/")
-
-
-def _as_local_uri(uri: str) -> str:
-    return uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))
+        return arrow_filesystem(self.output_uri, self.fsspec_filesystem(self.output_uri))
 
 
 # Loopback-only, telemetry-free settings for a Ray that this process starts itself (environment.md §4), and

@@ -11,6 +11,7 @@ reads through them to one answer:
 - permanent (403 / 401 AccessDenied, 404 NoSuchKey / NoSuchBucket, other 4xx): an answer a retry would not
   change; the decode stage turns it into an error row and the run goes on.
 
+`s3_filesystem` and `arrow_filesystem` build the filesystems of a run from its endpoint and options.
 `open_local_copy` gives the decoders a local path for an object: a temporary copy, streamed in chunks, stopped
 past ``max_bytes`` and past the deadline, whose failures come out classified (an error row, or a retry).
 """
@@ -22,12 +23,13 @@ import errno
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import fsspec
+import pyarrow.fs as pafs
 
 from pipeline.video import (
     DEFAULT_MAX_BYTES,
@@ -40,7 +42,7 @@ from pipeline.video import (
     short_error,
 )
 
-__all__ = ["TransientIOError", "http_status", "open_local_copy", "storage_failure"]
+__all__ = ["TransientIOError", "arrow_filesystem", "http_status", "open_local_copy", "s3_filesystem", "storage_failure"]
 
 # S3 error codes that mean "later", whatever the status (some stores send throttling as 400 or 403).
 _RETRY_CODES = frozenset(
@@ -63,6 +65,27 @@ _RETRY_ERRNOS = frozenset(
 )
 
 Failure = Literal["transient", "denied", "missing", "refused"]
+
+
+def s3_filesystem(endpoint_url: str | None, options: Mapping[str, Any]) -> Any:
+    """An s3fs filesystem for ``endpoint_url`` (None: AWS) with extra s3fs ``options`` (credentials among
+    them), without a listing cache: the ledger lists markers that other processes write during the run."""
+    import s3fs
+
+    settings = {"use_listings_cache": False, **options}
+    if endpoint_url:
+        settings["endpoint_url"] = endpoint_url
+    return s3fs.S3FileSystem(**settings)
+
+
+def arrow_filesystem(uri: str, s3: Any = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and base path of ``uri``: a local path or file:// URI when ``s3`` is None, else
+    an s3:// URI read through the fsspec filesystem ``s3`` (one set of endpoint and credential options)."""
+    if s3 is None:
+        local = uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))
+        filesystem, base = pafs.FileSystem.from_uri(local)
+        return filesystem, base
+    return pafs.PyFileSystem(pafs.FSSpecHandler(s3)), uri.removeprefix("s3://").rstrip("/")
 
 
 class TransientIOError(OSError):
