@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS
 from sparsevlm.engine import DTYPE_NAMES
 from sparsevlm.tiny import CHECKPOINT_DIR
@@ -48,14 +49,37 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="segments per model call")
     parser.add_argument(
+        "--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="videos with more frames become TooLarge error rows"
+    )
+    parser.add_argument(
+        "--max-decode-seconds",
+        type=float,
+        default=DEFAULT_MAX_DECODE_S,
+        help="wall-clock limit per video (download and decoding); past it a Timeout error row; 0 = no limit",
+    )
+    parser.add_argument(
         "--s3-endpoint-url",
         default=os.environ.get("AWS_ENDPOINT_URL"),
         help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); credentials come from the standard "
         "AWS sources (environment, ~/.aws, instance roles)",
     )
+    parser.add_argument(
+        "--io-retries",
+        type=int,
+        default=3,
+        help="Ray retries of a decode task after a transient storage error (5xx, throttling, dropped connection)",
+    )
     parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
     parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
+    parser.add_argument(
+        "--allow-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a folder or s3://bucket/prefix that a manifest's entries may name besides the manifest's own folder "
+        "(repeat; by default a manifest reads only below its own folder)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -83,9 +107,13 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "cpus_per_worker": ns.cpus_per_worker,
         "decode_cpus": ns.decode_cpus,
         "batch_size": ns.batch_size,
+        "max_frames": ns.max_frames,
+        "max_decode_seconds": ns.max_decode_seconds or None,
         "s3_endpoint_url": ns.s3_endpoint_url,
         "retry_errors": ns.retry_errors,
         "ray_address": ns.ray_address,
+        "allow_prefixes": tuple(ns.allow_prefix),
+        "io_retries": ns.io_retries,
         **extra,
     }
     if ns.run_id:

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 import ray.data
 from ray.data.block import Block, BlockAccessor
@@ -35,6 +37,7 @@ from pipeline.config import PipelineConfig, use_local_ray_env
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
+from pipeline.storage import TransientIOError
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,9 @@ class RunSummary:
     wall_s: float
     error_classes: dict[str, int] = field(default_factory=dict)
     replaced: list[str] = field(default_factory=list)  # old part files of retried videos, deleted
+    status: str = "ok"  # "failed": the run stopped; its counts are what it had committed by then
+    error_class: str | None = None  # why the run failed (not a video's error: those are in error_classes)
+    error_message: str | None = None
 
 
 class ResultSink(Datasink[list[dict[str, Any]]]):
@@ -122,8 +128,14 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         # decord runs single-threaded (num_threads=1), so one CPU per task is its real use. flat_map can change
         # the row count and map_batches below asks for batch_size rows, so Ray never fuses decoding into the
         # model actor (performance-anchors §4): decoders and the model overlap.
-        # Decode errors never raise (they become error rows); transient S3 errors are retried inside s3fs/botocore.
+        # Decode errors and a storage's permanent answers (403, 404) become error rows. A transient storage
+        # failure (5xx, throttling, a dropped connection) that outlasts the client's own retries raises
+        # TransientIOError before the task sends any row, and Ray retries the task, at most io_retries times
+        # (a fresh list: Ray Data appends RaySystemError to it). max_retries also bounds retries after a lost
+        # worker, which Ray Data otherwise repeats forever.
         num_cpus=config.decode_cpus,
+        max_retries=config.io_retries,
+        retry_exceptions=[TransientIOError],
     )
     return ds.map_batches(
         Predictor,
@@ -143,26 +155,65 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
     Videos already committed under the same config key are skipped before decoding. Bad videos become error
-    rows; systemic problems raise :class:`PipelineError` with one message.
+    rows; systemic problems raise :class:`PipelineError` with one message. The output's writability is
+    checked first (a probe object written and deleted under ``_runs/``), so a read-only output fails in
+    seconds, before Ray starts.
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
 
     Raises:
-        PipelineError: the model cannot load, the input cannot be listed, none of the first pending videos
-            decodes, every processed video failed, or the Ray job failed.
+        PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
+            the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
+            stops a run after the probe still leaves ``_runs/<run_id>.json``, with ``status: failed``, the error's
+            class and message and what the run had committed by then.
     """
     start = time.perf_counter()
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    probe_output(config, ledger)
+    progress: dict[str, Any] = {}
+    try:
+        return _run(config, ledger, progress, start)
+    except BaseException as err:  # interrupts too: every run that got this far leaves a record
+        _write_failure(config, ledger, progress, err, time.perf_counter() - start)
+        raise
+
+
+def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
+    """Write and delete a small object under ``<output>/_runs/``; raise :class:`PipelineError` with one line
+    naming the output and the fix if either fails (read-only folder, missing bucket, no PutObject or
+    DeleteObject permission, unreachable endpoint, no credentials)."""
+    relative = f"_runs/.probe-{config.run_id}.json"
+    path = posixpath.join(ledger.base, relative)
+    try:
+        ledger.write_json(relative, {"run_id": config.run_id, "probe": True})
+        ledger.fs.delete_file(path)
+        # s3fs deletes with DeleteObjects and ignores its per-key errors: a refused deletion looks like success.
+        if ledger.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise PermissionError(f"{path} is still there after its deletion")
+    except Exception as err:
+        raise PipelineError(
+            f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "
+            "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
+            "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
+        ) from err
+
+
+def _run(config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], start: float) -> RunSummary:
+    """The body of :func:`run_pipeline`; ``progress`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
-        sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
+        config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
+        sources = list_sources(
+            config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+        )
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     items = [source_row(s, config) for s in sources]
     done = ledger.committed()
     pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors, done))
     pending = [i for i in items if i["ledger_key"] in pending_keys]
+    progress.update(seen=len(items), pending=sorted(pending_keys))
     # Retried videos: their old rows are replaced; remember where they are (another partition's file).
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
@@ -202,16 +253,20 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
     """Stop before starting the model when none of the first few videos decodes (a missing codec, a wrong
     bucket, unreadable storage), instead of producing a run of error rows.
 
-    Each try decodes one frame in the driver; an s3:// video is copied to a local temp file first (bounded by
-    ``max_video_bytes``), so this check costs up to ``preflight_videos`` downloads.
+    Each try decodes the first decodable frame in the driver (never the middle one: PyAV would decode half the
+    video to reach it); an s3:// video is copied to a local temp file first (bounded by ``max_video_bytes``
+    and ``max_decode_seconds``), so this check costs up to ``preflight_videos`` downloads.
     """
     tried = pending[: config.preflight_videos]
     errors = []
     one_frame = config.replace(segment_seconds=None, frames_per_segment=1)
     for item in tried:
-        rows = decode_rows(item, one_frame, frame_size)
+        rows = decode_rows(item, one_frame, frame_size, first_frame_only=True)
         try:
             first = next(rows)
+        except TransientIOError as err:  # the decode tasks will retry it; here it is one failed try
+            errors.append(f"{item['source_uri']}: TransientIOError: {err}")
+            continue
         finally:
             rows.close()  # removes a temporary local copy now
         if first["error_class"] is None:
@@ -286,6 +341,28 @@ def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Le
 
 def _write_summary(ledger: Ledger, summary: RunSummary) -> None:
     ledger.write_json(f"_runs/{summary.run_id}.json", asdict(summary))
+
+
+def _write_failure(
+    config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], err: BaseException, wall: float
+) -> None:
+    """Record a failed run: ``status: failed``, the error, and the videos it committed before it stopped
+    (read back from the ledger: a Ray job that fails returns nothing to the driver). Never raises."""
+    pending: list[str] = progress.get("pending", [])
+    try:
+        found = ledger.entries(pending).values() if pending else []
+        entries = [e for e in found if e.run_id == config.run_id]
+    except Exception as read_err:  # the storage that failed the run may fail this too; the counts stay 0
+        logger.warning("run %s: could not read what it committed (%s)", config.run_id, _first_line(read_err))
+        entries = []
+    summary = _summarise(config, progress.get("seen", 0), len(pending), entries, wall)
+    summary = dataclasses.replace(
+        summary, status="failed", error_class=type(err).__name__, error_message=_first_line(err)
+    )
+    try:
+        _write_summary(ledger, summary)
+    except Exception as write_err:
+        logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
 
 
 def _first_line(err: BaseException) -> str:

@@ -20,8 +20,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
+from pipeline.storage import arrow_filesystem, s3_filesystem
+from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import CAPTION_PROMPT, DTYPE_NAMES, DtypeName
 
@@ -73,6 +76,10 @@ class PipelineConfig:
         batch_size: segments per model call; each brings ``1 + len(questions)`` prompts into one ``generate``.
         max_video_bytes: larger videos become error rows (None disables the guard).
         max_duration_s: longer videos become error rows (None disables the guard).
+        max_frames: videos with more frames become ``TooLarge`` error rows (None disables the guard).
+        max_decode_seconds: wall-clock limit for one video, its download included; past it the video's
+            remaining segments become one ``Timeout`` error row (None: no limit). Checked between chunks,
+            packets, frames and segments.
         s3_endpoint_url: an S3-compatible endpoint (e.g. ``http://127.0.0.1:9000``); None means AWS.
         s3_options: extra s3fs options such as ``key``/``secret``/``client_kwargs``; default: the AWS
             credential chain of the environment. Never printed or written (credentials belong there, in the
@@ -86,6 +93,17 @@ class PipelineConfig:
         partition: a hive partition folder such as ``dt=2026-11-22`` for this run's part files (nightly
             indexing); the ledger stays at the output root, so runs into different partitions skip each
             other's videos.
+        io_retries: how often Ray retries a decode task after a transient storage failure (5xx, throttling,
+            a dropped connection; :class:`pipeline.storage.TransientIOError`), each attempt with the storage
+            client's own retries and backoff inside; also bounds retries after a lost worker. Permanent answers
+            (403, 404) are error rows, never retried.
+        model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.revision.model_revision`:
+            a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
+            is made (also by ``replace``), carried as it is to the workers; part of the config key and of
+            every row, so a changed checkpoint under the same name is processed again.
+        allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
+            the manifest's own folder (by default a manifest reads only below its own folder, in its own
+            bucket; see :mod:`pipeline.sources`).
     """
 
     input_uri: str
@@ -106,6 +124,8 @@ class PipelineConfig:
     batch_size: int = 4
     max_video_bytes: int | None = 20 * 2**30
     max_duration_s: float | None = 6 * 3600.0
+    max_frames: int | None = DEFAULT_MAX_FRAMES
+    max_decode_seconds: float | None = DEFAULT_MAX_DECODE_S
     s3_endpoint_url: str | None = None
     s3_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     run_id: str = field(default_factory=new_run_id)
@@ -113,6 +133,9 @@ class PipelineConfig:
     preflight_videos: int = 3
     ray_address: str | None = None
     partition: str | None = None
+    allow_prefixes: tuple[str, ...] = ()
+    io_retries: int = 3
+    model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -121,6 +144,12 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         check_scheme(self.input_uri)
         check_scheme(self.output_uri)
+        allow_prefixes = (self.allow_prefixes,) if isinstance(self.allow_prefixes, str) else self.allow_prefixes
+        object.__setattr__(self, "allow_prefixes", tuple(allow_prefixes))
+        for prefix in self.allow_prefixes:
+            if not isinstance(prefix, str) or not prefix.strip():
+                raise ValueError(f"allow_prefixes must be non-empty strings, got {self.allow_prefixes!r}")
+            check_scheme(prefix)
         if self.s3_endpoint_url is not None and "@" in self.s3_endpoint_url:
             raise ValueError(
                 "s3_endpoint_url must not carry a user name or password (it is printed with the config); pass "
@@ -151,12 +180,14 @@ class PipelineConfig:
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_video_bytes", "max_duration_s"):
+        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if not isinstance(self.io_retries, int) or isinstance(self.io_retries, bool) or self.io_retries < 0:
+            raise ValueError(f"io_retries must be an int >= 0, got {self.io_retries!r}")
         if self.preflight_videos < 0:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
         if self.sparse_json is None and self.sparse_preset not in PRESETS:
@@ -164,6 +195,7 @@ class PipelineConfig:
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         self.sparse_config()  # a bad sparse_json fails here, not in a worker
+        object.__setattr__(self, "model_revision", model_revision(self.model))
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with some fields changed (validated again)."""
@@ -196,10 +228,14 @@ class PipelineConfig:
         """Hash of everything that changes the rows of a video (not resources, paths or the run id).
 
         Two runs with the same key produce the same rows for the same video version, so the ledger lets the
-        second skip it; any change here (model, SparseConfig, segmenting, prompts, schema) reprocesses.
+        second skip it; any change here (model, its revision and dtype, SparseConfig, segmenting, prompts,
+        schema) reprocesses. ``auto`` is keyed as written: it resolves per GPU (bf16, or fp16 without native
+        bf16), so a cluster that mixes such GPUs should name the dtype.
         """
         material = {
             "model": self.model,
+            "model_revision": self.model_revision,
+            "dtype": self.dtype,
             "sparse": self.sparse_config().to_json(),
             "segment_seconds": self.segment_seconds,
             "frames_per_segment": self.frames_per_segment,
@@ -214,26 +250,12 @@ class PipelineConfig:
         """An fsspec filesystem for an s3:// URI (None for local paths), for listing and decoding inputs."""
         if check_scheme(uri) != "s3":
             return None
-        import s3fs
-
-        # No listing cache: the ledger lists markers that other processes write during the run.
-        options = {"use_listings_cache": False, **self.s3_options}
-        if self.s3_endpoint_url:
-            options["endpoint_url"] = self.s3_endpoint_url
-        return s3fs.S3FileSystem(**options)
+        return s3_filesystem(self.s3_endpoint_url, self.s3_options)
 
     def output_filesystem(self) -> tuple[pafs.FileSystem, str]:
         """The pyarrow filesystem and base path of ``output_uri`` (S3 goes through s3fs, so the same
         endpoint and credential options apply to inputs and outputs)."""
-        fs = self.fsspec_filesystem(self.output_uri)
-        if fs is None:
-            local, base = pafs.FileSystem.from_uri(_as_local_uri(self.output_uri))
-            return local, base
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), self.output_uri.removeprefix("s3://").rstrip("/")
-
-
-def _as_local_uri(uri: str) -> str:
-    return uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))
+        return arrow_filesystem(self.output_uri, self.fsspec_filesystem(self.output_uri))
 
 
 # Loopback-only, telemetry-free settings for a Ray that this process starts itself (environment.md §4), and

@@ -32,10 +32,11 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
-from pipeline.decode import DecodeError, Segment, VideoInfo, decode_segments, open_local_copy
+from pipeline.decode import DecodeError, Segment, VideoInfo, deadline_after, decode_segments, open_local_copy
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.sources import VideoSource
+from pipeline.storage import TransientIOError, storage_failure
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 
 logger = logging.getLogger(__name__)
@@ -59,17 +60,22 @@ def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) -> Generator[dict[str, Any], None, None]:
+def decode_rows(
+    row: dict[str, Any], config: PipelineConfig, frame_size: int, *, first_frame_only: bool = False
+) -> Generator[dict[str, Any], None, None]:
     """Decode one video into segment rows (the decode stage; see the module docstring for the fields).
 
     Deterministic failures (:class:`~pipeline.decode.DecodeError`) and unexpected decoder exceptions become
     error rows: the whole video's when it cannot be opened, or one for the failing segment after the good
-    ones. ``OSError`` (object-storage I/O) propagates so that Ray retries the task.
+    ones. A storage's permanent answers (403, 404, other 4xx) are error rows too; a transient storage failure
+    (5xx, throttling, a dropped connection) raises :class:`~pipeline.storage.TransientIOError`, which the Ray
+    decode task retries (``pipeline/build.py``). All storage I/O happens before the first row is yielded.
 
     Args:
         row: a :func:`source_row`.
         config: the run's config (segmenting, guards, S3 options).
         frame_size: the model's frame side in pixels.
+        first_frame_only: one row with the first decodable frame (the driver's preflight check).
 
     Yields:
         Segment rows in time order; the last one has ``last_segment=True``.
@@ -78,9 +84,12 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
     uri = row["source_uri"]
     video: dict[str, Any] = dict.fromkeys(_INFO_FIELDS)
     previous: Segment | None = None
+    sent = False
     local = uri
+    deadline = deadline_after(config.max_decode_seconds)  # the download counts too
     try:
-        with open_local_copy(uri, config.fsspec_filesystem(uri), max_bytes=config.max_video_bytes) as path:
+        fs = config.fsspec_filesystem(uri)
+        with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
             local = str(path)
             info, segments = decode_segments(
                 path,
@@ -89,15 +98,21 @@ def decode_rows(row: dict[str, Any], config: PipelineConfig, frame_size: int) ->
                 size=frame_size,
                 max_duration_s=config.max_duration_s,
                 max_bytes=config.max_video_bytes,
+                max_frames=config.max_frames,
+                deadline=deadline,
+                first_frame_only=first_frame_only,
             )
             video = _video_fields(info)
             for segment in segments:  # one segment of look-ahead, to flag the last one
                 if previous is not None:
+                    sent = True
                     yield _segment_row(base, video, previous, last=False)
                 previous = segment
-    except OSError:
-        raise
     except Exception as err:  # bad input never fails the job; the row records it
+        if not sent and isinstance(err, TransientIOError):  # Ray retries the task; it had sent no row yet
+            raise
+        if not sent and isinstance(err, OSError) and storage_failure(err) == "transient":
+            raise TransientIOError(f"{uri}: {err}") from err
         if not isinstance(err, DecodeError):
             logger.exception("unexpected %s decoding %s; recorded as an error row", type(err).__name__, uri)
         if previous is not None:
@@ -171,7 +186,12 @@ class Predictor:
         self.engine = engine or VideoQAEngine.from_pretrained(
             config.model, config.sparse_config(), device=config.device, dtype=config.dtype
         )
-        self._provenance = {**self.engine.describe(), "run_id": config.run_id, "pipeline_version": PIPELINE_VERSION}
+        self._provenance = {
+            **self.engine.describe(),
+            "model_revision": config.model_revision,
+            "run_id": config.run_id,
+            "pipeline_version": PIPELINE_VERSION,
+        }
         for prompt in (config.caption_prompt, *config.questions):
             problem = self._prompt_problem(prompt, config.frames_per_segment)
             if problem is not None:

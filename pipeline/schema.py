@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: model_revision
 TASKS = ("caption", "qa")
 STATUSES = ("ok", "error")
 
@@ -52,6 +52,8 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [  # (name, type, nullable)
     ("run_id", pa.string(), False),
     ("pipeline_version", pa.string(), False),
     ("created_at", pa.timestamp("us", tz="UTC"), False),
+    # what model_id named when the rows were made: a hub commit hash or sha256:... of a local checkpoint
+    ("model_revision", pa.string(), True),
 ]
 
 RESULT_SCHEMA: pa.Schema = pa.schema(

@@ -12,6 +12,11 @@ Manifests (chosen by extension):
   every other column is carried along in `extra`.
 Relative URIs in a manifest are resolved against the manifest's own folder. Folder listings are filtered by
 extension; manifest entries are not (they were chosen explicitly, and object keys need not have one).
+
+A manifest is confined to its own place: every entry must resolve inside the manifest's scheme, bucket and
+folder (an S3 manifest cannot name a local file of the workers, and ``..`` cannot climb into another prefix or
+bucket), unless an allowed prefix (``--allow-prefix``, ``PipelineConfig.allow_prefixes``) names more. An entry
+outside is refused with a `SourceError` that names it and the flag, like an entry with a bad scheme.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def list_sources(
     filesystem: Any = None,
     *,
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    allow_prefixes: Sequence[str] = (),
 ) -> list[VideoSource]:
     """List videos from a folder, an s3:// prefix or a manifest file (by its extension).
 
@@ -99,12 +105,13 @@ def list_sources(
         filesystem: fsspec filesystem for s3:// (e.g. `s3fs.S3FileSystem(endpoint_url=...)`); default
             `fsspec.filesystem("s3")`, configured from the environment.
         extensions: Video extensions kept by folder listings (case-insensitive, without the dot).
+        allow_prefixes: Prefixes a manifest may name besides its own folder (see `read_manifest`).
 
     Returns:
         The sources sorted by URI.
     """
     if posixpath.splitext(urlsplit(location).path)[1].lower() in MANIFEST_FORMATS:
-        return read_manifest(location, filesystem)
+        return read_manifest(location, filesystem, allow_prefixes=allow_prefixes)
     return list_videos(location, filesystem, extensions=extensions)
 
 
@@ -156,7 +163,7 @@ def list_videos(
     return sorted(sources, key=lambda s: s.uri)
 
 
-def read_manifest(location: str, filesystem: Any = None) -> list[VideoSource]:
+def read_manifest(location: str, filesystem: Any = None, *, allow_prefixes: Sequence[str] = ()) -> list[VideoSource]:
     """Read a manifest (.txt/.lst lines, .csv or .parquet with a `uri` column) into sources.
 
     Entries that do not exist are kept with `size=None` (and logged), so that the decode stage records an
@@ -165,6 +172,8 @@ def read_manifest(location: str, filesystem: Any = None) -> list[VideoSource]:
     Args:
         location: Local path, file:// URI or s3:// URI of the manifest.
         filesystem: fsspec filesystem for s3:// (see `list_sources`).
+        allow_prefixes: Local folders or s3://bucket/prefix locations that entries may name besides the
+            manifest's own folder; an entry inside none of them raises `SourceError`.
 
     Returns:
         The sources sorted by URI (duplicates of a URI are dropped, the first kept).
@@ -187,12 +196,14 @@ def read_manifest(location: str, filesystem: Any = None) -> list[VideoSource]:
                 table = pa_csv.read_csv(f, convert_options=pa_csv.ConvertOptions(strings_can_be_null=True))
             rows = _table_rows(table, location)
     base = location.rsplit("/", 1)[0] if scheme == "s3" else os.path.dirname(path)
+    allowed = [_prefix(base), *(_prefix(p) for p in allow_prefixes)]
     sources: dict[str, VideoSource] = {}
     for number, row in enumerate(rows, start=1):
         entry = row.pop("uri")
         if not isinstance(entry, str) or not entry.strip():
             raise SourceError(f"{location}: row {number}: uri must be a non-empty string, got {entry!r}")
         uri = _resolve(entry.strip(), base, scheme)
+        _check_confined(uri, allowed, f"{location}: row {number} ({entry.strip()!r})")
         if uri in sources:
             logger.warning("%s: entry %d repeats %s; keeping the first", location, number, uri)
             continue
@@ -254,6 +265,51 @@ def _resolve(uri: str, base: str, manifest_scheme: str) -> str:
     if manifest_scheme == "s3":
         return "s3://" + posixpath.normpath(posixpath.join(_bare(base), uri))
     return os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
+
+
+def _prefix(location: str) -> tuple[str, str]:
+    """``(place, folder)`` of an allowed prefix: place is ``"local"`` or ``"s3://bucket"``, folder the path
+    inside it without a trailing slash ("" for a whole bucket)."""
+    if check_scheme(location) == "s3":
+        bucket, _, key = _bare(location).partition("/")
+        if not bucket:
+            raise SourceError(f"{location!r}: an allowed prefix needs a bucket, e.g. s3://bucket/videos/")
+        return f"s3://{bucket}", key.strip("/")
+    return "local", _local_path(location).rstrip(os.sep) or os.sep
+
+
+def _inside(path: str, folder: str, sep: str) -> bool:
+    return folder in ("", sep) or path == folder or path.startswith(folder + sep)
+
+
+def _check_confined(uri: str, allowed: Sequence[tuple[str, str]], where: str) -> None:
+    """Raise `SourceError` unless ``uri`` (resolved) lies inside one of the allowed prefixes.
+
+    An S3 key is checked as written and with its ``..`` and ``.`` segments collapsed: S3 itself reads keys
+    literally, but a key must not reach another prefix on a store (or a later tool) that collapses them.
+    """
+    if uri.startswith("s3://"):
+        bucket, _, key = _bare(uri).partition("/")
+        place, sep = f"s3://{bucket}", "/"
+        collapsed = posixpath.normpath(key) if key else key
+        escapes = key.startswith("/") or collapsed == ".." or collapsed.startswith("../")
+        forms = [key, collapsed]
+    else:
+        place, sep, escapes, forms = "local", os.sep, False, [os.path.normpath(uri)]
+    for allowed_place, folder in allowed:
+        if allowed_place == place and not escapes and all(_inside(f, folder, sep) for f in forms):
+            return
+    shown = ", ".join(folder if p == "local" else f"{p}/{folder}" for p, folder in allowed)
+    raise SourceError(
+        f"{where}: {uri!r} is outside the manifest's own folder and the allowed prefixes ({shown}); a manifest "
+        "reads only below its own folder unless --allow-prefix (PipelineConfig.allow_prefixes) names more, "
+        f"e.g. --allow-prefix {_suggest(uri)}"
+    )
+
+
+def _suggest(uri: str) -> str:
+    parent = uri.rsplit("/", 1)[0] if uri.startswith("s3://") else os.path.dirname(uri)
+    return parent + ("/" if uri.startswith("s3://") else "")
 
 
 def _table_rows(table: pa.Table, location: str) -> list[dict[str, Any]]:

@@ -77,7 +77,10 @@ def test_index_archive_processes_only_new_or_changed_videos(
         (["--input", ".", "--output", "/tmp/o", "--questions-file", "/nope.txt"], "does not exist"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_errors_exit_2_with_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(tmp_path / "o") if a == "/tmp/o" else a for a in argv]  # a failed run leaves its record there
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: caption.main(argv))
     assert exit_info.value.code == 2
@@ -92,14 +95,14 @@ def test_index_archive_rejects_a_bad_date(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_unreachable_storage_and_missing_credentials(
-    pipeline_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    pipeline_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    argv = ["--input", "s3://bucket/videos/", "--output", "/tmp/o", "--model", str(pipeline_model_dir)]
+    argv = ["--input", "s3://bucket/videos/", "--output", str(tmp_path / "o"), "--model", str(pipeline_model_dir)]
     with pytest.raises(SystemExit):  # nothing listens on this port
         run_cli(lambda: caption.main([*argv, "--s3-endpoint-url", "http://127.0.0.1:9"]))
     err = capsys.readouterr().err

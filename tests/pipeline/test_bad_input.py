@@ -13,6 +13,7 @@ PyAV-versus-decord agreement, and the size and pixel guards (`test_decode.py::te
 
 from __future__ import annotations
 
+import io
 import itertools
 import tempfile
 import threading
@@ -28,7 +29,10 @@ import pyarrow as pa
 import pytest
 
 import pipeline.decode
+import pipeline.readers
+import pipeline.video
 from pipeline.config import PipelineConfig
+from pipeline.decode import DecoderName, Timeout, TooLarge, open_local_copy
 from pipeline.ledger import LAST_SEGMENT
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
@@ -308,13 +312,13 @@ def test_hour_long_video_is_segmented_and_decoded_lazily(
 ) -> None:
     config = make_config(tmp_path, segment_seconds=10.0, frames_per_segment=8)
     resized = []
-    original = pipeline.decode.resize_and_crop_uint8
+    original = pipeline.readers.resize_and_crop_uint8
 
     def counting(frame: np.ndarray, size: int) -> np.ndarray:
         resized.append(1)
         return original(frame, size)
 
-    monkeypatch.setattr(pipeline.decode, "resize_and_crop_uint8", counting)
+    monkeypatch.setattr(pipeline.readers, "resize_and_crop_uint8", counting)
     rows = decode_rows(local_row(hour_long[ext], config), config, frame_size=SIZE)
     first = finishes_within(TIME_LIMIT_S, lambda: list(itertools.islice(rows, 3)))
     assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in first] == [
@@ -338,6 +342,103 @@ def test_hour_long_video_over_the_duration_guard_is_one_error_row(hour_long: dic
     rows = decode(local_row(hour_long["mkv"], config), config)
     assert check_rows(rows) == [(None, "TooLarge")]
     assert "3600.0 s exceeds max_duration_s=1800.0" in rows[0]["error_message"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bounded decoding: a frame cap, a wall-clock limit, and a preflight that stops at the first frame
+
+
+@pytest.mark.parametrize(("decoder", "counted"), [("decord", 3600), ("pyav", 101)])
+def test_a_frame_cap_makes_one_too_large_row(
+    hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: str, counted: int
+) -> None:
+    config = make_config(tmp_path, max_frames=100)
+    if decoder == "pyav":  # as for a file decord cannot open
+        monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
+    rows = decode(local_row(hour_long["mp4"], config), config)
+    assert check_rows(rows) == [(None, "TooLarge")]
+    # PyAV counts packets as it demuxes and stops at the first one over the cap, holding no list of them.
+    assert f"more than max_frames=100 frames ({counted})" in rows[0]["error_message"]
+
+
+def _refusing_decord(*args: Any) -> None:
+    raise RuntimeError("decord refuses (test)")
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_a_video_past_its_wall_clock_limit_ends_with_a_timeout_row(
+    hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: str
+) -> None:
+    """A clock that advances one second per reading: the limit falls inside the video, after good segments."""
+    ticks = itertools.count()
+    monkeypatch.setattr(pipeline.video, "_clock", lambda: float(next(ticks)))
+    if decoder == "pyav":
+        monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
+    config = make_config(tmp_path, segment_seconds=10.0, max_decode_seconds=60.0)
+    rows = decode(local_row(hour_long["mp4"], config), config)
+    found = check_rows(rows)
+    assert found[-1][1] == "Timeout" and 1 <= len(found) - 1 <= 60, found  # some segments, then the limit
+    assert "wall-clock limit" in rows[-1]["error_message"] and "--max-decode-seconds" in rows[-1]["error_message"]
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_the_first_frame_only_stops_at_the_first_decodable_frame(
+    hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: DecoderName
+) -> None:
+    decoded = []
+    original = pipeline.readers.PyAVReader._small
+
+    def counting(self: Any, frame: Any, size: int) -> np.ndarray:
+        decoded.append(frame.pts)
+        return original(self, frame, size)
+
+    monkeypatch.setattr(pipeline.readers.PyAVReader, "_small", counting)
+    _, segments = pipeline.decode.decode_segments(hour_long["mp4"], size=SIZE, first_frame_only=True, decoder=decoder)
+    (segment,) = list(segments)
+    assert segment.timestamps_s == [0.0] and segment.frames.shape == (1, SIZE, SIZE, 3)
+    frame = segment.frames[0].astype(np.float32)
+    assert round((float(frame.mean()) - 20) / 3) == 0  # the picture of frame 0 (grey level 20)
+    assert len(decoded) <= (1 if decoder == "pyav" else 0)
+
+
+def test_the_preflight_decodes_one_frame_not_half_the_video(
+    hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the PyAV path (decoding forward only) the old choice, the middle frame, decoded 1,800 frames here."""
+    from pipeline.build import _preflight
+
+    positions = []
+    original = pipeline.readers.PyAVReader._position
+
+    def counting(self: Any, frame: Any, count: int) -> int:
+        positions.append(count)
+        return original(self, frame, count)
+
+    monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
+    monkeypatch.setattr(pipeline.readers.PyAVReader, "_position", counting)
+    config = make_config(tmp_path, preflight_videos=1)
+    _preflight(config, [local_row(hour_long["mp4"], config)], SIZE)  # raises if nothing decodes
+    assert len(positions) == 1
+
+
+class GrownObject:
+    """A filesystem whose object grew after its size was read: 100 bytes announced, 5,000 served."""
+
+    def size(self, uri: str) -> int:
+        return 100
+
+    def open(self, uri: str, mode: str, block_size: int) -> io.BytesIO:
+        return io.BytesIO(b"x" * 5000)
+
+
+def test_a_local_copy_is_bounded_in_bytes_and_time(tmp_path: Path) -> None:
+    too_big = open_local_copy("s3://b/a.mp4", GrownObject(), max_bytes=1000, chunk_bytes=256, tmp_dir=str(tmp_path))
+    with pytest.raises(TooLarge, match=r"s3://b/a\.mp4: more than max_bytes=1000 bytes"), too_big:
+        pass
+    too_late = open_local_copy("s3://b/a.mp4", GrownObject(), deadline=-1.0, tmp_dir=str(tmp_path))
+    with pytest.raises(Timeout, match="wall-clock limit"), too_late:
+        pass
+    assert list(tmp_path.iterdir()) == []  # no partial copy left behind
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,11 @@ import pyarrow.compute as pc
 import pytest
 import s3fs
 
+from jobs import caption
+from jobs.common import run_cli
+from pipeline import build
 from pipeline.build import PipelineError, build_dataset, run_pipeline
+from pipeline.config import PipelineConfig
 from pipeline.ledger import Ledger
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import list_sources
@@ -117,7 +123,9 @@ def test_fails_fast_when_the_model_cannot_load(pipeline_videos: Path, tmp_path: 
     config = make_config(str(pipeline_videos), str(tmp_path / "out"), tmp_path / "model")
     with pytest.raises(PipelineError, match="only pickled weights"):
         run_pipeline(config)
-    assert not (tmp_path / "out").exists()
+    record = only_the_run_record(tmp_path / "out", config.run_id)  # nothing else written, Ray never started
+    assert (record["status"], record["error_class"], record["seen"]) == ("failed", "PipelineError", 0)
+    assert "only pickled weights" in record["error_message"]
 
 
 def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Path) -> None:
@@ -126,7 +134,64 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
     config = make_config(str(tmp_path), str(tmp_path / "out"), pipeline_model_dir)
     with pytest.raises(PipelineError, match=r"none of the first 2 pending videos decodes.*a\.mp4"):
         run_pipeline(config)
-    assert not (tmp_path / "out").exists()  # nothing written, Ray never started
+    record = only_the_run_record(tmp_path / "out", config.run_id)  # nothing else written, Ray never started
+    assert (record["status"], record["seen"], record["processed"], record["uncommitted"]) == ("failed", 2, 0, 2)
+    assert record["error_message"].startswith("none of the first 2 pending videos decodes")
+
+
+def only_the_run_record(output: Path, run_id: str) -> dict[str, Any]:
+    """The run record, after checking that it is the only file under ``output``."""
+    assert [p.relative_to(output) for p in output.rglob("*") if p.is_file()] == [Path(f"_runs/{run_id}.json")]
+    return json.loads((output / "_runs" / f"{run_id}.json").read_text())
+
+
+def test_a_run_stopped_after_some_commits_records_them(
+    pipeline_videos: Path, pipeline_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped (here by Ctrl-C) once the first video is committed, the run still leaves its record."""
+    config = make_config(str(pipeline_videos), str(tmp_path / "out"), pipeline_model_dir, run_id="stopped")
+
+    def commit_one_then_stop(config: PipelineConfig) -> None:  # stands in for Ray: one video, then an interrupt
+        (source,) = [s for s in list_sources(config.input_uri) if s.uri.endswith("mmaction2_test.avi")]
+        rows = list(decode_rows(source_row(source, config), config, 64))
+        Ledger(*config.output_filesystem()).write_rows(Predictor(config)(pa.Table.from_pylist(rows)), config.run_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_init_ray", commit_one_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config)
+    record = json.loads((tmp_path / "out" / "_runs" / "stopped.json").read_text())
+    assert (record["status"], record["error_class"]) == ("failed", "KeyboardInterrupt")
+    assert (record["seen"], record["processed"], record["rows"], record["uncommitted"]) == (4, 1, 2, 3)
+
+
+@pytest.mark.parametrize("where", ["below-a-file", "missing-bucket"])
+def test_an_unwritable_output_fails_in_seconds_before_ray(
+    where: str,
+    pipeline_videos: Path,
+    pipeline_model_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_ray(config: PipelineConfig) -> None:
+        raise AssertionError("Ray must not start")
+
+    monkeypatch.setattr(build, "_init_ray", no_ray)
+    argv = ["--input", str(pipeline_videos), "--model", str(pipeline_model_dir), "--frames", "1"]
+    if where == "below-a-file":
+        (tmp_path / "file").write_text("not a folder")
+        output = str(tmp_path / "file" / "out")
+    else:
+        output = "s3://no-such-bucket/out"
+        argv += ["--s3-endpoint-url", request.getfixturevalue("s3_server")]
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: caption.main([*argv, "--output", output]))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and time.monotonic() - start < 20
+    assert err.startswith(f"error: the output {output} is not writable (") and "choose another --output" in err
 
 
 def test_a_video_retried_into_another_partition_replaces_its_old_rows(

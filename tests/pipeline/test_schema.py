@@ -30,6 +30,7 @@ DESIGN_COLUMNS = """video_id, source_uri, source_size, source_etag, duration_s, 
 segment_index, segment_start_s, segment_end_s, frame_timestamps_s, task, question, answer, model_id,
 sparse_preset, sparse_config_json, visual_tokens_in, equivalent_tokens, prefill_flops, dense_prefill_flops,
 latency_ms, status, error_class, error_message, run_id, pipeline_version, created_at"""
+ADDED_SINCE = {"2": "model_revision"}  # schema version -> the column it appended after the design list
 
 REQUIRED = {
     "video_id": "v1",
@@ -64,7 +65,8 @@ def ok_row(**fields: Any) -> dict[str, Any]:
 
 
 def test_columns_are_exactly_the_design_list() -> None:
-    assert list(COLUMNS) == [c.strip() for c in DESIGN_COLUMNS.split(",")]
+    assert list(COLUMNS) == [c.strip() for c in DESIGN_COLUMNS.split(",")] + list(ADDED_SINCE.values())
+    assert max(ADDED_SINCE) == SCHEMA_VERSION  # each added column bumped the version
     assert RESULT_SCHEMA.metadata == {b"result_schema_version": SCHEMA_VERSION.encode()}
     types = {f.name: f.type for f in RESULT_SCHEMA}
     assert types["frame_timestamps_s"] == pa.list_(pa.float64())
@@ -133,7 +135,8 @@ def test_parquet_round_trip_keeps_the_schema_even_for_all_null_error_columns(tmp
     assert table.column("error_class").null_count == 2
     pq.write_table(table, tmp_path / "part.parquet")
     back = pq.read_table(tmp_path / "part.parquet")
-    assert back.schema.equals(RESULT_SCHEMA) and back.schema.metadata[b"result_schema_version"] == b"1"
+    assert back.schema.equals(RESULT_SCHEMA)
+    assert back.schema.metadata[b"result_schema_version"] == SCHEMA_VERSION.encode()
     validate_table(back)
     assert back.column("frame_timestamps_s").to_pylist()[0] == [0.6, 1.9]
     assert rows_to_table([]).schema.equals(RESULT_SCHEMA)

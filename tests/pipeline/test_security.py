@@ -68,7 +68,9 @@ def make_config(input_uri: str, output_uri: str, model: Path, **changes: Any) ->
 
 def run_stages(config: PipelineConfig, engine: VideoQAEngine, compact: bool = True) -> list[LedgerEntry]:
     """What the Ray chain does, in this process: list, decode, answer, write and commit, then compact."""
-    sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
+    sources = list_sources(
+        config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+    )
     predictor = Predictor(config, engine)
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     entries = []
@@ -284,8 +286,8 @@ def test_odd_file_names_and_manifest_columns_write_only_under_the_prefix(
     for name in ODD_NAMES:
         shutil.copy(assets / CLIP, inputs / name)
     shutil.copy(assets / CLIP, tmp_path / "outside.mp4")
-    # A manifest may name files anywhere (it is an explicit list), and may carry columns that look like ours:
-    # they are carried in `extra` and never used for paths.
+    # A manifest may name files outside its folder when a prefix allows them, and may carry columns that look
+    # like ours: they are carried in `extra` and never used for paths.
     manifest = inputs / "list.csv"
     table = pa.table(
         {
@@ -297,7 +299,7 @@ def test_odd_file_names_and_manifest_columns_write_only_under_the_prefix(
         }
     )
     pa_csv.write_csv(table, manifest)
-    sources = read_manifest(str(manifest))
+    sources = read_manifest(str(manifest), allow_prefixes=[str(tmp_path)])
     assert len(sources) == len(ODD_NAMES) + 2
     assert all(len(s.video_id) == 40 and set(s.video_id) <= set("0123456789abcdef") for s in sources)
     assert {s.extra["video_id"] for s in sources} == {"../../../evil"}
@@ -305,7 +307,9 @@ def test_odd_file_names_and_manifest_columns_write_only_under_the_prefix(
     output = tmp_path / "a" / "b" / "c" / "out"
     before = files_under(tmp_path)
     for input_uri in (str(inputs), str(manifest)):  # a folder listing, then the manifest
-        config = make_config(input_uri, str(output), pipeline_model_dir, partition="dt=2026-11-22")
+        config = make_config(
+            input_uri, str(output), pipeline_model_dir, partition="dt=2026-11-22", allow_prefixes=(str(tmp_path),)
+        )
         entries = run_stages(config, engine)
         run_pipeline(config.replace(run_id="rerun"))  # nothing pending: writes the run manifest only
     statuses = {Path(e.source_uri).name: e.status for e in entries}
@@ -322,7 +326,8 @@ def test_odd_s3_keys_write_only_under_the_prefix(
 ) -> None:
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing", skip_instance_cache=True)
     fs.mkdir("odd-keys")
-    keys = ["in/../../evil.mp4", "in/a//double.mp4", "in/./dot.mp4", "in/vidéo 📼.mp4", "in/" + "k" * 900 + ".mp4"]
+    # (keys whose ".." would leave the manifest's prefix are refused: see test_an_s3_manifest_cannot_name_...)
+    keys = ["in/x/../../in/evil.mp4", "in/a//double.mp4", "in/./dot.mp4", "in/vidéo 📼.mp4", "in/" + "k" * 900 + ".mp4"]
     keys.append("in/long-extension." + "y" * 300)  # object keys may have any "extension"
     for key in keys:
         fs.put_file(str(assets / CLIP), f"odd-keys/{key}")
@@ -385,6 +390,76 @@ def test_manifests_cannot_name_other_schemes(tmp_path: Path, uri: str, kind: str
     scheme = uri.split(":", 1)[0]
     with pytest.raises(SourceError, match=rf"scheme '{scheme}' is not supported; use a local path, file://"):
         read_manifest(str(manifest))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A manifest reads only below its own folder, in its own bucket, unless --allow-prefix names more
+
+
+@pytest.mark.parametrize(
+    ("entry", "resolved"),
+    [
+        ("file:///etc/hostname", "'/etc/hostname'"),  # a local file of the worker
+        ("/etc/hostname", "'/etc/hostname'"),
+        ("../../other-bucket/secret.mp4", "'s3://other-bucket/secret.mp4'"),  # another bucket, same credentials
+        ("../sibling/v.mp4", "'s3://confine/sibling/v.mp4'"),  # another prefix of the same bucket
+        ("s3://other-bucket/secret.mp4", "'s3://other-bucket/secret.mp4'"),
+        ("s3://confine/in/../../other-bucket/secret.mp4", "'s3://confine/in/../../other-bucket/secret.mp4'"),
+        ("s3://confine/in/x/../../sibling/v.mp4", "'s3://confine/in/x/../../sibling/v.mp4'"),
+    ],
+)
+def test_an_s3_manifest_cannot_name_local_files_or_other_buckets(s3_server: str, entry: str, resolved: str) -> None:
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing", skip_instance_cache=True)
+    for bucket in ("confine", "other-bucket"):
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    fs.pipe({"confine/in/ok.mp4": b"v", "other-bucket/secret.mp4": b"s", "confine/sibling/v.mp4": b"v"})
+    fs.pipe("confine/in/list.txt", f"ok.mp4\n{entry}\n".encode())
+    with pytest.raises(SourceError, match=r"--allow-prefix") as caught:
+        read_manifest("s3://confine/in/list.txt", fs)
+    message = str(caught.value)
+    assert f"row 2 ({entry!r})" in message and resolved in message and "(s3://confine/in)" in message
+
+
+def test_an_allowed_prefix_opens_exactly_that_prefix(s3_server: str, tmp_path: Path) -> None:
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, key="testing", secret="testing", skip_instance_cache=True)
+    fs.mkdir("allowed")
+    fs.pipe({"allowed/in/a.mp4": b"a", "allowed/videos/b.mp4": b"b", "allowed/videos-private/c.mp4": b"c"})
+    fs.pipe("allowed/in/list.txt", b"a.mp4\n../videos/b.mp4\n")
+    sources = read_manifest("s3://allowed/in/list.txt", fs, allow_prefixes=["s3://allowed/videos/"])
+    assert [s.uri for s in sources] == ["s3://allowed/in/a.mp4", "s3://allowed/videos/b.mp4"]
+    fs.pipe("allowed/in/list.txt", b"a.mp4\n../videos-private/c.mp4\n")  # a prefix ends at a "/"
+    with pytest.raises(SourceError, match=r"videos-private/c\.mp4' is outside"):
+        read_manifest("s3://allowed/in/list.txt", fs, allow_prefixes=["s3://allowed/videos"])
+    (tmp_path / "local.mp4").write_bytes(b"l")
+    fs.pipe("allowed/in/list.txt", f"a.mp4\nfile://{tmp_path / 'local.mp4'}\n".encode())
+    assert len(read_manifest("s3://allowed/in/list.txt", fs, allow_prefixes=[str(tmp_path)])) == 2
+
+
+def test_a_local_manifest_stays_in_its_folder_and_the_flag_opens_more(
+    tmp_path: Path, pipeline_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lists, videos = tmp_path / "lists", tmp_path / "videos"
+    lists.mkdir()
+    videos.mkdir()
+    (lists / "here.mp4").write_bytes(b"h")
+    (videos / "there.mp4").write_bytes(b"t")
+    manifest = lists / "list.csv"
+    for entry in ("../videos/there.mp4", str(videos / "there.mp4"), "sub/../../videos/there.mp4", "s3://b/k.mp4"):
+        manifest.write_text(f"uri\nhere.mp4\n{entry}\n")
+        with pytest.raises(SourceError, match=rf"row 2 \({entry!r}\): .* is outside .* --allow-prefix"):
+            list_sources(str(manifest))
+    manifest.write_text("uri\nhere.mp4\n../videos/there.mp4\n")
+    assert len(list_sources(str(manifest), allow_prefixes=[str(videos)])) == 2
+    argv = ["--input", str(manifest), "--output", str(tmp_path / "out"), "--model", str(pipeline_model_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: caption.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "outside the manifest's own folder" in err and "--allow-prefix" in err
+    config = PipelineConfig(input_uri=str(manifest), output_uri=str(tmp_path / "out"), model="m")
+    assert config.replace(allow_prefixes=str(videos)).allow_prefixes == (str(videos),)
+    with pytest.raises(SourceError, match="scheme 'gs' is not supported"):
+        config.replace(allow_prefixes=("gs://bucket/x",))
 
 
 # ---------------------------------------------------------------------------------------------------------
