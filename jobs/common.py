@@ -1,7 +1,8 @@
 """What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
 
 Errors a user can fix (a bad URI, unreachable storage, missing credentials, an unknown preset, a directory
-that is not a Video-LLaVA checkpoint) end the job with exit code 2 and one line naming the problem.
+that is not a Video-LLaVA checkpoint, another run holding the output's lease) end the job with exit code 2 and
+one line naming the problem.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
     parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
     parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
+    parser.add_argument(
+        "--wait-for-lease",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run on the same output to finish (default: exit at once with code 2)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -99,6 +107,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
+    from pipeline.lease import LeaseHeld
     from pipeline.sources import SourceError
     from sparsevlm.engine import CheckpointError
 
@@ -106,7 +115,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
         summary = main()
     except NoCredentialsError:
         fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role")
-    except (PipelineError, SourceError, CheckpointError, ValueError) as err:
+    except (PipelineError, SourceError, CheckpointError, LeaseHeld, ValueError) as err:
         fail(_one_line(err))
     except (BotoCoreError, ClientError, OSError) as err:
         fail(f"storage is not reachable or refused the request: {_one_line(err)}")

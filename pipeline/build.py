@@ -32,6 +32,7 @@ from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.lease import OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -139,8 +140,30 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
     )
 
 
-def run_pipeline(config: PipelineConfig) -> RunSummary:
+def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
+
+    The run holds the output's lease (pipeline/lease.py) from before it reads the ledger to its last write,
+    waiting up to ``lease_wait_s`` for another run's; under it, it first reconciles what killed runs left
+    (:meth:`~pipeline.ledger.Ledger.reconcile`), and its compaction runs only while the lease is still its own.
+    Videos already committed under the same config key are skipped before decoding. Bad videos become error
+    rows; systemic problems raise :class:`PipelineError` with one message.
+
+    Returns:
+        The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
+
+    Raises:
+        LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
+        PipelineError: see :func:`_run_pipeline`.
+    """
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    with OutputLease(ledger.fs, ledger.base, config.run_id).acquire(lease_wait_s) as lease:
+        ledger.reconcile()
+        return _run_pipeline(config, lease)
+
+
+def _run_pipeline(config: PipelineConfig, lease: OutputLease) -> RunSummary:
+    """The run itself, under ``lease``.
 
     Videos already committed under the same config key are skipped before decoding. Bad videos become error
     rows; systemic problems raise :class:`PipelineError` with one message.
@@ -184,6 +207,7 @@ def run_pipeline(config: PipelineConfig) -> RunSummary:
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
+        lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
     except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
         logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)
