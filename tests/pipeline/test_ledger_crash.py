@@ -183,3 +183,48 @@ def test_a_driver_killed_after_any_write_is_repaired_by_the_rerun(
             check_reader_invariant(rerun)
         except AssertionError as err:
             raise AssertionError(f"killed after operation {k} ({step}) of {steps}") from err
+
+
+def test_every_common_reader_sees_each_row_once_after_a_crash_and_a_rerun(dead_pid: int, tmp_path: Path) -> None:
+    """pyarrow, pandas, DuckDB and Polars on a nightly output whose second night was killed after the part
+    file of the retried video (an orphan, plus index files, markers, staging and a run record beside it)."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as pads
+
+    fs = pafs.LocalFileSystem()
+    steps: list[str] = []
+    dry = Ledger(fs, str(tmp_path / "dry"), NIGHTS[1])
+    night1(Ledger(fs, dry.base, NIGHTS[0]))
+    kill_after(dry, None, steps)
+    nightly(dry, "night-2", dead_pid)
+    second_part_file = [i for i, step in enumerate(steps) if step == "write_parquet part file"][1]
+
+    out = tmp_path / "out"
+    night1(Ledger(fs, str(out), NIGHTS[0]))
+    crashed = Ledger(fs, str(out), NIGHTS[1])
+    kill_after(crashed, second_part_file, [])
+    with pytest.raises(Killed):
+        nightly(crashed, "night-2", dead_pid)
+    internal = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0].startswith("_")]
+    assert internal and not [p for p in internal if p.suffix == ".parquet"]  # staging, markers, lease: no .parquet
+    nightly(Ledger(fs, str(out), NIGHTS[2]), "night-3", dead_pid)
+    assert {p.relative_to(out).parts[0] for p in out.rglob("*.parquet")} == set(NIGHTS)  # results only
+
+    expected = sorted(((v, i, f"{v}-{i}-{t}") for v, n in VIDEOS.items() for i in range(n) for t in (0, 1)), key=str)
+    glob = f"{out}/**/*.parquet"
+    columns = "video_id, segment_index, answer"
+    seen = {
+        "pyarrow.dataset": pads.dataset(out, format="parquet", partitioning="hive").to_table().to_pylist(),
+        "pandas.read_parquet": pd.read_parquet(out).to_dict("records"),
+        "duckdb glob": duckdb.sql(f"SELECT {columns} FROM read_parquet('{glob}')").pl().to_dicts(),
+        "duckdb glob, hive": duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
+        .pl()
+        .to_dicts(),
+        "polars glob": pl.scan_parquet(glob).select(columns.split(", ")).collect().to_dicts(),
+    }
+    for reader, rows in seen.items():
+        got = sorted(((r["video_id"], r["segment_index"], r["answer"]) for r in rows), key=str)
+        assert got == expected, reader
+    assert {str(r["dt"]) for r in seen["duckdb glob, hive"]} <= {n.removeprefix("dt=") for n in NIGHTS}
