@@ -123,24 +123,27 @@ class CommitRecord:
 
         def attempt() -> dict[str, str]:
             markers = self.markers()  # before the index: compaction deletes a marker only once the index holds it
-            table = self._index(["key", "status", "committed_at"]).sort_by("committed_at")  # later rows win
-            columns = (table.column(c).to_pylist() for c in ("key", "status", "committed_at"))
-            index = {k: {"status": s, "committed_at": t} for k, s, t in zip(*columns, strict=True)}
-            by_key: dict[str, list[str]] = {}
+            table = self._index(["key", "status", "committed_at"])
+            keys = table.column("key").to_pylist()
+            if len(set(keys)) < len(keys):  # a key in several index files: sorted, the newest row comes last
+                table = table.sort_by("committed_at")
+                keys = table.column("key").to_pylist()
+            found = dict(zip(keys, table.column("status").to_pylist(), strict=True))
+            listed: dict[str, str] = {}
+            unclear: set[str] = set()  # keys with several records: compare their committed_at
             for key, status in markers:
-                by_key.setdefault(key, []).append(status)
-            found = {key: row["status"] for key, row in index.items()}
-            unclear = []
-            for key, statuses in by_key.items():
-                if len(statuses) == 1 and key not in index:
-                    found[key] = statuses[0]  # its only record: no need to read it
-                else:
-                    unclear += [(key, s) for s in statuses]
-            for entry in self._read_markers(unclear):
-                row = index.get(entry.key)
-                if row is None or entry.committed_at >= row["committed_at"]:
-                    index[entry.key] = {"status": entry.status, "committed_at": entry.committed_at}
-                    found[entry.key] = entry.status
+                if key in listed or key in found:
+                    unclear.add(key)
+                listed[key] = status
+            found.update((k, s) for k, s in listed.items() if k not in unclear)
+            if unclear:
+                rows = table.filter(pc.is_in(table["key"], pa.array(sorted(unclear), pa.string())))
+                columns = (rows.column(c).to_pylist() for c in ("key", "committed_at", "status"))
+                newest = {k: (at, status) for k, at, status in zip(*columns, strict=True)}  # the newest row last
+                for entry in self._read_markers([(k, s) for k, s in markers if k in unclear]):
+                    if entry.committed_at >= newest.get(entry.key, ("",))[0]:
+                        newest[entry.key] = (entry.committed_at, entry.status)
+                found.update((k, status) for k, (_, status) in newest.items())
             return found
 
         return self._listing_again(attempt)
