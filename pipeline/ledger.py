@@ -28,7 +28,8 @@ another run never enter a commit, so a stale ``-last`` row from an earlier attem
 Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes ``_staging/``
 (nothing is in flight), and every orphan part file: one whose key is not committed (its writer died before
 the marker), or that is not the file its key's newest record names (an old file a dead writer did not get to
-delete). After it, every part file is the committed file of its key.
+delete). After it, every part file is the committed file of its key. It costs one recursive listing of the
+prefix (a LIST request per 1,000 files) and a marker read per key that has more than one part file.
 
 What readers may rely on:
 
