@@ -25,10 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = config_from_args(build_parser().parse_args(argv))
+    ns = build_parser().parse_args(argv)
+    config = config_from_args(ns)
     from pipeline.build import run_pipeline
 
-    return dataclasses.asdict(run_pipeline(config))
+    return dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
 
 
 if __name__ == "__main__":

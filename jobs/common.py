@@ -1,7 +1,8 @@
 """What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
 
 Errors a user can fix (a bad URI, unreachable storage, missing credentials, an unknown preset, a directory
-that is not a Video-LLaVA checkpoint) end the job with exit code 2 and one line naming the problem.
+that is not a Video-LLaVA checkpoint, another run holding the output's lease) end the job with exit code 2 and
+one line naming the problem.
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="a folder or s3://bucket/prefix that a manifest's entries may name besides the manifest's own folder "
         "(repeat; by default a manifest reads only below its own folder)",
     )
+    parser.add_argument(
+        "--wait-for-lease",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run on the same output to finish (default: exit at once with code 2)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -135,6 +143,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
+    from pipeline.lease import LeaseHeld
     from pipeline.sources import SourceError
     from sparsevlm.engine import CheckpointError
 
@@ -142,7 +151,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
         summary = main()
     except NoCredentialsError:
         fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role")
-    except (PipelineError, SourceError, CheckpointError, ValueError) as err:
+    except (PipelineError, SourceError, CheckpointError, LeaseHeld, ValueError) as err:
         fail(_one_line(err))
     except (BotoCoreError, ClientError, OSError) as err:
         fail(f"storage is not reachable or refused the request: {_one_line(err)}")

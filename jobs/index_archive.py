@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pipeline.build import run_pipeline
     from pipeline.ledger import Ledger
 
-    summary = dataclasses.asdict(run_pipeline(config))
+    summary = dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
     manifest = {**summary, "partition": config.partition, **_run_metrics(config, summary)}
     Ledger(*config.output_filesystem()).write_json(f"_runs/{config.run_id}.json", manifest)
     return manifest

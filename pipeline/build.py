@@ -34,6 +34,7 @@ from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.lease import OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -151,32 +152,38 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
     )
 
 
-def run_pipeline(config: PipelineConfig) -> RunSummary:
+def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
-    Videos already committed under the same config key are skipped before decoding. Bad videos become error
-    rows; systemic problems raise :class:`PipelineError` with one message. The output's writability is
-    checked first (a probe object written and deleted under ``_runs/``), so a read-only output fails in
-    seconds, before Ray starts.
+    The output's writability is checked first (a probe object written and deleted under ``_runs/``), so a
+    read-only output fails in seconds, before Ray starts. Then the run holds the output's lease
+    (pipeline/lease.py) from before it reads the ledger to its last write, waiting up to ``lease_wait_s`` for
+    another run's; under it, it first reconciles what killed runs left (:meth:`~pipeline.ledger.Ledger.reconcile`),
+    and its compaction runs only while the lease is still its own. Videos already committed under the same
+    config key are skipped before decoding. Bad videos become error rows; systemic problems raise
+    :class:`PipelineError` with one message.
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
 
     Raises:
+        LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
         PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
             the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
-            stops a run after the probe still leaves ``_runs/<run_id>.json``, with ``status: failed``, the error's
-            class and message and what the run had committed by then.
+            stops a run under the lease still leaves ``_runs/<run_id>.json``, with ``status: failed``, the
+            error's class and message and what the run had committed by then.
     """
     start = time.perf_counter()
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)
     probe_output(config, ledger)
-    progress: dict[str, Any] = {}
-    try:
-        return _run(config, ledger, progress, start)
-    except BaseException as err:  # interrupts too: every run that got this far leaves a record
-        _write_failure(config, ledger, progress, err, time.perf_counter() - start)
-        raise
+    with OutputLease(ledger.fs, ledger.base, config.run_id).acquire(lease_wait_s) as lease:
+        progress: dict[str, Any] = {}
+        try:
+            ledger.reconcile()
+            return _run(config, ledger, lease, progress, start)
+        except BaseException as err:  # interrupts too: every run that got this far leaves a record
+            _write_failure(config, ledger, progress, err, time.perf_counter() - start)
+            raise
 
 
 def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
@@ -199,8 +206,10 @@ def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
         ) from err
 
 
-def _run(config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], start: float) -> RunSummary:
-    """The body of :func:`run_pipeline`; ``progress`` receives the counts a failure record needs."""
+def _run(
+    config: PipelineConfig, ledger: Ledger, lease: OutputLease, progress: dict[str, Any], start: float
+) -> RunSummary:
+    """The body of :func:`run_pipeline`, under ``lease``; ``progress`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
         config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
@@ -235,6 +244,7 @@ def _run(config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], start
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
+        lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
     except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
         logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)

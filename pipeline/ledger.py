@@ -3,78 +3,64 @@
 Layout under the output prefix (local folder or S3, through one pyarrow filesystem)::
 
     [<partition>/]part-<key>.parquet   all result rows of one video for one config key, sorted by segment
-    _ledger/<key>.<status>.json   commit marker, written after the part file is durable; status ok|partial|error
-    _ledger/_index/<seq>-<8 hex>.parquet   compacted markers: one row per key with the marker's fields
-    _staging/<key>/seg-<i>[-last].parquet   rows of single segments until the whole video is there
+    _ledger/<key>.<status>.json        commit marker, written after the part file is durable (ok|partial|error)
+    _ledger/_index/<seq>-<8 hex>.arrow compacted markers (pipeline/ledger_index.py)
+    _staging/<key>/<run_id>/seg-<i>[-last].arrow   rows of single segments until the whole video is there
+    _lease                             the running driver's lease on the prefix (pipeline/lease.py)
 
 where ``<key> = <video_id>-<16 hex>`` (:func:`ledger_key`): the video version (its id hashes uri, size and
 ETag/mtime) plus everything that changes its rows (model, SparseConfig, segmenting, prompts, schema). A key is
 one path component of letters, digits, ``-`` and ``_`` (checked on every write), so no row can name a file
-outside the prefix.
+outside the prefix. The only ``.parquet`` names are part files: internal tables are Arrow IPC (``.arrow``)
+and local temporary files end in ``.tmp``, so a recursive glob (DuckDB, Polars) reads results only.
 
-Commit protocol. Segments of one video reach the writers in any order and in different write tasks. Each
-task stages every segment it receives as one file named by its index (deterministic: a retried or rerun
-segment overwrites itself); the decode stage flags the video's final segment (``-last``). After staging, the
-task lists the video's staging folder; when segments ``0..last`` are all there it concatenates them into
-``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then writes the marker,
-then deletes the staging folder. Two tasks that both see the video complete write identical files.
+Commit protocol. One driver at a time holds the prefix's lease; it reconciles at its start (below), and only
+it compacts. Segments of one video reach the writers in any order and in different write tasks. Each task
+stages every segment it receives under its run's folder, named by index (a retried segment overwrites
+itself); the decode stage flags the video's final segment (``-last``). The task then lists that run folder;
+when it holds ``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond
+it (a staged segment past ``L`` means another attempt of the video got further: wait for its own last), it
+concatenates them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then
+writes the marker and deletes the key's markers of other statuses, then deletes a replaced part file (a retry
+into another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of
+another run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
+
+Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes ``_staging/``
+(nothing is in flight), and every orphan part file: one whose key is not committed (its writer died before
+the marker), or that is not the file its key's newest record names (an old file a dead writer did not get to
+delete). After it, every part file is the committed file of its key. It costs one recursive listing of the
+prefix (a LIST request per 1,000 files) and a marker read per key that has more than one part file.
 
 What readers may rely on:
 
-* ``pyarrow.dataset.dataset(output, format="parquet")`` (which skips names starting with ``_`` or ``.``)
-  sees only whole videos: every (video version, config key, segment, task) exactly once, however often a
-  run was interrupted or repeated. Rows of different config keys (another model or SparseConfig) are
-  different rows; filter on ``model_id`` / ``sparse_config_json``. A changed video has a new ``video_id``
-  and gets a new file next to the old one; filter on the newest ``created_at`` per ``source_uri``.
-* A marker ``_ledger/<key>.*.json`` (or, once compacted, an index row) exists only after its part file is
-  complete. Runs skip such videos before decoding (``error`` ones only with ``retry_errors``).
-* A video retried into another partition (``retry_errors`` with nightly partitions) has its old part file
-  deleted by the write that commits the new one, right after the new marker (``replaces`` of
-  :meth:`Ledger.write_rows`); the driver deletes what is left after the run (:meth:`Ledger.remove_replaced`).
-  Only a writer killed between its marker and that delete, with its driver killed too, leaves the old error
-  rows beside the new ones.
-* Nothing under ``_staging/`` is a result. One writer per output prefix and config key at a time is assumed
-  (concurrent runs stay correct but duplicate work).
-
-Compaction. A LIST request returns at most 1,000 names, so reading 100,000 markers takes 100 sequential
-requests (seconds on S3). After a run's writes have finished, its driver calls :meth:`Ledger.compact` with
-the entries the run committed, which
-
-1. writes those of them whose marker it listed to a new index file (one atomic write; ``<seq>`` is one more
-   than the largest existing, so a later file is a newer one), and only then
-2. deletes their markers (every status of those keys: the run's commit is the newest);
-3. when there are more than :data:`MAX_INDEX_FILES` index files or :data:`MAX_LOOSE_MARKERS` markers (left by
-   runs that stopped before compacting), reads them all into one new index file, and only then deletes the
-   files and markers it read.
-
-Readers list the markers first and the index files second, and take a key's status from its marker if it has
-one (of two markers of one key, a commit interrupted between writing one and deleting the other, the last
-listed), else from the newest index file holding it. As every step deletes only what an earlier, durable write
-already holds, a crash at any point, or a reader running alongside, sees every committed key with its newest
-status (at worst from two places that agree); an index file that a merge deletes between a reader's listing
-and its read makes the reader list again. Compaction needs no writer of the prefix running at the same time
-(the driver calls it after the write stage); a run that never compacts only leaves readers slower.
+* ``pyarrow.dataset.dataset(output, format="parquet")``, ``duckdb.read_parquet('output/**/*.parquet')`` and
+  ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run that completed (or
+  any run's reconcile) every (video version, config key, segment, task) exactly once, whole videos only,
+  however often earlier runs were killed. Rows of different config keys (another model or SparseConfig) are
+  different rows; filter on ``model_id`` / ``sparse_config_json``. A changed video has a new ``video_id``.
+* A marker or index row exists only after its part file is complete; a key's status is that of its newest
+  record by ``committed_at``. Runs skip committed videos before decoding (``error`` ones only with
+  ``retry_errors``).
+* Between a killed writer and the next run's reconcile, a reader may see a video that no marker names yet
+  (whole, once) or, for a video retried into another partition, its old error rows beside the new ones.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import hashlib
 import json
 import logging
 import posixpath
 import re
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from pipeline.ledger_files import PrefixFiles
+from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -83,8 +69,6 @@ __all__ = [
     "INTERNAL_COLUMNS",
     "LAST_SEGMENT",
     "LEDGER_KEY",
-    "MAX_INDEX_FILES",
-    "MAX_LOOSE_MARKERS",
     "SEGMENT_ROWS",
     "Ledger",
     "LedgerEntry",
@@ -97,32 +81,12 @@ LEDGER_KEY = "ledger_key"  # str: ledger_key() of the row's video
 LAST_SEGMENT = "last_segment"  # bool: no segment of this video follows this one
 SEGMENT_ROWS = "segment_rows"  # int: rows the model stage produced for this segment (a completeness check)
 INTERNAL_COLUMNS = (LEDGER_KEY, LAST_SEGMENT, SEGMENT_ROWS)
-STATUSES = ("ok", "partial", "error")
-INDEX_DIR = "_ledger/_index"
-MAX_INDEX_FILES = 4  # a reader reads every index file (a few requests each); a merge makes them one
-MAX_LOOSE_MARKERS = 1000  # one LIST page; past it a compaction folds markers of runs that never compacted
+STAGING_DIR = "_staging"
 # One path component that readers do not skip (no "/", "..", NUL or leading "_"/"."), short enough for any
 # filesystem with "part-" and ".parquet" around it. ledger_key() of a hex video id always matches.
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
-_INDEX_NAME = re.compile(r"\d{8}-[0-9a-f]{8}\.parquet")  # <seq>-<8 hex>.parquet
-_INDEX_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("video_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("file", pa.string()),
-        ("rows", pa.int64()),
-        ("segments", pa.int64()),
-        ("status", pa.string()),
-        ("error_classes", pa.list_(pa.string())),
-        ("run_id", pa.string()),
-        ("committed_at", pa.string()),
-    ]
-)
-
-
-class LedgerError(RuntimeError):
-    """The rows handed to the ledger break the commit protocol (a bug upstream, not bad input)."""
+_RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # a run id, as PipelineConfig checks it
+_SEGMENT = re.compile(r"seg-(\d{6,})(-last)?\.arrow")
 
 
 def ledger_key(config_key: str, video_id: str, questions: Sequence[str]) -> str:
@@ -144,20 +108,13 @@ def _checked_key(key: str) -> str:
     return key
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    """The content of one commit marker."""
-
-    key: str
-    video_id: str
-    source_uri: str
-    file: str  # the part file, relative to the output prefix
-    rows: int
-    segments: int
-    status: str  # "ok" (no error rows), "error" (only error rows) or "partial"
-    error_classes: list[str]
-    run_id: str
-    committed_at: str  # ISO 8601, UTC
+def _checked_run(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN.fullmatch(run_id):
+        raise LedgerError(
+            f"run id {run_id!r} cannot name a staging folder; expected letters, digits and _ . : - (at most 128, "
+            "starting with a letter or digit), as PipelineConfig makes"
+        )
+    return run_id
 
 
 class Ledger:
@@ -171,20 +128,17 @@ class Ledger:
     """
 
     def __init__(self, filesystem: pafs.FileSystem, base: str, partition: str | None = None) -> None:
+        self.files = PrefixFiles(filesystem, base)
+        self.record = CommitRecord(self.files)
         self.fs = filesystem
-        self.base = base.rstrip("/")
+        self.base = self.files.base
         self.partition = partition
-        self._local = isinstance(filesystem, pafs.LocalFileSystem)
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def committed(self) -> dict[str, str]:
-        """Committed keys and their status: one listing of ``_ledger/``, then the index (see "Compaction")."""
-        markers = self._markers()  # before the index: compaction deletes a marker only once the index holds it
-        index = self._index(["key", "status"])
-        found = dict(zip(index.column("key").to_pylist(), index.column("status").to_pylist(), strict=True))
-        found.update(markers)
-        return found
+        """Committed keys and the status of their newest record (``committed_at``)."""
+        return self.record.committed()
 
     def pending(self, keys: Iterable[str], retry_errors: bool = False, done: dict[str, str] | None = None) -> list[str]:
         """The keys a run must process: not committed, or committed with error rows when ``retry_errors``.
@@ -194,31 +148,47 @@ class Ledger:
         return [k for k in keys if k not in done or (retry_errors and done[k] != "ok")]
 
     def entry(self, key: str) -> LedgerEntry | None:
-        """The commit record of ``key`` (its marker, else its newest index row), or None if it is not committed."""
-        status = dict(self._markers()).get(key)
-        if status is not None:
-            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(self._marker(key, status)) as f:
-                return LedgerEntry(**json.loads(f.read()))
-            # the marker was folded into the index after the listing
-        index = self._index()
-        rows = index.filter(pc.equal(index["key"], key))
-        return LedgerEntry(**rows.to_pylist()[-1]) if rows.num_rows else None
+        """The newest commit record of ``key``, or None if it is not committed."""
+        return self.record.entries([key]).get(key)
 
     def entries(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
-        """The commit records of those of ``keys`` that are committed: one listing and one index read."""
-        wanted = set(keys)
-        if not wanted:
-            return {}
-        markers = {k: status for k, status in self._markers() if k in wanted}
-        index = self._index()
-        found = {
-            row["key"]: LedgerEntry(**row)  # a later index row of a key wins
-            for row in index.filter(pc.is_in(index["key"], pa.array(sorted(wanted), pa.string()))).to_pylist()
-        }
-        for key, status in markers.items():  # a marker is newer than the index
-            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(self._marker(key, status)) as f:
-                found[key] = LedgerEntry(**json.loads(f.read()))
-        return found
+        """The newest commit records of those of ``keys`` that are committed: one listing and one index read."""
+        return self.record.entries(keys)
+
+    def part_files(self) -> list[str]:
+        """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
+        return sorted(
+            i.path
+            for i in self.files.list_files(self.base, recursive=True)
+            if i.base_name.startswith("part-")
+            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(i.path, self.base).split("/"))
+        )
+
+    # -- the driver, under the lease ----------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Delete what dead writers left: all of ``_staging/``, and orphan part files (see "Reconcile").
+
+        Call it only while holding the output's lease, before the run writes. Returns the deleted part files,
+        relative to the prefix.
+        """
+        self.files.delete_dir(self.files.path(STAGING_DIR))
+        by_key: dict[str, list[str]] = {}
+        for path in self.part_files():
+            key = posixpath.basename(path).removeprefix("part-").removesuffix(".parquet")
+            by_key.setdefault(key, []).append(path)
+        done = self.committed()
+        orphans = [p for key, paths in by_key.items() if key not in done for p in paths]
+        several = {key: paths for key, paths in by_key.items() if key in done and len(paths) > 1}
+        for key, entry in self.entries(several).items():
+            orphans += [p for p in several[key] if p != self.files.path(entry.file)]
+        self.files.delete_files(orphans)
+        removed = sorted(posixpath.relpath(p, self.base) for p in orphans)
+        if removed:
+            logger.warning(
+                "deleted %d part files that no commit names (left by killed writers): %s", len(removed), removed
+            )
+        return removed
 
     def remove_replaced(self, previous: dict[str, LedgerEntry], committed: Iterable[LedgerEntry]) -> list[str]:
         """Delete the part files that new commits replaced with a file elsewhere, and return their paths.
@@ -235,20 +205,17 @@ class Ledger:
         for entry in committed:
             old = previous.get(entry.key)
             if old is not None and old.file != entry.file:
-                self._delete_file(self._path(old.file))
+                self.files.delete_file(self.files.path(old.file))
                 removed.append(old.file)
         return removed
 
-    def part_files(self) -> list[str]:
-        """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True, recursive=True))
-        return sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.File
-            and i.base_name.startswith("part-")
-            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(i.path, self.base).split("/"))
-        )
+    def compact(self, entries: Iterable[LedgerEntry] = ()) -> None:
+        """Fold this run's markers into the index (pipeline/ledger_index.py); only under the output's lease."""
+        self.record.compact(entries)
+
+    def write_json(self, relative: str, payload: dict[str, Any]) -> None:
+        """Write a small JSON document under the prefix atomically (e.g. ``_runs/<run_id>.json``)."""
+        self.record.write_json(relative, payload)
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -257,13 +224,14 @@ class Ledger:
 
         Args:
             table: rows of ``RESULT_SCHEMA`` plus the internal columns; all rows of a segment together.
-            run_id: recorded in the markers written now.
+            run_id: names the staging folder and is recorded in the markers written now.
             replaces: old part file per key (retried videos, :meth:`entries`); a file in another partition is
                 deleted right after the key's new marker, so the old rows never stay beside the new ones.
 
         Returns:
             The entries committed by this call.
         """
+        _checked_run(run_id)
         replaces = replaces or {}
         missing = [c for c in (*COLUMNS, *INTERNAL_COLUMNS) if c not in table.column_names]
         if missing:
@@ -276,7 +244,6 @@ class Ledger:
             if 0 < nulls < rows.num_rows:
                 raise LedgerError(f"{key}: rows about the whole video (no segment_index) mixed with segment rows")
             if nulls:  # the video failed as a whole
-                self._delete_dir(self._staging(key))
                 committed.append(self._commit(key, _results(rows), run_id, replaces.get(key)))
                 continue
             for index in sorted(set(rows.column("segment_index").to_pylist())):
@@ -288,46 +255,42 @@ class Ledger:
                         "a segment's rows must reach one write call together"
                     )
                 last = bool(segment.column(LAST_SEGMENT)[0].as_py())
-                name = f"seg-{index:06d}{'-last' if last else ''}.parquet"
-                self._write_parquet(_results(segment), posixpath.join(self._staging(key), name))
+                name = f"seg-{index:06d}{'-last' if last else ''}.arrow"
+                self.files.write_arrow(_results(segment), self._staging(key, run_id, name))
             entry = self.commit_if_complete(key, run_id, replaces.get(key))
             if entry is not None:
                 committed.append(entry)
         return committed
 
     def commit_if_complete(self, key: str, run_id: str, replaces: str | None = None) -> LedgerEntry | None:
-        """Merge the staged segments of ``key`` into its part file and commit it, if all are staged.
+        """Merge the segments ``run_id`` staged for ``key`` into its part file and commit it, if all are there.
 
         ``replaces`` is the key's old part file (another partition's), deleted once the new one is committed.
         """
         _checked_key(key)
-        infos = self.fs.get_file_info(pafs.FileSelector(self._staging(key), allow_not_found=True))
-        staged: dict[int, str] = {}
-        last: int | None = None
-        for info in infos:
-            if info.type != pafs.FileType.File or not info.base_name.startswith("seg-"):
-                continue
-            stem = info.base_name.removesuffix(".parquet").removeprefix("seg-")
-            index = int(stem.removesuffix("-last"))
-            staged[index] = info.path
-            if stem.endswith("-last"):
-                last = index if last is None else min(last, index)
-        if last is None or any(i not in staged for i in range(last + 1)):
+        staged: dict[tuple[int, bool], str] = {}
+        for info in self.files.list_files(self._staging(key, _checked_run(run_id))):
+            match = _SEGMENT.fullmatch(info.base_name)
+            if match:
+                staged[int(match[1]), bool(match[2])] = info.path
+        lasts = [i for i, last in staged if last]
+        if not lasts:
             return None
+        end = max(lasts)
+        wanted = [(i, i == end) for i in range(end + 1)]
+        if any(i > end for i, _ in staged) or any(w not in staged for w in wanted):
+            return None  # an attempt is still on its way: its own last segment commits it
         try:
-            parts = [pq.read_table(staged[i], filesystem=self.fs, schema=RESULT_SCHEMA) for i in range(last + 1)]
-        except (FileNotFoundError, OSError):
-            entry = self.entry(key)  # another task committed it and removed the staging folder meanwhile
-            if entry is not None:
+            parts = [self.files.read_arrow(staged[w]) for w in wanted]
+        except FileNotFoundError:
+            if self.entry(key) is not None:  # another task committed it and removed the staging folder meanwhile
                 return None
             raise
-        entry = self._commit(key, pa.concat_tables(parts), run_id, replaces)
-        self._delete_dir(self._staging(key))
-        return entry
+        return self._commit(key, pa.concat_tables(parts).cast(RESULT_SCHEMA), run_id, replaces)
 
     def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
-        self._write_parquet(rows, self._path(name))  # data first ...
+        self.files.write_parquet(rows, self.files.path(name))  # data first ...
         statuses = rows.column("status").to_pylist()
         status = "ok" if "error" not in statuses else "error" if "ok" not in statuses else "partial"
         classes = sorted({c for c in rows.column("error_class").to_pylist() if c})
@@ -342,175 +305,17 @@ class Ledger:
             status=status,
             error_classes=classes,
             run_id=run_id,
-            committed_at=dt.datetime.now(dt.UTC).isoformat(),
+            committed_at=now_iso(),
         )
-        self._write_bytes(json.dumps(asdict(entry), indent=1).encode(), self._marker(key, status))  # marker last
-        for other in STATUSES:  # a retried video may change status; one marker per key
-            if other != status:
-                self._delete_file(self._marker(key, other))
+        self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
-            self._delete_file(self._path(replaces))
+            self.files.delete_file(self.files.path(replaces))
+        self.files.delete_dir(self._staging(key))  # this attempt's segments and any run's leftovers
         logger.debug("committed %s: %d rows, status %s", key, entry.rows, status)
         return entry
 
-    def compact(self, entries: Iterable[LedgerEntry] = ()) -> None:
-        """Fold commit markers into the index, so that readers list fewer names (see "Compaction").
-
-        Call it when no run writes to this prefix, e.g. from the driver after the write stage.
-
-        Args:
-            entries: what the run committed (the entries :meth:`write_rows` returned); the markers of those keys
-                are replaced by one index file. Markers of other runs are read and folded in once there are more
-                than :data:`MAX_LOOSE_MARKERS`, and the index files merged once more than :data:`MAX_INDEX_FILES`.
-        """
-        markers = self._markers()  # listed before the index files, as readers do
-        newest: dict[str, LedgerEntry] = {}
-        for entry in sorted(entries, key=lambda e: e.committed_at):  # two tasks may commit the same video
-            newest[entry.key] = entry
-        listed = set(markers)
-        fold = [e for e in newest.values() if (e.key, e.status) in listed]  # only what a marker still stands for
-        folded = {e.key for e in fold}
-        files = self._index_files()
-        if fold:
-            self._write_index([_row(e) for e in fold], files)  # durable first ...
-            self._delete_files([self._marker(k, s) for k, s in markers if k in folded])  # ... markers after
-            markers = [(k, s) for k, s in markers if k not in folded]
-            files = self._index_files()
-        if len(files) > MAX_INDEX_FILES or len(markers) > MAX_LOOSE_MARKERS:
-            self._merge(files, markers)
-        logger.debug("compacted %d markers into %s", len(fold), self._path(INDEX_DIR))
-
-    def _merge(self, files: list[str], markers: list[tuple[str, str]]) -> None:
-        """Write every index row and loose marker into one new index file, then delete what it now holds."""
-        paths = [self._marker(key, status) for key, status in markers]
-        loose = [LedgerEntry(**json.loads(data)) for data in self._read_files(paths)]
-        rows = {row["key"]: row for row in self._read_index(files).to_pylist()}  # later files win
-        for entry in sorted(loose, key=lambda e: e.committed_at):  # markers win; of two for one key, the newer
-            rows[entry.key] = _row(entry)
-        self._write_index(list(rows.values()), files)
-        self._delete_files(files)
-        self._delete_files(paths)
-        logger.info("merged %d index files and %d markers into one index of %d keys", len(files), len(paths), len(rows))
-
-    def write_json(self, relative: str, payload: dict[str, Any]) -> None:
-        """Write a small JSON document under the prefix atomically (e.g. ``_runs/<run_id>.json``)."""
-        self._write_bytes(json.dumps(payload, indent=1).encode(), self._path(relative))
-
-    # -- markers and index files --------------------------------------------------------------------------
-
-    def _markers(self) -> list[tuple[str, str]]:
-        """(key, status) of every commit marker, in listing order, from one listing of ``_ledger/``."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path("_ledger"), allow_not_found=True))
-        found = []
-        for info in infos:
-            stem, _, status = info.base_name.removesuffix(".json").rpartition(".")
-            if (
-                info.type == pafs.FileType.File
-                and info.base_name.endswith(".json")
-                and status in STATUSES
-                and not stem.startswith(".")  # a local write-then-rename in progress
-            ):
-                found.append((stem, status))
-        return found
-
-    def _index_files(self) -> list[str]:
-        """The index files, oldest first."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self._path(INDEX_DIR), allow_not_found=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and _INDEX_NAME.fullmatch(i.base_name))
-
-    def _index(self, columns: list[str] | None = None) -> pa.Table:
-        """The rows of every index file, oldest file first (a later row of a key wins)."""
-        for _ in range(3):
-            try:
-                return self._read_index(self._index_files(), columns)
-            except FileNotFoundError:  # a merge deleted a listed file; the merged file is in the next listing
-                continue
-        raise LedgerError(f"the index under {self._path(INDEX_DIR)} changed during three reads in a row")
-
-    def _read_index(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
-        schema = _INDEX_SCHEMA if columns is None else pa.schema([_INDEX_SCHEMA.field(c) for c in columns])
-        tables = [pq.read_table(f, filesystem=self.fs, columns=columns, schema=_INDEX_SCHEMA) for f in files]
-        return pa.concat_tables(tables) if tables else schema.empty_table()
-
-    def _write_index(self, rows: list[dict[str, Any]], existing: list[str]) -> None:
-        seq = 1 + max((int(posixpath.basename(f)[:8]) for f in existing), default=0)  # names match _INDEX_NAME
-        table = pa.Table.from_pylist(rows, schema=_INDEX_SCHEMA).sort_by("key")
-        self._write_parquet(table, self._path(INDEX_DIR, f"{seq:08d}-{uuid.uuid4().hex[:8]}.parquet"))
-
-    def _read_files(self, paths: list[str]) -> list[bytes]:
-        """The contents of those of ``paths`` that exist (on s3fs, many requests at once)."""
-        fsspec_fs = _fsspec(self.fs)
-        if fsspec_fs is not None and paths:
-            return list(fsspec_fs.cat(paths, on_error="omit").values())
-        found = []
-        for path in paths:
-            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(path) as f:
-                found.append(f.read())
-        return found
-
-    def _delete_files(self, paths: list[str]) -> None:
-        """Delete files, ignoring missing ones (on s3fs, one DeleteObjects request per 1,000 keys)."""
-        fsspec_fs = _fsspec(self.fs)
-        if fsspec_fs is not None and paths:
-            with contextlib.suppress(FileNotFoundError):  # some were gone: delete the rest one by one below
-                fsspec_fs.rm(paths)
-                return
-        for path in paths:
-            self._delete_file(path)
-
-    # -- paths and atomic writes --------------------------------------------------------------------------
-
-    def _path(self, *parts: str) -> str:
-        return posixpath.join(self.base, *parts)
-
-    def _marker(self, key: str, status: str) -> str:
-        return self._path("_ledger", f"{key}.{status}.json")
-
-    def _staging(self, key: str) -> str:
-        return self._path("_staging", key)
-
-    def _write_parquet(self, table: pa.Table, path: str) -> None:
-        self._atomically(path, lambda target: pq.write_table(table, target, filesystem=self.fs, compression="zstd"))
-
-    def _write_bytes(self, data: bytes, path: str) -> None:
-        def write(target: str) -> None:
-            with self.fs.open_output_stream(target) as f:
-                f.write(data)
-
-        self._atomically(path, write)
-
-    def _atomically(self, path: str, write: Callable[[str], None]) -> None:
-        """Object stores publish an object only when its upload completes; a local file needs a rename."""
-        if not self._local:
-            write(path)
-            return
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-        try:
-            write(tmp)
-            self.fs.move(tmp, path)
-        finally:
-            self._delete_file(tmp)
-
-    def _delete_file(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(path)
-
-    def _delete_dir(self, path: str) -> None:
-        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
-            with contextlib.suppress(FileNotFoundError):  # another task removed it first
-                self.fs.delete_dir(path)
-
-
-def _fsspec(filesystem: pafs.FileSystem) -> Any:
-    """The fsspec filesystem (s3fs) behind a ``PyFileSystem(FSSpecHandler(...))``, else None."""
-    handler = getattr(filesystem, "handler", None)
-    return handler.fs if isinstance(handler, pafs.FSSpecHandler) else None
-
-
-def _row(entry: LedgerEntry) -> dict[str, Any]:
-    """An index row (``dataclasses.asdict`` deep-copies, 100 times slower at 100,000 entries)."""
-    return {name: getattr(entry, name) for name in _INDEX_SCHEMA.names}
+    def _staging(self, key: str, *parts: str) -> str:
+        return self.files.path(STAGING_DIR, key, *parts)
 
 
 def _results(rows: pa.Table) -> pa.Table:

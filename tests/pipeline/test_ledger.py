@@ -4,7 +4,6 @@ compaction of the markers into index files that changes no answer, whatever step
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,54 +11,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-import s3fs
 
-import pipeline.ledger
-from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerEntry, LedgerError, ledger_key
-from pipeline.schema import RESULT_SCHEMA, make_rows
-
-CONFIG_KEY = "0123456789abcdef"
-S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
-
-
-def segment(video: str, index: int | None, last: bool, tasks: int = 2, error: bool = False) -> pa.Table:
-    """Rows of one segment as the model stage emits them (result columns + internal columns)."""
-    key = ledger_key(CONFIG_KEY, video, ["q"])
-    common = {
-        "video_id": video,
-        "source_uri": f"/videos/{video}.mp4",
-        "segment_index": index,
-        "run_id": "r1",
-        "pipeline_version": "test",
-        "created_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
-    }
-    own = [{"task": "caption" if t == 0 else "qa", "answer": f"{video}-{index}-{t}"} for t in range(tasks)]
-    if error:
-        own = [{"task": "caption", "status": "error", "error_class": "CorruptMedia", "error_message": "bad"}]
-    table = pa.Table.from_pylist(make_rows(common, own), schema=RESULT_SCHEMA)
-    n = table.num_rows
-    table = table.append_column(LEDGER_KEY, pa.array([key] * n))
-    table = table.append_column(LAST_SEGMENT, pa.array([last] * n))
-    return table.append_column(SEGMENT_ROWS, pa.array([n] * n, pa.int64()))
-
-
-@pytest.fixture(params=["local", "s3"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
-    if request.param == "local":
-        return Ledger(pafs.LocalFileSystem(), str(tmp_path / "out"))
-    endpoint = request.getfixturevalue("s3_server")
-    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=endpoint)
-    bucket = f"ledger-{tmp_path.name.replace('_', '-').lower()[-40:]}"
-    fs.mkdir(bucket)
-    return Ledger(pafs.PyFileSystem(pafs.FSSpecHandler(fs)), f"{bucket}/results")
-
-
-def read_all(ledger: Ledger) -> list[tuple[str, int | None, str]]:
-    """Every row a dataset reader of the output prefix sees, as (video_id, segment_index, answer)."""
-    table = pads.dataset(ledger.base, format="parquet", filesystem=ledger.fs).to_table()
-    assert table.schema.equals(RESULT_SCHEMA, check_metadata=False)
-    rows = zip(*(table.column(c).to_pylist() for c in ("video_id", "segment_index", "answer")), strict=True)
-    return sorted(rows, key=str)
+import pipeline.ledger_index
+from pipeline.ledger import LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerEntry, LedgerError, ledger_key
+from tests.pipeline.ledgers import CONFIG_KEY, read_all, segment
 
 
 def test_a_video_commits_when_all_its_segments_are_staged(ledger: Ledger) -> None:
@@ -198,7 +153,7 @@ def test_compaction_replaces_markers_by_an_index_with_the_same_answers(ledger: L
     ledger.compact([*entries, entries[0]])  # the same video may come back from two write tasks
     assert names(ledger, "_ledger") == []
     (index,) = names(ledger, "_ledger/_index")
-    assert index.startswith("00000001-") and index.endswith(".parquet")
+    assert index.startswith("00000001-") and index.endswith(".arrow")
     assert snapshot(ledger, keys) == before  # readers (pyarrow.dataset) never see _ledger/
     ledger.compact()  # nothing to do
     assert names(ledger, "_ledger/_index") == [index] and snapshot(ledger, keys) == before
@@ -206,7 +161,7 @@ def test_compaction_replaces_markers_by_an_index_with_the_same_answers(ledger: L
 
 def test_compaction_folds_only_what_a_marker_stands_for(ledger: Ledger) -> None:
     entries, _ = commit_videos(ledger)
-    ledger.fs.delete_file(ledger._marker(entries[0].key, "ok"))  # a run that stopped before this marker
+    ledger.fs.delete_file(ledger.record.marker(entries[0].key, "ok"))  # a run that stopped before this marker
     stale = dataclasses.replace(entries[1], status="ok")  # not what the marker says
     ledger.compact([entries[0], stale])
     assert ledger.committed() == {entries[1].key: "error", entries[2].key: "partial"}
@@ -221,15 +176,15 @@ def test_a_compaction_stopped_at_any_step_loses_nothing(ledger: Ledger, monkeypa
         raise OSError("killed")
 
     with monkeypatch.context() as m:  # killed after writing the index, before deleting a marker
-        m.setattr(ledger, "_delete_files", crash)
+        m.setattr(ledger.files, "delete_files", crash)
         with pytest.raises(OSError, match="killed"):
             ledger.compact(entries)
     assert len(names(ledger, "_ledger")) == 3 and len(names(ledger, "_ledger/_index")) == 1
     assert snapshot(ledger, keys) == before  # each key twice, with the same content
 
-    monkeypatch.setattr(pipeline.ledger, "MAX_LOOSE_MARKERS", 0)  # the next compaction merges
+    monkeypatch.setattr(pipeline.ledger_index, "MAX_LOOSE_MARKERS", 0)  # the next compaction merges
     deleted: list[str] = []
-    real_delete = ledger._delete_files
+    real_delete = ledger.files.delete_files
 
     def crash_after_index_files(paths: list[str]) -> None:
         if deleted:
@@ -238,7 +193,7 @@ def test_a_compaction_stopped_at_any_step_loses_nothing(ledger: Ledger, monkeypa
         real_delete(paths)
 
     with monkeypatch.context() as m:  # killed after deleting the merged index file, before the markers
-        m.setattr(ledger, "_delete_files", crash_after_index_files)
+        m.setattr(ledger.files, "delete_files", crash_after_index_files)
         with pytest.raises(OSError, match="killed"):
             ledger.compact()
     assert [p.rsplit("/", 1)[1][:9] for p in deleted] == ["00000001-"]
@@ -262,8 +217,8 @@ def test_a_retried_video_is_newer_than_its_compacted_error(ledger: Ledger) -> No
 
 
 def test_loose_markers_and_many_index_files_merge_into_one(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.ledger, "MAX_INDEX_FILES", 2)
-    monkeypatch.setattr(pipeline.ledger, "MAX_LOOSE_MARKERS", 2)
+    monkeypatch.setattr(pipeline.ledger_index, "MAX_INDEX_FILES", 2)
+    monkeypatch.setattr(pipeline.ledger_index, "MAX_LOOSE_MARKERS", 2)
     entries, keys = commit_videos(ledger)
     for entry in entries[:2]:  # two small runs that compacted
         ledger.compact([entry])
@@ -271,7 +226,7 @@ def test_loose_markers_and_many_index_files_merge_into_one(ledger: Ledger, monke
     bad = entries[1]
     (fixed,) = ledger.write_rows(segment("bad", 0, last=True), "r2")
     old = json_bytes(dataclasses.replace(bad, committed_at="2000-01-01T00:00:00+00:00"))
-    with ledger.fs.open_output_stream(ledger._marker(bad.key, "error")) as f:
+    with ledger.fs.open_output_stream(ledger.record.marker(bad.key, "error")) as f:
         f.write(old)
     before = snapshot(ledger, keys)
     assert before["committed"][bad.key] in ("ok", "error")  # ambiguous while both markers exist
@@ -285,12 +240,12 @@ def test_loose_markers_and_many_index_files_merge_into_one(ledger: Ledger, monke
 def test_a_reader_lists_again_when_a_merge_replaced_the_files_it_listed(ledger: Ledger) -> None:
     entries, _ = commit_videos(ledger)
     ledger.compact(entries[:1])
-    stale = ledger._index_files()
+    stale = ledger.record.index_files()
     ledger.compact(entries[1:])
-    ledger._merge(ledger._index_files(), [])
+    ledger.record.merge(ledger.record.index_files(), [])
     listings = [stale]
-    real = ledger._index_files
-    ledger._index_files = lambda: listings.pop() if listings else real()  # type: ignore[method-assign]
+    real = ledger.record.index_files
+    ledger.record.index_files = lambda: listings.pop() if listings else real()  # type: ignore[method-assign]
     assert ledger.committed() == {e.key: e.status for e in entries} and not listings
 
 

@@ -68,7 +68,7 @@ def test_pending_over_100k_committed_videos(tmp_path: Path, record_property: Cal
     assert ledger.pending(candidates, retry_errors=True) == expected_retry
 
     ledger.compact(entries)
-    assert not any(markers.glob("*.json")) and len(list((markers / "_index").glob("*.parquet"))) == 1
+    assert not any(markers.glob("*.json")) and len(list((markers / "_index").glob("*.arrow"))) == 1
     pending, index_s = timed(lambda: ledger.pending(candidates))
     assert pending == expected
     assert ledger.pending(candidates, retry_errors=True) == expected_retry

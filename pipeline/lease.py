@@ -1,0 +1,382 @@
+"""One driver per output prefix: a lease object ``<output>/_lease`` with expiry and renewal. No Ray.
+
+Two drivers on one output (a caption run and the nightly run, a backfill, a night that overruns into the
+next) would both process every shared pending video, and one's compaction and reconcile would run while the
+other writes. So :func:`pipeline.build.run_pipeline` holds the output's lease from before it reads the
+ledger until its last write; the ledger's reconcile and compaction run only under it.
+
+The lease is a small JSON document (:class:`Holder`: run id, host, pid, a random token, ``acquired_at``,
+``expires_at``), written with an atomic create-if-absent: on S3 a PUT with ``If-None-Match: *``; locally a
+complete temporary file hard-linked to ``_lease`` (``link`` fails if the name exists), under an ``flock`` of the
+output folder that also serialises takeover, renewal and release. A daemon thread renews it every
+``ttl_s / 3`` with a conditional overwrite (S3: ``If-Match`` on the ETag we wrote; locally: only while the
+file still holds our content). A lease past ``expires_at``, or held by a process of this host that no
+longer exists (a killed driver), is taken over by the same conditional overwrite, so of two drivers
+taking over at once one wins. A second driver gets :class:`LeaseHeld`, naming the holder and its expiry, or
+waits for the lease with ``wait_s``.
+
+Limit: a lease does not fence a writer that lost it (a driver paused past its TTL keeps its write tasks);
+the TTL (:data:`DEFAULT_TTL_S`) is far above a renewal interval, and a driver whose renewal fails stops
+compacting (:meth:`OutputLease.check`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+import pyarrow.fs as pafs
+from fsspec.asyn import sync
+
+from pipeline.ledger_files import fsspec_of
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_TTL_S", "LEASE_NAME", "Holder", "LeaseHeld", "LeaseLost", "OutputLease"]
+
+LEASE_NAME = "_lease"
+DEFAULT_TTL_S = 300.0  # a killed driver on another host blocks the output this long; renewed every TTL/3
+_POLL_S = 5.0  # how often a waiting driver looks at the lease again
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the output's lease."""
+
+
+class LeaseLost(RuntimeError):
+    """This run's lease was taken over or could not be renewed in time."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease, and until when (ISO 8601, UTC)."""
+
+    run_id: str
+    host: str
+    pid: int
+    token: str  # random per acquisition: tells this acquisition from any other with the same run id
+    acquired_at: str
+    expires_at: str
+
+    def expired(self) -> bool:
+        return dt.datetime.fromisoformat(self.expires_at) <= dt.datetime.now(dt.UTC)
+
+    def dead_here(self) -> bool:
+        """Whether the holder ran on this host and its process is gone (a killed driver)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    def describe(self) -> str:
+        return (
+            f"run {self.run_id!r} (host {self.host}, pid {self.pid}) since {self.acquired_at}, until {self.expires_at}"
+        )
+
+
+class _Store(Protocol):
+    """One lease object with versioned conditional writes; ``None`` means the condition failed."""
+
+    def read(self) -> tuple[bytes, str] | None: ...
+    def create(self, data: bytes) -> str | None: ...
+    def replace(self, data: bytes, version: str) -> str | None: ...
+    def delete(self, version: str) -> None: ...
+
+
+class OutputLease:
+    """The lease on one output prefix for one run.
+
+    Args:
+        filesystem: the output's pyarrow filesystem (local, or s3fs through ``FSSpecHandler``).
+        base: the output prefix as a path of that filesystem.
+        run_id: the run that asks for the lease.
+        ttl_s: how long a lease lasts without renewal.
+    """
+
+    def __init__(self, filesystem: pafs.FileSystem, base: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
+        path = posixpath.join(base.rstrip("/"), LEASE_NAME)
+        self.where = path if isinstance(filesystem, pafs.LocalFileSystem) else f"s3://{path}"
+        self.run_id = run_id
+        self.ttl_s = ttl_s
+        self.holder: Holder | None = None
+        self._store = _store(filesystem, path)
+        self._version = ""
+        self._valid_until = 0.0  # time.monotonic() past which an unrenewed lease may have expired
+        self._lost: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> OutputLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self, wait_s: float = 0.0) -> OutputLease:
+        """Take the lease, waiting up to ``wait_s`` seconds for another run's, and start renewing it.
+
+        Raises:
+            LeaseHeld: another live run still holds it after ``wait_s``.
+        """
+        deadline = time.monotonic() + wait_s
+        while (other := self._try_acquire()) is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LeaseHeld(
+                    f"another run holds the output lease {self.where}: {other.describe()} unless it renews it. "
+                    "Two runs on one output would process the same videos twice; wait for it "
+                    "(--wait-for-lease SECONDS), or rerun once it has ended or expired"
+                )
+            logger.info("waiting for the output lease %s: %s", self.where, other.describe())
+            time.sleep(min(_POLL_S, left))
+        self._renewer = threading.Thread(target=self._renew_until_stopped, name="lease-renewal", daemon=True)
+        self._renewer.start()
+        return self
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless this run still holds the lease (call before compacting)."""
+        if self.holder is None:
+            raise LeaseLost(f"run {self.run_id!r} does not hold the output lease {self.where}")
+        if self._lost is not None:
+            raise LeaseLost(self._lost)
+        if time.monotonic() > self._valid_until:
+            raise LeaseLost(f"the output lease {self.where} was not renewed within its {self.ttl_s:.0f} s")
+
+    def renew(self) -> None:
+        """Extend the lease by ``ttl_s`` if this run still holds it (else remember that it was lost)."""
+        with self._lock:
+            if self.holder is None or self._lost is not None:
+                return
+            renewed = replace(self.holder, expires_at=_iso(time.time() + self.ttl_s))
+            started = time.monotonic()
+            version = self._store.replace(_encode(renewed), self._version)
+            if version is None:
+                current = self._current()
+                self._lost = (
+                    f"the output lease {self.where} was taken over: {current.describe() if current else 'deleted'}"
+                )
+                logger.error("%s; this run stops compacting", self._lost)
+                return
+            self.holder, self._version, self._valid_until = renewed, version, started + self.ttl_s
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this run's."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        with self._lock:
+            if self.holder is None or self._lost is not None:
+                return
+            try:
+                self._store.delete(self._version)
+            except OSError as err:  # it expires by itself; the next run waits for it or takes it over
+                logger.warning(
+                    "could not release the output lease %s (%s); it expires at %s",
+                    self.where,
+                    err,
+                    self.holder.expires_at,
+                )
+            self.holder = None
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _try_acquire(self) -> Holder | None:
+        """Take the lease if it is free, expired or held by a dead local process; else return its holder."""
+        now = time.time()
+        mine = Holder(
+            self.run_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex, _iso(now), _iso(now + self.ttl_s)
+        )
+        started = time.monotonic()
+        version = self._store.create(_encode(mine))
+        if version is None:
+            found = self._store.read()
+            if found is None:  # released between our create and read: try again at once
+                return self._try_acquire()
+            data, old_version = found
+            other = _decode(data)
+            if other is not None and not other.expired() and not other.dead_here():
+                return other
+            logger.warning("taking over the output lease %s: %s", self.where, _stale(other))
+            version = self._store.replace(_encode(mine), old_version)
+            if version is None:  # another driver took it over first
+                return self._current() or self._try_acquire()
+        self.holder, self._version, self._valid_until = mine, version, started + self.ttl_s
+        logger.info(
+            "holding the output lease %s until %s (renewed every %g s)", self.where, mine.expires_at, self.ttl_s / 3
+        )
+        return None
+
+    def _current(self) -> Holder | None:
+        found = self._store.read()
+        return None if found is None else _decode(found[0])
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except OSError as err:  # storage unreachable for now: the lease lasts until _valid_until
+                logger.warning("could not renew the output lease %s (%s); retrying", self.where, err)
+
+
+def _iso(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _encode(holder: Holder) -> bytes:
+    return json.dumps(asdict(holder), indent=1).encode()
+
+
+def _decode(data: bytes) -> Holder | None:
+    """The holder in a lease document, or None if it is not one (then it is treated as expired)."""
+    try:
+        return Holder(**json.loads(data))
+    except (ValueError, TypeError):
+        return None
+
+
+def _stale(holder: Holder | None) -> str:
+    if holder is None:
+        return "its content is not a lease"
+    reason = "expired" if holder.expired() else "its process is gone"
+    return f"{holder.describe()}, {reason}"
+
+
+def _store(filesystem: pafs.FileSystem, path: str) -> _Store:
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return _LocalLease(path)
+    s3 = fsspec_of(filesystem)
+    if s3 is not None and type(s3).__name__ == "S3FileSystem":
+        return _S3Lease(s3, path)
+    raise ValueError(
+        f"no atomic create-if-absent for a lease on {type(filesystem).__name__}; outputs must be a local folder or s3://"
+    )
+
+
+class _LocalLease:
+    """The lease as a local file; every operation holds an ``flock`` of its folder."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.made_folder = False  # the output folder did not exist: a run that wrote nothing removes it again
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+            self.made_folder = True
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def read(self) -> tuple[bytes, str] | None:
+        with self._locked():
+            return self._read()
+
+    def _read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def create(self, data: bytes) -> str | None:
+        with self._locked():
+            tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, self.path)  # atomic, and fails if the lease exists
+                except FileExistsError:
+                    return None
+            finally:
+                os.unlink(tmp)
+            return hashlib.sha256(data).hexdigest()
+
+    def replace(self, data: bytes, version: str) -> str | None:
+        with self._locked():
+            found = self._read()
+            if found is None or found[1] != version:
+                return None
+            tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            return hashlib.sha256(data).hexdigest()
+
+    def delete(self, version: str) -> None:
+        with self._locked():
+            found = self._read()
+            if found is not None and found[1] == version:
+                os.unlink(self.path)
+        if self.made_folder:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something
+                os.rmdir(os.path.dirname(self.path))
+
+
+class _S3Lease:
+    """The lease as an S3 object; conditional PUT/DELETE through s3fs's botocore client."""
+
+    def __init__(self, s3: Any, path: str) -> None:
+        self.s3 = s3
+        self.bucket, self.key = path.split("/", 1)
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            response = self.s3.call_s3("get_object", Bucket=self.bucket, Key=self.key)
+        except FileNotFoundError:
+            return None
+        body = response["Body"]
+        data = sync(self.s3.loop, body.read)
+        body.close()
+        return data, str(response["ETag"])
+
+    def create(self, data: bytes) -> str | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def replace(self, data: bytes, version: str) -> str | None:
+        return self._put(data, IfMatch=version)
+
+    def delete(self, version: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.s3.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
+
+    def _put(self, data: bytes, **condition: str) -> str | None:
+        try:
+            response = self.s3.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
+        except (FileExistsError, FileNotFoundError):
+            return None  # If-None-Match: the lease exists; If-Match: it is gone
+        except OSError as err:
+            if "Precondition" in str(err) or "ConditionalRequestConflict" in str(err) or err.errno == 22:
+                return None  # If-Match: another version (22 = EINVAL, s3fs's code for 412)
+            raise
+        return str(response["ETag"])

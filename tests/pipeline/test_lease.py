@@ -1,0 +1,114 @@
+"""One driver per output: the lease is created atomically, renewed, taken over only when expired or its
+holder's process is gone, and a second driver is refused with the holder's name (exit code 2 from the jobs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import caption
+from jobs.common import run_cli
+from pipeline.build import run_pipeline
+from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
+from tests.pipeline.ledgers import make_ledger
+from tests.pipeline.runs import make_config
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[pafs.FileSystem, str]:
+    ledger = make_ledger(request.param, tmp_path, request)
+    return ledger.fs, ledger.base
+
+
+def lease_document(fs: pafs.FileSystem, base: str) -> dict[str, object] | None:
+    try:
+        with fs.open_input_stream(f"{base}/_lease") as f:
+            return dict(json.loads(f.read()))
+    except FileNotFoundError:
+        return None
+
+
+def test_a_second_driver_is_refused_until_the_first_releases(output: tuple[pafs.FileSystem, str]) -> None:
+    fs, base = output
+    with OutputLease(fs, base, "nightly").acquire() as first:
+        assert first.holder is not None and lease_document(fs, base) == vars(first.holder)
+        with pytest.raises(LeaseHeld, match=r"run 'nightly' \(host .*, pid \d+\) since .*, until 20\d\d-.*--wait-for"):
+            OutputLease(fs, base, "caption").acquire()
+        first.check()
+    assert lease_document(fs, base) is None
+    with OutputLease(fs, base, "caption").acquire() as second:
+        assert second.holder is not None and second.holder.run_id == "caption"
+
+
+def test_the_lease_is_renewed_while_the_run_lasts(output: tuple[pafs.FileSystem, str]) -> None:
+    fs, base = output
+    with OutputLease(fs, base, "long", ttl_s=0.9).acquire() as lease:
+        assert lease.holder is not None
+        first_expiry = lease.holder.expires_at
+        time.sleep(1.5)  # past the first expiry: renewed every 0.3 s
+        lease.check()
+        assert lease.holder.expires_at > first_expiry
+        with pytest.raises(LeaseHeld):
+            OutputLease(fs, base, "other").acquire()
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_knows(output: tuple[pafs.FileSystem, str]) -> None:
+    fs, base = output
+    stalled = OutputLease(fs, base, "stalled", ttl_s=0.5).acquire()
+    stalled._stop.set()  # its driver stops renewing (paused, or cut off from storage)
+    time.sleep(0.7)
+    with OutputLease(fs, base, "next", ttl_s=30).acquire() as taker:
+        assert taker.holder is not None and lease_document(fs, base) == vars(taker.holder)
+        stalled.renew()
+        with pytest.raises(LeaseLost, match="was taken over: run 'next'"):
+            stalled.check()
+        stalled.release()  # must not delete the new holder's lease
+        assert lease_document(fs, base) == vars(taker.holder)
+
+
+def test_a_lease_of_a_killed_local_driver_is_taken_over_at_once(output: tuple[pafs.FileSystem, str]) -> None:
+    fs, base = output
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    lease = OutputLease(fs, base, "killed").acquire()
+    lease._stop.set()
+    assert lease.holder is not None
+    document = {**vars(lease.holder), "pid": int(dead.stdout)}  # the same lease, held by a process now gone
+    with fs.open_output_stream(f"{base}/_lease") as f:
+        f.write(json.dumps(document).encode())
+    with OutputLease(fs, base, "rerun").acquire() as rerun:
+        assert rerun.holder is not None and lease_document(fs, base) == vars(rerun.holder)
+
+
+def test_a_waiting_driver_gets_the_lease_when_it_is_released(output: tuple[pafs.FileSystem, str]) -> None:
+    fs, base = output
+    first = OutputLease(fs, base, "first").acquire()
+    threading.Timer(0.5, first.release).start()
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("pipeline.lease._POLL_S", 0.1)
+        with OutputLease(fs, base, "second").acquire(wait_s=20) as second:
+            assert second.holder is not None and second.holder.run_id == "second"
+    assert 0.4 < time.monotonic() - started < 10
+
+
+def test_a_second_job_on_a_leased_output_exits_with_code_2_and_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    with OutputLease(pafs.LocalFileSystem(), str(output), "nightly-1").acquire():
+        args = ["--input", str(tmp_path), "--output", str(output), "--run-id", "caption-1"]
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda: caption.main(args))
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "holds the output lease" in line and "run 'nightly-1'" in line and "until" in line
+        with pytest.raises(LeaseHeld):  # the library raises before it reads or writes anything
+            run_pipeline(make_config(str(tmp_path), str(output), tmp_path / "no-model"))
+    assert not output.exists()  # the lease was the only thing written, and is gone
