@@ -34,7 +34,7 @@ from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig, use_local_ray_env
-from pipeline.lease import OutputLease
+from pipeline.lease import LeaseHeld, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor, decode_rows, source_row
 from pipeline.sources import SourceError, list_sources
@@ -155,13 +155,13 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
-    The output's writability is checked first (a probe object written and deleted under ``_runs/``), so a
-    read-only output fails in seconds, before Ray starts. Then the run holds the output's lease
-    (pipeline/lease.py) from before it reads the ledger to its last write, waiting up to ``lease_wait_s`` for
-    another run's; under it, it first reconciles what killed runs left (:meth:`~pipeline.ledger.Ledger.reconcile`),
-    and its compaction runs only while the lease is still its own. Videos already committed under the same
-    config key are skipped before decoding. Bad videos become error rows; systemic problems raise
-    :class:`PipelineError` with one message.
+    The run first takes the output's lease (pipeline/lease.py), waiting up to ``lease_wait_s`` for another
+    run's, and holds it from before it reads the ledger to its last write; a leased output is left untouched.
+    Under it, the output's writability is checked (a probe object written and deleted under ``_runs/``), so a
+    read-only output fails in seconds, before Ray starts; then it reconciles what killed runs left
+    (:meth:`~pipeline.ledger.Ledger.reconcile`), and its compaction runs only while the lease is still its own.
+    Videos already committed under the same config key are skipped before decoding. Bad videos become
+    error rows; systemic problems raise :class:`PipelineError` with one message.
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
@@ -175,8 +175,15 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
     """
     start = time.perf_counter()
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)
-    probe_output(config, ledger)
-    with OutputLease(ledger.fs, ledger.base, config.run_id).acquire(lease_wait_s) as lease:
+    lease = OutputLease(ledger.fs, ledger.base, config.run_id)
+    try:  # the lease is the run's first write: a leased output is left untouched
+        lease.acquire(lease_wait_s)
+    except LeaseHeld:
+        raise
+    except Exception as err:
+        raise _unwritable(config, err) from err
+    with lease:
+        probe_output(config, ledger)
         progress: dict[str, Any] = {}
         try:
             ledger.reconcile()
@@ -199,11 +206,15 @@ def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
         if ledger.fs.get_file_info(path).type != pafs.FileType.NotFound:
             raise PermissionError(f"{path} is still there after its deletion")
     except Exception as err:
-        raise PipelineError(
-            f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "
-            "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
-            "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
-        ) from err
+        raise _unwritable(config, err) from err
+
+
+def _unwritable(config: PipelineConfig, err: BaseException) -> PipelineError:
+    return PipelineError(
+        f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "
+        "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
+        "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
+    )
 
 
 def _run(

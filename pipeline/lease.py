@@ -199,8 +199,10 @@ class OutputLease:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _try_acquire(self) -> Holder | None:
+    def _try_acquire(self, attempts: int = 5) -> Holder | None:
         """Take the lease if it is free, expired or held by a dead local process; else return its holder."""
+        if attempts <= 0:
+            raise OSError(f"the output lease {self.where} keeps changing under this run; is the output writable?")
         now = time.time()
         mine = Holder(
             self.run_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex, _iso(now), _iso(now + self.ttl_s)
@@ -210,7 +212,7 @@ class OutputLease:
         if version is None:
             found = self._store.read()
             if found is None:  # released between our create and read: try again at once
-                return self._try_acquire()
+                return self._try_acquire(attempts - 1)
             data, old_version = found
             other = _decode(data)
             if other is not None and not other.expired() and not other.dead_here():
@@ -218,7 +220,7 @@ class OutputLease:
             logger.warning("taking over the output lease %s: %s", self.where, _stale(other))
             version = self._store.replace(_encode(mine), old_version)
             if version is None:  # another driver took it over first
-                return self._current() or self._try_acquire()
+                return self._current() or self._try_acquire(attempts - 1)
         self.holder, self._version, self._valid_until = mine, version, started + self.ttl_s
         logger.info(
             "holding the output lease %s until %s (renewed every %g s)", self.where, mine.expires_at, self.ttl_s / 3
@@ -361,10 +363,13 @@ class _S3Lease:
         return data, str(response["ETag"])
 
     def create(self, data: bytes) -> str | None:
-        return self._put(data, IfNoneMatch="*")
+        return self._put(data, IfNoneMatch="*")  # a missing bucket raises FileNotFoundError: no lease can exist
 
     def replace(self, data: bytes, version: str) -> str | None:
-        return self._put(data, IfMatch=version)
+        try:
+            return self._put(data, IfMatch=version)
+        except FileNotFoundError:
+            return None  # the lease is gone
 
     def delete(self, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -373,8 +378,8 @@ class _S3Lease:
     def _put(self, data: bytes, **condition: str) -> str | None:
         try:
             response = self.s3.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
-        except (FileExistsError, FileNotFoundError):
-            return None  # If-None-Match: the lease exists; If-Match: it is gone
+        except FileExistsError:
+            return None  # If-None-Match: the lease exists
         except OSError as err:
             if "Precondition" in str(err) or "ConditionalRequestConflict" in str(err) or err.errno == 22:
                 return None  # If-Match: another version (22 = EINVAL, s3fs's code for 412)
