@@ -1,33 +1,32 @@
-"""The sparsified decoder loop: the only module that touches transformers internals (5.23.0).
+"""The sparsified decoder loop: the only module that touches transformers' LLaMA internals (5.23.0).
 
 ``SparseLlamaModel`` replaces ``LlamaModel.forward`` of one instance. A prefill that carries visual tokens
 runs the decoder layers itself: at each pruning layer the layer runs in full (its KV cache keeps the full
 length), the rater rows' attention over all keys scores the visual tokens, the best are kept, the best of the
 deleted are recycled into merged tokens, and the layers after it see the shorter sequence with matching
-positions, RoPE, mask and cache. Later calls on the same cache (decoding) use per-layer-group masks and
-positions so ``generate`` continues exactly as without the cache. Everything else goes to the original
-forward unchanged.
+positions, RoPE, mask and cache. Every step works on all rows of the batch at once; the token counts that
+shape the next tensors are kept on the host (:class:`sparsevlm.sequence.Layout`), so a prefill waits for the
+device a fixed number of times whatever the batch size (``jobs.benchmark syncs``). Later calls on the same
+cache (decoding) use per-layer-group masks and positions so ``generate`` continues exactly as without the
+cache. Everything else goes to the original forward unchanged. The outer classes are in
+:mod:`sparsevlm.video_llava`, the pure planning functions in :mod:`sparsevlm.plan`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import VideoLlavaForConditionalGeneration
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
-from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
-from sparsevlm.pooling import spatial_pool
-from sparsevlm.recycle import recycle_rows, temporal_merge_batch
+from sparsevlm.plan import check_context, frame_reduction, random_scores, rater_counts, row_schedules
+from sparsevlm.recycle import recycle_rows
 from sparsevlm.scoring import (
     keep_mask,
     rank_keep_counts,
@@ -38,7 +37,6 @@ from sparsevlm.scoring import (
 )
 from sparsevlm.sequence import (
     TEXT,
-    FrameReduction,
     Inserted,
     Layout,
     build_attention_mask,
@@ -115,41 +113,6 @@ class _KeyCapture:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys = key_states
         return key_states, value_states
-
-
-def _frame_reduction(cfg: SparseConfig) -> FrameReduction | None:
-    """What happens to the video frames before the first decoder layer: temporal merging, pooling or nothing.
-
-    Each takes ``[G, T, P, D]`` frames of ``G`` videos and returns new features and the ``[G, T, P]`` survivors.
-    """
-    if cfg.temporal_merge is not None:
-        threshold = cfg.temporal_merge
-
-        def merge(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            cap = _max_merged(cfg, frames.shape[1:])
-            tokens, keep, _ = temporal_merge_batch(frames, cfg.segment_threshold, threshold, cap, least)
-            return tokens, keep
-
-        return merge
-    if cfg.spatial_pool is not None:
-        fraction = cfg.spatial_pool
-
-        def pool(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            g, t = frames.shape[:2]
-            result = spatial_pool(frames.flatten(0, 1), fraction)  # frames pool independently
-            return result.tokens.view(frames.shape), result.keep.view(g, t, -1)
-
-        return pool
-    return None
-
-
-def _max_merged(cfg: SparseConfig, shape: torch.Size) -> int | None:
-    """How many of a ``[T, P, D]`` video's tokens temporal merging may remove under ``cfg.merge_floor``."""
-    if cfg.merge_floor is None or cfg.target_fraction is None:
-        return None
-    frames, per_frame = int(shape[0]), int(shape[1])
-    reference = (cfg.budget_frames or frames) * per_frame
-    return max(0, frames * per_frame - math.ceil(cfg.merge_floor * cfg.target_fraction * reference))
 
 
 class SparseLlamaModel(LlamaModel):
@@ -248,7 +211,7 @@ class SparseLlamaModel(LlamaModel):
         num_layers = self.config.num_hidden_layers
         record = PrefillRecorder(b, raters, n_valid)
         tpf = rt.tokens_per_frame
-        reduce = _frame_reduction(cfg)
+        reduce = frame_reduction(cfg)
         compact = cfg.positions == "compact"
         context = getattr(self.config, "max_position_embeddings", None)
         reserve = rt.max_new_tokens or 0
@@ -259,8 +222,8 @@ class SparseLlamaModel(LlamaModel):
             layout = reduce_frames(layout, tpf, reduce, compact=compact, room=room)
             record.reduced(layout, n_visual)
         if context:  # positions only fall after this point (compact) or stay (original)
-            _check_context(max(layout.lengths) if compact else max(n_valid), context, reserve)
-        schedules = _schedules(cfg, num_layers, layout.n_visual, n_visual, tpf)
+            check_context(max(layout.lengths) if compact else max(n_valid), context, reserve)
+        schedules = row_schedules(cfg, num_layers, layout.n_visual, n_visual, tpf)
         prune_at = sorted(set().union(*schedules))
         groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1], layout.padded)]
         mask, rope = self._mask_and_rope(layout)
@@ -309,7 +272,7 @@ class SparseLlamaModel(LlamaModel):
         b = layout.hidden.shape[0]
         device = layout.hidden.device
         counts = layout.rater.sum(1)
-        n_raters = max(1, max(_rater_counts(layout, record)))
+        n_raters = max(1, max(rater_counts(layout, record)))
         # Rater rows, right-padded to the longest: their positions in the (padded) sequence.
         order = torch.sort(layout.rater.long(), dim=1, descending=True, stable=True).indices[:, :n_raters]
         rater_valid = torch.arange(n_raters, device=device)[None] < counts[:, None]  # [B, R]
@@ -327,7 +290,7 @@ class SparseLlamaModel(LlamaModel):
 
         present = layout.visual  # [B, L]
         if cfg.method == "random":  # the same draw for a row alone or in a batch
-            scores = _random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
+            scores = random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
         pruned = [layer_idx in schedule for schedule in schedules]
         keep = [schedule.get(layer_idx) for schedule in schedules]
         if any(p and k is None for p, k in zip(pruned, keep, strict=True)):
@@ -433,175 +396,3 @@ class SparseLlamaModel(LlamaModel):
         length = layout.hidden.shape[1]
         mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype, layout.padded)
         return mask, self.rotary_emb(layout.hidden, layout.position_ids)
-
-
-def _schedules(
-    cfg: SparseConfig, num_layers: int, n_visual: tuple[int, ...], n_input: list[int], tokens_per_frame: int | None
-) -> list[dict[int, int | None]]:
-    """Each row's ``{layer: keep}`` schedule (rows without visual tokens: none), computed once per distinct
-    (visual count, reference) pair."""
-    cache: dict[tuple[int, int], dict[int, int | None]] = {}
-    out = []
-    for m, n in zip(n_visual, n_input, strict=True):
-        ref = cfg.budget_frames * tokens_per_frame if cfg.budget_frames and tokens_per_frame else n
-        if (m, ref) not in cache:
-            cache[m, ref] = cfg.schedule(num_layers, m, ref) if m > 0 else {}
-        out.append(cache[m, ref])
-    return out
-
-
-def _check_context(widest: int, context: int, reserve: int) -> None:
-    """Refuse a prefill whose ``widest`` row (plus ``reserve`` new tokens) would pass ``max_position_embeddings``.
-
-    Pruning only lowers positions (compact) or keeps them (original), so checking the sequence entering the
-    first layer checks every layer.
-    """
-    if widest + reserve > context:
-        raise ValueError(
-            f"the prompt reaches position {widest + reserve - 1} with {reserve} new tokens, beyond the model's "
-            f"context of {context} tokens (max_position_embeddings); use fewer frames, a preset with "
-            "compact positions and a frame budget (video-long), or fewer new tokens"
-        )
-
-
-def _rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
-    """Raters per row (host ints): fixed for the whole prefill, so counted once and kept by the recorder."""
-    if record.rater_counts is None:
-        record.rater_counts = layout.rater.sum(1).tolist()
-    return record.rater_counts
-
-
-def _random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) -> torch.Tensor:
-    """``[B, L]`` random scores of the visual tokens: row ``b`` gets the first ``n_visual[b]`` draws of a
-    generator seeded with ``seed`` (drawn on the host per distinct count, copied in one transfer)."""
-    draws = {n: torch.rand(n, generator=torch.Generator().manual_seed(seed)) for n in set(n_visual)}
-    table = torch.zeros(len(n_visual), max(max(n_visual), 1))
-    for row, n in enumerate(n_visual):
-        table[row, :n] = draws[n]
-    table = to_device(table, present.device)
-    slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
-    return torch.where(present, table.gather(1, slot), float("-inf"))
-
-
-class SparseVideoLlavaModel(VideoLlavaModel):
-    """``VideoLlavaModel`` that encodes each distinct video of a batch once, optionally in frame chunks.
-
-    Batches often ask several questions of one segment (a caption and the questions are rows with the same
-    frames); the vision tower then runs once per distinct video and the features are copied to its rows.
-    """
-
-    _sparse_runtime: SparseRuntime
-
-    def get_video_features(
-        self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any = None, **kwargs: Any
-    ) -> Any:
-        unique, inverse = distinct_rows(pixel_values_videos)
-        if unique.shape[0] == pixel_values_videos.shape[0]:
-            return self._encode_videos(pixel_values_videos, vision_feature_layer, **kwargs)
-        features = self._encode_videos(unique, vision_feature_layer, **kwargs).pooler_output  # [U * T, tokens, D]
-        t = pixel_values_videos.shape[1]
-        per_video = features.view(unique.shape[0], t, *features.shape[1:])[inverse]  # [B, T, tokens, D]
-        return BaseModelOutputWithPooling(pooler_output=per_video.reshape(-1, *features.shape[1:]))
-
-    def _encode_videos(self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any, **kwargs: Any) -> Any:
-        chunk = self._sparse_runtime.config.vision_chunk_frames
-        b, t = pixel_values_videos.shape[:2]
-        if not chunk or t <= chunk:
-            return super().get_video_features(
-                pixel_values_videos=pixel_values_videos, vision_feature_layer=vision_feature_layer, **kwargs
-            )
-        parts = []
-        for start in range(0, t, chunk):  # CLIP encodes frames independently: chunking is exact
-            out = super().get_video_features(
-                pixel_values_videos=pixel_values_videos[:, start : start + chunk],
-                vision_feature_layer=vision_feature_layer,
-                **kwargs,
-            )
-            features = out.pooler_output  # [B * t_chunk, tokens, D]
-            parts.append(features.view(b, -1, *features.shape[1:]))
-        features = torch.cat(parts, dim=1)  # [B, T, tokens, D]
-        return BaseModelOutputWithPooling(pooler_output=features.reshape(b * t, *features.shape[2:]))
-
-
-def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of ``batch`` (exact equality, first occurrence order) and, per row, its index among them.
-
-    O(B) work and two device-to-host transfers: each row gets a fingerprint (a fixed random projection),
-    rows with equal fingerprints are grouped on the host, and one batched comparison confirms each row equals
-    its group's first row (a row that does not is its own group).
-
-    Returns:
-        ``(unique [U, ...], inverse [B])`` with ``unique[inverse]`` equal to ``batch``.
-    """
-    b = batch.shape[0]
-    flat = batch.reshape(b, -1)
-    prints = _fingerprints(flat).tolist()
-    first: dict[float, int] = {}
-    candidate = [first.setdefault(p, row) for row, p in enumerate(prints)]
-    same = (flat == flat[to_device(candidate, flat.device)]).all(1).tolist()
-    firsts: list[int] = []
-    position: dict[int, int] = {}
-    inverse = []
-    for row in range(b):
-        source = candidate[row] if same[row] else row
-        if source not in position:
-            position[source] = len(firsts)
-            firsts.append(source)
-        inverse.append(position[source])
-    index = to_device(inverse, batch.device)
-    return (batch if len(firsts) == b else batch[to_device(firsts, batch.device)]), index
-
-
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _fingerprints(flat: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """``[B]`` int64 fingerprint of each row of ``[B, N]``: its bits as integers, times fixed random weights,
-    summed with wrap-around. Integer sums do not depend on the order of addition, so equal rows always get
-    equal fingerprints (a float projection does not: its rounding depends on how the kernel splits rows)."""
-    bits = flat.contiguous().view(_INT_VIEW[flat.element_size()])
-    weights = _fingerprint_weights(flat.shape[1], str(flat.device))
-    parts = [(bits[i : i + chunk].long() * weights).sum(1) for i in range(0, flat.shape[0], chunk)]
-    return torch.cat(parts)
-
-
-@functools.lru_cache(maxsize=4)
-def _fingerprint_weights(n: int, device: str) -> torch.Tensor:
-    return torch.randint(1, 2**62, (n,), generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def _max_new_tokens(kwargs: dict[str, Any], default: Any, prompt_len: int | None) -> int | None:
-    """How many tokens a ``generate`` call may add: its ``max_new_tokens``, else ``max_length`` minus the prompt."""
-    config = kwargs.get("generation_config") or default
-    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
-    if new is not None:
-        return int(new)
-    total = kwargs.get("max_length", getattr(config, "max_length", None))
-    return max(0, int(total) - prompt_len) if total is not None and prompt_len is not None else None
-
-
-class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneration):
-    """Video-LLaVA whose language model is a :class:`SparseLlamaModel`; remembers the prompt length."""
-
-    _sparse_runtime: SparseRuntime
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        prompt = ids if ids is not None else embeds
-        rt = self._sparse_runtime
-        rt.prompt_len = prompt.shape[1] if prompt is not None else None
-        rt.max_new_tokens = _max_new_tokens(kwargs, self.generation_config, rt.prompt_len)
-        try:
-            return super().generate(*args, **kwargs)  # type: ignore[misc]
-        finally:
-            rt.prompt_len = None
-            rt.max_new_tokens = None
-
-    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
-        """Saves as the original class (the checkpoint must not name the patched one)."""
-        self.__class__ = VideoLlavaForConditionalGeneration  # type: ignore[assignment]
-        try:
-            return self.save_pretrained(*args, **kwargs)
-        finally:
-            self.__class__ = SparseVideoLlavaForConditionalGeneration

@@ -16,13 +16,9 @@ from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 
 from sparsevlm.config import SparseConfig
-from sparsevlm.modeling import (
-    SparseLlamaModel,
-    SparseRuntime,
-    SparseVideoLlavaForConditionalGeneration,
-    SparseVideoLlavaModel,
-)
+from sparsevlm.modeling import SparseLlamaModel, SparseRuntime
 from sparsevlm.stats import SampleStats
+from sparsevlm.video_llava import SparseVideoLlavaForConditionalGeneration, SparseVideoLlavaModel
 
 # The decoder loop in sparsevlm/modeling.py overrides internals of exactly this release.
 EXPECTED_TRANSFORMERS = "5.23.0"

@@ -1,0 +1,100 @@
+"""What a sparse prefill decides before and between its decoder layers, as plain functions of the config and
+the host-side token counts: each row's pruning schedule, the frame reduction before the LLM, the context
+check, random scores for the ``random`` baseline. No transformers modules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparsevlm.config import SparseConfig
+from sparsevlm.pooling import spatial_pool
+from sparsevlm.recycle import temporal_merge_batch
+from sparsevlm.sequence import FrameReduction, Layout
+from sparsevlm.stats import PrefillRecorder
+from sparsevlm.transfer import to_device
+
+
+def frame_reduction(cfg: SparseConfig) -> FrameReduction | None:
+    """What happens to the video frames before the first decoder layer: temporal merging, pooling or nothing.
+
+    Each takes ``[G, T, P, D]`` frames of ``G`` videos and returns new features and the ``[G, T, P]`` survivors.
+    """
+    if cfg.temporal_merge is not None:
+        threshold = cfg.temporal_merge
+
+        def merge(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cap = max_merged(cfg, frames.shape[1:])
+            tokens, keep, _ = temporal_merge_batch(frames, cfg.segment_threshold, threshold, cap, least)
+            return tokens, keep
+
+        return merge
+    if cfg.spatial_pool is not None:
+        fraction = cfg.spatial_pool
+
+        def pool(frames: torch.Tensor, least: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            g, t = frames.shape[:2]
+            result = spatial_pool(frames.flatten(0, 1), fraction)  # frames pool independently
+            return result.tokens.view(frames.shape), result.keep.view(g, t, -1)
+
+        return pool
+    return None
+
+
+def max_merged(cfg: SparseConfig, shape: torch.Size) -> int | None:
+    """How many of a ``[T, P, D]`` video's tokens temporal merging may remove under ``cfg.merge_floor``."""
+    if cfg.merge_floor is None or cfg.target_fraction is None:
+        return None
+    frames, per_frame = int(shape[0]), int(shape[1])
+    reference = (cfg.budget_frames or frames) * per_frame
+    return max(0, frames * per_frame - math.ceil(cfg.merge_floor * cfg.target_fraction * reference))
+
+
+def row_schedules(
+    cfg: SparseConfig, num_layers: int, n_visual: tuple[int, ...], n_input: list[int], tokens_per_frame: int | None
+) -> list[dict[int, int | None]]:
+    """Each row's ``{layer: keep}`` schedule (rows without visual tokens: none), computed once per distinct
+    (visual count, reference) pair."""
+    cache: dict[tuple[int, int], dict[int, int | None]] = {}
+    out = []
+    for m, n in zip(n_visual, n_input, strict=True):
+        ref = cfg.budget_frames * tokens_per_frame if cfg.budget_frames and tokens_per_frame else n
+        if (m, ref) not in cache:
+            cache[m, ref] = cfg.schedule(num_layers, m, ref) if m > 0 else {}
+        out.append(cache[m, ref])
+    return out
+
+
+def check_context(widest: int, context: int, reserve: int) -> None:
+    """Refuse a prefill whose ``widest`` row (plus ``reserve`` new tokens) would pass ``max_position_embeddings``.
+
+    Pruning only lowers positions (compact) or keeps them (original), so checking the sequence entering the
+    first layer checks every layer.
+    """
+    if widest + reserve > context:
+        raise ValueError(
+            f"the prompt reaches position {widest + reserve - 1} with {reserve} new tokens, beyond the model's "
+            f"context of {context} tokens (max_position_embeddings); use fewer frames, a preset with "
+            "compact positions and a frame budget (video-long), or fewer new tokens"
+        )
+
+
+def rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
+    """Raters per row (host ints): fixed for the whole prefill, so counted once and kept by the recorder."""
+    if record.rater_counts is None:
+        record.rater_counts = layout.rater.sum(1).tolist()
+    return record.rater_counts
+
+
+def random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``[B, L]`` random scores of the visual tokens: row ``b`` gets the first ``n_visual[b]`` draws of a
+    generator seeded with ``seed`` (drawn on the host per distinct count, copied in one transfer)."""
+    draws = {n: torch.rand(n, generator=torch.Generator().manual_seed(seed)) for n in set(n_visual)}
+    table = torch.zeros(len(n_visual), max(max(n_visual), 1))
+    for row, n in enumerate(n_visual):
+        table[row, :n] = draws[n]
+    table = to_device(table, present.device)
+    slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
+    return torch.where(present, table.gather(1, slot), float("-inf"))
