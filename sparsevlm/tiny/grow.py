@@ -9,10 +9,10 @@ model's logits equal the original's. The new layers' other weights are random (t
 initialisation), so their gradients are not zero and training can use them at once.
 
 The old layers stay first by default (old layer ``i`` at depth ``i``): the trained text-to-video lookup
-then happens in layers 0-3, before the layer-2 pruning of SparseVLM and FastV, as it does in a real 32-layer
-Video-LLaVA whose prompt has read the video after two layers; and the trainer's ``--motion-layer 2`` heads
-still read the hidden states they were trained on. Spreading the old layers out (``old_positions``) would
-leave identities where the pruning happens.
+then stays in the first layers, where the early pruning of SparseVLM and FastV reads the prompt's attention
+(a real 32-layer Video-LLaVA prunes after layer 2, when its prompt has read the video), and the trainer's
+``--motion-layer 2`` heads still read the hidden states they were trained on. Spreading the old layers out
+(``old_positions``) would put untrained identities where the pruning happens.
 """
 
 from __future__ import annotations
