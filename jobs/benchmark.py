@@ -3,7 +3,8 @@
 presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
     equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
     Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
-fidelity --out FILE.json [--plot FILE.png] [--model DIR] [--samples N] [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
+fidelity --out FILE.json [--plot FILE.png] [--model tiny|tiny-deep|DIR] [--seed 0-99] [--samples N]
+         [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
     dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
 show (--synthetic I | --video FILE --question Q) --out FILE.png
     the sampled frames with the visual tokens each method keeps.
@@ -68,14 +69,33 @@ def _schedule(text: str) -> str:
     return text
 
 
+# benchmark_questions(seed, n) asks about test videos seed * 100_000 + i (i < n) of a 10,000,000-video split.
+_FIDELITY_SEED_STRIDE = 100_000
+
+
+def _check_fidelity_seed(seed: int, samples: int) -> None:
+    """Exit with one line unless ``seed`` and ``samples`` name test videos that exist."""
+    from sparsevlm.tiny.video_qa import SPLIT_SIZE
+
+    last = SPLIT_SIZE // _FIDELITY_SEED_STRIDE - 1
+    if not 0 <= seed <= last:
+        raise SystemExit(f"--seed must be in [0, {last}] (each seed is its own range of test videos), got {seed}")
+    if samples > _FIDELITY_SEED_STRIDE:
+        raise SystemExit(f"--samples must be at most {_FIDELITY_SEED_STRIDE} per seed, got {samples}")
+
+
 def run_fidelity_command(ns: argparse.Namespace) -> None:
     import torch
 
     from sparsevlm.bench.fidelity import benchmark_questions, run_fidelity
     from sparsevlm.tiny.loading import load_tiny
 
+    _check_fidelity_seed(ns.seed, ns.samples)
     torch.manual_seed(ns.seed)
-    model, tokenizer, trained = load_tiny(ns.model)
+    try:
+        model, tokenizer, trained = load_tiny(ns.model)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     label = ns.model or "bundled tiny Video-LLaVA"
     if not trained:
         label = "untrained random tiny Video-LLaVA (no checkpoint)"
@@ -499,9 +519,11 @@ def main(argv: list[str] | None = None) -> None:
     presets.add_argument("--out", help="write the rows as JSON here")
     presets.set_defaults(run=run_presets)
     fidelity = sub.add_parser("fidelity", help="dense vs methods at equal budgets on synthetic video QA")
-    fidelity.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
-    fidelity.add_argument("--seed", type=int, default=0)
-    fidelity.add_argument("--samples", type=int, default=64)
+    fidelity.add_argument(
+        "--model", help="a bundled model, tiny (the default, 4 LLM layers) or tiny-deep (16), or a checkpoint directory"
+    )
+    fidelity.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
+    fidelity.add_argument("--samples", type=_positive(int), default=64)
     fidelity.add_argument("--batch-size", type=int, default=8)
     fidelity.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.10, 0.05])
     fidelity.add_argument(

@@ -3,7 +3,10 @@
 The visual tokens dominate the compute, so one sequence carries several question-answer turns about the same
 video (reference/tiny-model-training.md, runs 3-4). The first turn is exactly the inference prompt
 ``"USER: <video>\\n{q} ASSISTANT: {a}</s>"``; later turns continue the conversation as
-``"USER: {q} ASSISTANT: {a}</s>"``. Only answer tokens and their ``</s>`` carry the language-model loss.
+``"USER: {q} ASSISTANT: {a}</s>"``. Answer tokens and their ``</s>`` are the ``labels``; with ``caption=True``
+a last turn ``"USER: describe the video. ASSISTANT: {caption}</s>"`` is added (last, so that no answer can be
+copied from it) and every other text token is a ``text_labels`` target: predicting "red" after "a" in the
+caption, or "square" in "what colour is the square?", needs the text to look at the object it names.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sparsevlm.tiny.tokenizer import token_id
 from sparsevlm.tiny.video_qa import COLOURS, QA, ObjectTrack, VideoSample
 
 IGNORE = -100
+CAPTION_PROMPT = "describe the video."
 
 
 @dataclass
@@ -29,8 +33,10 @@ class TrainBatch:
     Attributes:
         input_ids: long ``[B, L]``, right-padded.
         attention_mask: long ``[B, L]``.
-        labels: long ``[B, L]``; the target token at each position (already shifted: ``labels[:, i]`` is
+        labels: long ``[B, L]``; the answer token at each position (already shifted: ``labels[:, i]`` is
             predicted from position ``i``), IGNORE elsewhere.
+        text_labels: long ``[B, L]``; the next token where it is text that is not an answer (template,
+            question and caption tokens), IGNORE at answer positions, before a visual token and on padding.
         pixel_values_videos: float32 ``[B, T, 3, H, W]``.
         patch_colour: long ``[B, T, gh * gw]``, 0 background, 1.. colour.
         patch_shape: long ``[B, T, gh * gw]``, 0 background, 1.. shape.
@@ -50,6 +56,7 @@ class TrainBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    text_labels: torch.Tensor
     pixel_values_videos: torch.Tensor
     patch_colour: torch.Tensor
     patch_shape: torch.Tensor
@@ -77,12 +84,14 @@ class SequenceBuilder:
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def build(self, qas: list[QA], num_video_tokens: int) -> tuple[list[int], list[int]]:
-        """Token ids and shifted labels of one multi-turn sequence.
+    def build(self, qas: list[QA], num_video_tokens: int, caption: str = "") -> tuple[list[int], list[int]]:
+        """Token ids and shifted answer labels of one multi-turn sequence.
 
         Args:
             qas: the questions, in the order they are asked.
             num_video_tokens: ``num_frames * (1 + gh * gw)``.
+            caption: when not empty, a last turn asks for the caption and answers with it (unlabelled here:
+                its tokens are text targets, see :meth:`text_labels`).
 
         Returns:
             ids and labels of equal length; ``labels[i]`` is the token to predict at position ``i``.
@@ -97,7 +106,20 @@ class SequenceBuilder:
             labels[-1] = answer[0]  # the last prompt token predicts the answer
             labels.extend([*answer[1:], IGNORE])
             ids.extend(answer)
+        if caption:
+            described = [*self._encode(f"USER: {CAPTION_PROMPT} ASSISTANT: {caption}"), self.eos_id]
+            ids.extend(described)
+            labels.extend([IGNORE] * len(described))
         return ids, labels
+
+    def text_labels(self, ids: list[int], labels: list[int]) -> list[int]:
+        """Shifted next-token targets on the text that is not an answer: ``ids[i + 1]`` where that token is not
+        a visual token and position ``i`` predicts no answer (``labels[i]`` is IGNORE); IGNORE elsewhere."""
+        targets = [IGNORE] * len(ids)
+        for i, (nxt, answer) in enumerate(zip(ids[1:], labels, strict=False)):
+            if nxt != self.video_id and answer == IGNORE:
+                targets[i] = nxt
+        return targets
 
 
 def pick_questions(rng: np.random.Generator, sample: VideoSample, per_family: int) -> list[QA]:
@@ -114,19 +136,25 @@ def pick_questions(rng: np.random.Generator, sample: VideoSample, per_family: in
 
 
 def collate(
-    builder: SequenceBuilder, samples: list[VideoSample], rng: np.random.Generator, per_family: int = 2
+    builder: SequenceBuilder,
+    samples: list[VideoSample],
+    rng: np.random.Generator,
+    per_family: int = 2,
+    caption: bool = False,
 ) -> TrainBatch:
-    """Build a right-padded training batch from videos of equal shape."""
+    """Build a right-padded training batch from videos of equal shape (``caption``: add the caption turn)."""
     num_frames, size = samples[0].frames.shape[:2]
     count = num_frames * video_tokens_per_frame(size, samples[0].patch)
-    rows = [builder.build(pick_questions(rng, s, per_family), count) for s in samples]
+    rows = [builder.build(pick_questions(rng, s, per_family), count, s.caption if caption else "") for s in samples]
     length = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), length), builder.pad_id, dtype=torch.long)
     labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    text_labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     for b, (ids, lab) in enumerate(rows):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
+        text_labels[b, : len(ids)] = torch.tensor(builder.text_labels(ids, lab))
         attention_mask[b, : len(ids)] = 1
     colour = np.stack([s.patch_colour for s in samples]).reshape(len(samples), num_frames, -1)
     motion = np.stack([s.patch_motion for s in samples]).reshape(len(samples), num_frames, -1)
@@ -135,6 +163,7 @@ def collate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         labels=labels,
+        text_labels=text_labels,
         pixel_values_videos=normalize_frames(np.stack([s.frames for s in samples])),
         patch_colour=torch.from_numpy(colour),
         patch_shape=torch.from_numpy(np.stack([s.patch_shape for s in samples]).reshape(colour.shape)),

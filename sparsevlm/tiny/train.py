@@ -10,7 +10,11 @@ LLM's hidden states after ``--motion-layer`` layers: the motion of the object in
 the object is new in that frame, and its order of appearance (among the earliest objects of the video; the
 newest so far). A causal LLM can only answer those by comparing a patch with the previous frames, which is
 what the direction, "after", first and last questions need. All heads are training-only;
-the saved checkpoint is a plain Video-LLaVA.
+the saved checkpoint is a plain Video-LLaVA. ``--text-loss-weight`` adds a caption turn to every sequence and a
+language-model loss on all of its text, not only on the answers (batches.py), so that the prompt's words
+learn to look at the objects they name. ``--text-layers`` sets the LLM depth (a deeper model starts from
+``python -m sparsevlm.tiny.grow``). The checkpoint, metrics.json and curve are saved at every evaluation, so a
+stopped run can be continued with ``--init``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
 from sparsevlm.tiny.model import TinyModelConfig, build_model
+from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
 from sparsevlm.tiny.video_qa import COLOURS, DIRECTIONS, SHAPES, make_sample
 
@@ -60,10 +65,13 @@ class TrainConfig:
         aux_weight: weight of the per-patch losses relative to the answer loss.
         order_weight: weight of the two appearance-order heads (earliest, newest) instead of ``aux_weight``;
             0 trains without them, as the first two runs of the committed checkpoint did.
+        text_loss_weight: weight of the language-model loss on the non-answer text (prompt template,
+            questions, and a caption turn that is added when this is positive); 0 trains on answers only.
         motion_layer: LLM layer whose output feeds the motion and "new object" heads.
         eval_every_minutes: validation period.
         val_videos: validation videos per evaluation.
         test_videos: test videos for the final per-family accuracy.
+        text_layers: LLM decoder layers; must match ``init``'s (4 for the bundled checkpoint).
         threads: torch threads. 2 is faster on an idle 2-core machine, but next to another CPU-heavy process
             a 1-thread step was measured 3x faster than a 2-thread one.
         bf16: bfloat16 autocast.
@@ -87,10 +95,12 @@ class TrainConfig:
     questions_per_family: int = 2
     aux_weight: float = 1.0
     order_weight: float = 1.0
+    text_loss_weight: float = 0.0
     motion_layer: int = 2
     eval_every_minutes: float = 10.0
     val_videos: int = 48
     test_videos: int = 128
+    text_layers: int = 4
     threads: int = 1
     bf16: bool = True
     init: str = ""
@@ -103,6 +113,12 @@ class TrainConfig:
             raise ValueError(f"--init {self.init!r} is not a saved checkpoint directory (no config.json in it)")
         if self.first_video < 0:
             raise ValueError(f"--first-video must be >= 0, got {self.first_video}")
+        if self.text_loss_weight < 0:
+            raise ValueError(f"--text-loss-weight must be >= 0, got {self.text_loss_weight}")
+        if not 1 <= self.motion_layer <= self.text_layers:
+            raise ValueError(
+                f"--motion-layer must be in [1, --text-layers={self.text_layers}], got {self.motion_layer}"
+            )
         if not 4 <= self.warm_frames <= self.num_frames:
             raise ValueError(f"warm_frames must be in [4, num_frames={self.num_frames}], got {self.warm_frames}")
 
@@ -201,11 +217,14 @@ def train_step(
     embeddings = model.get_input_embeddings().weight  # [V, D], tied to the LM head
     assert isinstance(embeddings, torch.Tensor)
     losses = heads.loss(projected, hidden, embeddings, batch)
-    logits = out.logits.float()  # [B, L, V]
-    losses["answer"] = nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+    logits = out.logits.float().flatten(0, 1)  # [B * L, V]
+    aux = sum(losses.values()) - losses["earliest"] - losses["newest"]
     order = losses["earliest"] + losses["newest"]
-    aux = sum(v for k, v in losses.items() if k not in ("answer", "earliest", "newest"))
+    losses["answer"] = nn.functional.cross_entropy(logits, batch.labels.flatten(), ignore_index=IGNORE)
     losses["total"] = losses["answer"] + cfg.aux_weight * aux + cfg.order_weight * order
+    if cfg.text_loss_weight > 0:
+        losses["text"] = nn.functional.cross_entropy(logits, batch.text_labels.flatten(), ignore_index=IGNORE)
+        losses["total"] = losses["total"] + cfg.text_loss_weight * losses["text"]
     return losses
 
 
@@ -226,17 +245,22 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     curve_path = Path(cfg.curve) if cfg.curve else out_dir / "curve.jsonl"
     curve_path.write_text("")
     tokenizer = build_tokenizer()
-    model_cfg = TinyModelConfig(num_frames=cfg.num_frames)
+    model_cfg = TinyModelConfig(num_frames=cfg.num_frames, text_layers=cfg.text_layers)
     model = _initial_model(cfg, model_cfg, tokenizer).train()
     heads = PatchHeads(model_cfg.text_hidden, tokenizer)
     params = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     builder = SequenceBuilder(tokenizer)
     budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     next_eval = cfg.eval_every_minutes * 60
     step, index = 0, cfg.first_video
     running: dict[str, float] = {}
+
+    def run_metrics(val: dict[str, float]) -> dict[str, object]:
+        """metrics.json as of now (the final one adds the test accuracy)."""
+        return _metrics(cfg, model_cfg, model, val, step, index, time.time() - start, time.process_time() - cpu_start)
+
     while True:
         elapsed = time.time() - start
         progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
@@ -245,7 +269,7 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
         samples = [make_sample("train", index + k, num_frames=frames) for k in range(cfg.batch_size)]
         index += cfg.batch_size
-        batch = collate(builder, samples, rng, cfg.questions_per_family)
+        batch = collate(builder, samples, rng, cfg.questions_per_family, caption=cfg.text_loss_weight > 0)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, progress)
         losses = train_step(model, heads, batch, cfg)
@@ -263,45 +287,55 @@ def main(cfg: TrainConfig) -> dict[str, object]:
             sys.stdout.flush()
         if time.time() - start >= next_eval:
             next_eval += cfg.eval_every_minutes * 60
-            _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
+            val = _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
+            save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
+            print(f"saved step {step} in {out_dir}")
     wall = time.time() - start
     model.eval()
     val = _log_eval(model, tokenizer, cfg, curve_path, step, wall, running)
+    save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
     test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames)
     print(f"test accuracy {json.dumps({k: round(v, 3) for k, v in test.items()})}")
     warm_test: dict[str, float] = {}
     if cfg.warm_frames != cfg.num_frames:
         warm_test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.warm_frames)
         print(f"test accuracy at {cfg.warm_frames} frames {json.dumps({k: round(v, 3) for k, v in warm_test.items()})}")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     metrics: dict[str, object] = {
+        "final": True,
         "test_accuracy": test,
         "test_frames": cfg.num_frames,
         "test_videos": cfg.test_videos,
         "test_accuracy_at_warm_frames": warm_test,
+        **run_metrics(val),
+    }
+    save_checkpoint(model, tokenizer, out_dir, metrics, curve_path)
+    return metrics
+
+
+def _metrics(
+    cfg: TrainConfig,
+    model_cfg: TinyModelConfig,
+    model: VideoLlavaForConditionalGeneration,
+    val: dict[str, float],
+    step: int,
+    next_video: int,
+    wall: float,
+    cpu: float,
+) -> dict[str, object]:
+    """The metrics.json fields every save writes: progress, cost, the command and every setting."""
+    return {
         "val_accuracy": val,
         "steps": step,
-        "train_videos_seen": index - cfg.first_video,
+        "train_videos_seen": next_video - cfg.first_video,
+        "next_first_video": next_video,  # --first-video for a run continuing from this checkpoint
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),  # this process's CPU time, all threads (the machine is shared)
         "command": shlex.join(["python", "-m", "sparsevlm.tiny.train", *sys.argv[1:]]),
         "train_config": asdict(cfg),
         "model_config": asdict(model_cfg),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "init_from": init_provenance(cfg.init),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
-def init_provenance(init: str) -> list[dict[str, object]]:
-    """The runs a checkpoint continued from, oldest first (from their metrics.json), so that its
-    metrics.json says every command that made it; empty for a run from random weights."""
-    if not init or not (Path(init) / "metrics.json").is_file():
-        return []
-    previous = json.loads((Path(init) / "metrics.json").read_text())
-    run = {k: previous.get(k) for k in ("command", "steps", "train_videos_seen", "wall_time_s")}
-    return [*previous.get("init_from", []), run]
 
 
 def _initial_model(
@@ -319,7 +353,7 @@ def _initial_model(
             raise ValueError(
                 f"--init {cfg.init}: its {part} (hidden {got.hidden_size}, {got.num_hidden_layers} layers, ...) is "
                 f"not the tiny model's (hidden {want.hidden_size}, {want.num_hidden_layers} layers, ...); give a "
-                "checkpoint written by this trainer"
+                "checkpoint written by this trainer (or by sparsevlm.tiny.grow) and its depth as --text-layers"
             )
     return model
 

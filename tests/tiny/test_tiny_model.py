@@ -213,3 +213,60 @@ def test_continuing_from_a_different_model_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="is not the tiny model's"):
         main(TrainConfig(out=str(tmp_path / "out"), init=str(tmp_path), max_steps=1, minutes=0))
+
+
+def test_caption_turn_and_text_targets(tokenizer: PreTrainedTokenizerBase) -> None:
+    sample = small_sample(3)
+    builder = SequenceBuilder(tokenizer)
+    num_video = SMALL.num_frames * 10
+    qas = list(sample.questions)
+    plain_ids, plain_labels = builder.build(qas, num_video)
+    ids, labels = builder.build(qas, num_video, sample.caption)
+    assert ids[: len(plain_ids)] == plain_ids and labels[: len(plain_labels)] == plain_labels
+    assert tokenizer.decode(ids[len(plain_ids) :]) == f"USER: describe the video. ASSISTANT: {sample.caption}</s>"
+    assert all(y == IGNORE for y in labels[len(plain_ids) :])  # the caption is text, not an answer
+    text = builder.text_labels(ids, labels)
+    video = tokenizer.video_token_id
+    targets = [i for i, y in enumerate(text) if y != IGNORE]
+    assert all(ids[i + 1] == text[i] != video for i in targets)
+    assert not [i for i in targets if labels[i] != IGNORE]  # answers keep their own loss
+    # every other next token is a target: the template, every question and the whole caption
+    assert {i for i in range(len(ids) - 1) if ids[i + 1] != video and labels[i] == IGNORE} == set(targets)
+    question = tokenizer.encode(f" {qas[0].question}", add_special_tokens=False)[-3:]
+    assert any(ids[i + 1 : i + 4] == question for i in targets)
+    batch = collate(builder, [sample, small_sample(4)], np.random.default_rng(0), caption=True)
+    assert batch.text_labels.shape == batch.labels.shape
+    assert ((batch.text_labels != IGNORE) & (batch.labels != IGNORE)).sum() == 0
+    assert (batch.text_labels[batch.input_ids == builder.pad_id] == IGNORE).all()
+
+
+def test_text_loss_weight_adds_the_text_loss(tokenizer: PreTrainedTokenizerBase) -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL, tokenizer)
+    heads = PatchHeads(SMALL.text_hidden, tokenizer)
+    batch = collate(
+        SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0), caption=True
+    )
+    plain = train_step(model, heads, batch, TrainConfig(motion_layer=1, bf16=False))
+    assert "text" not in plain
+    weighted = train_step(model, heads, batch, TrainConfig(motion_layer=1, bf16=False, text_loss_weight=0.5))
+    assert weighted["text"] > 0
+    torch.testing.assert_close(weighted["total"], plain["total"] + 0.5 * weighted["text"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    cfg = TrainConfig(motion_layer=1, bf16=False, text_loss_weight=1.0)
+    first = None
+    for _ in range(6):
+        losses = train_step(model, heads, batch, cfg)
+        first = losses["text"].item() if first is None else first
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+    assert losses["text"].item() < 0.9 * first
+
+
+def test_text_loss_weight_and_motion_layer_are_checked() -> None:
+    with pytest.raises(ValueError, match="--text-loss-weight must be >= 0"):
+        TrainConfig(text_loss_weight=-1.0)
+    with pytest.raises(ValueError, match=r"--motion-layer must be in \[1, --text-layers=4\]"):
+        TrainConfig(motion_layer=5)
+    assert TrainConfig(motion_layer=5, text_layers=16).text_layers == 16
