@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sparsevlm.prompt import left_pad
+
 _aten = torch.ops.aten
 # Operators whose result needs a value or a shape from the device.
 SYNC_OPS = {
@@ -106,12 +108,7 @@ def _batch_inputs(layout: Any, batch: int, video_token: int, image_token: int) -
     for row in range(batch):
         question = torch.randint(32, 64, (layout.text_tokens - row % 9,), generator=gen).tolist()
         ids.append([1, 40, 41] + [video_token] * layout.n_visual + question)
-    width = max(len(r) for r in ids)
-    input_ids = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, width, dtype=torch.long)
-    for row, r in enumerate(ids):
-        input_ids[row, width - len(r) :] = torch.tensor(r)
-        mask[row, width - len(r) :] = 1
+    input_ids, mask = left_pad(ids, 0)
     size = layout.image_size
     pixels = torch.randn(batch, layout.frames, 3, size, size, generator=gen)
     return {"input_ids": input_ids, "attention_mask": mask, "pixel_values_videos": pixels}

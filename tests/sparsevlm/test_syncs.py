@@ -8,6 +8,7 @@ from tiny_models import IMAGE_TOKEN, PAD, VIDEO_TOKEN, build_inputs, build_model
 
 from sparsevlm import SparseConfig, apply_patch, last_stats
 from sparsevlm.bench.syncs import SyncCounter
+from sparsevlm.prompt import left_pad
 
 CONFIGS = {
     "dense": SparseConfig.preset("dense"),
@@ -58,12 +59,7 @@ def _rows(model: torch.nn.Module) -> tuple[list[list[int]], torch.Tensor, torch.
 
 
 def _batch(rows: list[list[int]]) -> dict[str, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = torch.tensor(r)
-        mask[i, length - len(r) :] = 1
+    ids, mask = left_pad(rows, PAD)
     return {"input_ids": ids, "attention_mask": mask}
 
 
