@@ -83,11 +83,22 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-for-lease",
-        type=float,
+        type=_seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait this long for another run on the same output to finish (default: exit at once with code 2)",
     )
+
+
+def _seconds(text: str) -> float:
+    """argparse type of a duration in seconds: a number >= 0 (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:

@@ -138,3 +138,13 @@ def test_dtype_and_max_new_tokens_flags(capsys: pytest.CaptureFixture[str]) -> N
     assert "--dtype: invalid choice: 'fp16'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"dtype must be one of auto, bfloat16, float16, float32, got 'half'"):
         PipelineConfig(input_uri=".", output_uri="/tmp/o", model="m", dtype="half")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_wait_for_lease_must_be_seconds_at_least_zero(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = caption.build_parser()
+    assert parser.parse_args(["--input", ".", "--output", "o", "--wait-for-lease", "30"]).wait_for_lease == 30.0
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--input", ".", "--output", "o", "--wait-for-lease", value])
+    assert exit_info.value.code == 2
+    assert "--wait-for-lease: expected" in capsys.readouterr().err
