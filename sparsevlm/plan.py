@@ -9,12 +9,12 @@ import math
 
 import torch
 
+from sparsevlm.cluster import tiebreak_keys
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import spatial_pool
 from sparsevlm.recycle import temporal_merge_batch
 from sparsevlm.sequence import FrameReduction, Layout
 from sparsevlm.stats import PrefillRecorder
-from sparsevlm.transfer import to_device
 
 
 def frame_reduction(cfg: SparseConfig) -> FrameReduction | None:
@@ -90,11 +90,9 @@ def rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
 
 def random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) -> torch.Tensor:
     """``[B, L]`` random scores of the visual tokens: row ``b`` gets the first ``n_visual[b]`` draws of a
-    generator seeded with ``seed`` (drawn on the host per distinct count, copied in one transfer)."""
-    draws = {n: torch.rand(n, generator=torch.Generator().manual_seed(seed)) for n in set(n_visual)}
-    table = torch.zeros(len(n_visual), max(max(n_visual), 1))
-    for row, n in enumerate(n_visual):
-        table[row, :n] = draws[n]
-    table = to_device(table, present.device)
+    generator seeded with ``seed`` (:func:`sparsevlm.cluster.tiebreak_keys`: the same draw alone or in a batch)."""
+    table = tiebreak_keys(list(n_visual), seed, present.device)  # [B, max n_visual]
+    if table.shape[1] == 0:  # no visual token in any row
+        return torch.full(present.shape, float("-inf"), device=present.device)
     slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
     return torch.where(present, table.gather(1, slot), float("-inf"))

@@ -12,7 +12,7 @@ from sparsevlm.transfer import to_device
 def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct rows of ``batch`` (exact equality, first occurrence order) and, per row, its index among them.
 
-    O(B) work and two device-to-host transfers: each row gets a fingerprint (a fixed random projection),
+    O(B) work and two device-to-host transfers: each row gets an integer fingerprint (:func:`_fingerprints`),
     rows with equal fingerprints are grouped on the host, and one batched comparison confirms each row equals
     its group's first row (a row that does not is its own group).
 
@@ -22,7 +22,7 @@ def distinct_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b = batch.shape[0]
     flat = batch.reshape(b, -1)
     prints = _fingerprints(flat).tolist()
-    first: dict[float, int] = {}
+    first: dict[int, int] = {}
     candidate = [first.setdefault(p, row) for row, p in enumerate(prints)]
     same = (flat == flat[to_device(candidate, flat.device)]).all(1).tolist()
     firsts: list[int] = []

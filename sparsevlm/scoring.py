@@ -8,30 +8,6 @@ from __future__ import annotations
 import torch
 
 
-def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Pick the text tokens that relate to the visual content (paper Eq. 5-6, the code's strict ``>``).
-
-    ``r = mean over visual tokens of softmax_text(H_v H_t^T)``; raters are the text tokens with ``r`` above
-    its mean. The product is the raw dot product of the LLM input embeddings (no scaling), as in the code.
-    When no token is above the mean (for example a single text token), every text token is a rater.
-
-    Args:
-        visual: ``[Lv, D]`` visual embeddings at the LLM input.
-        text: ``[Lt, D]`` embeddings of the candidate text tokens (those after the visual span).
-
-    Returns:
-        ``[Lt]`` bool mask of the raters.
-    """
-    if text.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.bool, device=text.device)
-    relation = visual.float() @ text.float().T  # [Lv, Lt]
-    relevance = relation.softmax(dim=-1).mean(dim=0)  # [Lt]
-    raters = relevance > relevance.mean()
-    if not bool(raters.any()):
-        raters = torch.ones_like(raters)
-    return raters
-
-
 def rater_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -133,7 +109,9 @@ def select_rater_tokens(
 ) -> torch.Tensor:
     """``[B, L]`` bool raters per row, chosen among the candidates (:func:`rater_candidates`).
 
-    SparseVLM picks the relevant ones (paper Eq. 5-6; :func:`select_raters` is the same for one row);
+    SparseVLM picks the relevant ones (paper Eq. 5-6, the code's strict ``>``): ``r = mean over visual tokens
+    of softmax_text(H_v H_t^T)`` on the raw dot products of the LLM input embeddings, and the raters are the
+    candidates with ``r`` above its mean (every candidate when none is);
     ``sparsevlm-text`` takes every candidate; FastV's rule uses the last prompt token alone. All rows at once:
     candidates and visual tokens are gathered to the front of padded ``[B, T, D]`` and ``[B, V, D]`` tensors.
 

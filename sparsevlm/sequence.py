@@ -105,30 +105,27 @@ def rebuild(
     dest = pad[:, None] + rank + torch.where(rank >= after[:, None], at[:, None], 0)  # [B, L]
     dest = torch.where(keep, dest, new_len)  # dropped tokens go to a spare column that is cut off
 
-    def place(values: torch.Tensor, fill: float | int | bool, extra: torch.Tensor | None = None) -> torch.Tensor:
-        shape = (b, new_len + 1, *values.shape[2:])
-        out = values.new_full(shape, fill)
-        index = dest.view(b, length, *([1] * (values.dim() - 2))).expand_as(values)
-        out.scatter_(1, index, values)
-        if extra is not None and inserted is not None:
-            width = extra.shape[1]
-            slot = torch.arange(width, device=device)[None, :]
-            target = torch.where(slot < at[:, None], pad[:, None] + after[:, None] + slot, new_len)  # [B, C]
-            out.scatter_(1, target.view(b, width, *([1] * (values.dim() - 2))).expand_as(extra), extra)
+    width = inserted.hidden.shape[1] if inserted is not None else 0
+    slot = torch.arange(width, device=device)[None, :]
+    target = torch.where(slot < at[:, None], pad[:, None] + after[:, None] + slot, new_len)  # [B, C] inserted
+
+    def place(values: torch.Tensor, fill: float | int | bool, extra: torch.Tensor) -> torch.Tensor:
+        """``values`` ``[B, L, ...]`` moved to ``dest`` and ``extra`` ``[B, C, ...]`` to ``target``, re-padded."""
+        out = values.new_full((b, new_len + 1, *values.shape[2:]), fill)
+        trailing = [1] * (values.dim() - 2)
+        out.scatter_(1, dest.view(b, length, *trailing).expand_as(values), values)
+        if width:
+            out.scatter_(1, target.view(b, width, *trailing).expand_as(extra), extra.to(values.dtype))
         return out[:, :new_len]
 
-    merged = inserted is not None and inserted.hidden.shape[1] > 0
-    width = inserted.hidden.shape[1] if merged and inserted is not None else 0
-    hidden = place(layout.hidden, 0.0, inserted.hidden.to(layout.hidden.dtype) if merged and inserted else None)
+    flags = torch.ones(b, width, dtype=torch.bool, device=device)
+    hidden = place(layout.hidden, 0.0, inserted.hidden if inserted is not None else layout.hidden[:, :0])
     positions = place(
-        layout.position_ids, 0, inserted.position_ids.to(layout.position_ids) if merged and inserted else None
+        layout.position_ids, 0, inserted.position_ids if inserted is not None else layout.position_ids[:, :0]
     )
-    ones = torch.ones(b, width, dtype=torch.bool, device=device)
-    valid = place(keep, False, ones if merged else None)
-    visual_index = place(
-        layout.visual_index, TEXT, layout.visual_index.new_full((b, width), MERGED) if merged else None
-    )
-    rater = place(layout.rater & keep, False, torch.zeros_like(ones) if merged else None)
+    valid = place(keep, False, flags)
+    visual_index = place(layout.visual_index, TEXT, layout.visual_index.new_full((b, width), MERGED))
+    rater = place(layout.rater & keep, False, ~flags)
     if compact:
         first = positions.gather(1, pad.clamp_max(new_len - 1)[:, None])  # [B, 1] each row's first position
         positions = torch.where(valid, first + torch.arange(new_len, device=device)[None, :] - pad[:, None], 0)
