@@ -3,9 +3,10 @@
 Reads are bounded, never a scan of the output: the run's ledger entries give the videos by status, their
 rows and commit times; the part files read are those of a few sampled videos (``SAMPLE_VIDEOS``), one
 video per error class, and the videos with some error rows (``partial``, at most ``PARTIAL_READS``). The
-sampled videos' first segments are decoded again through the pipeline's own decode path
-(:func:`~pipeline.decode.decode_segments`, the same frames the model saw) to draw which visual tokens the
-model kept, with the picture of ``python -m jobs.benchmark show`` (:func:`~sparsevlm.bench.show.render_keep_grid`).
+sampled videos' first segments (of videos up to ``PICTURE_MAX_BYTES``) are decoded again through the
+pipeline's own decode path (:func:`~pipeline.decode.decode_segments`: the frames the model saw) to draw
+which visual tokens the model kept, with the picture of ``python -m jobs.benchmark show``
+(:func:`~sparsevlm.bench.show.render_keep_grid`).
 
 :func:`write_report` never raises: a page that cannot be made is logged and the run goes on.
 """
@@ -36,6 +37,8 @@ __all__ = ["KEPT_COLUMN", "gather", "report_path", "sample_picture", "write_repo
 
 SAMPLE_VIDEOS = 4  # videos shown with frames, caption and answers
 PARTIAL_READS = 200  # partial videos whose rows are counted by status; past it the page says so
+PICTURE_MAX_BYTES = 2**30  # larger videos get no picture: the driver would download them again
+PICTURE_MAX_SECONDS = 60.0  # per picture, its download included (or the run's max_decode_seconds if smaller)
 MAX_PICTURE_WIDTH = 960  # pixels: wider pictures (many frames, 224-px frames) are scaled down
 KEPT_COLUMN = "kept_visual_tokens"  # the original visual-token indices kept at the first pruning layer
 
@@ -171,6 +174,8 @@ def _sample(ledger: Ledger, config: PipelineConfig, entry: LedgerEntry, frame_si
         note = "the model's frame size is unknown (the model did not load)"
     elif shown is None:
         note = "no row of this segment succeeded"
+    elif (shown["source_size"] or 0) > PICTURE_MAX_BYTES:
+        note = f"the video has {shown['source_size']} bytes; pictures are drawn for videos up to {PICTURE_MAX_BYTES}"
     else:
         try:
             picture = sample_picture(config, shown, frame_size, kept_indices)
@@ -192,7 +197,8 @@ def sample_picture(
         kept_indices: original visual-token indices kept (Video-LLaVA layout: per frame CLS, then patches);
             None shows every patch as kept.
     """
-    deadline = deadline_after(config.max_decode_seconds)
+    seconds = PICTURE_MAX_SECONDS if config.max_decode_seconds is None else config.max_decode_seconds
+    deadline = deadline_after(min(seconds, PICTURE_MAX_SECONDS))
     fs = config.fsspec_filesystem(row["source_uri"])
     with open_local_copy(row["source_uri"], fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
         _, segments = decode_segments(

@@ -140,8 +140,9 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
 
 
 def only_the_run_record(output: Path, run_id: str) -> dict[str, Any]:
-    """The run record, after checking that it is the only file under ``output``."""
-    assert [p.relative_to(output) for p in output.rglob("*") if p.is_file()] == [Path(f"_runs/{run_id}.json")]
+    """The run record, after checking that it and its page are the only files under ``output``."""
+    files = sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file())
+    assert files == [Path(f"_runs/{run_id}.html"), Path(f"_runs/{run_id}.json")]
     return json.loads((output / "_runs" / f"{run_id}.json").read_text())
 
 
