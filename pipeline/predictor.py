@@ -26,6 +26,7 @@ from pipeline.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.schema import empty_row, rows_to_table
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
+from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,18 @@ class Predictor:
             prefill_flops=float(stats.prefill_flops),
             dense_prefill_flops=float(stats.dense_prefill_flops),
             latency_ms=answer.latency_ms,
+            kept_visual_tokens=_kept_visual_tokens(stats),
         )
+
+
+def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
+    """The original visual-token indices kept at the first pruning layer (or by the reduction before the
+    LLM when no layer prunes); None when every token was kept."""
+    if stats.kept_indices:
+        return [int(i) for i in stats.kept_indices[min(stats.kept_indices)].tolist()]
+    if stats.reduced_kept is not None:
+        return [int(i) for i in stats.reduced_kept.tolist()]
+    return None
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def dump_dom(page: Path) -> tuple[str, list[str]]:
     return done.stdout, console_messages(done.stderr)
 
 
-def screenshot(page: Path, out: Path, width: int = 1100, height: int = 1400) -> list[str]:
+def screenshot(page: Path, out: Path, width: int = 1100, height: int = 1800) -> list[str]:
     """Save a PNG of the page's first ``width x height`` pixels; return the console messages."""
     done = headless(
         page.resolve().as_uri(), f"--screenshot={out}", f"--window-size={width},{height}", "--hide-scrollbars"

@@ -148,17 +148,19 @@ def test_a_real_runs_page_in_chromium_shows_its_parquet_rows(
     videos = {r["video_id"]: r["status"] for r in rows if r["status"] == "error"}
     assert shown.by_id["videos-error"] == str(len(videos)) == str(summary.failed)
     assert shown.by_id["figure-processed"] == str(len({r["video_id"] for r in rows}))
-    captions = {r["answer"] for r in rows if r["task"] == "caption" and r["segment_index"] == 0}
-    assert len(shown.sources) == len(captions) == 3  # three decodable clips, each with its frames
+    firsts = [r for r in rows if r["task"] == "caption" and r["segment_index"] == 0]
+    assert len(shown.sources) == len(firsts) == 3  # three decodable clips, each with its frames
     text = dom.replace("&amp;", "&")
-    assert all(f'<span class="caption">{c}</span>' in text for c in captions)
+    for row in firsts:  # its caption, and how many visual tokens the model kept for it
+        assert f'<span class="caption">{row["answer"]}</span>' in text
+        assert f"{len(row['kept_visual_tokens'])} of {row['visual_tokens_in']} visual tokens kept" in text
     (error,) = [r for r in rows if r["status"] == "error"]
     assert error["error_class"] in shown.by_id["errors"] and error["error_message"] in shown.by_id["errors"]
 
     shot = tmp_path / "report.png"
     assert browser.screenshot(page, shot) == []
     pixels = np.asarray(Image.open(shot).convert("RGB"))
-    assert pixels.shape[:2] == (1400, 1100) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # drawn
+    assert pixels.shape[:2] == (1800, 1100) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # drawn
     if os.environ.get("UPDATE_REPORT_SCREENSHOT"):  # the README's picture: UPDATE_REPORT_SCREENSHOT=1 pytest -k ...
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         Image.open(shot).convert("RGB").quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
