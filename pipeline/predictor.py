@@ -114,7 +114,13 @@ class Predictor:
             frames = [_frames(rows[tasks[k][0]]) for k in asked]
             prompts = [tasks[k][2] for k in asked]
             try:
-                answers.update(zip(asked, self.engine.answer(frames, prompts, self.config.max_new_tokens), strict=True))
+                answers.update(
+                    zip(
+                        asked,
+                        self.engine.answer(frames, prompts, self.config.max_new_tokens, self.config.repeat_stop),
+                        strict=True,
+                    )
+                )
             except Exception as err:  # recorded per row; a run with no success fails at the end
                 logger.exception("generate failed on a batch of %d prompts; writing error rows", len(asked))
                 answers.update(dict.fromkeys(asked, _error_fields(err)))
