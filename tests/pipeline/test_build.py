@@ -164,6 +164,9 @@ def test_a_run_stopped_after_some_commits_records_them(
     record = json.loads((tmp_path / "out" / "_runs" / "stopped.json").read_text())
     assert (record["status"], record["error_class"]) == ("failed", "KeyboardInterrupt")
     assert (record["seen"], record["processed"], record["rows"], record["uncommitted"]) == (4, 1, 2, 3)
+    page = (tmp_path / "out" / "_runs" / "stopped.html").read_text()  # its page too, with what it committed
+    assert '<span class="badge failed" id="run-status">failed</span>' in page and "<b>KeyboardInterrupt</b>" in page
+    assert page.count('<section class="sample">') == 1 and "mmaction2_test.avi" in page and "data:image/jpeg" in page
 
 
 @pytest.mark.parametrize("where", ["below-a-file", "missing-bucket"])
