@@ -30,6 +30,7 @@ from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig
+from pipeline.crash import crash_point
 from pipeline.decode import decode_rows, source_row
 from pipeline.lease import LeaseHeld, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
@@ -184,6 +185,7 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
         progress: dict[str, Any] = {}
         try:
             ledger.reconcile()
+            crash_point("reconciled")
             return _run(config, ledger, lease, progress, start)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record
             _write_failure(config, ledger, progress, err, time.perf_counter() - start)
@@ -251,6 +253,7 @@ def _run(
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
+    crash_point("summary")
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)

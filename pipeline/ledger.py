@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipeline.crash import crash_point
 from pipeline.ledger_files import PrefixFiles
 from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
@@ -257,6 +258,7 @@ class Ledger:
                 last = bool(segment.column(LAST_SEGMENT)[0].as_py())
                 name = f"seg-{index:06d}{'-last' if last else ''}.arrow"
                 self.files.write_arrow(_results(segment), self._staging(key, run_id, name))
+                crash_point("staged")
             entry = self.commit_if_complete(key, run_id, replaces.get(key))
             if entry is not None:
                 committed.append(entry)
@@ -291,6 +293,7 @@ class Ledger:
     def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self.files.write_parquet(rows, self.files.path(name))  # data first ...
+        crash_point("part")
         statuses = rows.column("status").to_pylist()
         status = "ok" if "error" not in statuses else "error" if "ok" not in statuses else "partial"
         classes = sorted({c for c in rows.column("error_class").to_pylist() if c})
@@ -308,9 +311,12 @@ class Ledger:
             committed_at=now_iso(),
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
+        crash_point("marker")
         if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
             self.files.delete_file(self.files.path(replaces))
+            crash_point("replaced")
         self.files.delete_dir(self._staging(key))  # this attempt's segments and any run's leftovers
+        crash_point("committed")
         logger.debug("committed %s: %d rows, status %s", key, entry.rows, status)
         return entry
 
