@@ -1,4 +1,4 @@
-"""Crashes of real processes at chosen points of the commit protocol, then a rerun and the reader invariant.
+"""Real jobs in subprocesses: crashes at chosen points of the commit protocol, and concurrent jobs on one output.
 
 tests/pipeline/test_ledger_crash.py kills a simulated driver after each of its storage operations; these
 tests add what it cannot: the real job (``python -m jobs.index_archive`` with its own local Ray), the commit
@@ -10,11 +10,16 @@ After each crash, a rerun (in this process, on the test session's Ray) into the 
 partition; then the README's readers see every (video, segment, task) once, whole videos only, nothing in
 ``_staging/``, no lease, no orphan part file. Local disk only: the S3 commit path is the same Ledger code,
 which test_ledger_crash.py crashes on S3 at every step; an S3 server here would double each case's time.
+
+Then three jobs on one output at once: the lease lets one run, refuses one with exit code 2 and the holder's
+name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first committed.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,38 @@ def test_a_job_killed_in_its_commit_protocol_is_exact_after_the_rerun(
     assert {r["run_id"] for r in rows} <= {"night-1", "night-2"}
     if killed == "worker":
         assert summary["processed"] == 0
+
+
+def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_everything(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    """Three real jobs on one output: the first runs; one started meanwhile exits 2 naming it; one started
+    meanwhile with --wait-for-lease waits for it, then processes nothing it committed."""
+    videos, output = copy_clips(assets, tmp_path / "in"), tmp_path / "out"
+    first = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "nightly-a"), tmp_path / "a.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "_lease").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "a.log").read_text()[-3000:]
+            time.sleep(0.05)
+        refused = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[1], "caption-b"), tmp_path / "b.log")
+        waiting = start_job(
+            [*job_args(videos, output, pipeline_model_dir, NIGHTS[1], "late-c"), "--wait-for-lease", "600"],
+            tmp_path / "c.log",
+        )
+        assert finish(refused, timeout_s=120) == 2
+        assert first.poll() is None, "the first job ended before the others asked for the lease"
+    finally:
+        assert finish(first) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    assert finish(waiting) == 0, (tmp_path / "c.log").read_text()[-3000:]
+
+    errors = [line for line in (tmp_path / "b.log").read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another run holds the output lease" in errors[0], errors
+    assert f"run 'nightly-a' (host {socket.gethostname()}, pid {first.pid})" in errors[0] and " until 20" in errors[0]
+    assert "--wait-for-lease" in errors[0]
+    assert not (output / "_runs" / "caption-b.json").exists()  # refused before it wrote anything
+    assert "waiting for the output lease" in (tmp_path / "c.log").read_text()
+    late = json.loads((output / "_runs" / "late-c.json").read_text())
+    assert (late["seen"], late["skipped"], late["processed"]) == (3, 3, 0)
+    rows = check_reader_invariant(output)
+    assert {r["run_id"] for r in rows} == {"nightly-a"}
