@@ -12,19 +12,29 @@ partition; then the README's readers see every (video, segment, task) once, whol
 which test_ledger_crash.py crashes on S3 at every step; an S3 server here would double each case's time.
 
 Then three jobs on one output at once: the lease lets one run, refuses one with exit code 2 and the holder's
-name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first committed.
+name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first committed. And a
+run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from jobs import index_archive
+from jobs.common import config_from_args
+from pipeline.build import PipelineError, run_pipeline
+from pipeline.lease import LeaseLost, OutputLease
+from pipeline.ledger import Ledger
+from pipeline.ledger_index import now_iso
 from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
 
 pytestmark = pytest.mark.slow  # each case: one job with its own Ray (~45-90 s here), one rerun (~30-60 s)
@@ -114,3 +124,67 @@ def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_eve
     assert (late["seen"], late["skipped"], late["processed"]) == (3, 3, 0)
     rows = check_reader_invariant(output)
     assert {r["run_id"] for r in rows} == {"nightly-a"}
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+def test_a_run_whose_lease_expires_and_is_taken_over_commits_and_compacts_nothing_more(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    """Fencing in a real run: at its first commit the run's lease expires (its document rewritten with a past
+    expiry, as after a pause past the TTL) and another run takes it over. The run's write tasks commit nothing
+    after that, its driver deletes and compacts nothing, the run fails naming the lease, and the taker's
+    lease survives the loser's release."""
+    videos, output = copy_clips(assets, tmp_path / "in"), tmp_path / "out"
+    argv = job_args(videos, output, pipeline_model_dir, NIGHTS[0], "paused")
+    config = config_from_args(index_archive.build_parser().parse_args(argv), partition=f"dt={NIGHTS[0]}")
+    fs = pafs.LocalFileSystem()
+    taken: list[tuple[str, OutputLease]] = []
+
+    def expire_and_take_over() -> None:
+        lease = output / "_lease"
+        holder = json.loads(lease.read_text())
+        lease.write_text(json.dumps({**holder, "expires_at": "2000-01-01T00:00:00.000+00:00"}))
+        taker = OutputLease(fs, str(output), "taker").acquire()
+        taken.append((now_iso(), taker))
+
+    def committed() -> bool:
+        return any((output / "_ledger").glob("*.json"))
+
+    watcher = threading.Thread(target=_when(committed, expire_and_take_over), daemon=True)
+    watcher.start()
+    with pytest.raises((PipelineError, LeaseLost), match="lease"):
+        run_pipeline(config)
+    watcher.join(timeout=30)
+    ((at, taker),) = taken
+    try:
+        # A commit that passed its check just before the takeover may finish after it (one commit's window).
+        late = [
+            e
+            for e in Ledger(fs, str(output)).entries(Ledger(fs, str(output)).committed()).values()
+            if e.committed_at > _plus_seconds(at, 5)
+        ]
+        assert late == []
+        assert not (output / "_ledger" / "_index").exists()  # never compacted after losing the lease
+        assert json.loads((output / "_lease").read_text())["run_id"] == "taker"  # release kept the taker's
+        record = json.loads((output / "_runs" / "paused.json").read_text())
+        assert record["status"] == "failed" and "lease" in record["error_message"]
+    finally:
+        taker.release()
+    index_archive.main(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "after"))  # the next run completes
+    check_reader_invariant(output)
+
+
+def _when(condition: Callable[[], bool], action: Callable[[], None], timeout_s: float = 300) -> Callable[[], None]:
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                action()
+                return
+            time.sleep(0.02)
+
+    return watch
+
+
+def _plus_seconds(iso: str, seconds: float) -> str:
+    return (dt.datetime.fromisoformat(iso) + dt.timedelta(seconds=seconds)).isoformat(timespec="microseconds")
