@@ -1,8 +1,8 @@
 """What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
 
 Errors a user can fix (a bad URI, unreachable storage, missing credentials, an unknown preset, a directory
-that is not a Video-LLaVA checkpoint, another run holding the output's lease) end the job with exit code 2 and
-one line naming the problem.
+that is not a Video-LLaVA checkpoint, another run holding or taking over the output's lease) end the job with
+exit code 2 and one line naming the problem.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
-    from pipeline.lease import LeaseHeld
+    from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.sources import SourceError
     from sparsevlm.engine import CheckpointError
 
@@ -163,7 +163,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
         summary = main()
     except NoCredentialsError:
         fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role")
-    except (PipelineError, SourceError, CheckpointError, LeaseHeld, ValueError) as err:
+    except (PipelineError, SourceError, CheckpointError, LeaseHeld, LeaseLost, ValueError) as err:
         fail(_one_line(err))
     except (BotoCoreError, ClientError, OSError) as err:
         fail(f"storage is not reachable or refused the request: {_one_line(err)}")

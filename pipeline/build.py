@@ -30,8 +30,9 @@ from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig
+from pipeline.crash import crash_point
 from pipeline.decode import decode_rows, source_row
-from pipeline.lease import LeaseHeld, OutputLease
+from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor
 from pipeline.ray_env import init_ray, local_ray
@@ -89,11 +90,15 @@ class ResultSink(Datasink[list[dict[str, Any]]]):
     Args:
         config: the run's config.
         replaces: old part file per retried key; the commit of the new rows deletes it (see the ledger).
+        lease_token: the run's output lease token: each commit first checks the lease still carries it.
     """
 
-    def __init__(self, config: PipelineConfig, replaces: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: PipelineConfig, replaces: dict[str, str] | None = None, lease_token: str | None = None
+    ) -> None:
         self.config = config
         self.replaces = replaces or {}
+        self.lease_token = lease_token
         self.entries: list[LedgerEntry] = []
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> list[dict[str, Any]]:
@@ -101,7 +106,7 @@ class ResultSink(Datasink[list[dict[str, Any]]]):
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
-        ledger = Ledger(*self.config.output_filesystem(), partition=self.config.partition)
+        ledger = Ledger(*self.config.output_filesystem(), self.config.partition, self.lease_token)
         committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id, self.replaces)
         return [asdict(e) for e in committed]
 
@@ -165,6 +170,8 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
 
     Raises:
         LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
+        LeaseLost: another run took the lease over while this one ran (it expired: the driver was paused or cut
+            off past its TTL); this run's writers and driver then commit, delete and compact nothing more.
         PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
             the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
             stops a run under the lease still leaves ``_runs/<run_id>.json``, with ``status: failed``, the
@@ -184,6 +191,7 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
         progress: dict[str, Any] = {}
         try:
             ledger.reconcile()
+            crash_point("reconciled")
             return _run(config, ledger, lease, progress, start)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record
             _write_failure(config, ledger, progress, err, time.perf_counter() - start)
@@ -238,7 +246,7 @@ def _run(
     if pending:
         _preflight(config, pending, spec.frame_size)
         init_ray(config.ray_address)
-        sink = ResultSink(config, {key: entry.file for key, entry in previous.items()})
+        sink = ResultSink(config, {key: entry.file for key, entry in previous.items()}, lease.token)
         try:
             build_dataset(config, pending, spec.frame_size).write_datasink(
                 sink,
@@ -246,11 +254,16 @@ def _run(
                 ray_remote_args={"num_cpus": 0.25},
             )
         except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None)  # a write task's own exception (RayTaskError keeps it)
+            if isinstance(cause, LeaseLost):  # fenced: another run owns the output now
+                raise LeaseLost(str(cause).strip().splitlines()[0]) from err  # Ray Data appends retry hints
             raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
         entries = sink.entries
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
+    crash_point("summary")
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
