@@ -190,7 +190,7 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: caption.main([*argv, "--output", output]))
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and time.monotonic() - start < 20
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and time.monotonic() - start < 20
     assert err.startswith(f"error: the output {output} is not writable (") and "choose another --output" in err
 
 
