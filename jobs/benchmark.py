@@ -39,7 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import use_local_ray_env
+from pipeline.ray_env import use_local_ray_env
 from sparsevlm.bench.presets import Layout, preset_table
 
 
@@ -324,7 +324,8 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
 
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
-    from pipeline.build import local_ray, run_pipeline
+    from pipeline.build import run_pipeline
+    from pipeline.ray_env import local_ray
     from sparsevlm.engine import inspect_checkpoint
 
     assets = Path(__file__).resolve().parent.parent / "tests" / "assets"
@@ -387,8 +388,9 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
 
     from jobs.demo import QUESTIONS, write_synthetic_videos
     from pipeline.benchmark import read_rows
-    from pipeline.build import local_ray, run_pipeline
+    from pipeline.build import run_pipeline
     from pipeline.memory import TreeMemorySampler
+    from pipeline.ray_env import local_ray
 
     work = Path(tempfile.mkdtemp(prefix="lbench", dir="/tmp"))
     try:
@@ -456,6 +458,7 @@ def run_load_benchmark(ns: argparse.Namespace) -> None:
 def _pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, questions: tuple[str, ...]) -> Any:
     """The :class:`~pipeline.config.PipelineConfig` of a benchmark run from its flags (one model worker)."""
     from pipeline.config import PipelineConfig
+    from sparsevlm.config import SparseConfig
     from sparsevlm.tiny import CHECKPOINT_DIR
 
     return PipelineConfig(
@@ -464,7 +467,7 @@ def _pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, questio
         model=ns.model or str(CHECKPOINT_DIR),
         questions=questions,
         max_new_tokens=ns.max_new_tokens,
-        sparse_preset=ns.preset,
+        sparse=SparseConfig.preset(ns.preset),
         batch_size=ns.batch_size,
         workers=1,
         cpus_per_worker=ns.model_cpus,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, route_ray_logs
-from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.config import PipelineConfig
+from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
-from sparsevlm.config import PRESETS
+from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import DTYPE_NAMES
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -50,7 +51,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "frames_per_segment": "frames",
     "max_new_tokens": "max_new_tokens",
     "dtype": "dtype",
-    "sparse_preset": "preset",
+    "sparse": "preset",  # SparseConfig.preset(--preset)
     "workers": "workers",
     "num_gpus_per_worker": "num_gpus_per_worker",
     "cpus_per_worker": "cpus_per_worker",
@@ -211,6 +212,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     if not ns.run_id:
         del fields["run_id"]
     try:
+        fields["sparse"] = SparseConfig.preset(ns.preset)
         config = PipelineConfig(**fields, **extra)
     except ValueError as err:
         raise ValueError(flag_message(str(err))) from err
@@ -225,13 +227,14 @@ def flag_message(message: str) -> str:
     """A :class:`PipelineConfig` error with the field it names replaced by the flag that sets it.
 
     The config's messages name their field first (``workers must be an int >= 1, got 0`` becomes
-    ``--workers must be an int >= 1, got 0``) or after "unknown"; only those places change, so a URI or a
+    ``--workers must be an int >= 1, got 0``) or after "unknown" (``unknown preset 'x'``, from
+    ``SparseConfig.preset``); only those places change, so a URI or a
     placeholder in the message (``_runs/<run_id>.json``) stays as it is. Where the flag's 0 is the config's
     None, the message says 0.
     """
     for name, dest in CONFIG_FLAGS.items():
         flag = "--" + dest.replace("_", "-")
-        rewritten = re.sub(rf"^(unknown )?{name}(?= )", rf"\g<1>{flag}", message)
+        rewritten = re.sub(rf"^(unknown )?({name}|{dest})(?= )", rf"\g<1>{flag}", message)
         if rewritten != message:
             return rewritten.replace(" or None", " or 0", 1) if name in _ZERO_IS_NONE else rewritten
     return message

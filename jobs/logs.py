@@ -60,18 +60,21 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(log_format: LogFormat = "text") -> None:
     """Send log records at INFO and above to stderr, formatted as ``log_format``.
 
-    Replaces the handler an earlier call installed and leaves other handlers alone (a test runner's). Ray's
-    loggers get handlers of their own when Ray is imported; in JSON mode call :func:`route_ray_logs` once Ray
-    may be imported (after :func:`pipeline.config.use_local_ray_env`).
+    Replaces the handler an earlier call installed. Text mode, like ``logging.basicConfig``, adds none when
+    the root logger already has other handlers (a host application's or a test runner's); JSON mode, asked
+    for by name, always does. Ray's loggers get handlers of their own when Ray is imported; in JSON mode call
+    :func:`route_ray_logs` once Ray may be imported (after :func:`pipeline.ray_env.use_local_ray_env`).
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    handler = _StderrHandler()
-    handler.setLevel(logging.INFO)  # Ray Data's logger passes DEBUG records on (its own handlers filter them)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
+    if log_format == "text" and root.handlers:
+        return
+    handler = _StderrHandler()
+    handler.setLevel(logging.INFO)  # Ray Data's logger passes DEBUG records on (its own handlers filter them)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
 
@@ -94,7 +97,8 @@ def route_ray_logs() -> None:
 
 def json_logging() -> bool:
     """Whether the root logger writes JSON (``configure_logging("json")`` ran)."""
-    return any(isinstance(h, _StderrHandler) and isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+    handlers = logging.getLogger().handlers
+    return any(isinstance(h, _StderrHandler) and isinstance(h.formatter, JsonFormatter) for h in handlers)
 
 
 def error_line(message: str, exit_code: int) -> str:

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.config import PipelineConfig
+from pipeline.decode import source_row
 from pipeline.ledger import LEDGER_KEY, Ledger
-from pipeline.predictor import source_row
 from pipeline.sources import list_sources
 from sparsevlm.bench.presets import Layout, config_cost
 from sparsevlm.engine import inspect_checkpoint
@@ -105,7 +105,7 @@ def _estimate(config: PipelineConfig, tokens_per_frame: int, to_process: list[Pl
     """Tokens and FLOPs per prompt and per segment of the run's prompts; totals when a video is one segment."""
     text = AutoConfig.from_pretrained(config.model).text_config
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    sparse = config.sparse_config()
+    sparse = config.sparse
     n_visual = config.frames_per_segment * tokens_per_frame
     prompts = [config.caption_prompt, *config.questions]
     costs = []
