@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli
+from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return plan_run(config)
     from pipeline.build import run_pipeline
 
-    return dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
+    return dataclasses.asdict(run_pipeline(config, **run_options(ns)))
 
 
 if __name__ == "__main__":

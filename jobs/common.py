@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
+from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
@@ -166,6 +167,20 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "estimate, then exit; starts no model and no Ray, writes nothing (default: run)",
     )
     parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="the driver's progress line: bar = redrawn in place, log = a log line every 10 s, off; auto = bar on "
+        "a terminal, else log (always log under --log-format json)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="Prometheus port of the local Ray the job starts, on 127.0.0.1 (default: a free port, logged at the "
+        "start); a cluster's nodes serve theirs at ray start --metrics-export-port",
+    )
+    parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
@@ -221,6 +236,12 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     if json_logging():  # Ray may be imported from here on: its loggers go through the JSON handler too
         route_ray_logs()
     return config
+
+
+def run_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`pipeline.build.run_pipeline` that flags set besides the config."""
+    progress = "log" if ns.log_format == "json" and ns.progress != "off" else ns.progress
+    return {"lease_wait_s": ns.wait_for_lease, "progress": progress, "metrics_export_port": ns.metrics_port}
 
 
 def flag_message(message: str) -> str:

@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli
+from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pipeline.build import run_pipeline
     from pipeline.ledger import Ledger
 
-    summary = dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
+    summary = dataclasses.asdict(run_pipeline(config, **run_options(ns)))
     manifest = {**summary, "partition": config.partition, **_run_metrics(config, summary)}
     Ledger(*config.output_filesystem()).write_json(f"_runs/{config.run_id}.json", manifest)
     return manifest

@@ -45,15 +45,19 @@ def use_local_ray_env() -> bool:
     return "ray" not in sys.modules
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, metrics_export_port: int | None = None) -> None:
     """Connect this driver to Ray unless it already is: to ``address`` when given, to the job's cluster when
-    ``RAY_ADDRESS`` is set (a Ray job's driver), else to a new local Ray (:func:`start_local_ray`)."""
+    ``RAY_ADDRESS`` is set (a Ray job's driver), else to a new local Ray (:func:`start_local_ray`), whose
+    Prometheus endpoint listens on 127.0.0.1 at ``metrics_export_port`` (None: a free port Ray picks; a
+    cluster's port is set where its nodes start, ``ray start --metrics-export-port``)."""
     if ray.is_initialized():
         return
     if address is not None:
         ray.init(address=address)
     elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth
         ray.init(include_dashboard=False)
+    elif metrics_export_port is not None:
+        start_local_ray(_metrics_export_port=metrics_export_port)
     else:
         start_local_ray()
 
