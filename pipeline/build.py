@@ -48,6 +48,7 @@ __all__ = [
     "RunSummary",
     "build_dataset",
     "commit_rows",
+    "commit_stage",
     "local_ray",
     "run_pipeline",
 ]
@@ -135,6 +136,18 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         num_gpus=config.num_gpus_per_worker,
         # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
         num_cpus=config.cpus_per_worker,
+    )
+
+
+def commit_stage(results: ray.data.Dataset, config: PipelineConfig, replaces: dict[str, str]) -> ray.data.Dataset:
+    """The chain's last stage: commit tasks over the model stage's result rows, one report row each."""
+    return results.map_batches(
+        functools.partial(commit_rows, config=config, replaces=replaces),
+        batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
+        batch_format="pyarrow",
+        # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode (and a
+        # different CPU share keeps Ray Data from fusing the writes into the model actors).
+        num_cpus=0.25,
     )
 
 
@@ -273,13 +286,7 @@ def _process(
     """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive."""
     if progress != "off":  # ours replaces Ray Data's bars (the context is read when the dataset is built)
         ray.data.DataContext.get_current().enable_progress_bars = False
-    reports = build_dataset(config, pending, frame_size).map_batches(
-        functools.partial(commit_rows, config=config, replaces=replaces),
-        batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
-        batch_format="pyarrow",
-        # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode.
-        num_cpus=0.25,
-    )
+    reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces)
     shown = RunProgress(len(pending), progress)
     try:
         for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):

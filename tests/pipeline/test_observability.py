@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.build import run_pipeline
+from pipeline.build import build_dataset, commit_stage, run_pipeline
 from pipeline.ledger_index import LedgerEntry
 from pipeline.metrics import metrics_endpoints
 from pipeline.progress import CommitReport, RunProgress, commit_report
@@ -89,24 +89,39 @@ def test_progress_redraws_one_line_on_a_terminal() -> None:
     assert shown.split("\r")[-1].startswith("videos 2/2 | ")
 
 
-def _scrape(deadline_s: float, wanted: tuple[str, ...]) -> str:
-    """The Ray node's Prometheus text once it shows every ``wanted`` series (Ray exports every few seconds)."""
+def test_commits_run_in_their_own_tasks_and_stream_reports_to_the_driver(
+    pipeline_ray: None, pipeline_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config(str(tmp_path), str(tmp_path / "out"), pipeline_model_dir)
+    commit_stage(build_dataset(config, [{"ledger_key": "k"}], frame_size=64), config, {}).explain()
+    optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "TaskPoolMapOperator[MapBatches(commit_rows)]\n+- ActorPoolMapOperator[MapBatches(Predictor)]" in optimized
+
+
+SERIES = (  # name in the scrape, labels, what this run adds to it
+    ("ray_svl_videos_total", 'status="ok"'),
+    ("ray_svl_segments_total", ""),
+    ("ray_svl_rows_total", 'status="ok"'),
+    ("ray_svl_bytes_read_total", ""),
+    ("ray_svl_decode_seconds_count", ""),
+    ("ray_svl_model_batch_seconds_count", ""),
+    ("ray_svl_equivalent_tokens_count", ""),
+)
+
+
+def _scrape() -> str:
     (endpoint,) = metrics_endpoints()
     assert endpoint.startswith("http://127.0.0.1:")
-    deadline = time.monotonic() + deadline_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = urllib.request.urlopen(endpoint, timeout=5).read().decode()
-        if all(re.search(rf"^{name}[{{ ]", text, re.MULTILINE) for name in wanted):
-            return text
-        time.sleep(1)
-    raise AssertionError(f"{wanted} not all on {endpoint} after {deadline_s} s; svl lines: "
-                         f"{[line for line in text.splitlines() if 'svl' in line]}")  # fmt: skip
+    return urllib.request.urlopen(endpoint, timeout=5).read().decode()
 
 
-def _total(text: str, name: str, labels: str = "") -> float:
-    pattern = rf"^{name}\{{[^}}]*{labels}[^}}]*\}} ([0-9.e+]+)$"
-    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+def _totals(text: str) -> dict[str, float]:
+    """Each series of :data:`SERIES` summed over its label sets (Ray labels each worker's series)."""
+    totals = {}
+    for name, labels in SERIES:
+        pattern = rf"^{name}\{{[^}}]*{labels}[^}}]*\}} ([0-9.e+]+)$"
+        totals[name] = sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+    return totals
 
 
 def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
@@ -117,6 +132,7 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
     for name in CLIPS:
         shutil.copy(assets / name, videos / name)
     config = make_config(str(videos), str(tmp_path / "out"), pipeline_model_dir)
+    before = _totals(_scrape())  # other tests of the session run pipelines on the same Ray
     caplog.set_level(logging.INFO, logger="pipeline.progress")
     summary = run_pipeline(config, progress="log")  # pytest's stderr is no terminal: "auto" would log too
     assert (summary.processed, summary.failed) == (2, 0)
@@ -128,21 +144,20 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
     assert last["segments"] == summary.rows // 2  # a caption and one answer per segment
     assert 0 < last["tokens_kept_fraction"] < 1
 
-    text = _scrape(
-        60,
-        (
-            "ray_svl_videos_total",
-            "ray_svl_segments_total",
-            "ray_svl_rows_total",
-            "ray_svl_bytes_read_total",
-            "ray_svl_decode_seconds_count",
-            "ray_svl_model_batch_seconds_count",
-            "ray_svl_equivalent_tokens_count",
-        ),
-    )
-    # Other tests of the session run pipelines on the same Ray: this run's counts are a lower bound.
-    assert _total(text, "ray_svl_videos_total", 'status="ok"') >= 2
-    assert _total(text, "ray_svl_segments_total") >= last["segments"]
-    assert _total(text, "ray_svl_rows_total", 'status="ok"') >= summary.rows
-    assert _total(text, "ray_svl_bytes_read_total") >= sum(p.stat().st_size for p in videos.iterdir())
-    assert _total(text, "ray_svl_decode_seconds_count") >= 2
+    added = {
+        "ray_svl_videos_total": 2,
+        "ray_svl_segments_total": last["segments"],
+        "ray_svl_rows_total": summary.rows,
+        "ray_svl_bytes_read_total": sum(p.stat().st_size for p in videos.iterdir()),
+        "ray_svl_decode_seconds_count": 2,
+        "ray_svl_model_batch_seconds_count": 1,
+        "ray_svl_equivalent_tokens_count": summary.rows,
+    }
+    deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
+    while True:
+        after = _totals(_scrape())
+        missing = {k: (before[k], after[k], n) for k, n in added.items() if after[k] < before[k] + n}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"(before, after, this run) of the series that did not grow enough: {missing}"
