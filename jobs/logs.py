@@ -1,12 +1,14 @@
 """How a job's log lines look: plain text for people, or one JSON object per line for log shippers.
 
-``--log-format json`` sends every log record (the job's, the pipeline's and Ray's Python loggers), the
-progress lines and a failing job's last error line to stderr as one JSON object each::
+``--log-format json`` sends every log record (the job's, the pipeline's and Ray's Python loggers, Python
+warnings), the progress lines and a failing job's last error line to stderr as one JSON object each::
 
     {"time": "2026-12-02T18:30:00.123Z", "level": "INFO", "logger": "pipeline.build", "message": "..."}
 
 with ``exc_info`` (the formatted traceback) when a record carries one, and any ``extra={"fields": {...}}``
-merged in (the progress lines carry their counts that way).
+merged in (the progress lines carry their counts that way). What does not pass through Python's logging stays
+plain: Ray workers' output is kept in Ray's log files instead of being relayed (``RAY_LOG_TO_DRIVER=0``), and
+Ray's C++ core may still print a line of its own format.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import Any, Literal, get_args
 
@@ -77,6 +80,11 @@ def configure_logging(log_format: LogFormat = "text") -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    if log_format == "json":
+        logging.captureWarnings(True)  # Python warnings become records of the "py.warnings" logger
+        # Ray workers' prints (a model's loading bars, say) are relayed to the driver's stderr as plain text;
+        # in JSON mode they stay in Ray's log files. Ray reads this once, at import: jobs import it later.
+        os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
 
 
 def route_ray_logs() -> None:
