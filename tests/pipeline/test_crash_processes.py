@@ -11,8 +11,9 @@ partition; then the README's readers see every (video, segment, task) once, whol
 ``_staging/``, no lease, no orphan part file. Local disk only: the S3 commit path is the same Ledger code,
 which test_ledger_crash.py crashes on S3 at every step; an S3 server here would double each case's time.
 
-Then three jobs on one output at once: the lease lets one run, refuses one with exit code 1 (a run failure) and the holder's
-name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first committed. And a
+Then three jobs on one output at once: the lease lets one run, refuses one with exit code 1 (a run failure)
+and the holder's name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first
+committed. And a
 run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more.
 """
 

@@ -1,5 +1,6 @@
 """One driver per output: the lease is created atomically, renewed, taken over only when expired or its
-holder's process is gone, and a second driver is refused with the holder's name (exit code 1 from the jobs: a run failure)."""
+holder's process is gone, and a second driver is refused with the holder's name (exit code 1 from the jobs:
+a run failure)."""
 
 from __future__ import annotations
 
