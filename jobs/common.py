@@ -1,11 +1,11 @@
 """What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
 
 Exit codes (:data:`EXIT_CODES`, printed in every job's ``--help``): 0 the run finished; 1 the run failed
-(storage unreachable or refusing, the output not writable, another run holding the output's lease, no
-credentials, the model failing to load, the Ray job failing, every video failing); 2 the command line is
-wrong (a flag's value, an unknown preset, an input URI or manifest that cannot name videos, a ``--model``
-that is not a Video-LLaVA checkpoint). Either failure ends with one line naming the problem, and names
-the flag when a flag's value is the problem.
+(storage unreachable or refusing, the output not writable, another run holding or taking over the output's
+lease, no credentials, the model failing to load, the Ray job failing, every video failing); 2 the command
+line is wrong (a flag's value, an unknown preset, an input URI or manifest that cannot name videos, a
+``--model`` that is not a Video-LLaVA checkpoint). Either failure ends with one line naming the problem, and
+names the flag when a flag's value is the problem.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
-    from pipeline.lease import LeaseHeld
+    from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.sources import SourceError
     from sparsevlm.engine import CheckpointError
 
@@ -291,7 +291,7 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
         fail(_one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED)
     except usage as err:
         fail(_one_line(err), USAGE_ERROR)
-    except LeaseHeld as err:
+    except (LeaseHeld, LeaseLost) as err:
         fail(_one_line(err), RUN_FAILED)
     except (BotoCoreError, ClientError, OSError) as err:
         fail(f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED)

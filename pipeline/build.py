@@ -30,8 +30,9 @@ import ray
 import ray.data
 
 from pipeline.config import PipelineConfig
+from pipeline.crash import crash_point
 from pipeline.decode import decode_rows, source_row
-from pipeline.lease import LeaseHeld, OutputLease
+from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.metrics import metrics_endpoints, record_commit
 from pipeline.predictor import Predictor
@@ -85,7 +86,9 @@ class RunSummary:
     error_message: str | None = None
 
 
-def commit_rows(rows: pa.Table, config: PipelineConfig, replaces: dict[str, str]) -> pa.Table:
+def commit_rows(
+    rows: pa.Table, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
+) -> pa.Table:
     """The commit stage: write result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per
     video, then its commit marker) and return one :class:`~pipeline.progress.CommitReport` row about them.
 
@@ -93,10 +96,11 @@ def commit_rows(rows: pa.Table, config: PipelineConfig, replaces: dict[str, str]
         rows: result rows with the ledger's internal columns (the model stage's output).
         config: the run's config.
         replaces: old part file per retried key; the commit of the new rows deletes it (see the ledger).
+        lease_token: the run's output lease token: each commit first checks the lease still carries it.
     """
     if not rows.num_rows:
         return CommitReport().to_table()
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition, lease_token=lease_token)
     committed = ledger.write_rows(rows, config.run_id, replaces)
     record_commit([entry.status for entry in committed])
     return commit_report(rows, committed).to_table()
@@ -139,10 +143,13 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
     )
 
 
-def commit_stage(results: ray.data.Dataset, config: PipelineConfig, replaces: dict[str, str]) -> ray.data.Dataset:
-    """The chain's last stage: commit tasks over the model stage's result rows, one report row each."""
+def commit_stage(
+    results: ray.data.Dataset, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
+) -> ray.data.Dataset:
+    """The chain's last stage: commit tasks over the model stage's result rows, one report row each; each
+    commit first checks that the output's lease still carries ``lease_token`` (None: no fencing)."""
     return results.map_batches(
-        functools.partial(commit_rows, config=config, replaces=replaces),
+        functools.partial(commit_rows, config=config, replaces=replaces, lease_token=lease_token),
         batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
         batch_format="pyarrow",
         # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode (and a
@@ -176,6 +183,8 @@ def run_pipeline(
 
     Raises:
         LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
+        LeaseLost: another run took the lease over while this one ran (it expired: the driver was paused or cut
+            off past its TTL); this run's writers and driver then commit, delete and compact nothing more.
         PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
             the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
             stops a run under the lease still leaves ``_runs/<run_id>.json``, with ``status: failed``, the
@@ -195,6 +204,7 @@ def run_pipeline(
         record: dict[str, Any] = {}
         try:
             ledger.reconcile()
+            crash_point("reconciled")
             return _run(config, ledger, lease, record, start, progress, metrics_export_port)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record
             _write_failure(config, ledger, record, err, time.perf_counter() - start)
@@ -256,10 +266,13 @@ def _run(
         _preflight(config, pending, spec.frame_size)
         init_ray(config.ray_address, metrics_export_port)
         logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
-        entries = _process(config, pending, spec.frame_size, {k: e.file for k, e in previous.items()}, progress)
+        replaces = {k: e.file for k, e in previous.items()}
+        entries = _process(config, pending, spec.frame_size, replaces, progress, lease.token)
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
+    crash_point("summary")
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
@@ -282,11 +295,17 @@ def _process(
     frame_size: int,
     replaces: dict[str, str],
     progress: ProgressMode,
+    lease_token: str | None,
 ) -> list[LedgerEntry]:
-    """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive."""
+    """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive.
+
+    Raises:
+        LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
+        PipelineError: the Ray job failed otherwise.
+    """
     if progress != "off":  # ours replaces Ray Data's bars (the context is read when the dataset is built)
         ray.data.DataContext.get_current().enable_progress_bars = False
-    reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces)
+    reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
     shown = RunProgress(len(pending), progress)
     try:
         for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -294,6 +313,9 @@ def _process(
             for row in batch.to_pylist():
                 shown.update(CommitReport.from_row(row))
     except ray.exceptions.RayError as err:
+        cause = getattr(err, "cause", None)  # a commit task's own exception (RayTaskError keeps it)
+        if isinstance(cause, LeaseLost):
+            raise LeaseLost(str(cause).strip().splitlines()[0]) from err  # Ray Data appends retry hints
         raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
     finally:
         shown.close()
