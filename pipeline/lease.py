@@ -318,12 +318,20 @@ class _LocalLease:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-            self.made_folder = True
-        fd = os.open(folder, os.O_RDONLY)
-        try:
+        while True:
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                self.made_folder = True
+            fd = os.open(folder, os.O_RDONLY)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # a holder that made the folder removes it on release: lock the folder that is there now
+                current = os.stat(folder).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        try:
             yield
         finally:
             os.close(fd)  # releases the flock
@@ -375,9 +383,9 @@ class _LocalLease:
             found = self._read()
             if found is not None and found[1] == version:
                 os.unlink(self.path)
-        if self.made_folder:
-            with contextlib.suppress(OSError):  # not empty: the run wrote something
-                os.rmdir(os.path.dirname(self.path))
+            if self.made_folder:  # under the lock: a driver waiting for it locks the folder anew (_locked)
+                with contextlib.suppress(OSError):  # not empty: the run wrote something
+                    os.rmdir(os.path.dirname(self.path))
 
 
 class _S3Lease:
