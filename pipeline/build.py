@@ -37,7 +37,8 @@ from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.sources import SourceError, list_sources
-from pipeline.storage import TransientIOError
+from pipeline.storage import TransientIOError, storage_failure
+from pipeline.video import short_error
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,12 @@ class ResultSink(Datasink[list[dict[str, Any]]]):
         if not tables:
             return []
         ledger = Ledger(*self.config.output_filesystem(), self.config.partition, self.lease_token)
-        committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id, self.replaces)
+        try:
+            committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id, self.replaces)
+        except OSError as err:  # the storage client retried each request with backoff; now Ray retries the task
+            if storage_failure(err) == "transient":
+                raise TransientIOError(f"writing results to {self.config.output_uri}: {short_error(err)}") from err
+            raise
         return [asdict(e) for e in committed]
 
     def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
@@ -250,14 +256,23 @@ def _run(
         try:
             build_dataset(config, pending, spec.frame_size).write_datasink(
                 sink,
-                # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode.
-                ray_remote_args={"num_cpus": 0.25},
+                # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode. A
+                # transient storage failure that outlasts the client's retries is retried as a whole task, at
+                # most io_retries times, like a decode task; a retried write stages and commits the same
+                # segments again (same names), so it cannot duplicate a video (pipeline/ledger.py).
+                ray_remote_args={
+                    "num_cpus": 0.25,
+                    "max_retries": config.io_retries,
+                    "retry_exceptions": [TransientIOError],
+                },
             )
         except ray.exceptions.RayError as err:
-            cause = getattr(err, "cause", None)  # a write task's own exception (RayTaskError keeps it)
+            # A task's own exception (RayTaskError keeps it), by its first line: Ray Data appends retry hints.
+            cause = getattr(err, "cause", None)
             if isinstance(cause, LeaseLost):  # fenced: another run owns the output now
-                raise LeaseLost(str(cause).strip().splitlines()[0]) from err  # Ray Data appends retry hints
-            raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
+                raise LeaseLost(_headline(cause)) from err
+            what = _first_line(err) if cause is None else f"{type(cause).__name__}: {_headline(cause)}"
+            raise PipelineError(f"the Ray job failed: {what}") from err
         entries = sink.entries
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
@@ -355,6 +370,11 @@ def _write_failure(
         _write_summary(ledger, summary)
     except Exception as write_err:
         logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
+
+
+def _headline(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(err).__name__
 
 
 def _first_line(err: BaseException) -> str:
