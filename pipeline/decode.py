@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Generator, Iterator
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ import numpy as np
 from pipeline import readers
 from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
+from pipeline.metrics import record_decode
 from pipeline.sources import VideoSource
 from pipeline.storage import TransientIOError, open_local_copy, storage_failure
 from pipeline.video import (
@@ -295,6 +297,7 @@ def decode_rows(
     sent = False
     local = uri
     deadline = deadline_after(config.max_decode_seconds)  # the download counts too
+    started = time.perf_counter()
     try:
         fs = config.fsspec_filesystem(uri)
         with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
@@ -328,9 +331,11 @@ def decode_rows(
         index = None if video["duration_s"] is None else (0 if previous is None else previous.index + 1)
         message = str(err).replace(local, uri)  # name the object, not its temporary local copy
         yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": message}
-        return
-    if previous is not None:
-        yield _segment_row(base, video, previous, last=True)
+    else:
+        if previous is not None:
+            yield _segment_row(base, video, previous, last=True)
+    if not first_frame_only:
+        record_decode(time.perf_counter() - started, row["source_size"])
 
 
 def _video_fields(info: VideoInfo) -> dict[str, Any]:

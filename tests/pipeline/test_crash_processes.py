@@ -11,8 +11,9 @@ partition; then the README's readers see every (video, segment, task) once, whol
 ``_staging/``, no lease, no orphan part file. Local disk only: the S3 commit path is the same Ledger code,
 which test_ledger_crash.py crashes on S3 at every step; an S3 server here would double each case's time.
 
-Then three jobs on one output at once: the lease lets one run, refuses one with exit code 2 and the holder's
-name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first committed. And a
+Then three jobs on one output at once: the lease lets one run, refuses one with exit code 1 (a run failure)
+and the holder's name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first
+committed. And a
 run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more.
 """
 
@@ -94,7 +95,7 @@ def test_a_job_killed_in_its_commit_protocol_is_exact_after_the_rerun(
 def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_everything(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Three real jobs on one output: the first runs; one started meanwhile exits 2 naming it; one started
+    """Three real jobs on one output: the first runs; one started meanwhile exits 1 naming it; one started
     meanwhile with --wait-for-lease waits for it, then processes nothing it committed."""
     videos, output = copy_clips(assets, tmp_path / "in"), tmp_path / "out"
     first = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "nightly-a"), tmp_path / "a.log")
@@ -108,7 +109,7 @@ def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_eve
             [*job_args(videos, output, pipeline_model_dir, NIGHTS[1], "late-c"), "--wait-for-lease", "600"],
             tmp_path / "c.log",
         )
-        assert finish(refused, timeout_s=120) == 2
+        assert finish(refused, timeout_s=120) == 1  # a run failure (try again later), not a usage error
         assert first.poll() is None, "the first job ended before the others asked for the lease"
     finally:
         assert finish(first) == 0, (tmp_path / "a.log").read_text()[-3000:]

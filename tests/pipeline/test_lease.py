@@ -1,5 +1,6 @@
 """One driver per output: the lease is created atomically, renewed, taken over only when expired or its
-holder's process is gone, and a second driver is refused with the holder's name (exit code 2 from the jobs)."""
+holder's process is gone, and a second driver is refused with the holder's name (exit code 1 from the jobs:
+a run failure)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_a_waiting_driver_gets_the_lease_when_it_is_released(output: tuple[pafs.
     assert 0.4 < time.monotonic() - started < 10
 
 
-def test_a_second_job_on_a_leased_output_exits_with_code_2_and_one_line(
+def test_a_second_job_on_a_leased_output_exits_with_code_1_and_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out"
@@ -107,7 +108,7 @@ def test_a_second_job_on_a_leased_output_exits_with_code_2_and_one_line(
         args = ["--input", str(tmp_path), "--output", str(output), "--run-id", "caption-1"]
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda: caption.main(args))
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 1  # a run failure (try again later), not a usage error
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "holds the output lease" in line and "run 'nightly-1'" in line and "until" in line
         with pytest.raises(LeaseHeld):  # the library raises before it reads or writes anything
