@@ -313,8 +313,12 @@ def _process(
         LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
         PipelineError: the Ray job failed otherwise.
     """
-    if progress != "off":  # ours replaces Ray Data's bars (the context is read when the dataset is built)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()  # read when the dataset is built
+    if progress != "off":  # ours replaces Ray Data's bars
+        context.enable_progress_bars = False
+    # A map task's own exception reaches the driver (LeaseLost, TransientIOError), not a UserCodeException
+    # whose cause is lost on the way (measured with Ray 2.60: only the traceback text names it).
+    context.raise_original_map_exception = True
     reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
     shown = RunProgress(len(pending), progress)
     try:
