@@ -41,7 +41,8 @@ from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_re
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.report_data import write_report
 from pipeline.sources import SourceError, list_sources
-from pipeline.storage import TransientIOError
+from pipeline.storage import TransientIOError, storage_failure
+from pipeline.video import short_error
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,12 @@ def commit_rows(
     if not rows.num_rows:
         return CommitReport().to_table()
     ledger = Ledger(*config.output_filesystem(), partition=config.partition, lease_token=lease_token)
-    committed = ledger.write_rows(rows, config.run_id, replaces)
+    try:
+        committed = ledger.write_rows(rows, config.run_id, replaces)
+    except OSError as err:  # the storage client retried each request with backoff; now Ray retries the task
+        if storage_failure(err) == "transient":
+            raise TransientIOError(f"writing results to {config.output_uri}: {short_error(err)}") from err
+        raise
     record_commit([entry.status for entry in committed])
     return commit_report(rows, committed).to_table()
 
@@ -158,6 +164,10 @@ def commit_stage(
         # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode (and a
         # different CPU share keeps Ray Data from fusing the writes into the model actors).
         num_cpus=0.25,
+        # Transient storage failures past the client's retries: Ray retries the task, like a decode task; a
+        # retried commit restages and recommits under the same names, so no video twice (pipeline/ledger.py).
+        max_retries=config.io_retries,
+        retry_exceptions=[TransientIOError],
     )
 
 
@@ -310,8 +320,12 @@ def _process(
         LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
         PipelineError: the Ray job failed otherwise.
     """
-    if progress != "off":  # ours replaces Ray Data's bars (the context is read when the dataset is built)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()  # read when the dataset is built
+    if progress != "off":  # ours replaces Ray Data's bars
+        context.enable_progress_bars = False
+    # A map task's own exception reaches the driver (LeaseLost, TransientIOError), not a UserCodeException
+    # whose cause is lost on the way (measured with Ray 2.60: only the traceback text names it).
+    context.raise_original_map_exception = True
     reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
     shown = RunProgress(len(pending), progress)
     try:
@@ -320,10 +334,12 @@ def _process(
             for row in batch.to_pylist():
                 shown.update(CommitReport.from_row(row))
     except ray.exceptions.RayError as err:
-        cause = getattr(err, "cause", None)  # a commit task's own exception (RayTaskError keeps it)
-        if isinstance(cause, LeaseLost):
-            raise LeaseLost(str(cause).strip().splitlines()[0]) from err  # Ray Data appends retry hints
-        raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
+        cause = getattr(err, "cause", None)  # a task's own exception (RayTaskError keeps it)
+        headline = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, LeaseLost):  # first lines only: Ray Data appends retry hints
+            raise LeaseLost(headline) from err
+        what = _first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
+        raise PipelineError(f"the Ray job failed: {what}") from err
     finally:
         shown.close()
     return shown.entries

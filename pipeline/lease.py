@@ -24,14 +24,19 @@ another run's work, and stops with :class:`LeaseLost` unless the lease still car
 committed video). The check and the write are two requests, not one conditional write, so a takeover that
 lands between them lets that one commit through (a commit of whole rows that the next run's reconcile keeps
 or deletes, never a duplicate: see pipeline/ledger.py); the window is one commit, not the rest of a run.
+
+S3's conditions. ``If-None-Match: *`` and ``If-Match`` on PutObject (AWS, since 2024) make creation and
+renewal atomic. Release deletes with ``If-Match`` on DeleteObject, which AWS S3 evaluates too ("conditional
+deletes", DeleteObject and DeleteObjects: 412 on another ETag, 409 when a PUT races it; it needs s3:GetObject
+besides s3:DeleteObject); an S3-compatible store that ignored the header would delete unconditionally, so
+release first re-reads the lease and deletes only its own (the remaining window is the two requests). Nothing
+else depends on conditional deletes: the ledger's compaction and reconcile delete plain objects, safe by the
+commit protocol under the lease and after :meth:`OutputLease.check`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,14 +45,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
 
 import pyarrow.fs as pafs
-from fsspec.asyn import sync
 
-from pipeline.ledger_files import PrefixFiles, fsspec_of
+from pipeline.lease_store import Store, lease_store
+from pipeline.ledger_files import PrefixFiles
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +101,6 @@ class Holder:
         )
 
 
-class _Store(Protocol):
-    """One lease object with versioned conditional writes; ``None`` means the condition failed."""
-
-    def read(self) -> tuple[bytes, str] | None: ...
-    def create(self, data: bytes) -> str | None: ...
-    def replace(self, data: bytes, version: str) -> str | None: ...
-    def delete(self, version: str) -> None: ...
-
-
 class OutputLease:
     """The lease on one output prefix for one run.
 
@@ -123,7 +117,7 @@ class OutputLease:
         self.run_id = run_id
         self.ttl_s = ttl_s
         self.holder: Holder | None = None
-        self._store = _store(filesystem, path)
+        self._store: Store = lease_store(filesystem, path)
         self._version = ""
         self._valid_until = 0.0  # time.monotonic() past which an unrenewed lease may have expired
         self._lost: str | None = None
@@ -202,7 +196,9 @@ class OutputLease:
             if self.holder is None or self._lost is not None:
                 return
             try:
-                self._store.delete(self._version)
+                current = self._current()  # taken over unnoticed: leave the new holder's lease alone, even on a
+                if current is not None and current.token == self.holder.token:  # store that ignores If-Match
+                    self._store.delete(self._version)  # conditional as well (S3 If-Match; locally under flock)
             except OSError as err:  # it expires by itself; the next run waits for it or takes it over
                 logger.warning(
                     "could not release the output lease %s (%s); it expires at %s",
@@ -295,128 +291,3 @@ def _stale(holder: Holder | None) -> str:
         return "its content is not a lease"
     reason = "expired" if holder.expired() else "its process is gone"
     return f"{holder.describe()}, {reason}"
-
-
-def _store(filesystem: pafs.FileSystem, path: str) -> _Store:
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        return _LocalLease(path)
-    s3 = fsspec_of(filesystem)
-    if s3 is not None and type(s3).__name__ == "S3FileSystem":
-        return _S3Lease(s3, path)
-    raise ValueError(
-        f"no atomic create-if-absent for a lease on {type(filesystem).__name__}; outputs must be a local folder or s3://"
-    )
-
-
-class _LocalLease:
-    """The lease as a local file; every operation holds an ``flock`` of its folder."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.made_folder = False  # the output folder did not exist: a run that wrote nothing removes it again
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-            self.made_folder = True
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the flock
-
-    def read(self) -> tuple[bytes, str] | None:
-        with self._locked():
-            return self._read()
-
-    def _read(self) -> tuple[bytes, str] | None:
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.sha256(data).hexdigest()
-
-    def create(self, data: bytes) -> str | None:
-        with self._locked():
-            tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                try:
-                    os.link(tmp, self.path)  # atomic, and fails if the lease exists
-                except FileExistsError:
-                    return None
-            finally:
-                os.unlink(tmp)
-            return hashlib.sha256(data).hexdigest()
-
-    def replace(self, data: bytes, version: str) -> str | None:
-        with self._locked():
-            found = self._read()
-            if found is None or found[1] != version:
-                return None
-            tmp = f"{self.path}.{uuid.uuid4().hex[:12]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            return hashlib.sha256(data).hexdigest()
-
-    def delete(self, version: str) -> None:
-        with self._locked():
-            found = self._read()
-            if found is not None and found[1] == version:
-                os.unlink(self.path)
-        if self.made_folder:
-            with contextlib.suppress(OSError):  # not empty: the run wrote something
-                os.rmdir(os.path.dirname(self.path))
-
-
-class _S3Lease:
-    """The lease as an S3 object; conditional PUT/DELETE through s3fs's botocore client."""
-
-    def __init__(self, s3: Any, path: str) -> None:
-        self.s3 = s3
-        self.bucket, self.key = path.split("/", 1)
-
-    def read(self) -> tuple[bytes, str] | None:
-        try:
-            response = self.s3.call_s3("get_object", Bucket=self.bucket, Key=self.key)
-        except FileNotFoundError:
-            return None
-        body = response["Body"]
-        data = sync(self.s3.loop, body.read)
-        body.close()
-        return data, str(response["ETag"])
-
-    def create(self, data: bytes) -> str | None:
-        return self._put(data, IfNoneMatch="*")  # a missing bucket raises FileNotFoundError: no lease can exist
-
-    def replace(self, data: bytes, version: str) -> str | None:
-        try:
-            return self._put(data, IfMatch=version)
-        except FileNotFoundError:
-            return None  # the lease is gone
-
-    def delete(self, version: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.s3.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
-
-    def _put(self, data: bytes, **condition: str) -> str | None:
-        try:
-            response = self.s3.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
-        except FileExistsError:
-            return None  # If-None-Match: the lease exists
-        except OSError as err:
-            if "Precondition" in str(err) or "ConditionalRequestConflict" in str(err) or err.errno == 22:
-                return None  # If-Match: another version (22 = EINVAL, s3fs's code for 412)
-            raise
-        return str(response["ETag"])

@@ -10,11 +10,17 @@ each node serves them on its Prometheus endpoint, prefixed ``ray_`` (a counter a
     ray_svl_decode_seconds                histogram: one video's download and decoding, wall time
     ray_svl_model_batch_seconds           histogram: one batched generate call (all prompts of a batch)
     ray_svl_equivalent_tokens             histogram: visual tokens an answer kept (the paper's equivalent tokens)
+    ray_svl_equivalent_tokens_kept_total  the same, summed over the answers (exact; see below)
+    ray_svl_visual_tokens_in_total        visual tokens entering the language model, summed over the answers
 
-Ray adds ``NodeAddress``, ``SessionName``, ``WorkerId`` and version labels. A local Ray that the job starts
-serves them on 127.0.0.1 at ``metrics_export_port`` (:func:`pipeline.ray_env.start_local_ray`); a cluster
-serves them on every node at the port its ``ray start --metrics-export-port`` names (infra/kuberay). The
-agent exports every few seconds, so a scrape sees a recording after a delay.
+Ray adds ``NodeAddress``, ``SessionName``, ``WorkerId`` and version labels. Ray 2.60 aggregates a histogram's
+observations into buckets before export and rebuilds ``_sum`` from the bucket midpoints, so a histogram's
+``_count`` and buckets are exact and its ``_sum`` is not: the two token counters give the exact kept fraction.
+
+A local Ray that the job starts serves them on 127.0.0.1 at ``metrics_export_port``
+(:func:`pipeline.ray_env.init_ray`); a cluster serves them on every node at the port its ``ray start
+--metrics-export-port`` names (infra/kuberay). The agent exports every few seconds, so a scrape sees a
+recording after a delay.
 
 Recording is a no-op in a process where Ray is not running (the stages are plain functions, used without Ray
 in tests and in the driver's preflight check). Ray is never imported here unless the process already has it.
@@ -53,6 +59,8 @@ class _Metrics:
     decode_seconds: Any
     model_batch_seconds: Any
     equivalent_tokens: Any
+    equivalent_tokens_kept: Any
+    visual_tokens_in: Any
 
 
 @functools.cache
@@ -77,6 +85,12 @@ def _metrics() -> _Metrics:
         equivalent_tokens=Histogram(
             name("equivalent_tokens"), description="Visual tokens kept per answer.", boundaries=_TOKEN_BUCKETS
         ),
+        equivalent_tokens_kept=Counter(
+            name("equivalent_tokens_kept"), description="Equivalent tokens kept, summed over the answers."
+        ),
+        visual_tokens_in=Counter(
+            name("visual_tokens_in"), description="Visual tokens entering the LLM, summed over the answers."
+        ),
     )
 
 
@@ -96,9 +110,11 @@ def record_decode(seconds: float, bytes_read: int | None) -> None:
         metrics.bytes_read.inc(bytes_read)
 
 
-def record_model_batch(seconds: float | None, segments: int, statuses: list[str], equivalent: list[float]) -> None:
+def record_model_batch(
+    seconds: float | None, segments: int, statuses: list[str], equivalent: list[float], visual_in: list[int]
+) -> None:
     """One model-stage batch: its generate time (None: nothing was asked), its decoded segments, the status
-    of each result row, and the equivalent tokens of each answer."""
+    of each result row, and the equivalent tokens and visual tokens in of each answer."""
     if not _active():
         return
     metrics = _metrics()
@@ -110,6 +126,10 @@ def record_model_batch(seconds: float | None, segments: int, statuses: list[str]
         metrics.rows.inc(statuses.count(status), tags={"status": status})
     for tokens in equivalent:
         metrics.equivalent_tokens.observe(tokens)
+    if equivalent:
+        metrics.equivalent_tokens_kept.inc(sum(equivalent))
+    if visual_in:
+        metrics.visual_tokens_in.inc(sum(visual_in))
 
 
 def record_commit(statuses: list[str]) -> None:

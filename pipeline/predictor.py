@@ -99,6 +99,7 @@ class Predictor:
             segments=len(decoded),
             statuses=[r["status"] for r in results],
             equivalent=[r["equivalent_tokens"] for r in results if r["status"] == "ok"],
+            visual_in=[r["visual_tokens_in"] for r in results if r["status"] == "ok"],
         )
         out = rows_to_table(results)
         keys, lasts, counts = zip(*internal, strict=True) if internal else ((), (), ())

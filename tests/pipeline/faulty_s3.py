@@ -4,7 +4,8 @@ Requests pass through to the moto server unchanged, except those for an object w
 chosen HTTP status and an S3 error document instead, the first ``times`` requests (or all of them). Status
 200 is a swallowed request: an empty ``DeleteResult`` that deletes nothing, which is what a DeleteObjects
 request whose keys were all refused looks like to s3fs (it ignores per-key errors). Every request's path is
-counted, so a test can tell how often a client (and Ray) really retried.
+counted, so a test can tell how often a client (and Ray) really retried. A fault path ending in ``*`` covers
+every object whose path starts with the rest (the part files of an output, whose names hold hashes).
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ class FaultyS3:
         self.url = ""
 
     def fail(self, path: str, status: int, times: int | None = None, method: str | None = None) -> None:
-        """Answer requests for ``/bucket/key`` with ``status``: the next ``times`` ones, or all (None); only
-        those with HTTP ``method`` if given."""
+        """Answer requests for ``/bucket/key`` (or every key below ``/bucket/prefix*``) with ``status``: the
+        next ``times`` ones, or all (None); only those with HTTP ``method`` if given."""
         with self.lock:
             self.faults[path] = Fault(status, times, method)
 
     def take_fault(self, path: str, method: str) -> int | None:
         with self.lock:
             self.requests[path] += 1
-            fault = self.faults.get(path)
+            fault = self.faults.get(path) or next(
+                (f for p, f in self.faults.items() if p.endswith("*") and path.startswith(p[:-1])), None
+            )
             if fault is None or fault.times == 0 or fault.method not in (None, method):
                 return None
             if fault.times is not None:

@@ -135,3 +135,19 @@ def test_a_holder_that_lost_its_lease_commits_and_compacts_nothing(output: tuple
         assert [p.rsplit("/", 1)[1][:11] for p in writer.part_files()] == ["part-before"]
         stalled.release()  # must not delete the new holder's lease
         assert lease_document(fs, base) is not None
+
+
+def test_a_holder_taken_over_unawares_releases_nothing(output: tuple[pafs.FileSystem, str]) -> None:
+    """Its release must not delete the new holder's lease: it re-reads the lease, and deletes conditionally
+    (S3: If-Match on DeleteObject, 412 otherwise; moto and AWS S3 both evaluate it)."""
+    fs, base = output
+    stalled = OutputLease(fs, base, "stalled", ttl_s=0.5).acquire()
+    stalled._stop.set()
+    time.sleep(0.7)
+    with OutputLease(fs, base, "next", ttl_s=30).acquire() as taker:
+        assert taker.holder is not None
+        stalled.release()  # it never renewed or checked, so it does not know
+        assert lease_document(fs, base) == vars(taker.holder)
+        if not isinstance(fs, pafs.LocalFileSystem):  # the conditional delete alone refuses it too
+            stalled._store.delete(stalled._version)
+            assert lease_document(fs, base) == vars(taker.holder)

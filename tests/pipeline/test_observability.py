@@ -106,6 +106,8 @@ SERIES = (  # name in the scrape, labels, what this run adds to it
     ("ray_svl_decode_seconds_count", ""),
     ("ray_svl_model_batch_seconds_count", ""),
     ("ray_svl_equivalent_tokens_count", ""),
+    ("ray_svl_equivalent_tokens_kept_total", ""),
+    ("ray_svl_visual_tokens_in_total", ""),
 )
 
 
@@ -152,6 +154,8 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
         "ray_svl_decode_seconds_count": 2,
         "ray_svl_model_batch_seconds_count": 1,
         "ray_svl_equivalent_tokens_count": summary.rows,
+        "ray_svl_equivalent_tokens_kept_total": 0.99 * last["equivalent_tokens_per_answer"] * summary.rows,
+        "ray_svl_visual_tokens_in_total": last["visual_tokens_per_answer"] * summary.rows,
     }
     deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
     while True:

@@ -1,6 +1,6 @@
 """Storage failures on input objects, injected by a proxy in front of the S3 server (tests/pipeline/faulty_s3.py):
 a permanent answer (403, 404) is an error row and the run completes; a transient one (503) is retried, by the
-storage client with backoff and then by Ray, a bounded number of times."""
+storage client with backoff and then by Ray, a bounded number of times. The same for the writes of results."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pipeline import build
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_rows, source_row
+from pipeline.ledger import Ledger
 from pipeline.sources import list_sources
 from pipeline.storage import TransientIOError, storage_failure
 from tests.pipeline.faulty_s3 import FaultyS3, faulty_s3
@@ -157,3 +158,39 @@ def test_an_output_that_refuses_writes_or_deletes_fails_before_anything_else(
     with pytest.raises(PipelineError, match=rf"the output {output} is not writable \(PermissionError: ") as caught:
         run_pipeline(config)
     assert permission in str(caught.value) and "choose another --output" in str(caught.value)
+
+
+def test_writes_are_retried_boundedly_and_a_retried_write_task_never_duplicates(
+    pipeline_ray: None, proxy: FaultyS3, s3_server: str, assets: Path, pipeline_model_dir: Path
+) -> None:
+    """503 answers to the PUTs of part files: each PUT is retried by the client with backoff; one that
+    outlasts it fails the write task with TransientIOError, which Ray retries (at most io_retries times). A
+    storage that stays down fails the run after bounded attempts, leaving nothing visible; the next run,
+    whose first attempt also fails, is retried by Ray and commits every video exactly once."""
+    bucket_with(s3_server, "write-faults", assets, ["a.webm", "b.webm"])
+    output = "s3://write-faults/rows"
+    config = config_through(proxy, "write-faults", output, pipeline_model_dir, run_id="down", io_retries=1)
+    ledger = Ledger(*config.output_filesystem())
+    proxy.fail("/write-faults/rows/probe.bin", 503)
+    with pytest.raises(OSError) as caught:
+        ledger.files.write_bytes(b"x", ledger.files.path("probe.bin"))
+    assert storage_failure(caught.value) == "transient"
+    per_put = proxy.requests["/write-faults/rows/probe.bin"]  # one PUT's attempts inside the client
+    assert per_put >= ATTEMPTS
+
+    parts = "/write-faults/rows/part-*"
+    proxy.fail(parts, 503, method="PUT")
+    with pytest.raises(PipelineError, match=r"the Ray job failed: .*TransientIOError"):
+        run_pipeline(config)
+    put_requests = sum(n for path, n in proxy.requests.items() if path.startswith(parts[:-1]))
+    assert per_put * 2 <= put_requests <= (1 + config.io_retries) * per_put * 2  # bounded: 2 videos at most
+    assert ledger.part_files() == [] and ledger.committed() == {}
+
+    proxy.fail(parts, 503, times=per_put + 1, method="PUT")  # a task attempt fails, the retry's first PUT too
+    summary = run_pipeline(config.replace(run_id="retried", io_retries=3))
+    assert (summary.processed, summary.uncommitted) == (2, 0)
+    assert proxy.faults[parts].times == 0  # every injected 503 was answered
+    rows = read_rows(config)
+    keys = [(Path(r["source_uri"]).name, r["segment_index"], r["task"]) for r in rows]
+    assert sorted(keys) == [(n, 0, t) for n in ("a.webm", "b.webm") for t in ("caption", "qa")]  # each once
+    assert len(ledger.part_files()) == 2 and ledger.files.list_files(ledger.files.path("_staging"), True) == []
