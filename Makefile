@@ -12,7 +12,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint typecheck pytest demo clean
+.PHONY: install browser test lint typecheck pytest demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Chromium from the distribution's packages renders the run report page in tests/pipeline/test_report.py.
+# Nothing to do when it is on PATH; else apt-get installs it (about 25 s; needs root, as CI runs, or sudo).
+# Without apt-get (not Debian/Ubuntu) the browser test is skipped and says why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "no apt-get here: install Chromium yourself, or the browser test is skipped"; fi
+
+install: $(STAMP) browser
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,14 +1,17 @@
 """`make demo`: the embedded default, end to end on this machine with nothing running and no cloud.
 
-    python -m jobs.demo [--videos N] [--s3] [--keep DIR]
+    python -m jobs.demo [--videos N] [--s3] [--keep DIR] [--report FILE]
 
-1. Writes N synthetic test videos (moving shapes, whose true answers are known) as MP4 files, plus a real clip.
-2. Starts a local Ray on loopback (and, with --s3, a local S3-compatible server holding input and output).
-3. Runs the pipeline with the bundled tiny Video-LLaVA under the `video-25` preset: a caption and two
-   standard questions per segment, written as Parquet.
-4. Prints the rows, the run summary and how to query the output; then a dense-vs-sparse comparison of the
+1. Says what the bundled tiny model can answer (one-word answers to the question families it was trained on)
+   and what it cannot (captions, real video).
+2. Writes N synthetic test videos (moving shapes, whose true answers are known) as MP4 files, plus a real clip.
+3. Starts a local Ray on loopback (and, with --s3, a local S3-compatible server holding input and output).
+4. Runs the pipeline with the bundled tiny Video-LLaVA under the `video-25` preset: a caption and two
+   standard questions per segment, written as Parquet. A generation that only repeats itself stops
+   (`repeat_stop`: the answer keeps the first copy of the repeated words).
+5. Prints the rows, the run summary and how to query the output; then a dense-vs-sparse comparison of the
    method itself on the same kind of videos (answers, tokens, FLOPs side by side).
-5. Stops what it started.
+6. Stops what it started, and ends with the run report page (copied to --report, since the output goes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from pipeline.ray_env import use_local_ray_env
 
 QUESTIONS = ("how many objects are there?", "is there a red square?")
+REPEAT_STOP = 3  # stop an answer that ends with the same 1-3 tokens twice in a row (sparsevlm/repetition.py)
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
 
 
@@ -56,7 +60,32 @@ def write_synthetic_videos(folder: Path, count: int) -> dict[str, dict[str, str]
     return truths
 
 
-def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
+def describe_bundled_model() -> str:
+    """What the bundled tiny model was trained to answer, from the generator of its training data."""
+    from sparsevlm.tiny.video_qa import ANSWER_WORDS, FAMILIES, make_sample
+
+    examples: dict[str, str] = {}
+    index = 0
+    while len(examples) < len(FAMILIES) and index < 200:  # the first test clips cover every family
+        for qa in make_sample("test", index).questions:
+            examples.setdefault(qa.family, qa.question)
+        index += 1
+    families = "\n".join(f"  {family:<9} e.g. {examples.get(family, '?')!r}" for family in FAMILIES)
+    return (
+        "The bundled model is a tiny Video-LLaVA trained only on synthetic clips of coloured shapes moving over a\n"
+        "grey background (sparsevlm/tiny/video_qa.py). It answers these question families with one word:\n"
+        f"{families}\n"
+        f"Every answer is one of: {' '.join(ANSWER_WORDS)}.\n"
+        "It cannot caption, and it knows nothing of real video: for 'describe the video.' and on the real clip it\n"
+        "still answers with shape and colour words, and greedy decoding tends to repeat them. The run stops an\n"
+        f"answer once it ends with the same 1-{REPEAT_STOP} tokens twice in a row and keeps the first copy\n"
+        f"(repeat_stop={REPEAT_STOP}), so 'square square square' is written as 'square'. For real answers run a\n"
+        "real checkpoint (--model LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'Run it').\n"
+    )
+
+
+def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> bytes | None:
+    """Run the pipeline on synthetic videos and a real clip; return the run's report page (None if missing)."""
     import pyarrow.dataset as ds
 
     from pipeline.build import run_pipeline
@@ -85,6 +114,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
             questions=QUESTIONS,
             frames_per_segment=8,
             max_new_tokens=12,
+            repeat_stop=REPEAT_STOP,
             sparse=SparseConfig.preset("video-25"),
             s3_endpoint_url=endpoint,
             s3_options=s3_options,
@@ -114,10 +144,23 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
         print(f"  python -c \"import pandas as pd; print(pd.read_parquet('{output_uri}'))\"")
         if use_s3:
             print(f"  (S3 endpoint {endpoint}, stopped when the demo ends)")
+        return _read_report(config)
     finally:
         ray_session.close()
         if server is not None:
             server.stop()
+
+
+def _read_report(config: Any) -> bytes | None:
+    """The run's report page, ``_runs/<run_id>.html`` under the output, or None if it was not written."""
+    from pipeline.report_data import report_path
+
+    fs, base = config.output_filesystem()
+    try:
+        with fs.open_input_stream(f"{base.rstrip('/')}/{report_path(config.run_id)}") as page:
+            return bytes(page.read())
+    except FileNotFoundError:
+        return None
 
 
 def _model_dir(work: Path) -> Path:
@@ -221,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", help="keep the videos and results in this folder (default: a temp dir)")
     parser.add_argument("--samples", type=int, default=8, help="videos for the dense-vs-sparse comparison")
     parser.add_argument("--presets", nargs="+", default=["video-25", "video-xf-25", "video-10", "video-rank"])
+    parser.add_argument(
+        "--report",
+        default=str(Path(tempfile.gettempdir()) / "svl-demo-report.html"),
+        help="where to copy the run's report page (the demo's output is deleted at its end without --keep)",
+    )
     ns = parser.parse_args(argv)
     from sparsevlm import SparseConfig
 
@@ -228,12 +276,24 @@ def main(argv: list[str] | None = None) -> None:
         SparseConfig.preset(name)  # fail early on a typo
     work = Path(ns.keep) if ns.keep else Path(tempfile.mkdtemp(prefix="svl-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    print(describe_bundled_model())
     try:
-        run_pipeline_demo(work, ns.videos, ns.s3)
+        page = run_pipeline_demo(work, ns.videos, ns.s3)
         compare_dense_sparse(ns.samples, ns.presets)
     finally:
         if not ns.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if page is None:
+        print("\nthe run wrote no report page (see the warning in its log)")
+        return
+    report = Path(ns.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_bytes(page)
+    print(
+        f"\nrun report page: {report.resolve().as_uri()}\n  open it in a browser (one self-contained file): the "
+        "summary, throughput over time, rows by status, errors, and sampled videos with their frames, the visual "
+        "tokens the model kept, the caption and the answers"
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 Lists the archive, skips every video whose (uri, size, ETag/mtime) version was already indexed with the same
 model, SparseConfig, segmenting and questions (the ledger at the output root), processes only new or changed
 videos, writes their rows under ``dt=YYYY-MM-DD/``, and writes a run manifest ``_runs/<run_id>.json`` with
-``seen``, ``processed``, ``skipped``, ``failed``, video-hours, tokens kept, wall time and throughput. A second run
-on an unchanged archive processes nothing.
+``seen``, ``processed``, ``skipped``, ``failed``, video-hours, tokens kept, wall time and throughput, beside the
+run's report page ``_runs/<run_id>.html``. The figures come from the run's ledger records (the index), never
+from a scan of the Parquet files. A second run on an unchanged archive processes nothing.
 """
 
 from __future__ import annotations
@@ -49,23 +50,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _run_metrics(config: Any, summary: dict[str, Any]) -> dict[str, Any]:
-    """Video-hours, tokens kept and throughput of the rows this run wrote."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    """Video-hours, tokens kept and throughput of the videos this run committed, from their ledger records
+    (the index and loose markers: no scan of the part files)."""
+    from pipeline.ledger import Ledger
 
-    fs, base = config.output_filesystem()
-    metrics: dict[str, Any] = {"video_hours": 0.0, "mean_equivalent_tokens": None, "mean_visual_tokens_in": None}
-    if summary["processed"]:
-        table = ds.dataset(base, filesystem=fs, format="parquet", partitioning="hive").to_table(
-            columns=["video_id", "duration_s", "equivalent_tokens", "visual_tokens_in", "status"],
-            filter=pc.field("run_id") == config.run_id,
-        )
-        durations = {v: d for v, d in zip(table["video_id"].to_pylist(), table["duration_s"].to_pylist(), strict=True)}
-        metrics["video_hours"] = round(sum(d or 0.0 for d in durations.values()) / 3600, 4)
-        ok = table.filter(pc.field("status") == "ok")
-        if ok.num_rows:
-            metrics["mean_equivalent_tokens"] = round(pc.mean(ok["equivalent_tokens"]).as_py(), 2)
-            metrics["mean_visual_tokens_in"] = round(pc.mean(ok["visual_tokens_in"]).as_py(), 2)
+    entries = Ledger(*config.output_filesystem()).run_entries(config.run_id) if summary["processed"] else []
+    ok_rows = sum(e.ok_rows or 0 for e in entries)
+    metrics: dict[str, Any] = {
+        "video_hours": round(sum(e.duration_s or 0.0 for e in entries) / 3600, 4),
+        "mean_equivalent_tokens": round(sum(e.equivalent_tokens or 0.0 for e in entries) / ok_rows, 2)
+        if ok_rows
+        else None,
+        "mean_visual_tokens_in": round(sum(e.visual_tokens_in or 0 for e in entries) / ok_rows, 2) if ok_rows else None,
+    }
     wall = summary["wall_s"] or 1e-9
     metrics["videos_per_s"] = round(summary["processed"] / wall, 4)
     metrics["video_hours_per_hour"] = round(metrics["video_hours"] * 3600 / wall, 4)

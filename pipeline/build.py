@@ -17,6 +17,7 @@ second pass over the output.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import logging
 import posixpath
@@ -38,6 +39,7 @@ from pipeline.metrics import metrics_endpoints, record_commit
 from pipeline.predictor import Predictor
 from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_report
 from pipeline.ray_env import init_ray, local_ray
+from pipeline.report_data import write_report
 from pipeline.sources import SourceError, list_sources
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
@@ -85,6 +87,7 @@ class RunSummary:
     status: str = "ok"  # "failed": the run stopped; its counts are what it had committed by then
     error_class: str | None = None  # why the run failed (not a video's error: those are in error_classes)
     error_message: str | None = None
+    started_at: str = ""  # ISO 8601, UTC: when run_pipeline was called (the report's throughput starts there)
 
 
 def commit_rows(
@@ -189,7 +192,9 @@ def run_pipeline(
     ``metrics_export_port`` (None: a port Ray picks; the run logs the endpoint).
 
     Returns:
-        The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
+        The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``, and shown with its
+        throughput, errors and a sample of videos on the page ``<output>/_runs/<run_id>.html``,
+        pipeline/report.py).
 
     Raises:
         LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
@@ -197,8 +202,8 @@ def run_pipeline(
             off past its TTL); this run's writers and driver then commit, delete and compact nothing more.
         PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
             the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
-            stops a run under the lease still leaves ``_runs/<run_id>.json``, with ``status: failed``, the
-            error's class and message and what the run had committed by then.
+            stops a run under the lease still leaves ``_runs/<run_id>.json`` and its page, with
+            ``status: failed``, the error's class and message and what the run had committed by then.
     """
     start = time.perf_counter()
     ledger = Ledger(*config.output_filesystem(), partition=config.partition)
@@ -257,6 +262,7 @@ def _run(
     """The body of :func:`run_pipeline`, under ``lease``; ``record`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
+        record["frame_size"] = spec.frame_size  # the failure record's page draws the sampled frames with it
         config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
         sources = list_sources(
             config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
@@ -283,6 +289,7 @@ def _run(
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
     crash_point("summary")
+    write_report(ledger, config, asdict(summary), entries, spec.frame_size)  # logs, never raises
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
@@ -386,6 +393,7 @@ def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Le
         uncommitted=pending - len(entries),
         wall_s=round(wall, 3),
         error_classes=classes,
+        started_at=(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=wall)).isoformat(timespec="milliseconds"),
     )
 
 
@@ -413,6 +421,8 @@ def _write_failure(
         _write_summary(ledger, summary)
     except Exception as write_err:
         logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
+        return
+    write_report(ledger, config, asdict(summary), entries, record.get("frame_size"))  # logs, never raises
 
 
 def _first_line(err: BaseException) -> str:

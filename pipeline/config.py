@@ -64,6 +64,8 @@ class PipelineConfig:
         segment_seconds: segment length; None treats each video as one segment.
         frames_per_segment: frames sampled per segment (the model's T).
         max_new_tokens: generation budget per answer.
+        repeat_stop: when > 0, an answer stops once it ends with the same 1 to ``repeat_stop`` tokens twice
+            in a row, keeping the first copy (sparsevlm/repetition.py); 0 (the default) generates on.
         dtype: model weight dtype, one of :data:`sparsevlm.engine.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
         sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
             ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
@@ -112,6 +114,7 @@ class PipelineConfig:
     segment_seconds: float | None = 10.0
     frames_per_segment: int = 8
     max_new_tokens: int = 64
+    repeat_stop: int = 0
     dtype: DtypeName = "auto"
     sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset("video-25"))
     workers: int = 1
@@ -183,6 +186,8 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if not isinstance(self.repeat_stop, int) or isinstance(self.repeat_stop, bool) or self.repeat_stop < 0:
+            raise ValueError(f"repeat_stop must be an int >= 0 (0: off), got {self.repeat_stop!r}")
         if not isinstance(self.io_retries, int) or isinstance(self.io_retries, bool) or self.io_retries < 0:
             raise ValueError(f"io_retries must be an int >= 0, got {self.io_retries!r}")
         if self.preflight_videos < 0:
@@ -218,7 +223,7 @@ class PipelineConfig:
         schema) reprocesses. ``auto`` is keyed as written: it resolves per GPU (bf16, or fp16 without native
         bf16), so a cluster that mixes such GPUs should name the dtype.
         """
-        material = {
+        material: dict[str, Any] = {
             "model": self.model,
             "model_revision": self.model_revision,
             "dtype": self.dtype,
@@ -230,6 +235,8 @@ class PipelineConfig:
             "questions": list(self.questions),
             "schema": SCHEMA_VERSION,
         }
+        if self.repeat_stop:  # keyed only when on, so that configs without it keep their keys
+            material["repeat_stop"] = self.repeat_stop
         return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     def fsspec_filesystem(self, uri: str) -> Any:

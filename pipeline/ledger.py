@@ -163,6 +163,10 @@ class Ledger:
         """The newest commit records of those of ``keys`` that are committed: one listing and one index read."""
         return self.record.entries(keys)
 
+    def run_entries(self, run_id: str) -> list[LedgerEntry]:
+        """The commit records one run wrote, from the index and the loose markers (never the part files)."""
+        return self.record.run_entries(run_id)
+
     def part_files(self) -> list[str]:
         """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
         return sorted(
@@ -307,6 +311,7 @@ class Ledger:
         status = "ok" if "error" not in statuses else "error" if "ok" not in statuses else "partial"
         classes = sorted({c for c in rows.column("error_class").to_pylist() if c})
         segments = {i for i in rows.column("segment_index").to_pylist() if i is not None}
+        ok = rows.filter(pc.equal(rows["status"], "ok"))
         entry = LedgerEntry(
             key=key,
             video_id=str(rows.column("video_id")[0].as_py()),
@@ -318,6 +323,10 @@ class Ledger:
             error_classes=classes,
             run_id=run_id,
             committed_at=now_iso(),
+            duration_s=pc.max(rows["duration_s"]).as_py(),
+            ok_rows=ok.num_rows,
+            equivalent_tokens=float(pc.sum(ok["equivalent_tokens"]).as_py() or 0.0),
+            visual_tokens_in=int(pc.sum(ok["visual_tokens_in"]).as_py() or 0),
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         crash_point("marker")

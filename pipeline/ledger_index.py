@@ -78,8 +78,14 @@ _INDEX_SCHEMA = pa.schema(
         ("error_classes", pa.list_(pa.string())),
         ("run_id", pa.string()),
         ("committed_at", pa.string()),
+        # a video's figures, so that a run's totals come from its records (no scan of the part files)
+        ("duration_s", pa.float64()),
+        ("ok_rows", pa.int64()),
+        ("equivalent_tokens", pa.float64()),
+        ("visual_tokens_in", pa.int64()),
     ]
 )
+_FIGURES = ("duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in")  # null in older records
 
 
 class LedgerError(RuntimeError):
@@ -100,6 +106,11 @@ class LedgerEntry:
     error_classes: list[str]
     run_id: str
     committed_at: str  # ISO 8601, UTC, with microseconds (now_iso)
+    # The video's figures; None in records written before they were recorded.
+    duration_s: float | None = None  # the video's duration (None: it did not open)
+    ok_rows: int | None = None  # rows with status "ok"
+    equivalent_tokens: float | None = None  # summed over the ok rows
+    visual_tokens_in: int | None = None  # summed over the ok rows
 
 
 def now_iso() -> str:
@@ -159,6 +170,19 @@ class CommitRecord:
             markers = [(k, s) for k, s in self.markers() if k in wanted]
             rows = [LedgerEntry(**r) for r in self._index(keys=sorted(wanted)).to_pylist()]
             return newest_entries([*rows, *self._read_markers(markers)])
+
+        return self._listing_again(attempt)
+
+    def run_entries(self, run_id: str) -> list[LedgerEntry]:
+        """The records ``run_id`` wrote: index rows and loose markers (one listing, the index files, and a read
+        of each loose marker, which compaction keeps to a few)."""
+
+        def attempt() -> list[LedgerEntry]:
+            markers = self.markers()
+            table = self._index()
+            rows = [LedgerEntry(**r) for r in table.filter(pc.equal(table["run_id"], run_id)).to_pylist()]
+            newest = newest_entries([*rows, *self._read_markers(markers)])
+            return [e for e in newest.values() if e.run_id == run_id]
 
         return self._listing_again(attempt)
 
@@ -263,7 +287,7 @@ class CommitRecord:
             if path.endswith(".parquet"):
                 table = pq.read_table(path, filesystem=self.files.fs, schema=_INDEX_SCHEMA)
             else:
-                table = self.files.read_arrow(path).cast(_INDEX_SCHEMA)
+                table = _with_figures(self.files.read_arrow(path)).cast(_INDEX_SCHEMA)
             tables.append(table if columns is None else table.select(columns))
         if tables:
             return pa.concat_tables(tables)
@@ -275,6 +299,14 @@ class CommitRecord:
         rows = [{name: getattr(e, name) for name in _INDEX_SCHEMA.names} for e in entries]  # asdict is 100x slower
         table = pa.Table.from_pylist(rows, schema=_INDEX_SCHEMA).sort_by("key")
         self.files.write_arrow(table, self.files.path(INDEX_DIR, f"{seq:08d}-{uuid.uuid4().hex[:8]}.arrow"))
+
+
+def _with_figures(table: pa.Table) -> pa.Table:
+    """An index table written before the figure columns existed, with them as nulls."""
+    for name in _FIGURES:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, _INDEX_SCHEMA.field(name).type))
+    return table
 
 
 def newest_entries(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:

@@ -27,6 +27,7 @@ from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.metrics import record_model_batch
 from pipeline.schema import empty_row, rows_to_table
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
+from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,13 @@ class Predictor:
             frames = [_frames(rows[tasks[k][0]]) for k in asked]
             prompts = [tasks[k][2] for k in asked]
             try:
-                answers.update(zip(asked, self.engine.answer(frames, prompts, self.config.max_new_tokens), strict=True))
+                answers.update(
+                    zip(
+                        asked,
+                        self.engine.answer(frames, prompts, self.config.max_new_tokens, self.config.repeat_stop),
+                        strict=True,
+                    )
+                )
             except Exception as err:  # recorded per row; a run with no success fails at the end
                 logger.exception("generate failed on a batch of %d prompts; writing error rows", len(asked))
                 answers.update(dict.fromkeys(asked, _error_fields(err)))
@@ -157,7 +164,18 @@ class Predictor:
             prefill_flops=float(stats.prefill_flops),
             dense_prefill_flops=float(stats.dense_prefill_flops),
             latency_ms=answer.latency_ms,
+            kept_visual_tokens=_kept_visual_tokens(stats),
         )
+
+
+def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
+    """The original visual-token indices kept at the first pruning layer (or by the reduction before the
+    LLM when no layer prunes); None when every token was kept."""
+    if stats.kept_indices:
+        return [int(i) for i in stats.kept_indices[min(stats.kept_indices)].tolist()]
+    if stats.reduced_kept is not None:
+        return [int(i) for i in stats.reduced_kept.tolist()]
+    return None
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: model_revision
+SCHEMA_VERSION = "3"  # 2: model_revision; 3: kept_visual_tokens
 TASKS = ("caption", "qa")
 STATUSES = ("ok", "error")
 
@@ -54,6 +54,10 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [  # (name, type, nullable)
     ("created_at", pa.timestamp("us", tz="UTC"), False),
     # what model_id named when the rows were made: a hub commit hash or sha256:... of a local checkpoint
     ("model_revision", pa.string(), True),
+    # original visual-token indices (per frame a CLS token, then the patches) the model kept at its first
+    # pruning layer, or that survived the reduction before the LLM when it prunes nowhere; null when it kept
+    # every token (dense) and on error rows. The run report draws them (pipeline/report_data.py).
+    ("kept_visual_tokens", pa.list_(pa.int64()), True),
 ]
 
 RESULT_SCHEMA: pa.Schema = pa.schema(
@@ -179,6 +183,9 @@ def _type_problem(value: Any, type_: pa.DataType) -> str | None:
     if pa.types.is_float64(type_):
         ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
         return None if ok else "a float"
+    if pa.types.is_list(type_) and pa.types.is_int64(type_.value_type):
+        ok = isinstance(value, list | tuple | np.ndarray) and all(_type_problem(v, pa.int64()) is None for v in value)
+        return None if ok else "a list of ints"
     if pa.types.is_list(type_):
         ok = isinstance(value, list | tuple | np.ndarray) and all(
             _type_problem(v, pa.float64()) is None and math.isfinite(v) for v in value

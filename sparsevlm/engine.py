@@ -27,6 +27,7 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedTokenizerBase,
+    StoppingCriteriaList,
     VideoLlavaForConditionalGeneration,
 )
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
@@ -43,6 +44,7 @@ from sparsevlm.prompt import (
     left_pad,
     visual_positions,
 )
+from sparsevlm.repetition import RepeatStop, trim_repeat
 from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
@@ -109,11 +111,14 @@ class EngineAnswer:
         text: the decoded answer, special tokens removed and stripped.
         stats: the sparsified prefill's statistics for this batch row.
         latency_ms: wall time of the batched ``generate`` call that produced this answer.
+        stopped_repeating: the generation was stopped because it repeated itself, and the repeat was cut
+            (``repeat_stop``, sparsevlm/repetition.py).
     """
 
     text: str
     stats: SampleStats
     latency_ms: float
+    stopped_repeating: bool = False
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -348,13 +353,17 @@ class VideoQAEngine:
         return normalize_uint8(frames)
 
     @torch.no_grad()
-    def answer(self, segments: list[np.ndarray], prompts: list[str], max_new_tokens: int = 64) -> list[EngineAnswer]:
+    def answer(
+        self, segments: list[np.ndarray], prompts: list[str], max_new_tokens: int = 64, repeat_stop: int = 0
+    ) -> list[EngineAnswer]:
         """Answer one prompt per segment with ONE batched greedy ``generate``.
 
         Args:
             segments: B uint8 arrays ``[T, S, S, 3]`` with the same T (row i is asked ``prompts[i]``).
             prompts: B questions or instructions (plain text; the template is added here).
             max_new_tokens: generation budget per answer.
+            repeat_stop: when > 0, a row stops once its answer ends with the same 1 to ``repeat_stop`` tokens
+                twice in a row, and keeps the first copy (sparsevlm/repetition.py); 0 generates on.
 
         Returns:
             B answers in input order, each with its row's prefill statistics.
@@ -383,12 +392,19 @@ class VideoQAEngine:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList(
+                [RepeatStop(input_ids.shape[1], repeat_stop)] if repeat_stop else []
+            ),
         )  # [B, L + new]
         latency_ms = (time.perf_counter() - start) * 1000
         stats = last_stats(self.model)
-        new = out[:, input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [EngineAnswer(t.strip(), s, latency_ms) for t, s in zip(texts, stats, strict=True)]
+        ends = [t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None]
+        rows = [
+            trim_repeat(r, repeat_stop, ends) if repeat_stop else (r, False)
+            for r in out[:, input_ids.shape[1] :].tolist()
+        ]
+        texts = self.tokenizer.batch_decode([r for r, _ in rows], skip_special_tokens=True)
+        return [EngineAnswer(t.strip(), s, latency_ms, cut) for t, s, (_, cut) in zip(texts, stats, rows, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         """Provenance columns of result rows: model id, preset name and the SparseConfig as JSON."""

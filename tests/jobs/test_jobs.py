@@ -65,7 +65,14 @@ def test_index_archive_processes_only_new_or_changed_videos(
     argv = ["--input", str(videos), "--output", str(out), "--model", str(pipeline_model_dir), *FAST]
     night1 = index_archive.main([*argv, "--date", "2026-11-21"])
     assert (night1["seen"], night1["processed"], night1["skipped"]) == (2, 2, 0)
-    assert night1["video_hours"] > 0 and night1["mean_equivalent_tokens"] is not None
+    rows = ds.dataset(out, format="parquet", partitioning="hive").to_table().to_pylist()  # the figures, from the rows
+    ok = [r for r in rows if r["status"] == "ok"]
+    hours = sum({r["video_id"]: r["duration_s"] for r in rows}.values()) / 3600
+    assert night1["video_hours"] == pytest.approx(hours, abs=1e-4) and night1["video_hours"] > 0
+    assert night1["mean_equivalent_tokens"] == pytest.approx(
+        sum(r["equivalent_tokens"] for r in ok) / len(ok), abs=0.01
+    )
+    assert night1["mean_visual_tokens_in"] == pytest.approx(sum(r["visual_tokens_in"] for r in ok) / len(ok), abs=0.01)
     manifest = json.loads((out / "_runs" / f"{night1['run_id']}.json").read_text())
     assert all(isinstance(manifest[k], int) for k in ("seen", "processed", "skipped", "failed"))
     assert (out / "dt=2026-11-21").is_dir()

@@ -140,8 +140,9 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
 
 
 def only_the_run_record(output: Path, run_id: str) -> dict[str, Any]:
-    """The run record, after checking that it is the only file under ``output``."""
-    assert [p.relative_to(output) for p in output.rglob("*") if p.is_file()] == [Path(f"_runs/{run_id}.json")]
+    """The run record, after checking that it and its page are the only files under ``output``."""
+    files = sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file())
+    assert files == [Path(f"_runs/{run_id}.html"), Path(f"_runs/{run_id}.json")]
     return json.loads((output / "_runs" / f"{run_id}.json").read_text())
 
 
@@ -163,6 +164,9 @@ def test_a_run_stopped_after_some_commits_records_them(
     record = json.loads((tmp_path / "out" / "_runs" / "stopped.json").read_text())
     assert (record["status"], record["error_class"]) == ("failed", "KeyboardInterrupt")
     assert (record["seen"], record["processed"], record["rows"], record["uncommitted"]) == (4, 1, 2, 3)
+    page = (tmp_path / "out" / "_runs" / "stopped.html").read_text()  # its page too, with what it committed
+    assert '<span class="badge failed" id="run-status">failed</span>' in page and "<b>KeyboardInterrupt</b>" in page
+    assert page.count('<section class="sample">') == 1 and "mmaction2_test.avi" in page and "data:image/jpeg" in page
 
 
 @pytest.mark.parametrize("where", ["below-a-file", "missing-bucket"])

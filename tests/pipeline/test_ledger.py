@@ -253,3 +253,32 @@ def json_bytes(entry: LedgerEntry) -> bytes:
     import json
 
     return json.dumps(dataclasses.asdict(entry)).encode()
+
+
+def test_a_runs_records_carry_its_videos_figures_before_and_after_compaction(ledger: Ledger) -> None:
+    ok = segment("a", 0, last=True)
+    ok = ok.set_column(ok.schema.get_field_index("duration_s"), "duration_s", pa.array([12.5, 12.5]))
+    ok = ok.set_column(ok.schema.get_field_index("equivalent_tokens"), "equivalent_tokens", pa.array([30.0, 34.0]))
+    ok = ok.set_column(ok.schema.get_field_index("visual_tokens_in"), "visual_tokens_in", pa.array([130, 130]))
+    written = ledger.write_rows(ok, "r1") + ledger.write_rows(segment("b", None, last=True, error=True), "r1")
+    figures = {(e.video_id, e.duration_s, e.ok_rows, e.equivalent_tokens, e.visual_tokens_in) for e in written}
+    assert figures == {("a", 12.5, 2, 64.0, 260), ("b", None, 0, 0.0, 0)}
+    ledger.write_rows(segment("c", None, last=True, error=True), "r2")
+    assert {e.key: e for e in ledger.run_entries("r1")} == {e.key: e for e in written}  # from the markers
+    ledger.compact(written)
+    assert {e.key: e for e in ledger.run_entries("r1")} == {e.key: e for e in written}  # from the index
+
+
+def test_index_files_from_before_the_figures_read_as_unknown_figures(ledger: Ledger) -> None:
+    (old,) = ledger.write_rows(segment("a", 0, last=True), "r1")
+    ledger.compact([old])
+    (index,) = ledger.record.index_files()
+    table = ledger.files.read_arrow(index)
+    ledger.files.write_arrow(
+        table.drop_columns(["duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in"]), index
+    )
+    (read,) = ledger.run_entries("r1")
+    assert read == dataclasses.replace(
+        old, duration_s=None, ok_rows=None, equivalent_tokens=None, visual_tokens_in=None
+    )
+    assert ledger.committed() == {old.key: "ok"}

@@ -92,9 +92,12 @@ def test_predictor_makes_a_caption_and_an_answer_per_segment(config: PipelineCon
         assert result["sparse_config_json"] == config.sparse.to_json()
         assert (result["run_id"], result["pipeline_version"]) == ("test-run", PIPELINE_VERSION)
         assert result[LEDGER_KEY] == source[LEDGER_KEY] and result["video_id"] == source["video_id"]
+        kept = result["kept_visual_tokens"]  # the first pruning layer's, a strict subset of the 2 x (1 + 8 x 8)
+        assert kept == sorted(set(kept)) and 0 < len(kept) < 2 * 65 and kept[0] >= 0 and kept[-1] < 2 * 65
     error = results[4]
     assert (error["status"], error["error_class"], error["answer"]) == ("error", "CorruptMedia", None)
     assert error["source_uri"].endswith(BROKEN_CLIP) and error["visual_tokens_in"] is None
+    assert error["kept_visual_tokens"] is None
 
 
 def test_predictor_answers_equal_the_engine_row_by_row(config: PipelineConfig, predictor: Predictor) -> None:

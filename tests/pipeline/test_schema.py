@@ -30,7 +30,10 @@ DESIGN_COLUMNS = """video_id, source_uri, source_size, source_etag, duration_s, 
 segment_index, segment_start_s, segment_end_s, frame_timestamps_s, task, question, answer, model_id,
 sparse_preset, sparse_config_json, visual_tokens_in, equivalent_tokens, prefill_flops, dense_prefill_flops,
 latency_ms, status, error_class, error_message, run_id, pipeline_version, created_at"""
-ADDED_SINCE = {"2": "model_revision"}  # schema version -> the column it appended after the design list
+ADDED_SINCE = {
+    "2": "model_revision",
+    "3": "kept_visual_tokens",
+}  # schema version -> the column it appended after the design list
 
 REQUIRED = {
     "video_id": "v1",
@@ -70,6 +73,7 @@ def test_columns_are_exactly_the_design_list() -> None:
     assert RESULT_SCHEMA.metadata == {b"result_schema_version": SCHEMA_VERSION.encode()}
     types = {f.name: f.type for f in RESULT_SCHEMA}
     assert types["frame_timestamps_s"] == pa.list_(pa.float64())
+    assert types["kept_visual_tokens"] == pa.list_(pa.int64())
     assert types["created_at"] == pa.timestamp("us", tz="UTC")
     assert {types[c] for c in ("source_size", "width", "height", "segment_index", "visual_tokens_in")} == {pa.int64()}
     assert {types[c] for c in ("prefill_flops", "dense_prefill_flops", "equivalent_tokens")} == {pa.float64()}
@@ -105,6 +109,7 @@ def test_make_rows_and_error_rows() -> None:
         ({"fps": None, "prefill_flops": "1e12"}, "column 'prefill_flops'.*expected a float"),
         ({"frame_timestamps_s": [0.1, "x"]}, "column 'frame_timestamps_s'.*list of finite floats"),
         ({"frame_timestamps_s": [float("nan")]}, "list of finite floats"),
+        ({"kept_visual_tokens": [1, 2.5]}, "column 'kept_visual_tokens'.*a list of ints"),
         ({"created_at": dt.datetime(2026, 1, 1)}, "timezone-aware datetime"),
         ({"task": "summary"}, r"task 'summary' is not one of \('caption', 'qa'\)"),
         ({"status": "failed"}, "status 'failed' is not one of"),
