@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.config import PipelineConfig
+from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
-from sparsevlm.config import PRESETS
+from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import DTYPE_NAMES
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -120,7 +121,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         "frames_per_segment": ns.frames,
         "max_new_tokens": ns.max_new_tokens,
         "dtype": ns.dtype,
-        "sparse_preset": ns.preset,
+        "sparse": SparseConfig.preset(ns.preset),
         "workers": ns.workers,
         "num_gpus_per_worker": ns.num_gpus_per_worker,
         "cpus_per_worker": ns.cpus_per_worker,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import use_local_ray_env
+from pipeline.ray_env import use_local_ray_env
 
 QUESTIONS = ("how many objects are there?", "is there a red square?")
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
@@ -59,8 +59,10 @@ def write_synthetic_videos(folder: Path, count: int) -> dict[str, dict[str, str]
 def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
     import pyarrow.dataset as ds
 
-    from pipeline.build import local_ray, run_pipeline
+    from pipeline.build import run_pipeline
     from pipeline.config import PipelineConfig
+    from pipeline.ray_env import local_ray
+    from sparsevlm.config import SparseConfig
 
     inputs = work / "videos"
     inputs.mkdir()
@@ -83,7 +85,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> None:
             questions=QUESTIONS,
             frames_per_segment=8,
             max_new_tokens=12,
-            sparse_preset="video-25",
+            sparse=SparseConfig.preset("video-25"),
             s3_endpoint_url=endpoint,
             s3_options=s3_options,
         )

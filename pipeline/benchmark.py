@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_segments, plan_segments
+from pipeline.decode import decode_rows, decode_segments, plan_segments, source_row
 from pipeline.ledger import Ledger
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.sources import list_sources
 
 __all__ = ["DecodeCost", "RunMeasure", "decode_cost", "measure_rows", "plain_loop"]

@@ -6,22 +6,18 @@
         -> map_batches(Predictor, ActorPoolStrategy)                                    one engine per actor
         -> write_datasink(ResultSink)                                                   Parquet + ledger commit
 
-The stages themselves are plain functions and classes (pipeline/predictor.py, pipeline/ledger.py) that run
+The stages themselves are plain functions and classes (pipeline/decode.py, predictor.py, ledger.py) that run
 without Ray; this module only chooses resources and wires them. ``run_pipeline`` is the entry point.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import posixpath
-import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,10 +29,12 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 from ray.data.datasource.datasink import TaskContext
 
-from pipeline.config import PipelineConfig, use_local_ray_env
+from pipeline.config import PipelineConfig
+from pipeline.decode import decode_rows, source_row
 from pipeline.lease import LeaseHeld, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
+from pipeline.ray_env import init_ray, local_ray
 from pipeline.sources import SourceError, list_sources
 from pipeline.storage import TransientIOError
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
@@ -55,7 +53,6 @@ __all__ = [
 # One decode task per video spreads long and short videos evenly; past this many the per-task overhead
 # (a few ms each) would start to matter, so videos share tasks.
 MAX_INPUT_BLOCKS = 4096
-LOOPBACK = "127.0.0.1"  # the node address of a Ray that this process starts itself
 
 
 class PipelineError(RuntimeError):
@@ -120,7 +117,7 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 
     Args:
         config: the run's config.
-        items: :func:`~pipeline.predictor.source_row` dicts of the videos to process.
+        items: :func:`~pipeline.decode.source_row` dicts of the videos to process.
         frame_size: the model's frame side, so frames leave the decoders at model resolution.
     """
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
@@ -240,7 +237,7 @@ def _run(
     entries: list[LedgerEntry] = []
     if pending:
         _preflight(config, pending, spec.frame_size)
-        _init_ray(config)
+        init_ray(config.ray_address)
         sink = ResultSink(config, {key: entry.file for key, entry in previous.items()})
         try:
             build_dataset(config, pending, spec.frame_size).write_datasink(
@@ -298,45 +295,6 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
             f"none of the first {len(tried)} pending videos decodes, so the run stops before loading the model; "
             f"check the input and the decoders (set preflight_videos=0 to skip this check). Errors: {errors}"
         )
-
-
-def _init_ray(config: PipelineConfig) -> None:
-    if ray.is_initialized():
-        return
-    if config.ray_address is not None:
-        ray.init(address=config.ray_address)
-    elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth
-        ray.init(include_dashboard=False)
-    else:
-        _start_local_ray()
-
-
-def _start_local_ray(**options: Any) -> None:
-    """Start a Ray on this machine only: the node announces 127.0.0.1, no dashboard, LOCAL_RAY_ENV set (as
-    defaults; it keeps the sockets on loopback only if it was set before Ray was imported)."""
-    use_local_ray_env()
-    ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
-
-
-@contextlib.contextmanager
-def local_ray(cpus: int) -> Iterator[bool]:
-    """A local Ray with ``cpus`` logical CPUs for the block, unless one is already connected; yields whether
-    the block started it (then it also stops it).
-
-    The node announces 127.0.0.1, telemetry is off, there is no dashboard, and the temp dir is short (Ray's
-    unix socket paths must fit in 107 bytes). Ray's listening sockets stay on loopback only if
-    :func:`~pipeline.config.use_local_ray_env` ran before Ray was imported (the job entry points call it).
-    """
-    if ray.is_initialized():
-        yield False
-        return
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    _start_local_ray(num_cpus=cpus, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        yield True
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:

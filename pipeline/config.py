@@ -10,9 +10,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
 import re
-import sys
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -67,8 +65,8 @@ class PipelineConfig:
         frames_per_segment: frames sampled per segment (the model's T).
         max_new_tokens: generation budget per answer.
         dtype: model weight dtype, one of :data:`sparsevlm.engine.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
-        sparse_preset: a :data:`sparsevlm.PRESETS` name.
-        sparse_json: a custom SparseConfig as JSON (``SparseConfig.to_json()`` form); overrides the preset.
+        sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
+            ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
         workers: model actors (one engine each).
         num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU).
         cpus_per_worker: CPUs reserved per model actor; also its torch thread count.
@@ -115,8 +113,7 @@ class PipelineConfig:
     frames_per_segment: int = 8
     max_new_tokens: int = 64
     dtype: DtypeName = "auto"
-    sparse_preset: str = "video-25"
-    sparse_json: str | None = None
+    sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset("video-25"))
     workers: int = 1
     num_gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
@@ -190,29 +187,18 @@ class PipelineConfig:
             raise ValueError(f"io_retries must be an int >= 0, got {self.io_retries!r}")
         if self.preflight_videos < 0:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
-        if self.sparse_json is None and self.sparse_preset not in PRESETS:
-            raise ValueError(f"unknown sparse_preset {self.sparse_preset!r}; known presets: {', '.join(PRESETS)}")
+        if not isinstance(self.sparse, SparseConfig):
+            raise ValueError(
+                f"sparse must be a SparseConfig, got {self.sparse!r}; for a preset use SparseConfig.preset(name) "
+                f"with one of {', '.join(PRESETS)}"
+            )
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
-        self.sparse_config()  # a bad sparse_json fails here, not in a worker
         object.__setattr__(self, "model_revision", model_revision(self.model))
 
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-    def sparse_config(self) -> SparseConfig:
-        """The SparseConfig of the model stage."""
-        if self.sparse_json is None:
-            return SparseConfig.preset(self.sparse_preset)
-        try:
-            fields = json.loads(self.sparse_json)
-            return SparseConfig(**fields)
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"sparse_json is not a valid SparseConfig ({err}); expected the form of SparseConfig.to_json(), "
-                f'e.g. {{"prune_layers": [1], "target_fraction": 0.25}}'
-            ) from err
 
     @property
     def device(self) -> str:
@@ -236,7 +222,7 @@ class PipelineConfig:
             "model": self.model,
             "model_revision": self.model_revision,
             "dtype": self.dtype,
-            "sparse": self.sparse_config().to_json(),
+            "sparse": self.sparse.to_json(),
             "segment_seconds": self.segment_seconds,
             "frames_per_segment": self.frames_per_segment,
             "max_new_tokens": self.max_new_tokens,
@@ -256,28 +242,3 @@ class PipelineConfig:
         """The pyarrow filesystem and base path of ``output_uri`` (S3 goes through s3fs, so the same
         endpoint and credential options apply to inputs and outputs)."""
         return arrow_filesystem(self.output_uri, self.fsspec_filesystem(self.output_uri))
-
-
-# Loopback-only, telemetry-free settings for a Ray that this process starts itself (environment.md §4), and
-# workers at the driver's priority: Ray starts them at nice 15, and on a local machine the driver and Ray's
-# own processes (nice 0) then win every contended core; measured on 64 videos here, the whole run took 2.0x
-# as long (119 s vs 71 s) and the model actor 1.9x as long to start (100 s vs 53 s).
-LOCAL_RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_worker_niceness": "0",
-}
-
-
-def use_local_ray_env() -> bool:
-    """Set :data:`LOCAL_RAY_ENV` (as defaults) for a Ray this process will start; call it before Ray is
-    imported. Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import, and only that keeps its listening
-    sockets on loopback (measured: a node IP of 127.0.0.1 alone still binds every interface).
-
-    Returns:
-        False when Ray was already imported, so the loopback setting can no longer take effect.
-    """
-    for name, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    return "ray" not in sys.modules

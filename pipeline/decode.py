@@ -12,6 +12,18 @@ pipeline writes error rows), including a storage's permanent answers (`AccessDen
 
 The errors and data types live in `pipeline.video`, the decoders in `pipeline.readers`, the bounded local
 copy of an object in `pipeline.storage`; this module plans segments and runs the checks and the decoder.
+
+`source_row` and `decode_rows` are the decode stage of the pipeline (pipeline/build.py runs them as Ray
+tasks). Rows that cross the decode -> model boundary (one per segment, or one error row per failed video)::
+
+    ledger_key, video_id, source_uri, source_size, source_etag, questions   from the source (source_row)
+    duration_s, fps, width, height, codec                                     video metadata (None if it failed)
+    segment_index, segment_start_s, segment_end_s, frame_timestamps_s        None/[] for whole-video errors
+    frames (bytes), frames_shape ([T, S, S, 3])                               model-resolution uint8, raw
+    last_segment (bool), error_class, error_message                           None error_class = decoded
+
+Frames travel as raw bytes plus their shape rather than as a tensor column, so error rows (no frames) and
+segment rows share one Arrow schema.
 """
 
 from __future__ import annotations
@@ -19,13 +31,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Generator, Iterator
+from typing import Any, Literal
 
 import numpy as np
 
 from pipeline import readers
-from pipeline.storage import open_local_copy
+from pipeline.config import PipelineConfig
+from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
+from pipeline.sources import VideoSource
+from pipeline.storage import TransientIOError, open_local_copy, storage_failure
 from pipeline.video import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DECODE_S,
@@ -56,6 +71,8 @@ __all__ = [
     "DEFAULT_MAX_DURATION_S",
     "DEFAULT_MAX_FRAMES",
     "DEFAULT_MAX_PIXELS",
+    "INFO_FIELDS",
+    "VIDEO_FIELDS",
     "AccessDenied",
     "CorruptMedia",
     "DecodeError",
@@ -71,9 +88,11 @@ __all__ = [
     "VideoInfo",
     "check_deadline",
     "deadline_after",
+    "decode_rows",
     "decode_segments",
     "open_local_copy",
     "plan_segments",
+    "source_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,3 +249,123 @@ def _check_duration(path: str, duration_s: float | None, max_duration_s: float |
             f"{path}: {duration_s:.1f} s exceeds max_duration_s={max_duration_s}; raise max_duration_s "
             "or split the file"
         )
+
+
+VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
+INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
+
+
+def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
+    """The work item of one video: identity, the questions to ask (run's, then the manifest's) and its key."""
+    questions = list(dict.fromkeys([*config.questions, *source.questions]))
+    return {
+        LEDGER_KEY: ledger_key(config.config_key(), source.video_id, questions),
+        "video_id": source.video_id,
+        "source_uri": source.uri,
+        "source_size": source.size,
+        "source_etag": source.etag,
+        "questions": questions,
+    }
+
+
+def decode_rows(
+    row: dict[str, Any], config: PipelineConfig, frame_size: int, *, first_frame_only: bool = False
+) -> Generator[dict[str, Any], None, None]:
+    """Decode one video into segment rows (the decode stage; see the module docstring for the fields).
+
+    Deterministic failures (:class:`DecodeError`) and unexpected decoder exceptions become
+    error rows: the whole video's when it cannot be opened, or one for the failing segment after the good
+    ones. A storage's permanent answers (403, 404, other 4xx) are error rows too; a transient storage failure
+    (5xx, throttling, a dropped connection) raises :class:`~pipeline.storage.TransientIOError`, which the Ray
+    decode task retries (``pipeline/build.py``). All storage I/O happens before the first row is yielded.
+
+    Args:
+        row: a :func:`source_row`.
+        config: the run's config (segmenting, guards, S3 options).
+        frame_size: the model's frame side in pixels.
+        first_frame_only: one row with the first decodable frame (the driver's preflight check).
+
+    Yields:
+        Segment rows in time order; the last one has ``last_segment=True``.
+    """
+    base = {LEDGER_KEY: row[LEDGER_KEY], **{k: row[k] for k in VIDEO_FIELDS}, "questions": list(row["questions"])}
+    uri = row["source_uri"]
+    video: dict[str, Any] = dict.fromkeys(INFO_FIELDS)
+    previous: Segment | None = None
+    sent = False
+    local = uri
+    deadline = deadline_after(config.max_decode_seconds)  # the download counts too
+    try:
+        fs = config.fsspec_filesystem(uri)
+        with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
+            local = str(path)
+            info, segments = decode_segments(
+                path,
+                frames_per_segment=config.frames_per_segment,
+                segment_seconds=config.segment_seconds,
+                size=frame_size,
+                max_duration_s=config.max_duration_s,
+                max_bytes=config.max_video_bytes,
+                max_frames=config.max_frames,
+                deadline=deadline,
+                first_frame_only=first_frame_only,
+            )
+            video = _video_fields(info)
+            for segment in segments:  # one segment of look-ahead, to flag the last one
+                if previous is not None:
+                    sent = True
+                    yield _segment_row(base, video, previous, last=False)
+                previous = segment
+    except Exception as err:  # bad input never fails the job; the row records it
+        if not sent and isinstance(err, TransientIOError):  # Ray retries the task; it had sent no row yet
+            raise
+        if not sent and isinstance(err, OSError) and storage_failure(err) == "transient":
+            raise TransientIOError(f"{uri}: {err}") from err
+        if not isinstance(err, DecodeError):
+            logger.exception("unexpected %s decoding %s; recorded as an error row", type(err).__name__, uri)
+        if previous is not None:
+            yield _segment_row(base, video, previous, last=False)
+        index = None if video["duration_s"] is None else (0 if previous is None else previous.index + 1)
+        message = str(err).replace(local, uri)  # name the object, not its temporary local copy
+        yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": message}
+        return
+    if previous is not None:
+        yield _segment_row(base, video, previous, last=True)
+
+
+def _video_fields(info: VideoInfo) -> dict[str, Any]:
+    return {
+        "duration_s": info.duration_s,
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+        "codec": info.codec,
+    }
+
+
+def _segment_row(base: dict[str, Any], video: dict[str, Any], segment: Segment, last: bool) -> dict[str, Any]:
+    return {
+        **base,
+        **video,
+        "segment_index": segment.index,
+        "segment_start_s": segment.start_s,
+        "segment_end_s": segment.end_s,
+        "frame_timestamps_s": list(segment.timestamps_s),
+        "frames": segment.frames.tobytes(),  # uint8 [T, S, S, 3], C order
+        "frames_shape": list(segment.frames.shape),
+        LAST_SEGMENT: last,
+        "error_class": None,
+        "error_message": None,
+    }
+
+
+def _no_segment(index: int | None) -> dict[str, Any]:
+    return {
+        "segment_index": index,
+        "segment_start_s": None,
+        "segment_end_s": None,
+        "frame_timestamps_s": [],
+        "frames": b"",
+        "frames_shape": [0],
+        LAST_SEGMENT: True,
+    }

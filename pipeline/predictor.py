@@ -1,17 +1,8 @@
-"""The two row stages around the model: decode (one video -> segment rows) and predict (segments -> result
-rows). Plain functions and a callable class; no Ray here (pipeline/build.py wires them).
+"""The model stage: segment rows in (``pipeline.decode.decode_rows``; their fields are listed there), result
+rows out. A callable class; no Ray here (pipeline/build.py wires it).
 
-Rows that cross the decode -> model boundary (one per segment, or one error row per failed video)::
-
-    ledger_key, video_id, source_uri, source_size, source_etag, questions   from the source (source_row)
-    duration_s, fps, width, height, codec                                     video metadata (None if it failed)
-    segment_index, segment_start_s, segment_end_s, frame_timestamps_s        None/[] for whole-video errors
-    frames (bytes), frames_shape ([T, S, S, 3])                               model-resolution uint8, raw
-    last_segment (bool), error_class, error_message                           None error_class = decoded
-
-Frames travel as raw bytes plus their shape rather than as a tensor column, so error rows (no frames) and
-segment rows share one Arrow schema. The model stage turns each segment into one caption row and one row per
-question (``RESULT_SCHEMA``) and appends :data:`pipeline.ledger.INTERNAL_COLUMNS` for the writer.
+The model stage turns each segment into one caption row and one row per question (``RESULT_SCHEMA``) and
+appends :data:`pipeline.ledger.INTERNAL_COLUMNS` for the writer.
 
 Questions are checked against the model (``VideoQAEngine.check_prompt``) before they are asked, and rejected,
 never truncated: one containing the ``<video>`` placeholder (``PromptError``), or one whose prompt plus
@@ -24,7 +15,6 @@ becomes error rows for that question only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -32,135 +22,14 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
-from pipeline.decode import DecodeError, Segment, VideoInfo, deadline_after, decode_segments, open_local_copy
-from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
+from pipeline.decode import INFO_FIELDS, VIDEO_FIELDS
+from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.schema import empty_row, rows_to_table
-from pipeline.sources import VideoSource
-from pipeline.storage import TransientIOError, storage_failure
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "decode_rows", "source_row"]
-
-_VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
-_INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
-
-
-def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
-    """The work item of one video: identity, the questions to ask (run's, then the manifest's) and its key."""
-    questions = list(dict.fromkeys([*config.questions, *source.questions]))
-    return {
-        LEDGER_KEY: ledger_key(config.config_key(), source.video_id, questions),
-        "video_id": source.video_id,
-        "source_uri": source.uri,
-        "source_size": source.size,
-        "source_etag": source.etag,
-        "questions": questions,
-    }
-
-
-def decode_rows(
-    row: dict[str, Any], config: PipelineConfig, frame_size: int, *, first_frame_only: bool = False
-) -> Generator[dict[str, Any], None, None]:
-    """Decode one video into segment rows (the decode stage; see the module docstring for the fields).
-
-    Deterministic failures (:class:`~pipeline.decode.DecodeError`) and unexpected decoder exceptions become
-    error rows: the whole video's when it cannot be opened, or one for the failing segment after the good
-    ones. A storage's permanent answers (403, 404, other 4xx) are error rows too; a transient storage failure
-    (5xx, throttling, a dropped connection) raises :class:`~pipeline.storage.TransientIOError`, which the Ray
-    decode task retries (``pipeline/build.py``). All storage I/O happens before the first row is yielded.
-
-    Args:
-        row: a :func:`source_row`.
-        config: the run's config (segmenting, guards, S3 options).
-        frame_size: the model's frame side in pixels.
-        first_frame_only: one row with the first decodable frame (the driver's preflight check).
-
-    Yields:
-        Segment rows in time order; the last one has ``last_segment=True``.
-    """
-    base = {LEDGER_KEY: row[LEDGER_KEY], **{k: row[k] for k in _VIDEO_FIELDS}, "questions": list(row["questions"])}
-    uri = row["source_uri"]
-    video: dict[str, Any] = dict.fromkeys(_INFO_FIELDS)
-    previous: Segment | None = None
-    sent = False
-    local = uri
-    deadline = deadline_after(config.max_decode_seconds)  # the download counts too
-    try:
-        fs = config.fsspec_filesystem(uri)
-        with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
-            local = str(path)
-            info, segments = decode_segments(
-                path,
-                frames_per_segment=config.frames_per_segment,
-                segment_seconds=config.segment_seconds,
-                size=frame_size,
-                max_duration_s=config.max_duration_s,
-                max_bytes=config.max_video_bytes,
-                max_frames=config.max_frames,
-                deadline=deadline,
-                first_frame_only=first_frame_only,
-            )
-            video = _video_fields(info)
-            for segment in segments:  # one segment of look-ahead, to flag the last one
-                if previous is not None:
-                    sent = True
-                    yield _segment_row(base, video, previous, last=False)
-                previous = segment
-    except Exception as err:  # bad input never fails the job; the row records it
-        if not sent and isinstance(err, TransientIOError):  # Ray retries the task; it had sent no row yet
-            raise
-        if not sent and isinstance(err, OSError) and storage_failure(err) == "transient":
-            raise TransientIOError(f"{uri}: {err}") from err
-        if not isinstance(err, DecodeError):
-            logger.exception("unexpected %s decoding %s; recorded as an error row", type(err).__name__, uri)
-        if previous is not None:
-            yield _segment_row(base, video, previous, last=False)
-        index = None if video["duration_s"] is None else (0 if previous is None else previous.index + 1)
-        message = str(err).replace(local, uri)  # name the object, not its temporary local copy
-        yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": message}
-        return
-    if previous is not None:
-        yield _segment_row(base, video, previous, last=True)
-
-
-def _video_fields(info: VideoInfo) -> dict[str, Any]:
-    return {
-        "duration_s": info.duration_s,
-        "fps": info.fps,
-        "width": info.width,
-        "height": info.height,
-        "codec": info.codec,
-    }
-
-
-def _segment_row(base: dict[str, Any], video: dict[str, Any], segment: Segment, last: bool) -> dict[str, Any]:
-    return {
-        **base,
-        **video,
-        "segment_index": segment.index,
-        "segment_start_s": segment.start_s,
-        "segment_end_s": segment.end_s,
-        "frame_timestamps_s": list(segment.timestamps_s),
-        "frames": segment.frames.tobytes(),  # uint8 [T, S, S, 3], C order
-        "frames_shape": list(segment.frames.shape),
-        LAST_SEGMENT: last,
-        "error_class": None,
-        "error_message": None,
-    }
-
-
-def _no_segment(index: int | None) -> dict[str, Any]:
-    return {
-        "segment_index": index,
-        "segment_start_s": None,
-        "segment_end_s": None,
-        "frame_timestamps_s": [],
-        "frames": b"",
-        "frames_shape": [0],
-        LAST_SEGMENT: True,
-    }
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -184,7 +53,7 @@ class Predictor:
         torch.set_num_threads(config.torch_threads)
         self.config = config
         self.engine = engine or VideoQAEngine.from_pretrained(
-            config.model, config.sparse_config(), device=config.device, dtype=config.dtype
+            config.model, config.sparse, device=config.device, dtype=config.dtype
         )
         self._provenance = {
             **self.engine.describe(),
@@ -260,7 +129,7 @@ class Predictor:
 
     def _result(self, row: dict[str, Any], task: str, prompt: str | None, answer: EngineAnswer | dict) -> dict:
         fields: dict[str, Any] = {
-            **{k: row[k] for k in (*_VIDEO_FIELDS, *_INFO_FIELDS)},
+            **{k: row[k] for k in (*VIDEO_FIELDS, *INFO_FIELDS)},
             "segment_index": row["segment_index"],
             "segment_start_s": row["segment_start_s"],
             "segment_end_s": row["segment_end_s"],

@@ -32,7 +32,7 @@ One module per family: ``cost`` (presets, speed, syncs, gpu), ``quality`` (fidel
 
 from __future__ import annotations
 
-from pipeline.config import use_local_ray_env
+from pipeline.ray_env import use_local_ray_env
 
 # Ray reads its loopback setting once, at import: set the local-Ray environment before a module of this package
 # imports Ray (the pipeline commands start a Ray of their own).

@@ -17,9 +17,11 @@ from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
 from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
-from pipeline.build import local_ray, run_pipeline
+from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import TreeMemorySampler, growth
+from pipeline.ray_env import local_ray
+from sparsevlm.config import SparseConfig
 from sparsevlm.engine import inspect_checkpoint
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -157,7 +159,7 @@ def pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, question
         model=ns.model or str(CHECKPOINT_DIR),
         questions=questions,
         max_new_tokens=ns.max_new_tokens,
-        sparse_preset=ns.preset,
+        sparse=SparseConfig.preset(ns.preset),
         batch_size=ns.batch_size,
         workers=1,
         cpus_per_worker=ns.model_cpus,

@@ -32,9 +32,9 @@ import pipeline.decode
 import pipeline.readers
 import pipeline.video
 from pipeline.config import PipelineConfig
-from pipeline.decode import DecoderName, Timeout, TooLarge, open_local_copy
+from pipeline.decode import DecoderName, Timeout, TooLarge, decode_rows, open_local_copy, source_row
 from pipeline.ledger import LAST_SEGMENT
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
 from sparsevlm.engine import PromptTooLong, VideoQAEngine
 from sparsevlm.tiny.loading import load_tiny

@@ -18,9 +18,9 @@ from jobs import caption
 from jobs.common import run_cli
 from pipeline import build
 from pipeline.build import PipelineError, build_dataset, run_pipeline
-from pipeline.config import PipelineConfig
+from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import Ledger
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.sources import list_sources
 from tests.pipeline.runs import make_config, read_rows
 
@@ -151,13 +151,13 @@ def test_a_run_stopped_after_some_commits_records_them(
     """Stopped (here by Ctrl-C) once the first video is committed, the run still leaves its record."""
     config = make_config(str(pipeline_videos), str(tmp_path / "out"), pipeline_model_dir, run_id="stopped")
 
-    def commit_one_then_stop(config: PipelineConfig) -> None:  # stands in for Ray: one video, then an interrupt
+    def commit_one_then_stop(address: str | None) -> None:  # stands in for Ray: one video, then an interrupt
         (source,) = [s for s in list_sources(config.input_uri) if s.uri.endswith("mmaction2_test.avi")]
         rows = list(decode_rows(source_row(source, config), config, 64))
         Ledger(*config.output_filesystem()).write_rows(Predictor(config)(pa.Table.from_pylist(rows)), config.run_id)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_init_ray", commit_one_then_stop)
+    monkeypatch.setattr(build, "init_ray", commit_one_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config)
     record = json.loads((tmp_path / "out" / "_runs" / "stopped.json").read_text())
@@ -175,10 +175,10 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def no_ray(config: PipelineConfig) -> None:
+    def no_ray(address: str | None) -> None:
         raise AssertionError("Ray must not start")
 
-    monkeypatch.setattr(build, "_init_ray", no_ray)
+    monkeypatch.setattr(build, "init_ray", no_ray)
     argv = ["--input", str(pipeline_videos), "--model", str(pipeline_model_dir), "--frames", "1"]
     if where == "below-a-file":
         (tmp_path / "file").write_text("not a folder")

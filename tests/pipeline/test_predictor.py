@@ -10,10 +10,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
+from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import INTERNAL_COLUMNS, LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.schema import COLUMNS, RESULT_SCHEMA, validate_table
 from pipeline.sources import list_sources
+from sparsevlm.config import SparseConfig
 from sparsevlm.engine import CAPTION_PROMPT, VideoQAEngine
 
 QUESTION = "What is happening?"
@@ -30,7 +32,7 @@ def config(pipeline_videos: Path, pipeline_model_dir: Path, tmp_path_factory: py
         segment_seconds=5.0,
         frames_per_segment=2,
         max_new_tokens=4,
-        sparse_preset="video-25",
+        sparse=SparseConfig.preset("video-25"),
         run_id="test-run",
     )
 
@@ -87,7 +89,7 @@ def test_predictor_makes_a_caption_and_an_answer_per_segment(config: PipelineCon
         assert result["visual_tokens_in"] == 2 * 65 and 0 < result["equivalent_tokens"] < 2 * 65
         assert 0 < result["prefill_flops"] < result["dense_prefill_flops"] and result["latency_ms"] > 0
         assert result["model_id"] == config.model and result["sparse_preset"] == "video-25"
-        assert result["sparse_config_json"] == config.sparse_config().to_json()
+        assert result["sparse_config_json"] == config.sparse.to_json()
         assert (result["run_id"], result["pipeline_version"]) == ("test-run", PIPELINE_VERSION)
         assert result[LEDGER_KEY] == source[LEDGER_KEY] and result["video_id"] == source["video_id"]
     error = results[4]

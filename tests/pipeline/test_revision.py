@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import PipelineConfig
+from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import Ledger
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.revision import model_revision
 from pipeline.sources import list_sources
 from sparsevlm.engine import VideoQAEngine

@@ -37,8 +37,9 @@ from jobs import caption
 from jobs.common import run_cli
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
+from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.predictor import Predictor, decode_rows, source_row
+from pipeline.predictor import Predictor
 from pipeline.sources import SourceError, list_sources, read_manifest
 from sparsevlm.engine import CheckpointError, VideoQAEngine, inspect_checkpoint
 from sparsevlm.tiny.loading import load_tiny

@@ -16,7 +16,7 @@ import s3fs
 from pipeline import build
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
-from pipeline.predictor import decode_rows, source_row
+from pipeline.decode import decode_rows, source_row
 from pipeline.sources import list_sources
 from pipeline.storage import TransientIOError, storage_failure
 from tests.pipeline.faulty_s3 import FaultyS3, faulty_s3
