@@ -36,6 +36,7 @@ from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.sources import SourceError, list_sources
+from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
 
@@ -142,11 +143,22 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         batch_format="pyarrow",
         # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
         compute=ray.data.ActorPoolStrategy(size=config.workers),
-        # One GPU per actor in production (a 7B model in bf16 takes ~14 GB); 0 runs the model on CPU.
-        num_gpus=config.num_gpus_per_worker,
-        # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
-        num_cpus=config.cpus_per_worker,
+        **_model_resources(config),
     )
+
+
+def _model_resources(config: PipelineConfig) -> dict[str, Any]:
+    """What one model actor holds."""
+    if config.stand_in is not None:
+        # Benchmarks and tests: a stand-in accelerator (pipeline/standin.py) waits without using a CPU, like a
+        # process that drives a GPU; the custom resource places one actor per stand-in unit of the Ray.
+        return {"num_cpus": 0, "resources": {STAND_IN_RESOURCE: 1}}
+    return {
+        # One GPU per actor in production (a 7B model in bf16 takes ~14 GB); 0 runs the model on CPU.
+        "num_gpus": config.num_gpus_per_worker,
+        # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
+        "num_cpus": config.cpus_per_worker,
+    }
 
 
 def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummary:
@@ -236,11 +248,13 @@ def _run(
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
     entries: list[LedgerEntry] = []
     if pending:
-        _preflight(config, pending, spec.frame_size)
+        frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
+        _preflight(config, pending, frame_size)
         init_ray(config.ray_address)
+        _check_stand_in(config)
         sink = ResultSink(config, {key: entry.file for key, entry in previous.items()})
         try:
-            build_dataset(config, pending, spec.frame_size).write_datasink(
+            build_dataset(config, pending, frame_size).write_datasink(
                 sink,
                 # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode.
                 ray_remote_args={"num_cpus": 0.25},
@@ -265,6 +279,19 @@ def _run(
             "rows are committed: fix the cause, then rerun with retry_errors=True"
         )
     return summary
+
+
+def _check_stand_in(config: PipelineConfig) -> None:
+    """A stand-in run needs one unit of the stand-in resource per actor; without them Ray Data would wait forever."""
+    if config.stand_in is None:
+        return
+    units = ray.cluster_resources().get(STAND_IN_RESOURCE, 0)
+    if units < config.workers:
+        raise PipelineError(
+            f"the Ray cluster has {units:g} units of {STAND_IN_RESOURCE!r} for {config.workers} stand-in actors; "
+            f"start it with resources={{{STAND_IN_RESOURCE!r}: {config.workers}}} "
+            "(pipeline.ray_env.local_ray(cpus, resources))"
+        )
 
 
 def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size: int) -> None:

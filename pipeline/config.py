@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
+from pipeline.standin import StandInCost
 from pipeline.storage import arrow_filesystem, s3_filesystem
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
@@ -102,6 +103,10 @@ class PipelineConfig:
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.sources`).
+        stand_in: benchmarks and tests only: model actors that spend this cost model's time on a stand-in
+            accelerator (one unit of the Ray resource ``stand_in_accelerator`` each, no CPU) instead of loading
+            ``model`` (:mod:`pipeline.standin`); its rows answer ``[stand-in]`` and its cost is part of the config
+            key, so they never mix with real results. None (the default): the real model.
     """
 
     input_uri: str
@@ -132,6 +137,7 @@ class PipelineConfig:
     partition: str | None = None
     allow_prefixes: tuple[str, ...] = ()
     io_retries: int = 3
+    stand_in: StandInCost | None = None
     model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -192,6 +198,10 @@ class PipelineConfig:
                 f"sparse must be a SparseConfig, got {self.sparse!r}; for a preset use SparseConfig.preset(name) "
                 f"with one of {', '.join(PRESETS)}"
             )
+        if self.stand_in is not None and not isinstance(self.stand_in, StandInCost):
+            raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
+        if self.stand_in is not None and self.num_gpus_per_worker > 0:
+            raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         object.__setattr__(self, "model_revision", model_revision(self.model))
@@ -218,7 +228,7 @@ class PipelineConfig:
         schema) reprocesses. ``auto`` is keyed as written: it resolves per GPU (bf16, or fp16 without native
         bf16), so a cluster that mixes such GPUs should name the dtype.
         """
-        material = {
+        material: dict[str, Any] = {
             "model": self.model,
             "model_revision": self.model_revision,
             "dtype": self.dtype,
@@ -230,6 +240,8 @@ class PipelineConfig:
             "questions": list(self.questions),
             "schema": SCHEMA_VERSION,
         }
+        if self.stand_in is not None:  # only then: real runs keep their keys
+            material["stand_in"] = dataclasses.asdict(self.stand_in)
         return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     def fsspec_filesystem(self, uri: str) -> Any:
