@@ -13,6 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from jobs.benchmark.accelerators import add_flags as add_stand_in_flags
+from jobs.benchmark.accelerators import real_clips, run_standin_benchmark
 from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
@@ -25,17 +27,13 @@ from sparsevlm.config import SparseConfig
 from sparsevlm.engine import inspect_checkpoint
 from sparsevlm.tiny import CHECKPOINT_DIR
 
-ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
 MIB = 2**20
 
 
-def real_clips(count: int) -> list[Path]:
-    """The first ``count`` real clips of ``tests/assets``, by name."""
-    return sorted(p for p in ASSETS.iterdir() if p.suffix in VIDEO_SUFFIXES)[:count]
-
-
 def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
+    if ns.stand_in:
+        run_standin_benchmark(ns)
+        return
     work = Path(tempfile.mkdtemp(prefix="pbench", dir="/tmp"))
     try:
         videos = work / "videos"
@@ -181,11 +179,14 @@ def pipeline_flags(parser: argparse.ArgumentParser, batch_size: int, max_new_tok
 
 def add_commands(sub: Any) -> None:
     """Add this family's subcommands to ``sub`` (the main parser's subparsers)."""
-    pipe = sub.add_parser("pipeline", help="Ray pipeline vs a plain loop on the same videos")
-    pipe.add_argument("--synthetic", type=int, default=16, help="synthetic 1 s videos")
+    pipe = sub.add_parser(
+        "pipeline", help="Ray pipeline vs a plain loop on the same videos; --stand-in: on stand-in accelerators"
+    )
+    pipe.add_argument("--synthetic", type=int, default=16, help="synthetic videos (1 s each without --stand-in)")
     pipe.add_argument("--real", type=int, default=6, help="real clips from tests/assets")
     pipe.add_argument("--copies", type=int, default=2, help="copies of each real clip")
     pipeline_flags(pipe, batch_size=4, max_new_tokens=12, decode_cpus=1.0)
+    add_stand_in_flags(pipe)
     pipe.set_defaults(run=run_pipeline_benchmark)
 
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
