@@ -36,6 +36,7 @@ from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.sources import SourceError, list_sources
+from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
@@ -118,9 +119,11 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 
     Args:
         config: the run's config.
-        items: :func:`~pipeline.decode.source_row` dicts of the videos to process.
+        items: :func:`~pipeline.decode.source_row` dicts of the videos to process (one each; a video larger than
+            ``config.split_video_bytes`` becomes several decode tasks here, :mod:`pipeline.split`).
         frame_size: the model's frame side, so frames leave the decoders at model resolution.
     """
+    items = split_items(items, config.split_video_bytes)  # long videos: several decode tasks each
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     ds = ds.flat_map(
         functools.partial(decode_rows, config=config, frame_size=frame_size),

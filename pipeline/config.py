@@ -103,6 +103,10 @@ class PipelineConfig:
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.sources`).
+        split_video_bytes: a video larger than this is decoded by ``ceil(size / split_video_bytes)`` tasks (at
+            most 16), each over its share of the segments, so one long video keeps every decoder busy; rows and
+            the commit stay per video (:mod:`pipeline.split`). None: one task per video. Not part of the config
+            key: the rows are the same.
         stand_in: benchmarks and tests only: model actors that spend this cost model's time on a stand-in
             accelerator (one unit of the Ray resource ``stand_in_accelerator`` each, no CPU) instead of loading
             ``model`` (:mod:`pipeline.standin`); its rows answer ``[stand-in]`` and its cost is part of the config
@@ -137,6 +141,7 @@ class PipelineConfig:
     partition: str | None = None
     allow_prefixes: tuple[str, ...] = ()
     io_retries: int = 3
+    split_video_bytes: int | None = 256 * 2**20
     stand_in: StandInCost | None = None
     model_revision: str | None = field(init=False, default=None)
 
@@ -183,7 +188,7 @@ class PipelineConfig:
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds"):
+        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds", "split_video_bytes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
