@@ -259,8 +259,11 @@ def _run(
         try:
             build_dataset(config, pending, frame_size).write_datasink(
                 sink,
-                # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode.
-                ray_remote_args={"num_cpus": 0.25},
+                # Writing small Parquet files is I/O bound, so the writers hold no CPU and a few run at once. With
+                # 0.25 CPU each, Ray Data ran four of them and reserved a share of the CPUs for them, and its
+                # budget then left room for one 1-CPU decode task of two (measured on 2 CPUs, stand-in runs).
+                ray_remote_args={"num_cpus": 0},
+                concurrency=max(2, config.workers),
             )
         except ray.exceptions.RayError as err:
             raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err

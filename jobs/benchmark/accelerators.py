@@ -219,3 +219,74 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--segment-seconds", type=positive(float), default=10.0)
     group.add_argument("--sample-seconds", type=positive(float), default=1.0, help="memory sampling period")
+
+
+def run_split_benchmark(ns: argparse.Namespace) -> None:
+    """One long synthetic video through the stand-in pipeline on ``--cpus`` decoders: one decode task vs split."""
+    work = Path(tempfile.mkdtemp(prefix="split", dir="/tmp"))
+    try:
+        videos = work / "videos"
+        videos.mkdir()
+        video = videos / "long.mp4"
+        began = time.perf_counter()
+        write_moving_video(video, ns.seconds, ns.fps, (320, 240))
+        mib = video.stat().st_size / MIB
+        print(f"wrote a {ns.seconds:.0f} s video ({mib:.1f} MiB) in {time.perf_counter() - began:.0f} s")
+        base = PipelineConfig(
+            input_uri=str(videos),
+            output_uri=str(work / "out"),
+            model=str(CHECKPOINT_DIR),  # never loaded
+            questions=QUESTION,
+            batch_size=8,
+            decode_cpus=1.0,
+            stand_in=StandInCost(ms_per_segment=0.5, frame_size=ns.frame_size),
+        )
+        split_bytes = -(-video.stat().st_size // ns.parts)
+        runs = {}
+        for name, split in (("one_task", None), ("split", split_bytes)):
+            config = base.replace(output_uri=str(work / name), run_id=name, split_video_bytes=split)
+            with local_ray(ns.cpus, resources={STAND_IN_RESOURCE: 1}):
+                began = time.perf_counter()
+                summary = run_pipeline(config)
+                wall = time.perf_counter() - began
+            table = read_rows(config)
+            found = batches(table)
+            rows = sorted(tuple(str(r[k]) for k in SPLIT_KEYS) for r in table.to_pylist())
+            runs[name] = {
+                "wall_s": round(wall, 2),
+                "window_s": round(found[-1].end - found[0].start, 2),
+                "committed": summary.processed,
+                "rows": len(rows),
+                "distinct_rows": len(set(rows)),
+                "_rows": rows,
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    same = runs["one_task"].pop("_rows") == runs["split"].pop("_rows")
+    report = {
+        "video": {"seconds": ns.seconds, "fps": ns.fps, "size": [320, 240], "frame_size": ns.frame_size},
+        "cpus": ns.cpus,
+        "parts": ns.parts,
+        **runs,
+        "same_rows": same,
+        "wall_ratio": round(runs["split"]["wall_s"] / runs["one_task"]["wall_s"], 3),
+        "window_ratio": round(runs["split"]["window_s"] / runs["one_task"]["window_s"], 3),
+    }
+    print_table([{"run": k, **v} for k, v in runs.items()], ["run", "wall_s", "window_s", "committed", "rows"])
+    print(f"split / one task: wall {report['wall_ratio']}, window {report['window_ratio']}; same rows: {same}")
+    write_report(report, ns.out)
+
+
+SPLIT_KEYS = ("segment_index", "task", "segment_start_s", "segment_end_s", "frame_timestamps_s", "answer")
+
+
+def add_split_command(sub: Any) -> None:
+    """The ``split`` subcommand: a long video decoded by one task vs split across the decoders."""
+    split = sub.add_parser("split", help="one long video: one decode task vs split across the decoders")
+    split.add_argument("--out", required=True)
+    split.add_argument("--seconds", type=positive(float), default=3600.0, help="the synthetic video's length")
+    split.add_argument("--fps", type=positive(int), default=4)
+    split.add_argument("--parts", type=positive(int), default=4, help="decode tasks of the split run")
+    split.add_argument("--cpus", type=positive(int), default=2, help="Ray's CPUs: the decoders")
+    split.add_argument("--frame-size", type=positive(int), default=224)
+    split.set_defaults(run=run_split_benchmark)
