@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.benchmark.accelerators import add_flags as add_stand_in_flags
-from jobs.benchmark.accelerators import real_clips, run_standin_benchmark
+from jobs.benchmark.accelerators import add_split_command, real_clips, run_standin_benchmark
 from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
@@ -76,7 +76,8 @@ def run_pipeline_benchmark(ns: argparse.Namespace) -> None:
     columns = ["mode", "wall_s", "startup_s", "window_s", "segments", "segments_per_s_steady", "busy_fraction"]
     print_table([report["loop"], report["ray"]], columns)
     print(f"steady-state ratio (ray / loop): {report['steady_state_ratio']}; whole run: {report['whole_run_ratio']}")
-    print_table(report["decode"], ["video", "segments", "ours_ms_per_segment", "raw_decord_ms_per_segment", "ratio"])
+    columns = ["video", "segments", "decoder", "ours_ms_per_segment", "raw_decord_ms_per_segment", "ratio"]
+    print_table(report["decode"], [*columns, "pyav_ms_per_segment"])
     write_report(report, ns.out)
 
 
@@ -188,6 +189,7 @@ def add_commands(sub: Any) -> None:
     pipeline_flags(pipe, batch_size=4, max_new_tokens=12, decode_cpus=1.0)
     add_stand_in_flags(pipe)
     pipe.set_defaults(run=run_pipeline_benchmark)
+    add_split_command(sub)
 
     load = sub.add_parser("load", help="many short videos in one Ray run: exactly once, memory over time")
     load.add_argument("--videos", type=positive(int), default=1000, help="synthetic 1 s videos")
