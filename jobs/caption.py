@@ -13,23 +13,25 @@ import argparse
 import dataclasses
 from typing import Any
 
-from jobs.common import add_run_flags, config_from_args, run_cli
+from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.caption", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = job_parser("python -m jobs.caption", __doc__)
     add_run_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ns = build_parser().parse_args(argv)
+    ns = parse_run_args(build_parser(), argv)
     config = config_from_args(ns)
+    if ns.dry_run:
+        from pipeline.run_plan import plan_run
+
+        return plan_run(config)
     from pipeline.build import run_pipeline
 
-    return dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
+    return dataclasses.asdict(run_pipeline(config, **run_options(ns)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """What the caption and index_archive jobs share: their flags, the flags-to-config step, and clean exits.
 
-Errors a user can fix (a bad URI, unreachable storage, missing credentials, an unknown preset, a directory
-that is not a Video-LLaVA checkpoint, another run holding the output's lease) end the job with exit code 2 and
-one line naming the problem.
+Exit codes (:data:`EXIT_CODES`, printed in every job's ``--help``): 0 the run finished; 1 the run failed
+(storage unreachable or refusing, the output not writable, another run holding or taking over the output's
+lease, no credentials, the model failing to load, the Ray job failing, every video failing); 2 the command
+line is wrong (a flag's value, an unknown preset, an input URI or manifest that cannot name videos, a
+``--model`` that is not a Video-LLaVA checkpoint). Either failure ends with one line naming the problem, and
+names the flag when a flag's value is the problem.
 """
 
 from __future__ import annotations
@@ -11,32 +14,95 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
+from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import DTYPE_NAMES
 from sparsevlm.tiny import CHECKPOINT_DIR
 
+logger = logging.getLogger(__name__)
+
+RUN_FAILED = 1
 USAGE_ERROR = 2
+EXIT_CODES = f"""exit codes:
+  0  the run finished; its summary (or the --dry-run plan) is printed on stdout as JSON
+  {RUN_FAILED}  the run failed: storage unreachable or refusing, the output not writable, another run holding
+     the output's lease, no credentials, the model failing to load, the Ray job failing, every video failing
+  {USAGE_ERROR}  the command line is wrong: a flag's value, an unknown preset, an --input that names no videos or
+     a manifest entry outside its folder, a --model that is not a Video-LLaVA checkpoint
+"""
+
+# PipelineConfig field -> the flag (argparse dest) that sets it: builds the config, and turns the config's
+# errors, which name fields, into errors that name the flag the user typed.
+CONFIG_FLAGS: dict[str, str] = {
+    "input_uri": "input",
+    "output_uri": "output",
+    "model": "model",
+    "questions": "question",
+    "segment_seconds": "segment_seconds",
+    "frames_per_segment": "frames",
+    "max_new_tokens": "max_new_tokens",
+    "dtype": "dtype",
+    "sparse": "preset",  # SparseConfig.preset(--preset)
+    "workers": "workers",
+    "num_gpus_per_worker": "num_gpus_per_worker",
+    "cpus_per_worker": "cpus_per_worker",
+    "decode_cpus": "decode_cpus",
+    "batch_size": "batch_size",
+    "max_frames": "max_frames",
+    "max_decode_seconds": "max_decode_seconds",
+    "s3_endpoint_url": "s3_endpoint_url",
+    "retry_errors": "retry_errors",
+    "ray_address": "ray_address",
+    "allow_prefixes": "allow_prefix",
+    "io_retries": "io_retries",
+    "run_id": "run_id",
+}
+# Fields where the config's None (no segmenting, no limit) is the flag's 0.
+_ZERO_IS_NONE = ("segment_seconds", "max_decode_seconds")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and ends each flag's help with its default, unless the help already
+    says what the default is (a flag whose default is None, a list or a switch says it in words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unstated = action.default is None or action.default is False or action.default == []
+        if "default" in text or action.required or unstated or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def job_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """A job's parser: its docstring as the description, defaults in the help, the exit codes as the epilog."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=EXIT_CODES, formatter_class=HelpFormatter)
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every pipeline job takes."""
     parser.add_argument("--input", required=True, help="folder, s3://bucket/prefix, or a manifest (.txt/.csv/.parquet)")
     parser.add_argument("--output", required=True, help="folder or s3://bucket/prefix for Parquet results")
-    parser.add_argument("--question", action="append", default=[], help="a question asked of every segment (repeat)")
-    parser.add_argument("--questions-file", help="a text file with one question per line")
+    parser.add_argument(
+        "--question", action="append", default=[], help="a question asked of every segment (repeat; default: none)"
+    )
+    parser.add_argument("--questions-file", help="a text file with one question per line (default: none)")
     parser.add_argument("--model", default=str(CHECKPOINT_DIR), help="Video-LLaVA checkpoint dir or hub id")
     parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
     parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
-    parser.add_argument("--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="per answer")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"
+    )
     parser.add_argument(
         "--dtype",
         choices=DTYPE_NAMES,
@@ -71,9 +137,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="Ray retries of a decode task after a transient storage error (5xx, throttling, dropped connection)",
     )
-    parser.add_argument("--retry-errors", action="store_true", help="reprocess videos whose rows are errors")
-    parser.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster, or a local Ray)")
-    parser.add_argument("--run-id", help="identifies this run in every row (default: time + random)")
+    parser.add_argument(
+        "--retry-errors", action="store_true", help="reprocess videos whose rows are errors (default: skip them)"
+    )
+    parser.add_argument(
+        "--ray-address", help="Ray cluster address (default: the job's cluster if submitted to one, else a local Ray)"
+    )
+    parser.add_argument("--run-id", help="identifies this run in every row (default: UTC start time + random)")
     parser.add_argument(
         "--allow-prefix",
         action="append",
@@ -87,7 +157,34 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=0.0,
         metavar="SECONDS",
-        help="wait this long for another run on the same output to finish (default: exit at once with code 2)",
+        help="wait this long for another run on the same output to finish (default: 0, exit at once with code "
+        f"{RUN_FAILED})",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what a run would process (new, changed, retried, already done) with its token and FLOPs "
+        "estimate, then exit; starts no model and no Ray, writes nothing (default: run)",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="the driver's progress line: bar = redrawn in place, log = a log line every 10 s, off; auto = bar on "
+        "a terminal, else log (always log under --log-format json)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="Prometheus port of the local Ray the job starts, on 127.0.0.1 (default: a free port, logged at the "
+        "start); a cluster's nodes serve theirs at ray start --metrics-export-port",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="stderr lines: text for people, json for log shippers (one JSON object per line)",
     )
 
 
@@ -102,72 +199,106 @@ def _seconds(text: str) -> float:
     return value
 
 
+def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a job's flags and set up its logging (``--log-format``) before anything else can fail."""
+    ns = parser.parse_args(argv)
+    configure_logging(ns.log_format)
+    return ns
+
+
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
-    """Turn parsed flags into a validated :class:`PipelineConfig` (raises ValueError naming the bad flag)."""
+    """Turn parsed flags into a validated :class:`PipelineConfig`.
+
+    Raises:
+        ValueError: a flag's value is invalid; the message names the flag (``--workers must be ...``), not
+            the config field, and ``extra`` fields by their own names.
+    """
     questions = list(ns.question)
     if ns.questions_file:
         path = Path(ns.questions_file)
         if not path.is_file():
             raise ValueError(f"--questions-file {path} does not exist")
         questions += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if ns.preset not in PRESETS:
-        raise ValueError(f"unknown --preset {ns.preset!r}; known presets: {', '.join(PRESETS)}")
-    fields: dict[str, Any] = {
-        "input_uri": ns.input,
-        "output_uri": ns.output,
-        "model": ns.model,
-        "questions": tuple(dict.fromkeys(questions)),
-        "segment_seconds": ns.segment_seconds or None,
-        "frames_per_segment": ns.frames,
-        "max_new_tokens": ns.max_new_tokens,
-        "dtype": ns.dtype,
-        "sparse": SparseConfig.preset(ns.preset),
-        "workers": ns.workers,
-        "num_gpus_per_worker": ns.num_gpus_per_worker,
-        "cpus_per_worker": ns.cpus_per_worker,
-        "decode_cpus": ns.decode_cpus,
-        "batch_size": ns.batch_size,
-        "max_frames": ns.max_frames,
-        "max_decode_seconds": ns.max_decode_seconds or None,
-        "s3_endpoint_url": ns.s3_endpoint_url,
-        "retry_errors": ns.retry_errors,
-        "ray_address": ns.ray_address,
-        "allow_prefixes": tuple(ns.allow_prefix),
-        "io_retries": ns.io_retries,
-        **extra,
-    }
-    if ns.run_id:
-        fields["run_id"] = ns.run_id
-    config = PipelineConfig(**fields)
+    fields: dict[str, Any] = {name: getattr(ns, dest) for name, dest in CONFIG_FLAGS.items()}
+    fields["questions"] = tuple(dict.fromkeys(questions))
+    fields["allow_prefixes"] = tuple(ns.allow_prefix)
+    for name in _ZERO_IS_NONE:
+        fields[name] = fields[name] or None
+    if not ns.run_id:
+        del fields["run_id"]
+    try:
+        fields["sparse"] = SparseConfig.preset(ns.preset)
+        config = PipelineConfig(**fields, **extra)
+    except ValueError as err:
+        raise ValueError(flag_message(str(err))) from err
     if config.ray_address is None and "RAY_ADDRESS" not in os.environ:  # the job will start a local Ray
         use_local_ray_env()
+    if json_logging():  # Ray may be imported from here on: its loggers go through the JSON handler too
+        route_ray_logs()
     return config
 
 
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(USAGE_ERROR)
+def run_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`pipeline.build.run_pipeline` that flags set besides the config."""
+    progress = "log" if ns.log_format == "json" and ns.progress != "off" else ns.progress
+    return {"lease_wait_s": ns.wait_for_lease, "progress": progress, "metrics_export_port": ns.metrics_port}
+
+
+def flag_message(message: str) -> str:
+    """A :class:`PipelineConfig` error with the field it names replaced by the flag that sets it.
+
+    The config's messages name their field first (``workers must be an int >= 1, got 0`` becomes
+    ``--workers must be an int >= 1, got 0``) or after "unknown" (``unknown preset 'x'``, from
+    ``SparseConfig.preset``); only those places change, so a URI or a
+    placeholder in the message (``_runs/<run_id>.json``) stays as it is. Where the flag's 0 is the config's
+    None, the message says 0.
+    """
+    for name, dest in CONFIG_FLAGS.items():
+        flag = "--" + dest.replace("_", "-")
+        rewritten = re.sub(rf"^(unknown )?({name}|{dest})(?= )", rf"\g<1>{flag}", message)
+        if rewritten != message:
+            return rewritten.replace(" or None", " or 0", 1) if name in _ZERO_IS_NONE else rewritten
+    return message
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """End the job with one line on stderr (``error: ...``, or a JSON record under ``--log-format json``)."""
+    print(error_line(message, code), file=sys.stderr)
+    raise SystemExit(code)
 
 
 def run_cli(main: Callable[[], dict[str, Any]]) -> None:
-    """Run a job's main, printing its summary as JSON, and turn user-fixable errors into exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run a job's main and print its summary as JSON; end a failing job with one line and its exit code.
+
+    Usage errors (a flag's value, the input, the model; see :data:`EXIT_CODES`) exit with
+    :data:`USAGE_ERROR`, everything that stops a run otherwise with :data:`RUN_FAILED`; an unexpected
+    exception is logged with its traceback first.
+    """
+    configure_logging("text")  # until the job's main has read --log-format
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
-    from pipeline.lease import LeaseHeld
+    from pipeline.lease import LeaseHeld, LeaseLost
     from pipeline.sources import SourceError
     from sparsevlm.engine import CheckpointError
 
+    usage = (ValueError, SourceError, CheckpointError)
     try:
         summary = main()
     except NoCredentialsError:
-        fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role")
-    except (PipelineError, SourceError, CheckpointError, LeaseHeld, ValueError) as err:
-        fail(_one_line(err))
+        fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role", 1)
+    except PipelineError as err:  # the run wraps what it finds wrong with its input or model
+        fail(_one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED)
+    except usage as err:
+        fail(_one_line(err), USAGE_ERROR)
+    except (LeaseHeld, LeaseLost) as err:
+        fail(_one_line(err), RUN_FAILED)
     except (BotoCoreError, ClientError, OSError) as err:
-        fail(f"storage is not reachable or refused the request: {_one_line(err)}")
-    print(json.dumps(summary, indent=2, default=str))
+        fail(f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED)
+    except Exception as err:
+        logger.exception("the run failed")
+        fail(f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED)
+    print(json.dumps(summary, default=str) if json_logging() else json.dumps(summary, indent=2, default=str))
 
 
 def _one_line(err: BaseException) -> str:

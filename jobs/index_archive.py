@@ -17,30 +17,32 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from jobs.common import add_run_flags, config_from_args, run_cli
+from jobs.common import add_run_flags, config_from_args, job_parser, parse_run_args, run_cli, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.index_archive", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = job_parser("python -m jobs.index_archive", __doc__)
     add_run_flags(parser)
     parser.add_argument("--date", help="partition date YYYY-MM-DD (default: today, UTC)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ns = build_parser().parse_args(argv)
+    ns = parse_run_args(build_parser(), argv)
     day = ns.date or dt.datetime.now(dt.UTC).date().isoformat()
     try:
         dt.date.fromisoformat(day)
     except ValueError:
         raise ValueError(f"--date must be YYYY-MM-DD, got {day!r}") from None
     config = config_from_args(ns, partition=f"dt={day}")
+    if ns.dry_run:
+        from pipeline.run_plan import plan_run
+
+        return plan_run(config)
     from pipeline.build import run_pipeline
     from pipeline.ledger import Ledger
 
-    summary = dataclasses.asdict(run_pipeline(config, lease_wait_s=ns.wait_for_lease))
+    summary = dataclasses.asdict(run_pipeline(config, **run_options(ns)))
     manifest = {**summary, "partition": config.partition, **_run_metrics(config, summary)}
     Ledger(*config.output_filesystem()).write_json(f"_runs/{config.run_id}.json", manifest)
     return manifest

@@ -4,10 +4,14 @@
 
     list sources + ledger filter (driver) -> from_items -> flat_map(decode_rows)      CPU tasks
         -> map_batches(Predictor, ActorPoolStrategy)                                    one engine per actor
-        -> write_datasink(ResultSink)                                                   Parquet + ledger commit
+        -> map_batches(commit_rows)                                                     Parquet + ledger commit
+        -> iter_batches (driver): one CommitReport row per commit task                 progress, summary
 
 The stages themselves are plain functions and classes (pipeline/decode.py, predictor.py, ledger.py) that run
-without Ray; this module only chooses resources and wires them. ``run_pipeline`` is the entry point.
+without Ray; this module only chooses resources and wires them. ``run_pipeline`` is the entry point. The
+commit stage is a map, not a Datasink, so its small reports stream to the driver while the run goes (a
+Datasink hands its results over only at the end): the progress line and the summary count them, with no
+second pass over the output.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import functools
 import logging
 import posixpath
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,15 +28,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.data
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink, WriteResult
-from ray.data.datasource.datasink import TaskContext
 
 from pipeline.config import PipelineConfig
+from pipeline.crash import crash_point
 from pipeline.decode import decode_rows, source_row
-from pipeline.lease import LeaseHeld, OutputLease
+from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
+from pipeline.metrics import metrics_endpoints, record_commit
 from pipeline.predictor import Predictor
+from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_report
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.sources import SourceError, list_sources
 from pipeline.split import split_items
@@ -45,9 +48,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PipelineError",
-    "ResultSink",
     "RunSummary",
     "build_dataset",
+    "commit_rows",
+    "commit_stage",
     "local_ray",
     "run_pipeline",
 ]
@@ -84,34 +88,24 @@ class RunSummary:
     error_message: str | None = None
 
 
-class ResultSink(Datasink[list[dict[str, Any]]]):
-    """Writes result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per video, then
-    its commit marker) and collects the committed entries on the driver.
+def commit_rows(
+    rows: pa.Table, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
+) -> pa.Table:
+    """The commit stage: write result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per
+    video, then its commit marker) and return one :class:`~pipeline.progress.CommitReport` row about them.
 
     Args:
+        rows: result rows with the ledger's internal columns (the model stage's output).
         config: the run's config.
         replaces: old part file per retried key; the commit of the new rows deletes it (see the ledger).
+        lease_token: the run's output lease token: each commit first checks the lease still carries it.
     """
-
-    def __init__(self, config: PipelineConfig, replaces: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.replaces = replaces or {}
-        self.entries: list[LedgerEntry] = []
-
-    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> list[dict[str, Any]]:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
-        if not tables:
-            return []
-        ledger = Ledger(*self.config.output_filesystem(), partition=self.config.partition)
-        committed = ledger.write_rows(pa.concat_tables(tables), self.config.run_id, self.replaces)
-        return [asdict(e) for e in committed]
-
-    def on_write_complete(self, write_result: WriteResult[list[dict[str, Any]]]) -> None:
-        self.entries = [LedgerEntry(**e) for task in write_result.write_returns for e in task]
-
-    def get_name(self) -> str:
-        return "ResultParquet"
+    if not rows.num_rows:
+        return CommitReport().to_table()
+    ledger = Ledger(*config.output_filesystem(), partition=config.partition, lease_token=lease_token)
+    committed = ledger.write_rows(rows, config.run_id, replaces)
+    record_commit([entry.status for entry in committed])
+    return commit_report(rows, committed).to_table()
 
 
 def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_size: int) -> ray.data.Dataset:
@@ -164,7 +158,30 @@ def _model_resources(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummary:
+def commit_stage(
+    results: ray.data.Dataset, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
+) -> ray.data.Dataset:
+    """The chain's last stage: commit tasks over the model stage's result rows, one report row each; each
+    commit first checks that the output's lease still carries ``lease_token`` (None: no fencing)."""
+    return results.map_batches(
+        functools.partial(commit_rows, config=config, replaces=replaces, lease_token=lease_token),
+        batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
+        batch_format="pyarrow",
+        # Writing small Parquet files is I/O bound, so the commit tasks hold no CPU and a few run at once. At
+        # 0.25 CPU each, Ray Data ran four and reserved a share of the CPUs for them, and its budget then left
+        # room for one 1-CPU decode task of two (measured on 2 CPUs, stand-in runs). Their remote arguments
+        # still differ from the model actors', so Ray Data never fuses the writes into them.
+        num_cpus=0,
+        concurrency=max(2, config.workers),
+    )
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    lease_wait_s: float = 0.0,
+    progress: ProgressMode = "auto",
+    metrics_export_port: int | None = None,
+) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
     The run first takes the output's lease (pipeline/lease.py), waiting up to ``lease_wait_s`` for another
@@ -173,13 +190,19 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
     read-only output fails in seconds, before Ray starts; then it reconciles what killed runs left
     (:meth:`~pipeline.ledger.Ledger.reconcile`), and its compaction runs only while the lease is still its own.
     Videos already committed under the same config key are skipped before decoding. Bad videos become
-    error rows; systemic problems raise :class:`PipelineError` with one message.
+    error rows; systemic problems raise :class:`PipelineError` with one message. ``progress`` is how the
+    driver shows the run's progress (:class:`~pipeline.progress.RunProgress`: a line redrawn on a terminal,
+    periodic log lines otherwise, or ``off``); while it shows it, Ray Data's own progress bars are off.
+    A local Ray that the run starts serves its metrics (pipeline/metrics.py) on 127.0.0.1 at
+    ``metrics_export_port`` (None: a port Ray picks; the run logs the endpoint).
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``).
 
     Raises:
         LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).
+        LeaseLost: another run took the lease over while this one ran (it expired: the driver was paused or cut
+            off past its TTL); this run's writers and driver then commit, delete and compact nothing more.
         PipelineError: the output is not writable, the model cannot load, the input cannot be listed, none of
             the first pending videos decodes, every processed video failed, or the Ray job failed. Whatever
             stops a run under the lease still leaves ``_runs/<run_id>.json``, with ``status: failed``, the
@@ -196,12 +219,13 @@ def run_pipeline(config: PipelineConfig, lease_wait_s: float = 0.0) -> RunSummar
         raise _unwritable(config, err) from err
     with lease:
         probe_output(config, ledger)
-        progress: dict[str, Any] = {}
+        record: dict[str, Any] = {}
         try:
             ledger.reconcile()
-            return _run(config, ledger, lease, progress, start)
+            crash_point("reconciled")
+            return _run(config, ledger, lease, record, start, progress, metrics_export_port)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record
-            _write_failure(config, ledger, progress, err, time.perf_counter() - start)
+            _write_failure(config, ledger, record, err, time.perf_counter() - start)
             raise
 
 
@@ -230,9 +254,15 @@ def _unwritable(config: PipelineConfig, err: BaseException) -> PipelineError:
 
 
 def _run(
-    config: PipelineConfig, ledger: Ledger, lease: OutputLease, progress: dict[str, Any], start: float
+    config: PipelineConfig,
+    ledger: Ledger,
+    lease: OutputLease,
+    record: dict[str, Any],
+    start: float,
+    progress: ProgressMode,
+    metrics_export_port: int | None,
 ) -> RunSummary:
-    """The body of :func:`run_pipeline`, under ``lease``; ``progress`` receives the counts a failure record needs."""
+    """The body of :func:`run_pipeline`, under ``lease``; ``record`` receives the counts a failure record needs."""
     try:
         spec = inspect_checkpoint(config.model)
         config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
@@ -245,7 +275,7 @@ def _run(
     done = ledger.committed()
     pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors, done))
     pending = [i for i in items if i["ledger_key"] in pending_keys]
-    progress.update(seen=len(items), pending=sorted(pending_keys))
+    record.update(seen=len(items), pending=sorted(pending_keys))
     # Retried videos: their old rows are replaced; remember where they are (another partition's file).
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
@@ -253,24 +283,16 @@ def _run(
     if pending:
         frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
         _preflight(config, pending, frame_size)
-        init_ray(config.ray_address)
+        init_ray(config.ray_address, metrics_export_port)
         _check_stand_in(config)
-        sink = ResultSink(config, {key: entry.file for key, entry in previous.items()})
-        try:
-            build_dataset(config, pending, frame_size).write_datasink(
-                sink,
-                # Writing small Parquet files is I/O bound, so the writers hold no CPU and a few run at once. With
-                # 0.25 CPU each, Ray Data ran four of them and reserved a share of the CPUs for them, and its
-                # budget then left room for one 1-CPU decode task of two (measured on 2 CPUs, stand-in runs).
-                ray_remote_args={"num_cpus": 0},
-                concurrency=max(2, config.workers),
-            )
-        except ray.exceptions.RayError as err:
-            raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
-        entries = sink.entries
+        logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
+        replaces = {k: e.file for k, e in previous.items()}
+        entries = _process(config, pending, frame_size, replaces, progress, lease.token)
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
     _write_summary(ledger, summary)
+    crash_point("summary")
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
         ledger.compact(entries)
@@ -298,6 +320,39 @@ def _check_stand_in(config: PipelineConfig) -> None:
             f"start it with resources={{{STAND_IN_RESOURCE!r}: {config.workers}}} "
             "(pipeline.ray_env.local_ray(cpus, resources))"
         )
+
+
+def _process(
+    config: PipelineConfig,
+    pending: list[dict[str, Any]],
+    frame_size: int,
+    replaces: dict[str, str],
+    progress: ProgressMode,
+    lease_token: str | None,
+) -> list[LedgerEntry]:
+    """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive.
+
+    Raises:
+        LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
+        PipelineError: the Ray job failed otherwise.
+    """
+    if progress != "off":  # ours replaces Ray Data's bars (the context is read when the dataset is built)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
+    shown = RunProgress(len(pending), progress)
+    try:
+        for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):
+            assert isinstance(batch, pa.Table)
+            for row in batch.to_pylist():
+                shown.update(CommitReport.from_row(row))
+    except ray.exceptions.RayError as err:
+        cause = getattr(err, "cause", None)  # a commit task's own exception (RayTaskError keeps it)
+        if isinstance(cause, LeaseLost):
+            raise LeaseLost(str(cause).strip().splitlines()[0]) from err  # Ray Data appends retry hints
+        raise PipelineError(f"the Ray job failed: {_first_line(err)}") from err
+    finally:
+        shown.close()
+    return shown.entries
 
 
 def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size: int) -> None:
@@ -356,18 +411,18 @@ def _write_summary(ledger: Ledger, summary: RunSummary) -> None:
 
 
 def _write_failure(
-    config: PipelineConfig, ledger: Ledger, progress: dict[str, Any], err: BaseException, wall: float
+    config: PipelineConfig, ledger: Ledger, record: dict[str, Any], err: BaseException, wall: float
 ) -> None:
     """Record a failed run: ``status: failed``, the error, and the videos it committed before it stopped
     (read back from the ledger: a Ray job that fails returns nothing to the driver). Never raises."""
-    pending: list[str] = progress.get("pending", [])
+    pending: list[str] = record.get("pending", [])
     try:
         found = ledger.entries(pending).values() if pending else []
         entries = [e for e in found if e.run_id == config.run_id]
     except Exception as read_err:  # the storage that failed the run may fail this too; the counts stay 0
         logger.warning("run %s: could not read what it committed (%s)", config.run_id, _first_line(read_err))
         entries = []
-    summary = _summarise(config, progress.get("seen", 0), len(pending), entries, wall)
+    summary = _summarise(config, record.get("seen", 0), len(pending), entries, wall)
     summary = dataclasses.replace(
         summary, status="failed", error_class=type(err).__name__, error_message=_first_line(err)
     )

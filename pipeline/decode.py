@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Generator, Iterator
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ import numpy as np
 from pipeline import readers
 from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
+from pipeline.metrics import record_decode
 from pipeline.sources import VideoSource
 from pipeline.split import share_bounds
 from pipeline.storage import TransientIOError, open_local_copy, storage_failure
@@ -311,6 +313,7 @@ def decode_rows(
     sent = False
     local = uri
     deadline = deadline_after(config.max_decode_seconds)  # the download counts too
+    started = time.perf_counter()
     try:
         fs = config.fsspec_filesystem(uri)
         with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
@@ -352,9 +355,11 @@ def decode_rows(
         indices = [index] if final else list(range(index if index is not None else first, stop))
         for k, at in enumerate(indices):
             yield {**base, **video, **_no_segment(at), LAST_SEGMENT: final and k == len(indices) - 1, **error}
-        return
-    if previous is not None:
-        yield _segment_row(base, video, previous, last=final)
+    else:
+        if previous is not None:
+            yield _segment_row(base, video, previous, last=final)
+    if not first_frame_only:  # per decode task: each part of a split video reads the whole file
+        record_decode(time.perf_counter() - started, row["source_size"])
 
 
 def _video_fields(info: VideoInfo) -> dict[str, Any]:

@@ -15,9 +15,15 @@ longer exists (a killed driver), is taken over by the same conditional overwrite
 taking over at once one wins. A second driver gets :class:`LeaseHeld`, naming the holder and its expiry, or
 waits for the lease with ``wait_s``.
 
-Limit: a lease does not fence a writer that lost it (a driver paused past its TTL keeps its write tasks);
-the TTL (:data:`DEFAULT_TTL_S`) is far above a renewal interval, and a driver whose renewal fails stops
-compacting (:meth:`OutputLease.check`).
+Fencing. A holder can lose its lease without knowing it: a driver paused past its TTL (a long GC or a
+stopped VM), or cut off from storage, is taken over by the next run, whose reconcile then deletes what the
+paused run's writers are still staging. So a holder re-reads the lease before every step that could undo
+another run's work, and stops with :class:`LeaseLost` unless the lease still carries its own ``token``:
+:meth:`OutputLease.check` in the driver (before it deletes replaced part files and before it compacts), and
+:func:`check_fence` in every write task before each commit (the ledger's ``lease_token``; one small GET per
+committed video). The check and the write are two requests, not one conditional write, so a takeover that
+lands between them lets that one commit through (a commit of whole rows that the next run's reconcile keeps
+or deletes, never a duplicate: see pipeline/ledger.py); the window is one commit, not the rest of a run.
 """
 
 from __future__ import annotations
@@ -41,11 +47,11 @@ from typing import Any, Protocol
 import pyarrow.fs as pafs
 from fsspec.asyn import sync
 
-from pipeline.ledger_files import fsspec_of
+from pipeline.ledger_files import PrefixFiles, fsspec_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TTL_S", "LEASE_NAME", "Holder", "LeaseHeld", "LeaseLost", "OutputLease"]
+__all__ = ["DEFAULT_TTL_S", "LEASE_NAME", "Holder", "LeaseHeld", "LeaseLost", "OutputLease", "check_fence"]
 
 LEASE_NAME = "_lease"
 DEFAULT_TTL_S = 300.0  # a killed driver on another host blocks the output this long; renewed every TTL/3
@@ -152,14 +158,25 @@ class OutputLease:
         self._renewer.start()
         return self
 
-    def check(self) -> None:
-        """Raise :class:`LeaseLost` unless this run still holds the lease (call before compacting)."""
+    @property
+    def token(self) -> str:
+        """This acquisition's token, which the run's writers check before each commit (:func:`check_fence`)."""
         if self.holder is None:
             raise LeaseLost(f"run {self.run_id!r} does not hold the output lease {self.where}")
+        return self.holder.token
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless this run still holds the lease: renewed in time, and the lease in
+        storage still its own (one read; call it before deleting or compacting)."""
+        token = self.token
         if self._lost is not None:
             raise LeaseLost(self._lost)
         if time.monotonic() > self._valid_until:
             raise LeaseLost(f"the output lease {self.where} was not renewed within its {self.ttl_s:.0f} s")
+        current = self._current()
+        if current is None or current.token != token:
+            self._lost = f"the output lease {self.where} was taken over: {_named(current)}"
+            raise LeaseLost(self._lost)
 
     def renew(self) -> None:
         """Extend the lease by ``ttl_s`` if this run still holds it (else remember that it was lost)."""
@@ -171,9 +188,7 @@ class OutputLease:
             version = self._store.replace(_encode(renewed), self._version)
             if version is None:
                 current = self._current()
-                self._lost = (
-                    f"the output lease {self.where} was taken over: {current.describe() if current else 'deleted'}"
-                )
+                self._lost = f"the output lease {self.where} was taken over: {_named(current)}"
                 logger.error("%s; this run stops compacting", self._lost)
                 return
             self.holder, self._version, self._valid_until = renewed, version, started + self.ttl_s
@@ -239,6 +254,26 @@ class OutputLease:
                 logger.warning("could not renew the output lease %s (%s); retrying", self.where, err)
 
 
+def check_fence(files: PrefixFiles, token: str) -> None:
+    """Raise :class:`LeaseLost` unless the lease under ``files``' prefix carries ``token`` (a writer's check
+    before each commit: its run still holds the output)."""
+    path = files.path(LEASE_NAME)
+    try:
+        with files.fs.open_input_stream(path) as f:  # a storage error raises: it says nothing about the lease
+            current = _decode(f.read())
+    except FileNotFoundError:
+        current = None
+    if current is None or current.token != token:
+        raise LeaseLost(
+            f"the output lease {path} is no longer this run's ({_named(current)}); this write task stops "
+            "before committing: another run owns the output now and will process what this one did not commit"
+        )
+
+
+def _named(holder: Holder | None) -> str:
+    return "deleted" if holder is None else holder.describe()
+
+
 def _iso(epoch_s: float) -> str:
     return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds")
 
@@ -283,12 +318,20 @@ class _LocalLease:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-            self.made_folder = True
-        fd = os.open(folder, os.O_RDONLY)
-        try:
+        while True:
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                self.made_folder = True
+            fd = os.open(folder, os.O_RDONLY)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # a holder that made the folder removes it on release: lock the folder that is there now
+                current = os.stat(folder).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        try:
             yield
         finally:
             os.close(fd)  # releases the flock
@@ -340,9 +383,9 @@ class _LocalLease:
             found = self._read()
             if found is not None and found[1] == version:
                 os.unlink(self.path)
-        if self.made_folder:
-            with contextlib.suppress(OSError):  # not empty: the run wrote something
-                os.rmdir(os.path.dirname(self.path))
+            if self.made_folder:  # under the lock: a driver waiting for it locks the folder anew (_locked)
+                with contextlib.suppress(OSError):  # not empty: the run wrote something
+                    os.rmdir(os.path.dirname(self.path))
 
 
 class _S3Lease:

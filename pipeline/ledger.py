@@ -15,15 +15,16 @@ outside the prefix. The only ``.parquet`` names are part files: internal tables 
 and local temporary files end in ``.tmp``, so a recursive glob (DuckDB, Polars) reads results only.
 
 Commit protocol. One driver at a time holds the prefix's lease; it reconciles at its start (below), and only
-it compacts. Segments of one video reach the writers in any order and in different write tasks. Each task
-stages every segment it receives under its run's folder, named by index (a retried segment overwrites
-itself); the decode stage flags the video's final segment (``-last``). The task then lists that run folder;
-when it holds ``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond
-it (a staged segment past ``L`` means another attempt of the video got further: wait for its own last), it
-concatenates them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then
-writes the marker and deletes the key's markers of other statuses, then deletes a replaced part file (a retry
-into another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of
-another run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
+it compacts; its write tasks check before each commit that the lease is still the run's (``lease_token``).
+Segments of one video reach the writers in any order and in different write tasks. Each task stages every
+segment it receives under its run's folder, named by index (a retried segment overwrites itself); the decode
+stage flags the video's final segment (``-last``). The task then lists that run folder; when it holds
+``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond it (a staged
+segment past ``L`` means another attempt of the video got further: wait for its own last), it concatenates
+them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then writes the
+marker and deletes the key's markers of other statuses, then deletes a replaced part file (a retry into
+another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of another
+run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
 
 Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes ``_staging/``
 (nothing is in flight), and every orphan part file: one whose key is not committed (its writer died before
@@ -59,6 +60,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipeline.crash import crash_point
+from pipeline.lease import check_fence
 from pipeline.ledger_files import PrefixFiles
 from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
@@ -125,10 +128,15 @@ class Ledger:
         base: the output prefix as a path of that filesystem (``bucket/prefix`` on S3).
         partition: a hive partition folder (``dt=2026-11-22``) for the part files written now; the markers
             stay under ``<base>/_ledger`` so every partition shares one ledger (nightly increments).
+        lease_token: the token of the run's output lease (pipeline/lease.py); when given, every commit first
+            checks that the lease still carries it and raises ``LeaseLost`` otherwise (fencing).
     """
 
-    def __init__(self, filesystem: pafs.FileSystem, base: str, partition: str | None = None) -> None:
+    def __init__(
+        self, filesystem: pafs.FileSystem, base: str, partition: str | None = None, lease_token: str | None = None
+    ) -> None:
         self.files = PrefixFiles(filesystem, base)
+        self.lease_token = lease_token
         self.record = CommitRecord(self.files)
         self.fs = filesystem
         self.base = self.files.base
@@ -257,6 +265,7 @@ class Ledger:
                 last = bool(segment.column(LAST_SEGMENT)[0].as_py())
                 name = f"seg-{index:06d}{'-last' if last else ''}.arrow"
                 self.files.write_arrow(_results(segment), self._staging(key, run_id, name))
+                crash_point("staged")
             entry = self.commit_if_complete(key, run_id, replaces.get(key))
             if entry is not None:
                 committed.append(entry)
@@ -289,8 +298,11 @@ class Ledger:
         return self._commit(key, pa.concat_tables(parts).cast(RESULT_SCHEMA), run_id, replaces)
 
     def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
+        if self.lease_token is not None:  # the run lost the output to another: commit nothing more
+            check_fence(self.files, self.lease_token)
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self.files.write_parquet(rows, self.files.path(name))  # data first ...
+        crash_point("part")
         statuses = rows.column("status").to_pylist()
         status = "ok" if "error" not in statuses else "error" if "ok" not in statuses else "partial"
         classes = sorted({c for c in rows.column("error_class").to_pylist() if c})
@@ -308,9 +320,12 @@ class Ledger:
             committed_at=now_iso(),
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
+        crash_point("marker")
         if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
             self.files.delete_file(self.files.path(replaces))
+            crash_point("replaced")
         self.files.delete_dir(self._staging(key))  # this attempt's segments and any run's leftovers
+        crash_point("committed")
         logger.debug("committed %s: %d rows, status %s", key, entry.rows, status)
         return entry
 

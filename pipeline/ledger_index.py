@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.crash import crash_point
 from pipeline.ledger_files import PrefixFiles
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,9 @@ class CommitRecord:
         files = self.index_files()
         if fold:
             self._write_index(list(fold.values()), files)  # durable first ...
+            crash_point("indexed")
             self.files.delete_files([self.marker(k, s) for k, s in markers if k in fold])  # ... markers after
+            crash_point("compacted")
             markers = [(k, s) for k, s in markers if k not in fold]
             files = self.index_files()
         legacy = any(f.endswith(".parquet") for f in files)

@@ -24,6 +24,7 @@ import torch
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
 from pipeline.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
+from pipeline.metrics import record_model_batch
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.standin import StandInEngine
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
@@ -93,6 +94,13 @@ class Predictor:
         for i, row in enumerate(rows):
             results.extend(per_row[i])
             internal.extend([(row[LEDGER_KEY], bool(row[LAST_SEGMENT]), len(per_row[i]))] * len(per_row[i]))
+        record_model_batch(
+            next((a.latency_ms / 1000 for a in answers if isinstance(a, EngineAnswer)), None),
+            segments=len(decoded),
+            statuses=[r["status"] for r in results],
+            equivalent=[r["equivalent_tokens"] for r in results if r["status"] == "ok"],
+            visual_in=[r["visual_tokens_in"] for r in results if r["status"] == "ok"],
+        )
         out = rows_to_table(results)
         keys, lasts, counts = zip(*internal, strict=True) if internal else ((), (), ())
         out = out.append_column(LEDGER_KEY, pa.array(keys, pa.string()))

@@ -14,8 +14,6 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-import ray
-
 __all__ = ["LOCAL_RAY_ENV", "LOOPBACK", "init_ray", "local_ray", "start_local_ray", "use_local_ray_env"]
 
 LOOPBACK = "127.0.0.1"  # the node address of a Ray that this process starts itself
@@ -45,15 +43,21 @@ def use_local_ray_env() -> bool:
     return "ray" not in sys.modules
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, metrics_export_port: int | None = None) -> None:
     """Connect this driver to Ray unless it already is: to ``address`` when given, to the job's cluster when
-    ``RAY_ADDRESS`` is set (a Ray job's driver), else to a new local Ray (:func:`start_local_ray`)."""
+    ``RAY_ADDRESS`` is set (a Ray job's driver), else to a new local Ray (:func:`start_local_ray`), whose
+    Prometheus endpoint listens on 127.0.0.1 at ``metrics_export_port`` (None: a free port Ray picks; a
+    cluster's port is set where its nodes start, ``ray start --metrics-export-port``)."""
+    import ray  # here, not at the top: the jobs import this module before use_local_ray_env may import Ray
+
     if ray.is_initialized():
         return
     if address is not None:
         ray.init(address=address)
     elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth
         ray.init(include_dashboard=False)
+    elif metrics_export_port is not None:
+        start_local_ray(_metrics_export_port=metrics_export_port)
     else:
         start_local_ray()
 
@@ -62,6 +66,8 @@ def start_local_ray(**options: Any) -> None:
     """Start a Ray on this machine only: the node announces 127.0.0.1, no dashboard, LOCAL_RAY_ENV set (as
     defaults; it keeps the sockets on loopback only if it was set before Ray was imported)."""
     use_local_ray_env()
+    import ray
+
     ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, **options)
 
 
@@ -74,6 +80,8 @@ def local_ray(cpus: int, resources: dict[str, float] | None = None) -> Iterator[
     unix socket paths must fit in 107 bytes). Ray's listening sockets stay on loopback only if
     :func:`use_local_ray_env` ran before Ray was imported (the job entry points call it).
     """
+    import ray
+
     if ray.is_initialized():
         yield False
         return

@@ -34,11 +34,21 @@ class PresetCost:
     fraction: float
     flops_ratio: float
     note: str
+    prefill_flops: float = 0.0  # one prompt's prefill under the config (the stats.prefill_flops formula)
+    dense_prefill_flops: float = 0.0  # the same prompt without pruning
 
 
 def preset_cost(name: str, layout: Layout, assumed_rank: int = 10) -> PresetCost:
     """Equivalent tokens and prefill FLOPs ratio of one preset on ``layout``."""
-    cfg = SparseConfig.preset(name)
+    return config_cost(SparseConfig.preset(name), layout, assumed_rank)
+
+
+def config_cost(cfg: SparseConfig, layout: Layout, assumed_rank: int = 10) -> PresetCost:
+    """Equivalent tokens and prefill FLOPs ratio of any SparseConfig on ``layout`` (named ``cfg.name``).
+
+    Raises:
+        ValueError: a prune layer of ``cfg`` that the layout does not have.
+    """
     schedule = cfg.schedule(layout.num_layers, layout.n_visual)
     note = ""
     if cfg.mode == "rank":
@@ -51,17 +61,19 @@ def preset_cost(name: str, layout: Layout, assumed_rank: int = 10) -> PresetCost
     seq = [c + layout.n_text for c in counts[:-1]]  # tokens entering each layer
     dense = [layout.n_visual + layout.n_text] * layout.num_layers
     equiv = equivalent_tokens(counts[1:])
+    sparse_flops = prefill_flops(seq, layout.hidden, layout.ffn)
+    dense_flops = prefill_flops(dense, layout.hidden, layout.ffn)
     return PresetCost(
-        preset=name,
+        preset=cfg.name,
         prune_layers=sorted(keep_at),
         keep=[keep_at[layer] for layer in sorted(keep_at)],
         visual_after=counts[-1],
         equivalent_tokens=round(equiv, 2),
         fraction=round(equiv / layout.n_visual, 4),
-        flops_ratio=round(
-            prefill_flops(seq, layout.hidden, layout.ffn) / prefill_flops(dense, layout.hidden, layout.ffn), 4
-        ),
+        flops_ratio=round(sparse_flops / dense_flops, 4),
         note=note,
+        prefill_flops=sparse_flops,
+        dense_prefill_flops=dense_flops,
     )
 
 

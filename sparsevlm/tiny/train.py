@@ -35,10 +35,11 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
+from sparsevlm.tiny.heads import PatchHeads
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
-from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
-from sparsevlm.tiny.video_qa import COLOURS, DIRECTIONS, SHAPES, make_sample
+from sparsevlm.tiny.tokenizer import build_tokenizer
+from sparsevlm.tiny.video_qa import make_sample
 
 DEFAULT_OUT = Path(__file__).parent / "checkpoint"
 
@@ -67,6 +68,9 @@ class TrainConfig:
             0 trains without them, as the first two runs of the committed checkpoint did.
         text_loss_weight: weight of the language-model loss on the non-answer text (prompt template,
             questions, and a caption turn that is added when this is positive); 0 trains on answers only.
+        naming_weight: weight of the naming loss (:mod:`sparsevlm.tiny.naming`: object patches relate to their
+            colour and shape words, background patches to no word, by raw dot products with the embeddings);
+            0 trains without it, as every run before ``tiny-deep``'s 32-layer one did.
         motion_layer: LLM layer whose output feeds the motion and "new object" heads.
         eval_every_minutes: validation period.
         val_videos: validation videos per evaluation.
@@ -96,6 +100,7 @@ class TrainConfig:
     aux_weight: float = 1.0
     order_weight: float = 1.0
     text_loss_weight: float = 0.0
+    naming_weight: float = 0.0
     motion_layer: int = 2
     eval_every_minutes: float = 10.0
     val_videos: int = 48
@@ -115,82 +120,14 @@ class TrainConfig:
             raise ValueError(f"--first-video must be >= 0, got {self.first_video}")
         if self.text_loss_weight < 0:
             raise ValueError(f"--text-loss-weight must be >= 0, got {self.text_loss_weight}")
+        if self.naming_weight < 0:
+            raise ValueError(f"--naming-weight must be >= 0, got {self.naming_weight}")
         if not 1 <= self.motion_layer <= self.text_layers:
             raise ValueError(
                 f"--motion-layer must be in [1, --text-layers={self.text_layers}], got {self.motion_layer}"
             )
         if not 4 <= self.warm_frames <= self.num_frames:
             raise ValueError(f"warm_frames must be in [4, num_frames={self.num_frames}], got {self.warm_frames}")
-
-
-class WordHead(nn.Module):
-    """Per-patch classifier whose class vectors are the LLM's word embeddings; class 0 is background.
-
-    Scoring a red patch against the embedding of " red" puts the patch and the word that names it in the same
-    direction of the residual stream (the embeddings are tied to the LM head), so matching a question word
-    to patches and saying the word of an attended patch are both easy for the LLM.
-
-    Args:
-        dim: the LLM hidden size.
-        word_ids: token ids of the words naming classes 1..K.
-    """
-
-    def __init__(self, dim: int, word_ids: list[int]) -> None:
-        super().__init__()
-        self.word_ids: torch.Tensor
-        self.register_buffer("word_ids", torch.tensor(word_ids), persistent=False)
-        self.background = nn.Parameter(torch.zeros(dim))
-        self.bias = nn.Parameter(torch.zeros(1 + len(word_ids)))
-        self.scale = nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, x: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Logits ``[..., 1 + K]`` for features ``x`` ``[..., D]`` given the embedding table ``[V, D]``."""
-        classes = torch.cat([self.background[None], embeddings[self.word_ids]])  # [1 + K, D]
-        return self.scale * x @ classes.T + self.bias
-
-
-class PatchHeads(nn.Module):
-    """Training-only per-patch heads on the visual tokens (never saved with the model).
-
-    Args:
-        dim: the LLM hidden size (the projector's output size).
-        tokenizer: gives the ids of the colour, shape and direction words.
-    """
-
-    def __init__(self, dim: int, tokenizer: PreTrainedTokenizerBase) -> None:
-        super().__init__()
-        ids = answer_token_ids(tokenizer)
-        self.colour = WordHead(dim, [ids[w] for w in COLOURS])
-        self.shape = WordHead(dim, [ids[w] for w in SHAPES])
-        self.motion = WordHead(dim, [ids[w] for w in DIRECTIONS])
-        self.new = nn.Linear(dim, 2)
-        self.earliest = nn.Linear(dim, 2)
-        self.newest = nn.Linear(dim, 2)
-
-    def loss(
-        self, projected: torch.Tensor, hidden: torch.Tensor, embeddings: torch.Tensor, batch: TrainBatch
-    ) -> dict[str, torch.Tensor]:
-        """Cross-entropy of every head.
-
-        Args:
-            projected: ``[B, T, P, D]`` projector output without the CLS tokens.
-            hidden: ``[B, T, P, D]`` LLM hidden states at the same patches after ``motion_layer`` layers.
-            embeddings: ``[V, D]`` the LLM's (tied) word embeddings.
-            batch: the targets, ``[B, T, P]`` each.
-        """
-
-        def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE)
-
-        table = embeddings.float()
-        return {
-            "colour": ce(self.colour(projected.float(), table), batch.patch_colour),
-            "shape": ce(self.shape(projected.float(), table), batch.patch_shape),
-            "motion": ce(self.motion(hidden.float(), table), batch.patch_motion),
-            "new": ce(self.new(hidden.float()), batch.patch_new),
-            "earliest": ce(self.earliest(hidden.float()), batch.patch_earliest),
-            "newest": ce(self.newest(hidden.float()), batch.patch_newest),
-        }
 
 
 def train_step(
@@ -218,10 +155,12 @@ def train_step(
     assert isinstance(embeddings, torch.Tensor)
     losses = heads.loss(projected, hidden, embeddings, batch)
     logits = out.logits.float().flatten(0, 1)  # [B * L, V]
-    aux = sum(losses.values()) - losses["earliest"] - losses["newest"]
+    aux = sum(losses.values()) - losses["earliest"] - losses["newest"] - losses["naming"]
     order = losses["earliest"] + losses["newest"]
     losses["answer"] = nn.functional.cross_entropy(logits, batch.labels.flatten(), ignore_index=IGNORE)
     losses["total"] = losses["answer"] + cfg.aux_weight * aux + cfg.order_weight * order
+    if cfg.naming_weight > 0:
+        losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
     if cfg.text_loss_weight > 0:
         losses["text"] = nn.functional.cross_entropy(logits, batch.text_labels.flatten(), ignore_index=IGNORE)
         losses["total"] = losses["total"] + cfg.text_loss_weight * losses["text"]

@@ -210,6 +210,20 @@ def test_cluster_spec(source: str) -> None:
                 assert float(group["rayStartParams"]["num-gpus"]) == _gpus(limits)
 
 
+@pytest.mark.parametrize("source", ["RayCluster", "RayJob", "RayCronJob"])
+def test_every_ray_pod_serves_prometheus_metrics_on_one_port(source: str) -> None:
+    """Ray's metrics agent listens at --metrics-export-port; the pod names that port "metrics" (KubeRay's and a
+    PodMonitor's name for it) and its annotations point a pod-discovering Prometheus at the same number."""
+    spec = _cluster_specs()[source]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        port = int(group["rayStartParams"]["metrics-export-port"])
+        (container,) = _containers(group)
+        assert {"containerPort": port, "name": "metrics"} in container["ports"]
+        annotations = group["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == port
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
 def test_raycluster_autoscales() -> None:
     spec = _manifests()["RayCluster"]["spec"]
     assert spec["enableInTreeAutoscaling"] is True

@@ -42,6 +42,20 @@ def test_caption_writes_rows_then_skips_on_rerun(assets: Path, pipeline_model_di
     assert (second["processed"], second["skipped"]) == (0, 2)
     assert ds.dataset(out, format="parquet").to_table().num_rows == 4
 
+    # --dry-run reads the same ledger: a touched video is "changed", another one "new", the rest "done".
+    touched = videos / CLIPS[0]
+    os.utime(touched, (touched.stat().st_atime, touched.stat().st_mtime + 60))
+    shutil.copy(assets / "decord_flipping_a_pancake.mkv", videos / "new.mkv")
+    plan = caption.main([*argv, "--dry-run"])
+    states = {Path(v["source_uri"]).name: v["state"] for v in plan["videos"]}
+    assert states == {CLIPS[0]: "changed", CLIPS[1]: "done", "new.mkv": "new"}
+    assert (plan["seen"], plan["to_process"], plan["bytes_to_read"]) == (
+        3,
+        2,
+        touched.stat().st_size + (videos / "new.mkv").stat().st_size,
+    )
+    assert ds.dataset(out, format="parquet").to_table().num_rows == 4  # a dry run writes nothing
+
 
 @pytest.mark.usefixtures("pipeline_ray")
 def test_index_archive_processes_only_new_or_changed_videos(

@@ -151,7 +151,7 @@ def test_a_run_stopped_after_some_commits_records_them(
     """Stopped (here by Ctrl-C) once the first video is committed, the run still leaves its record."""
     config = make_config(str(pipeline_videos), str(tmp_path / "out"), pipeline_model_dir, run_id="stopped")
 
-    def commit_one_then_stop(address: str | None) -> None:  # stands in for Ray: one video, then an interrupt
+    def commit_one_then_stop(address: str | None, metrics_port: int | None) -> None:  # Ray: one video, then ^C
         (source,) = [s for s in list_sources(config.input_uri) if s.uri.endswith("mmaction2_test.avi")]
         rows = list(decode_rows(source_row(source, config), config, 64))
         Ledger(*config.output_filesystem()).write_rows(Predictor(config)(pa.Table.from_pylist(rows)), config.run_id)
@@ -175,7 +175,7 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def no_ray(address: str | None) -> None:
+    def no_ray(address: str | None, metrics_port: int | None) -> None:
         raise AssertionError("Ray must not start")
 
     monkeypatch.setattr(build, "init_ray", no_ray)
@@ -190,7 +190,7 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: caption.main([*argv, "--output", output]))
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and time.monotonic() - start < 20
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and time.monotonic() - start < 20
     assert err.startswith(f"error: the output {output} is not writable (") and "choose another --output" in err
 
 

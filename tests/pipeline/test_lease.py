@@ -1,5 +1,6 @@
 """One driver per output: the lease is created atomically, renewed, taken over only when expired or its
-holder's process is gone, and a second driver is refused with the holder's name (exit code 2 from the jobs)."""
+holder's process is gone, and a second driver is refused with the holder's name (exit code 1 from the jobs:
+a run failure)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from jobs import caption
 from jobs.common import run_cli
 from pipeline.build import run_pipeline
 from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
-from tests.pipeline.ledgers import make_ledger
+from pipeline.ledger import Ledger
+from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, segment
 from tests.pipeline.runs import make_config
 
 
@@ -98,7 +100,7 @@ def test_a_waiting_driver_gets_the_lease_when_it_is_released(output: tuple[pafs.
     assert 0.4 < time.monotonic() - started < 10
 
 
-def test_a_second_job_on_a_leased_output_exits_with_code_2_and_one_line(
+def test_a_second_job_on_a_leased_output_exits_with_code_1_and_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out"
@@ -106,9 +108,30 @@ def test_a_second_job_on_a_leased_output_exits_with_code_2_and_one_line(
         args = ["--input", str(tmp_path), "--output", str(output), "--run-id", "caption-1"]
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda: caption.main(args))
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 1  # a run failure (try again later), not a usage error
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "holds the output lease" in line and "run 'nightly-1'" in line and "until" in line
         with pytest.raises(LeaseHeld):  # the library raises before it reads or writes anything
             run_pipeline(make_config(str(tmp_path), str(output), tmp_path / "no-model"))
     assert not output.exists()  # the lease was the only thing written, and is gone
+
+
+def test_a_holder_that_lost_its_lease_commits_and_compacts_nothing(output: tuple[pafs.FileSystem, str]) -> None:
+    """Fencing: a driver paused past its TTL is taken over; its writers and its driver check the lease in
+    storage before each commit and before deleting or compacting, and stop."""
+    fs, base = output
+    stalled = OutputLease(fs, base, "stalled", ttl_s=0.5).acquire()
+    stalled._stop.set()  # paused: no renewal
+    writer = Ledger(fs, base, "dt=2026-11-22", lease_token=stalled.token)
+    writer.write_rows(segment("before", None, last=True), "stalled")  # still its lease: committed
+    time.sleep(0.7)
+    with OutputLease(fs, base, "next", ttl_s=30).acquire():
+        stalled._valid_until = float("inf")  # as if its clock had not seen the pause: only storage tells
+        with pytest.raises(LeaseLost, match=r"no longer this run's .*run 'next'"):
+            writer.write_rows(segment("after", None, last=True), "stalled")
+        with pytest.raises(LeaseLost, match="was taken over: run 'next'"):
+            stalled.check()
+        assert writer.committed() == {ledger_key(CONFIG_KEY, "before", ["q"]): "ok"}
+        assert [p.rsplit("/", 1)[1][:11] for p in writer.part_files()] == ["part-before"]
+        stalled.release()  # must not delete the new holder's lease
+        assert lease_document(fs, base) is not None

@@ -358,7 +358,7 @@ def test_a_run_id_that_could_name_a_file_elsewhere_is_refused(
     if run_id:
         with pytest.raises(SystemExit) as exit_info:
             run_cli(lambda: caption.main(["--input", str(tmp_path), "--output", str(tmp_path), "--run-id", run_id]))
-        assert exit_info.value.code == 2 and "run_id names the file" in capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--run-id names the file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,10 +13,11 @@ from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, collate
+from sparsevlm.tiny.heads import PatchHeads
 from sparsevlm.tiny.inputs import CLIP_MEAN, CLIP_STD, build_prompt, encode_prompts, normalize_frames
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
-from sparsevlm.tiny.train import PatchHeads, TrainConfig, main, train_step
+from sparsevlm.tiny.train import TrainConfig, main, train_step
 from sparsevlm.tiny.video_qa import ANSWER_WORDS, COLOURS, VideoSample, make_sample
 
 # 48 px frames, 16 px patches: 9 patches + CLS = 10 tokens per frame, 40 for a 4-frame video.
@@ -157,7 +158,7 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
         losses["total"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "earliest", "newest", "total"}
+    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "earliest", "newest", "naming", "total"}
     assert history[-1]["total"] < 0.9 * history[0]["total"]
     assert history[-1]["answer"] < history[0]["answer"]
 
@@ -171,6 +172,28 @@ def test_order_weight_zero_trains_without_the_order_heads(tokenizer: PreTrainedT
     rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"]
     torch.testing.assert_close(losses["total"], losses["answer"] + 0.5 * rest)
     assert losses["earliest"] > 0 and losses["newest"] > 0  # still measured, just not trained
+    assert losses["naming"] > 0  # measured; trained only with naming_weight > 0
+
+
+def test_naming_weight_adds_the_naming_loss_and_training_lowers_it(tokenizer: PreTrainedTokenizerBase) -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL, tokenizer).train()
+    heads = PatchHeads(SMALL.text_hidden, tokenizer)
+    batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
+    plain = TrainConfig(motion_layer=1, bf16=False)
+    named = TrainConfig(motion_layer=1, bf16=False, naming_weight=2.0)
+    with torch.no_grad():
+        base, added = train_step(model, heads, batch, plain), train_step(model, heads, batch, named)
+    torch.testing.assert_close(added["total"], base["total"] + 2.0 * base["naming"])
+    optimizer = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=1e-2)
+    history = []
+    for _ in range(6):  # its gradient reaches the projector and the embeddings through the model
+        losses = train_step(model, heads, batch, named)
+        optimizer.zero_grad()
+        losses["naming"].backward()
+        optimizer.step()
+        history.append(losses["naming"].item())
+    assert history[-1] < 0.8 * history[0]
 
 
 @pytest.mark.slow

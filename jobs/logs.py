@@ -1,0 +1,118 @@
+"""How a job's log lines look: plain text for people, or one JSON object per line for log shippers.
+
+``--log-format json`` sends every log record (the job's, the pipeline's and Ray's Python loggers, Python
+warnings), the progress lines and a failing job's last error line to stderr as one JSON object each::
+
+    {"time": "2026-12-02T18:30:00.123Z", "level": "INFO", "logger": "pipeline.build", "message": "..."}
+
+with ``exc_info`` (the formatted traceback) when a record carries one, and any ``extra={"fields": {...}}``
+merged in (the progress lines carry their counts that way). What does not pass through Python's logging stays
+plain: Ray workers' output is kept in Ray's log files instead of being relayed (``RAY_LOG_TO_DRIVER=0``), and
+Ray's C++ core may still print a line of its own format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import Any, Literal, get_args
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers that Ray sets up with handlers of their own (and propagate=False): in JSON mode they go through ours.
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and extra ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (a test's capture, a redirected stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property always reads stderr
+        pass
+
+
+def configure_logging(log_format: LogFormat = "text") -> None:
+    """Send log records at INFO and above to stderr, formatted as ``log_format``.
+
+    Replaces the handler an earlier call installed. Text mode, like ``logging.basicConfig``, adds none when
+    the root logger already has other handlers (a host application's or a test runner's); JSON mode, asked
+    for by name, always does. Ray's loggers get handlers of their own when Ray is imported; in JSON mode call
+    :func:`route_ray_logs` once Ray may be imported (after :func:`pipeline.ray_env.use_local_ray_env`).
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    if log_format == "text" and root.handlers:
+        return
+    handler = _StderrHandler()
+    handler.setLevel(logging.INFO)  # Ray Data's logger passes DEBUG records on (its own handlers filter them)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if log_format == "json":
+        logging.captureWarnings(True)  # Python warnings become records of the "py.warnings" logger
+        # Ray workers' prints (a model's loading bars, say) are relayed to the driver's stderr as plain text;
+        # in JSON mode they stay in Ray's log files. Ray reads this once, at import: jobs import it later.
+        os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
+
+
+def route_ray_logs() -> None:
+    """Send Ray's and Ray Data's driver-side log records through the root handler (imports Ray).
+
+    Both attach their own stderr handlers at import and stop propagation; in JSON mode those lines would be
+    plain text. Records Ray Data writes to its own log file under the session folder stay there too.
+    """
+    import ray.data  # noqa: F401  (its import configures the loggers this replaces)
+
+    for name in _RAY_LOGGERS:
+        ray_logger = logging.getLogger(name)
+        for old in list(ray_logger.handlers):
+            if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):
+                ray_logger.removeHandler(old)
+        ray_logger.propagate = True
+
+
+def json_logging() -> bool:
+    """Whether the root logger writes JSON (``configure_logging("json")`` ran)."""
+    handlers = logging.getLogger().handlers
+    return any(isinstance(h, _StderrHandler) and isinstance(h.formatter, JsonFormatter) for h in handlers)
+
+
+def error_line(message: str, exit_code: int) -> str:
+    """A failing job's last line on stderr: ``error: <message>``, or a JSON record in JSON mode."""
+    if not json_logging():
+        return f"error: {message}"
+    record = logging.LogRecord("jobs", logging.ERROR, __file__, 0, message, None, None)
+    record.fields = {"exit_code": exit_code}
+    return JsonFormatter().format(record)

@@ -1,0 +1,191 @@
+"""Real jobs in subprocesses: crashes at chosen points of the commit protocol, and concurrent jobs on one output.
+
+tests/pipeline/test_ledger_crash.py kills a simulated driver after each of its storage operations; these
+tests add what it cannot: the real job (``python -m jobs.index_archive`` with its own local Ray), the commit
+running in a Ray write worker, and death by SIGKILL (no ``finally``, the lease left with a dead pid, Ray's
+workers gone mid-write). The kill comes from the test hook ``PIPELINE_CRASH_AT`` (pipeline/crash.py), which
+SIGKILLs the process that reaches the step (``process``) or the job's driver and that process (``job``).
+
+After each crash, a rerun (in this process, on the test session's Ray) into the same or the next night's
+partition; then the README's readers see every (video, segment, task) once, whole videos only, nothing in
+``_staging/``, no lease, no orphan part file. Local disk only: the S3 commit path is the same Ledger code,
+which test_ledger_crash.py crashes on S3 at every step; an S3 server here would double each case's time.
+
+Then three jobs on one output at once: the lease lets one run, refuses one with exit code 1 (a run failure)
+and the holder's name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first
+committed. And a
+run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import index_archive
+from jobs.common import config_from_args
+from pipeline.build import PipelineError, run_pipeline
+from pipeline.lease import LeaseLost, OutputLease
+from pipeline.ledger import Ledger
+from pipeline.ledger_index import now_iso
+from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
+
+pytestmark = pytest.mark.slow  # each case: one job with its own Ray (~45-90 s here), one rerun (~30-60 s)
+
+NIGHTS = ("2026-11-21", "2026-11-22")
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+@pytest.mark.parametrize(
+    ("step", "scope", "rerun_night", "killed"),
+    [
+        # The Ray worker that writes dies after a part file, before its marker: Ray retries the write task in a
+        # new worker, which stages and commits the video again (same file name): the run completes, once.
+        ("part", "process", 1, "worker"),
+        # The job dies while a worker commits: marker written, staging not yet deleted; rerun in the same dt=.
+        ("marker", "job", 0, "driver"),
+        # The job dies after a part file without a marker; the next night writes elsewhere: the orphan in the
+        # first partition must not stay beside the new commit (the issue's duplicates across partitions).
+        ("part", "job", 1, "driver"),
+        # The driver dies in its compaction: index file written, markers not yet deleted.
+        ("indexed", "job", 0, "driver"),
+    ],
+    ids=["worker-after-part", "job-after-marker", "job-after-part-next-partition", "driver-after-index"],
+)
+def test_a_job_killed_in_its_commit_protocol_is_exact_after_the_rerun(
+    step: str, scope: str, rerun_night: int, killed: str, assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    videos, output, flag = copy_clips(assets, tmp_path / "in"), tmp_path / "out", tmp_path / "crashed"
+    crashed = start_job(
+        job_args(videos, output, pipeline_model_dir, NIGHTS[0], "night-1"),
+        tmp_path / "night-1.log",
+        crash_at=f"{step}:{scope}:{flag}",
+    )
+    code = finish(crashed)
+    log = (tmp_path / "night-1.log").read_text(errors="replace")
+    assert flag.read_text().split()[0] == step, log[-3000:]  # the hook fired, at that step
+    if killed == "worker":
+        assert int(flag.read_text().split()[1]) != crashed.pid
+        assert code == 0, log[-3000:]  # Ray retried the killed write task and the run completed
+        record = json.loads((output / "_runs" / "night-1.json").read_text())
+        assert (record["processed"], record["uncommitted"]) == (3, 0)
+        check_reader_invariant(output)
+    else:
+        assert code == -9, log[-3000:]  # SIGKILLed: a lease of a dead process; a run record only if written before
+        assert (output / "_lease").exists()
+        assert (output / "_runs" / "night-1.json").exists() == (step in ("summary", "indexed", "compacted"))
+
+    argv = job_args(videos, output, pipeline_model_dir, NIGHTS[rerun_night], "night-2")
+    summary = index_archive.main(argv)
+    assert summary["seen"] == 3 and summary["uncommitted"] == 0 and summary["failed"] == 0
+    rows = check_reader_invariant(output)
+    assert {r["run_id"] for r in rows} <= {"night-1", "night-2"}
+    if killed == "worker":
+        assert summary["processed"] == 0
+
+
+def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_everything(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    """Three real jobs on one output: the first runs; one started meanwhile exits 1 naming it; one started
+    meanwhile with --wait-for-lease waits for it, then processes nothing it committed."""
+    videos, output = copy_clips(assets, tmp_path / "in"), tmp_path / "out"
+    first = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "nightly-a"), tmp_path / "a.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "_lease").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "a.log").read_text()[-3000:]
+            time.sleep(0.05)
+        refused = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[1], "caption-b"), tmp_path / "b.log")
+        waiting = start_job(
+            [*job_args(videos, output, pipeline_model_dir, NIGHTS[1], "late-c"), "--wait-for-lease", "600"],
+            tmp_path / "c.log",
+        )
+        assert finish(refused, timeout_s=120) == 1  # a run failure (try again later), not a usage error
+        assert first.poll() is None, "the first job ended before the others asked for the lease"
+    finally:
+        assert finish(first) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    assert finish(waiting) == 0, (tmp_path / "c.log").read_text()[-3000:]
+
+    errors = [line for line in (tmp_path / "b.log").read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "another run holds the output lease" in errors[0], errors
+    assert f"run 'nightly-a' (host {socket.gethostname()}, pid {first.pid})" in errors[0] and " until 20" in errors[0]
+    assert "--wait-for-lease" in errors[0]
+    assert not (output / "_runs" / "caption-b.json").exists()  # refused before it wrote anything
+    assert "waiting for the output lease" in (tmp_path / "c.log").read_text()
+    late = json.loads((output / "_runs" / "late-c.json").read_text())
+    assert (late["seen"], late["skipped"], late["processed"]) == (3, 3, 0)
+    rows = check_reader_invariant(output)
+    assert {r["run_id"] for r in rows} == {"nightly-a"}
+
+
+@pytest.mark.usefixtures("pipeline_ray")
+def test_a_run_whose_lease_expires_and_is_taken_over_commits_and_compacts_nothing_more(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    """Fencing in a real run: at its first commit the run's lease expires (its document rewritten with a past
+    expiry, as after a pause past the TTL) and another run takes it over. The run's write tasks commit nothing
+    after that, its driver deletes and compacts nothing, the run fails naming the lease, and the taker's
+    lease survives the loser's release."""
+    videos, output = copy_clips(assets, tmp_path / "in"), tmp_path / "out"
+    argv = job_args(videos, output, pipeline_model_dir, NIGHTS[0], "paused")
+    config = config_from_args(index_archive.build_parser().parse_args(argv), partition=f"dt={NIGHTS[0]}")
+    fs = pafs.LocalFileSystem()
+    taken: list[tuple[str, OutputLease]] = []
+
+    def expire_and_take_over() -> None:
+        lease = output / "_lease"
+        holder = json.loads(lease.read_text())
+        lease.write_text(json.dumps({**holder, "expires_at": "2000-01-01T00:00:00.000+00:00"}))
+        taker = OutputLease(fs, str(output), "taker").acquire()
+        taken.append((now_iso(), taker))
+
+    def committed() -> bool:
+        return any((output / "_ledger").glob("*.json"))
+
+    watcher = threading.Thread(target=_when(committed, expire_and_take_over), daemon=True)
+    watcher.start()
+    with pytest.raises((PipelineError, LeaseLost), match="lease"):
+        run_pipeline(config)
+    watcher.join(timeout=30)
+    ((at, taker),) = taken
+    try:
+        # A commit that passed its check just before the takeover may finish after it (one commit's window).
+        late = [
+            e
+            for e in Ledger(fs, str(output)).entries(Ledger(fs, str(output)).committed()).values()
+            if e.committed_at > _plus_seconds(at, 5)
+        ]
+        assert late == []
+        assert not (output / "_ledger" / "_index").exists()  # never compacted after losing the lease
+        assert json.loads((output / "_lease").read_text())["run_id"] == "taker"  # release kept the taker's
+        record = json.loads((output / "_runs" / "paused.json").read_text())
+        assert record["status"] == "failed" and "lease" in record["error_message"]
+    finally:
+        taker.release()
+    index_archive.main(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "after"))  # the next run completes
+    check_reader_invariant(output)
+
+
+def _when(condition: Callable[[], bool], action: Callable[[], None], timeout_s: float = 300) -> Callable[[], None]:
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                action()
+                return
+            time.sleep(0.02)
+
+    return watch
+
+
+def _plus_seconds(iso: str, seconds: float) -> str:
+    return (dt.datetime.fromisoformat(iso) + dt.timedelta(seconds=seconds)).isoformat(timespec="microseconds")
