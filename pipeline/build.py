@@ -41,6 +41,8 @@ from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_re
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.report_data import write_report
 from pipeline.sources import SourceError, list_sources
+from pipeline.split import split_items
+from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
 from sparsevlm.engine import CheckpointError, inspect_checkpoint
@@ -120,9 +122,11 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 
     Args:
         config: the run's config.
-        items: :func:`~pipeline.decode.source_row` dicts of the videos to process.
+        items: :func:`~pipeline.decode.source_row` dicts of the videos to process (one each; a video larger than
+            ``config.split_video_bytes`` becomes several decode tasks here, :mod:`pipeline.split`).
         frame_size: the model's frame side, so frames leave the decoders at model resolution.
     """
+    items = split_items(items, config.split_video_bytes)  # long videos: several decode tasks each
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     ds = ds.flat_map(
         functools.partial(decode_rows, config=config, frame_size=frame_size),
@@ -145,11 +149,22 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         batch_format="pyarrow",
         # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
         compute=ray.data.ActorPoolStrategy(size=config.workers),
-        # One GPU per actor in production (a 7B model in bf16 takes ~14 GB); 0 runs the model on CPU.
-        num_gpus=config.num_gpus_per_worker,
-        # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
-        num_cpus=config.cpus_per_worker,
+        **_model_resources(config),
     )
+
+
+def _model_resources(config: PipelineConfig) -> dict[str, Any]:
+    """What one model actor holds."""
+    if config.stand_in is not None:
+        # Benchmarks and tests: a stand-in accelerator (pipeline/standin.py) waits without using a CPU, like a
+        # process that drives a GPU; the custom resource places one actor per stand-in unit of the Ray.
+        return {"num_cpus": 0, "resources": {STAND_IN_RESOURCE: 1}}
+    return {
+        # One GPU per actor in production (a 7B model in bf16 takes ~14 GB); 0 runs the model on CPU.
+        "num_gpus": config.num_gpus_per_worker,
+        # The actor's torch threads equal this share (Predictor), so it never oversubscribes the decoders.
+        "num_cpus": config.cpus_per_worker,
+    }
 
 
 def commit_stage(
@@ -161,9 +176,12 @@ def commit_stage(
         functools.partial(commit_rows, config=config, replaces=replaces, lease_token=lease_token),
         batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
         batch_format="pyarrow",
-        # Writing small Parquet files is I/O bound; a fraction of a CPU leaves the cores to decode (and a
-        # different CPU share keeps Ray Data from fusing the writes into the model actors).
-        num_cpus=0.25,
+        # Writing small Parquet files is I/O bound, so the commit tasks hold no CPU and a few run at once. At
+        # 0.25 CPU each, Ray Data ran four and reserved a share of the CPUs for them, and its budget then left
+        # room for one 1-CPU decode task of two (measured on 2 CPUs, stand-in runs). Their remote arguments
+        # still differ from the model actors', so Ray Data never fuses the writes into them.
+        num_cpus=0,
+        concurrency=max(2, config.workers),
         # Transient storage failures past the client's retries: Ray retries the task, like a decode task; a
         # retried commit restages and recommits under the same names, so no video twice (pipeline/ledger.py).
         max_retries=config.io_retries,
@@ -279,11 +297,13 @@ def _run(
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
     entries: list[LedgerEntry] = []
     if pending:
-        _preflight(config, pending, spec.frame_size)
+        frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
+        _preflight(config, pending, frame_size)
         init_ray(config.ray_address, metrics_export_port)
+        _check_stand_in(config)
         logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
         replaces = {k: e.file for k, e in previous.items()}
-        entries = _process(config, pending, spec.frame_size, replaces, progress, lease.token)
+        entries = _process(config, pending, frame_size, replaces, progress, lease.token)
     summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
@@ -304,6 +324,19 @@ def _run(
             "rows are committed: fix the cause, then rerun with retry_errors=True"
         )
     return summary
+
+
+def _check_stand_in(config: PipelineConfig) -> None:
+    """A stand-in run needs one unit of the stand-in resource per actor; without them Ray Data would wait forever."""
+    if config.stand_in is None:
+        return
+    units = ray.cluster_resources().get(STAND_IN_RESOURCE, 0)
+    if units < config.workers:
+        raise PipelineError(
+            f"the Ray cluster has {units:g} units of {STAND_IN_RESOURCE!r} for {config.workers} stand-in actors; "
+            f"start it with resources={{{STAND_IN_RESOURCE!r}: {config.workers}}} "
+            "(pipeline.ray_env.local_ray(cpus, resources))"
+        )
 
 
 def _process(

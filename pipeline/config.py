@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
+from pipeline.standin import StandInCost
 from pipeline.storage import arrow_filesystem, s3_filesystem
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
@@ -104,6 +105,14 @@ class PipelineConfig:
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.sources`).
+        split_video_bytes: a video larger than this is decoded by ``ceil(size / split_video_bytes)`` tasks (at
+            most 16), each over its share of the segments, so one long video keeps every decoder busy; rows and
+            the commit stay per video (:mod:`pipeline.split`). None: one task per video. Not part of the config
+            key: the rows are the same.
+        stand_in: benchmarks and tests only: model actors that spend this cost model's time on a stand-in
+            accelerator (one unit of the Ray resource ``stand_in_accelerator`` each, no CPU) instead of loading
+            ``model`` (:mod:`pipeline.standin`); its rows answer ``[stand-in]`` and its cost is part of the config
+            key, so they never mix with real results. None (the default): the real model.
     """
 
     input_uri: str
@@ -135,6 +144,8 @@ class PipelineConfig:
     partition: str | None = None
     allow_prefixes: tuple[str, ...] = ()
     io_retries: int = 3
+    split_video_bytes: int | None = 256 * 2**20
+    stand_in: StandInCost | None = None
     model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -180,7 +191,7 @@ class PipelineConfig:
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds"):
+        for name in ("max_video_bytes", "max_duration_s", "max_frames", "max_decode_seconds", "split_video_bytes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
@@ -197,6 +208,10 @@ class PipelineConfig:
                 f"sparse must be a SparseConfig, got {self.sparse!r}; for a preset use SparseConfig.preset(name) "
                 f"with one of {', '.join(PRESETS)}"
             )
+        if self.stand_in is not None and not isinstance(self.stand_in, StandInCost):
+            raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
+        if self.stand_in is not None and self.num_gpus_per_worker > 0:
+            raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         object.__setattr__(self, "model_revision", model_revision(self.model))
@@ -237,6 +252,8 @@ class PipelineConfig:
         }
         if self.repeat_stop:  # keyed only when on, so that configs without it keep their keys
             material["repeat_stop"] = self.repeat_stop
+        if self.stand_in is not None:  # only then: real runs keep their keys
+            material["stand_in"] = dataclasses.asdict(self.stand_in)
         return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     def fsspec_filesystem(self, uri: str) -> Any:

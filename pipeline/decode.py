@@ -42,6 +42,7 @@ from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
 from pipeline.metrics import record_decode
 from pipeline.sources import VideoSource
+from pipeline.split import share_bounds
 from pipeline.storage import TransientIOError, open_local_copy, storage_failure
 from pipeline.video import (
     DEFAULT_MAX_BYTES,
@@ -161,6 +162,7 @@ def decode_segments(
     deadline: float | None = None,
     first_frame_only: bool = False,
     decoder: DecoderName = "auto",
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[VideoInfo, Iterator[Segment]]:
     """Open a local video once and stream its segments.
 
@@ -182,6 +184,8 @@ def decode_segments(
         first_frame_only: One segment holding the first decodable frame only (a cheap check that the video
             decodes; PyAV stops at that frame instead of decoding up to the middle of the video).
         decoder: "auto" (decord, PyAV fallback), or force "decord" / "pyav".
+        share: ``(part, parts)``: plan the whole video, decode only part ``part`` of ``parts`` of its segments
+            (:func:`pipeline.split.share_bounds`); ``info.segments`` is the whole plan's count.
 
     Returns:
         `(info, segments)`: the video's metadata and an iterator of `Segment`s in time order.
@@ -218,6 +222,10 @@ def decode_segments(
         message = f"video ends at {reader.duration_s:.1f} s of {probe.duration_s:.1f} s; truncated?"
         logger.warning("%s: %s", path, message)
 
+    if first_frame_only:
+        plans = [SegmentPlan(0, 0.0, reader.duration_s, np.zeros(1, dtype=np.int64))]
+    else:
+        plans = plan_segments(reader.timestamps_s, reader.duration_s, frames_per_segment, segment_seconds)
     info = VideoInfo(
         duration_s=reader.duration_s,
         fps=reader.fps,
@@ -227,12 +235,12 @@ def decode_segments(
         num_frames=int(reader.timestamps_s.size),
         rotation=probe.rotation,
         decoder=reader.name,
+        segments=len(plans),
     )
-    if first_frame_only:
-        plans = [SegmentPlan(0, 0.0, reader.duration_s, np.zeros(1, dtype=np.int64))]
-    else:
-        plans = plan_segments(reader.timestamps_s, reader.duration_s, frames_per_segment, segment_seconds)
-    return info, reader.iter_segments(plans, size, to_the_end=not first_frame_only)
+    first, stop = share_bounds(len(plans), *share)
+    # Damage past the last planned frame is reported by the video's last part only (PyAV decodes on to it).
+    to_the_end = not first_frame_only and share[0] == share[1] - 1
+    return info, reader.iter_segments(plans[first:stop], size, to_the_end=to_the_end)
 
 
 def _check_file(path: str, max_bytes: int | None) -> None:
@@ -267,6 +275,8 @@ def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
         "source_size": source.size,
         "source_etag": source.etag,
         "questions": questions,
+        "part": 0,  # the share of the video's segments this item decodes (pipeline/split.py)
+        "parts": 1,
     }
 
 
@@ -287,13 +297,19 @@ def decode_rows(
         frame_size: the model's frame side in pixels.
         first_frame_only: one row with the first decodable frame (the driver's preflight check).
 
+    A row with ``parts > 1`` decodes only its share of the video's segments (``pipeline/split.py``, which also
+    says how a split video's errors are reported); only the last part flags the video's final segment.
+
     Yields:
-        Segment rows in time order; the last one has ``last_segment=True``.
+        Segment rows in time order; the video's final one has ``last_segment=True``.
     """
     base = {LEDGER_KEY: row[LEDGER_KEY], **{k: row[k] for k in VIDEO_FIELDS}, "questions": list(row["questions"])}
     uri = row["source_uri"]
+    part, parts = int(row["part"]), int(row["parts"])
+    final = part == parts - 1
     video: dict[str, Any] = dict.fromkeys(INFO_FIELDS)
     previous: Segment | None = None
+    first = stop = 0  # this part's segment indices, once the video is open
     sent = False
     local = uri
     deadline = deadline_after(config.max_decode_seconds)  # the download counts too
@@ -312,8 +328,10 @@ def decode_rows(
                 max_frames=config.max_frames,
                 deadline=deadline,
                 first_frame_only=first_frame_only,
+                share=(part, parts),
             )
             video = _video_fields(info)
+            first, stop = share_bounds(info.segments, part, parts)
             for segment in segments:  # one segment of look-ahead, to flag the last one
                 if previous is not None:
                     sent = True
@@ -326,15 +344,21 @@ def decode_rows(
             raise TransientIOError(f"{uri}: {err}") from err
         if not isinstance(err, DecodeError):
             logger.exception("unexpected %s decoding %s; recorded as an error row", type(err).__name__, uri)
+        if video["duration_s"] is None and not final:
+            return  # the video did not open: its last part reports that, once
         if previous is not None:
             yield _segment_row(base, video, previous, last=False)
-        index = None if video["duration_s"] is None else (0 if previous is None else previous.index + 1)
+        index = None if video["duration_s"] is None else (first if previous is None else previous.index + 1)
         message = str(err).replace(local, uri)  # name the object, not its temporary local copy
-        yield {**base, **video, **_no_segment(index), "error_class": type(err).__name__, "error_message": message}
+        error = {"error_class": type(err).__name__, "error_message": message}
+        # The last part ends the video here; an earlier part gives a row to each segment it did not decode.
+        indices = [index] if final else list(range(index if index is not None else first, stop))
+        for k, at in enumerate(indices):
+            yield {**base, **video, **_no_segment(at), LAST_SEGMENT: final and k == len(indices) - 1, **error}
     else:
         if previous is not None:
-            yield _segment_row(base, video, previous, last=True)
-    if not first_frame_only:
+            yield _segment_row(base, video, previous, last=final)
+    if not first_frame_only:  # per decode task: each part of a split video reads the whole file
         record_decode(time.perf_counter() - started, row["source_size"])
 
 

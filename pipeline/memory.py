@@ -48,12 +48,14 @@ def pss_bytes(pid: int) -> int:
 
 @dataclass(frozen=True)
 class MemorySample:
-    """One look at the tree: seconds since sampling began, total PSS, process count, largest process."""
+    """One look at the tree: seconds since sampling began, total PSS, process count, largest process, and
+    the root process's own PSS (the driver's, when the root is a job's driver)."""
 
     t_s: float
     total_bytes: int
     processes: int
     largest_bytes: int
+    root_bytes: int = 0
 
 
 @dataclass
@@ -85,8 +87,9 @@ class TreeMemorySampler:
         def loop() -> None:
             try:
                 while True:
-                    sizes = [self.read(pid) for pid in process_tree(self.root)]
-                    self.samples.append(MemorySample(time.monotonic() - began, sum(sizes), len(sizes), max(sizes)))
+                    sizes = [self.read(pid) for pid in process_tree(self.root)]  # the root first
+                    at = time.monotonic() - began
+                    self.samples.append(MemorySample(at, sum(sizes), len(sizes), max(sizes), sizes[0]))
                     if self._stop.wait(self.period_s):
                         return
             except BaseException as err:  # re-raised by __exit__: a sampler that died must not pass silently

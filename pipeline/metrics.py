@@ -126,9 +126,10 @@ def record_model_batch(
         metrics.rows.inc(statuses.count(status), tags={"status": status})
     for tokens in equivalent:
         metrics.equivalent_tokens.observe(tokens)
-    if equivalent:
+    # Ray's counters refuse an increment of 0 (a stand-in accelerator's answers carry no tokens).
+    if sum(equivalent) > 0:
         metrics.equivalent_tokens_kept.inc(sum(equivalent))
-    if visual_in:
+    if sum(visual_in) > 0:
         metrics.visual_tokens_in.inc(sum(visual_in))
 
 

@@ -26,6 +26,7 @@ from pipeline.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.metrics import record_model_batch
 from pipeline.schema import empty_row, rows_to_table
+from pipeline.standin import StandInEngine
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 from sparsevlm.stats import SampleStats
 
@@ -37,26 +38,26 @@ __all__ = ["Predictor"]
 class Predictor:
     """The model stage: a batch of segment rows in, result rows out (callable class for ``map_batches``).
 
-    Each actor holds one :class:`~sparsevlm.engine.VideoQAEngine`. All prompts of the batch's decoded
+    Each actor holds one :class:`~sparsevlm.engine.VideoQAEngine` (or, with ``config.stand_in``, one
+    :class:`~pipeline.standin.StandInEngine`: benchmarks and tests only). All prompts of the batch's decoded
     segments (the caption instruction, then each question) go into one batched ``generate``. Decode error
     rows pass through as error result rows; a failing ``generate`` turns its rows into error rows; a question
     the model cannot take (see the module docstring) becomes error rows without reaching ``generate``.
 
     Args:
         config: the run's config (model, SparseConfig, prompts, generation budget, CPU share).
-        engine: an already built engine (tests); default: load ``config.model``.
+        engine: an already built engine (tests); default: load ``config.model``, or the stand-in that
+            ``config.stand_in`` describes.
 
     Raises:
         PromptError: the caption prompt or one of ``config.questions`` cannot be asked (every row would fail).
     """
 
-    def __init__(self, config: PipelineConfig, engine: VideoQAEngine | None = None) -> None:
+    def __init__(self, config: PipelineConfig, engine: VideoQAEngine | StandInEngine | None = None) -> None:
         # The actor's CPU share is its thread budget: more threads than reserved CPUs starve the decoders.
         torch.set_num_threads(config.torch_threads)
         self.config = config
-        self.engine = engine or VideoQAEngine.from_pretrained(
-            config.model, config.sparse, device=config.device, dtype=config.dtype
-        )
+        self.engine = engine or _load_engine(config)
         self._provenance = {
             **self.engine.describe(),
             "model_revision": config.model_revision,
@@ -176,6 +177,12 @@ def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
     if stats.reduced_kept is not None:
         return [int(i) for i in stats.reduced_kept.tolist()]
     return None
+
+
+def _load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
+    if config.stand_in is not None:
+        return StandInEngine(config.stand_in)
+    return VideoQAEngine.from_pretrained(config.model, config.sparse, device=config.device, dtype=config.dtype)
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

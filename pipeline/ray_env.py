@@ -72,9 +72,9 @@ def start_local_ray(**options: Any) -> None:
 
 
 @contextlib.contextmanager
-def local_ray(cpus: int) -> Iterator[bool]:
-    """A local Ray with ``cpus`` logical CPUs for the block, unless one is already connected; yields whether
-    the block started it (then it also stops it).
+def local_ray(cpus: int, resources: dict[str, float] | None = None) -> Iterator[bool]:
+    """A local Ray with ``cpus`` logical CPUs (and custom ``resources``, such as stand-in accelerators) for the
+    block, unless one is already connected; yields whether the block started it (then it also stops it).
 
     The node announces 127.0.0.1, telemetry is off, there is no dashboard, and the temp dir is short (Ray's
     unix socket paths must fit in 107 bytes). Ray's listening sockets stay on loopback only if
@@ -86,7 +86,7 @@ def local_ray(cpus: int) -> Iterator[bool]:
         yield False
         return
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    start_local_ray(num_cpus=cpus, _temp_dir=temp_dir, log_to_driver=False)
+    start_local_ray(num_cpus=cpus, resources=resources or {}, _temp_dir=temp_dir, log_to_driver=False)
     try:
         yield True
     finally:

@@ -211,6 +211,10 @@ class PyAVReader:
             with av.open(self._path) as container:
                 stream = _video_stream(container, self._probe.stream_index)
                 stream.codec_context.thread_count = 1  # one decode task = one CPU, as with decord
+                if plan is not None and plan.frame_indices[0] > 0 and self._keys is not None:
+                    # A later part of a split video (pipeline/split.py): start at the keyframe before its first
+                    # frame instead of decoding the parts before it; frames are placed by their pts.
+                    container.seek(int(self._keys[plan.frame_indices[0]]), stream=stream, backward=True)
                 frames = (f for packet in container.demux(stream) for f in stream.decode(packet))
                 for count, frame in enumerate(frames):
                     check_deadline(self._path, self._deadline)

@@ -65,6 +65,7 @@ class VideoInfo:
     num_frames: int
     rotation: int  # clockwise degrees applied for display: 0, 90, 180 or 270
     decoder: str  # "decord" or "pyav"
+    segments: int = 1  # segments in the whole video's plan (a split task decodes a share of them)
 
 
 @dataclass(frozen=True)

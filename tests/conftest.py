@@ -91,12 +91,22 @@ def pipeline_videos(assets: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="session")
 def pipeline_ray() -> Iterator[None]:
-    """One local Ray for the session: 2 CPUs, no dashboard, loopback only, a short temp dir (unix sockets)."""
+    """One local Ray for the session: 2 CPUs, 4 stand-in accelerators, no dashboard, loopback only, a short temp
+    dir (unix sockets)."""
     import ray
     import ray.data
 
+    from pipeline.standin import STAND_IN_RESOURCE
+
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2,
+        resources={STAND_IN_RESOURCE: 4},  # stand-in accelerators (pipeline/standin.py) for the tests that use them
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield

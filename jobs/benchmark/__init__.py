@@ -1,0 +1,43 @@
+"""Benchmarks: `python -m jobs.benchmark <command> ...`.
+
+presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
+    equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
+    Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
+fidelity --out FILE.json [--plot FILE.png] [--model tiny|tiny-deep|DIR] [--seed 0-99] [--samples N]
+         [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
+    dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
+show (--synthetic I | --video FILE --question Q) --out FILE.png
+    the sampled frames with the visual tokens each method keeps.
+speed --out FILE.json
+    prefill time, peak memory and KV cache of dense vs the video presets on the Video-LLaVA-7B layout.
+long --out FILE.json [--videos N] [--preset video-long]
+    32-frame clips with a brief event: 32 frames compressed to the 8-frame budget vs 8 uniform frames.
+pipeline --out FILE.json [--synthetic N] [--copies K]
+    the Ray pipeline vs a plain sequential loop on the same videos: whole-run and steady-state throughput,
+    model busy fraction, decode cost per segment vs raw decord.
+gpu --out FILE.json [--tiny] [--new-tokens 32]
+    the full Video-LLaVA-7B layout in bf16 with random weights on one GPU: dense vs video-50/25/10/5 and
+    video-xf-25 at batch 1, 8 and 32 (vision tower and LLM prefill time, decode tokens/s, peak memory, KV
+    cache); --tiny, or no CUDA, runs a tiny model on CPU to check the command.
+syncs --out FILE.json [--batches 1 2 8 32]
+    device-to-host synchronisations of one prefill per preset and batch size on the 7B token layout
+    (counted by operator on the CPU: what a GPU would wait for).
+load --out FILE.json [--videos 1000]
+    many short videos in one Ray run: completes exactly once, memory (PSS of the whole job's process tree)
+    over time and its growth after warm-up, throughput, and the time of a rerun that skips everything.
+
+One module per family: ``cost`` (presets, speed, syncs, gpu), ``quality`` (fidelity, show, long), ``throughput``
+(pipeline, load); ``table`` prints every table; ``cli`` holds the parser.
+"""
+
+from __future__ import annotations
+
+from pipeline.ray_env import use_local_ray_env
+
+# Ray reads its loopback setting once, at import: set the local-Ray environment before a module of this package
+# imports Ray (the pipeline commands start a Ray of their own).
+use_local_ray_env()
+
+from jobs.benchmark.cli import main  # noqa: E402
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+"""``python -m jobs.benchmark <command> ...``; the commands are listed in the package docstring."""
+
+from jobs.benchmark import main
+
+main()

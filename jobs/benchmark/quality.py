@@ -1,0 +1,202 @@
+"""What the method keeps of the answers: ``fidelity``, ``show`` and ``long`` on the bundled tiny models."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.benchmark.flags import positive
+from jobs.benchmark.table import print_table, write_report
+from pipeline.decode import decode_segments
+from sparsevlm import apply_patch, last_stats
+from sparsevlm.baselines import METHODS, method_config, parse_schedule
+from sparsevlm.bench.fidelity import benchmark_questions, run_fidelity
+from sparsevlm.bench.long import long_items, run_long
+from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
+from sparsevlm.pooling import pool_grid
+from sparsevlm.tiny.inputs import encode_prompts
+from sparsevlm.tiny.loading import load_tiny
+from sparsevlm.tiny.video_qa import SPLIT_SIZE, make_sample
+
+# benchmark_questions(seed, n) asks about test videos seed * 100_000 + i (i < n) of a 10,000,000-video split.
+_FIDELITY_SEED_STRIDE = 100_000
+
+
+def _schedule(text: str) -> str:
+    """argparse type of ``--schedule``: the text itself once :func:`parse_schedule` accepts it."""
+    try:
+        parse_schedule(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _check_fidelity_seed(seed: int, samples: int) -> None:
+    """Exit with one line unless ``seed`` and ``samples`` name test videos that exist."""
+    last = SPLIT_SIZE // _FIDELITY_SEED_STRIDE - 1
+    if not 0 <= seed <= last:
+        raise SystemExit(f"--seed must be in [0, {last}] (each seed is its own range of test videos), got {seed}")
+    if samples > _FIDELITY_SEED_STRIDE:
+        raise SystemExit(f"--samples must be at most {_FIDELITY_SEED_STRIDE} per seed, got {samples}")
+
+
+def run_fidelity_command(ns: argparse.Namespace) -> None:
+    _check_fidelity_seed(ns.seed, ns.samples)
+    torch.manual_seed(ns.seed)
+    try:
+        model, tokenizer, trained = load_tiny(ns.model)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    label = ns.model or "bundled tiny Video-LLaVA"
+    if not trained:
+        label = "untrained random tiny Video-LLaVA (no checkpoint)"
+        print(
+            "NOTE: no trained checkpoint: agreement, KL and FLOPs check the machinery; accuracy and evidence "
+            "recall comparisons are not meaningful"
+        )
+    items = benchmark_questions(ns.seed, ns.samples)
+    report = run_fidelity(
+        model,
+        tokenizer,
+        items,
+        trained,
+        budgets=tuple(ns.budgets),
+        batch_size=ns.batch_size,
+        schedules=tuple(ns.schedule),
+    )
+    report = {"model": label, "trained": trained, "seed": ns.seed, **report}
+    print(f"model: {label}; {ns.samples} questions; dense accuracy: {report['dense']['accuracy']}")
+    shown = [{**r, "budget": r["budget"] if r["schedule"] is None else r["schedule"]} for r in report["results"]]
+    columns = ["method", "budget", "equivalent_tokens", "agreement", "kl", "evidence_recall", "accuracy"]
+    columns += ["retention", "prefill_flops_ratio", "prefill_ms"]
+    print_table(shown, columns, width=9)
+    write_report(report, ns.out)
+    if ns.plot:
+        _plot_fidelity(report, ns.plot)
+        print(f"wrote {ns.plot}")
+
+
+def _plot_fidelity(report: dict[str, Any], path: str) -> None:
+    import matplotlib  # optional: only --plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if r["schedule"] is None]  # fixed schedules are not budgets: table only
+    metric = "accuracy" if report["trained"] else "agreement"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(str(r["method"]) for r in rows):
+        points = sorted((float(r["equivalent_tokens"]), float(r[metric])) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    dense = report["dense"]
+    if metric == "accuracy" and isinstance(dense, dict) and dense.get("accuracy") is not None:
+        ax.axhline(dense["accuracy"], color="grey", linestyle="--", label="dense")
+    ax.set_xlabel("equivalent visual tokens")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs visual tokens ({report['model']})", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_show(ns: argparse.Namespace) -> None:
+    model, tokenizer, trained = load_tiny(ns.model)
+    vision = model.config.vision_config
+    size, patch = int(vision.image_size), int(vision.patch_size)
+    evidence = None
+    if ns.video:
+        if not ns.question:
+            raise SystemExit("--question is required with --video")
+        _, segments = decode_segments(ns.video, frames_per_segment=ns.frames, segment_seconds=None, size=size)
+        frames, question = next(iter(segments)).frames, ns.question
+    else:
+        sample = make_sample("test", ns.synthetic)
+        qa = next((q for q in sample.questions if q.question == ns.question), sample.questions[0])
+        frames, question, evidence = sample.frames, qa.question, qa.evidence
+    grid = size // patch
+    enc = encode_prompts(tokenizer, [question], [frames], patch)
+    rows = []
+    for method in METHODS:
+        config = method_config(method, ns.budget)
+        apply_patch(model, config)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=3, do_sample=False)
+        answer = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        stats = last_stats(model)[0]
+        tokens = f"{stats.equivalent_tokens:.0f} equiv. tokens -> {answer!r}"
+        if config.spatial_pool is not None:
+            cells = pool_grid(grid, config.spatial_pool * (grid * grid + 1) - 1)
+            label = f"{method} @ {ns.budget:.0%}: {cells[0]}x{cells[1]} cells per frame, {tokens}"
+            everything = np.ones((len(frames), grid, grid), dtype=bool)
+            pooled = pool_pixels(np.asarray(frames), grid, *cells)
+            rows.append(ShowRow(label, everything, ~everything, pooled))
+        else:
+            layer = min(stats.kept_indices)
+            kept = token_mask(stats.kept_indices[layer].numpy(), len(frames), grid)
+            recycled = token_mask(stats.recycled_indices.get(layer, torch.zeros(0)).numpy(), len(frames), grid)
+            rows.append(ShowRow(f"{method} @ {ns.budget:.0%}: layer {layer}, {tokens}", kept, recycled))
+        print(rows[-1].label)
+    image = render_keep_grid(np.asarray(frames), rows, evidence, scale=ns.scale)
+    image.save(ns.out)
+    print(f"question: {question}; model: {'trained' if trained else 'UNTRAINED'}; wrote {ns.out}")
+
+
+def run_long_command(ns: argparse.Namespace) -> None:
+    torch.manual_seed(ns.seed)
+    model, tokenizer, trained = load_tiny(ns.model)
+    if not trained:
+        print("NOTE: no trained checkpoint: accuracies are noise; FLOPs and time ratios still hold")
+    report = run_long(model, tokenizer, long_items(ns.seed, ns.videos), ns.preset, ns.batch_size)
+    report = {"model": ns.model or "bundled tiny Video-LLaVA", "trained": trained, "seed": ns.seed, **report}
+    columns = ["run", "frames", "accuracy", "accuracy_brief", "accuracy_absent", "equivalent_tokens"]
+    columns += ["flops_ratio", "time_ratio"]
+    print_table(report["results"], columns, width=16)
+    write_report(report, ns.out)
+
+
+def add_commands(sub: Any) -> None:
+    """Add this family's subcommands to ``sub`` (the main parser's subparsers)."""
+    fidelity = sub.add_parser("fidelity", help="dense vs methods at equal budgets on synthetic video QA")
+    fidelity.add_argument(
+        "--model", help="a bundled model, tiny (the default, 4 LLM layers) or tiny-deep (16), or a checkpoint directory"
+    )
+    fidelity.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
+    fidelity.add_argument("--samples", type=positive(int), default=64)
+    fidelity.add_argument("--batch-size", type=int, default=8)
+    fidelity.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.10, 0.05])
+    fidelity.add_argument(
+        "--schedule",
+        action="append",
+        type=_schedule,
+        default=[],
+        help="also run sparsevlm, sparsevlm-text, fastv and random at this schedule (repeat): fixed counts "
+        "LAYERS:KEEPS (1:52, 0,1:130,26) or a budget shared by several layers LAYERS@FRACTION (0,1@0.1)",
+    )
+    fidelity.add_argument("--out", required=True, help="JSON report")
+    fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")
+    fidelity.set_defaults(run=run_fidelity_command)
+
+    show = sub.add_parser("show", help="picture of the tokens each method keeps")
+    source = show.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="a video file (its first frames over the whole video are used)")
+    source.add_argument("--synthetic", type=int, help="index of a synthetic test video (evidence is outlined)")
+    show.add_argument("--question", help="the question (default for --synthetic: the video's first question)")
+    show.add_argument("--budget", type=float, default=0.10)
+    show.add_argument("--frames", type=int, default=8)
+    show.add_argument("--scale", type=int, default=3)
+    show.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    show.add_argument("--out", required=True)
+    show.set_defaults(run=run_show)
+
+    long = sub.add_parser("long", help="32 frames compressed to the 8-frame budget vs 8 uniform frames")
+    long.add_argument("--out", required=True)
+    long.add_argument("--model", help="checkpoint directory (default: the bundled tiny model)")
+    long.add_argument("--videos", type=int, default=48, help="clips (two questions each)")
+    long.add_argument("--seed", type=int, default=0)
+    long.add_argument("--preset", default="video-long")
+    long.add_argument("--batch-size", type=int, default=8)
+    long.set_defaults(run=run_long_command)
