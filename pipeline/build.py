@@ -17,12 +17,11 @@ second pass over the output.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import logging
 import posixpath
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +39,7 @@ from pipeline.predictor import Predictor
 from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_report
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.report_data import write_report
+from pipeline.run_record import RunSummary, first_line, summarise, write_failure, write_summary
 from pipeline.sources import SourceError, list_sources
 from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
@@ -66,30 +66,6 @@ MAX_INPUT_BLOCKS = 4096
 
 class PipelineError(RuntimeError):
     """A systemic failure: the model cannot load, no input decodes, or the Ray job itself failed."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What one run did. ``seen = skipped + processed + uncommitted``; ``failed`` counts videos whose rows
-    are all errors, ``partial`` those with some error rows."""
-
-    run_id: str
-    config_key: str
-    output_uri: str
-    seen: int
-    skipped: int
-    processed: int
-    failed: int
-    partial: int
-    rows: int
-    uncommitted: int
-    wall_s: float
-    error_classes: dict[str, int] = field(default_factory=dict)
-    replaced: list[str] = field(default_factory=list)  # old part files of retried videos, deleted
-    status: str = "ok"  # "failed": the run stopped; its counts are what it had committed by then
-    error_class: str | None = None  # why the run failed (not a video's error: those are in error_classes)
-    error_message: str | None = None
-    started_at: str = ""  # ISO 8601, UTC: when run_pipeline was called (the report's throughput starts there)
 
 
 def commit_rows(
@@ -240,7 +216,7 @@ def run_pipeline(
             crash_point("reconciled")
             return _run(config, ledger, lease, record, start, progress, metrics_export_port)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record
-            _write_failure(config, ledger, record, err, time.perf_counter() - start)
+            write_failure(config, ledger, record, err, time.perf_counter() - start)
             raise
 
 
@@ -262,7 +238,7 @@ def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
 
 def _unwritable(config: PipelineConfig, err: BaseException) -> PipelineError:
     return PipelineError(
-        f"the output {config.output_uri} is not writable ({type(err).__name__}: {_first_line(err)}); the run "
+        f"the output {config.output_uri} is not writable ({type(err).__name__}: {first_line(err)}); the run "
         "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
         "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
     )
@@ -304,10 +280,10 @@ def _run(
         logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
         replaces = {k: e.file for k, e in previous.items()}
         entries = _process(config, pending, frame_size, replaces, progress, lease.token)
-    summary = _summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
+    summary = summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
-    _write_summary(ledger, summary)
+    write_summary(ledger, summary)
     crash_point("summary")
     write_report(ledger, config, asdict(summary), entries, spec.frame_size)  # logs, never raises
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
@@ -371,7 +347,7 @@ def _process(
         headline = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if isinstance(cause, LeaseLost):  # first lines only: Ray Data appends retry hints
             raise LeaseLost(headline) from err
-        what = _first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
+        what = first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
         raise PipelineError(f"the Ray job failed: {what}") from err
     finally:
         shown.close()
@@ -406,58 +382,3 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
             f"none of the first {len(tried)} pending videos decodes, so the run stops before loading the model; "
             f"check the input and the decoders (set preflight_videos=0 to skip this check). Errors: {errors}"
         )
-
-
-def _summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:
-    classes: dict[str, int] = {}
-    for entry in entries:
-        for name in entry.error_classes:
-            classes[name] = classes.get(name, 0) + 1
-    return RunSummary(
-        run_id=config.run_id,
-        config_key=config.config_key(),
-        output_uri=config.output_uri,
-        seen=seen,
-        skipped=seen - pending,
-        processed=len(entries),
-        failed=sum(e.status == "error" for e in entries),
-        partial=sum(e.status == "partial" for e in entries),
-        rows=sum(e.rows for e in entries),
-        uncommitted=pending - len(entries),
-        wall_s=round(wall, 3),
-        error_classes=classes,
-        started_at=(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=wall)).isoformat(timespec="milliseconds"),
-    )
-
-
-def _write_summary(ledger: Ledger, summary: RunSummary) -> None:
-    ledger.write_json(f"_runs/{summary.run_id}.json", asdict(summary))
-
-
-def _write_failure(
-    config: PipelineConfig, ledger: Ledger, record: dict[str, Any], err: BaseException, wall: float
-) -> None:
-    """Record a failed run: ``status: failed``, the error, and the videos it committed before it stopped
-    (read back from the ledger: a Ray job that fails returns nothing to the driver). Never raises."""
-    pending: list[str] = record.get("pending", [])
-    try:
-        found = ledger.entries(pending).values() if pending else []
-        entries = [e for e in found if e.run_id == config.run_id]
-    except Exception as read_err:  # the storage that failed the run may fail this too; the counts stay 0
-        logger.warning("run %s: could not read what it committed (%s)", config.run_id, _first_line(read_err))
-        entries = []
-    summary = _summarise(config, record.get("seen", 0), len(pending), entries, wall)
-    summary = dataclasses.replace(
-        summary, status="failed", error_class=type(err).__name__, error_message=_first_line(err)
-    )
-    try:
-        _write_summary(ledger, summary)
-    except Exception as write_err:
-        logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
-        return
-    write_report(ledger, config, asdict(summary), entries, record.get("frame_size"))  # logs, never raises
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else type(err).__name__
