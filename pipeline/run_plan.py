@@ -103,8 +103,8 @@ def _states(config: PipelineConfig, items: list[dict[str, Any]]) -> list[Planned
 
 def _estimate(config: PipelineConfig, tokens_per_frame: int, to_process: list[PlannedVideo]) -> dict[str, Any]:
     """Tokens and FLOPs per prompt and per segment of the run's prompts; totals when a video is one segment."""
-    text = AutoConfig.from_pretrained(config.model).text_config
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    text = AutoConfig.from_pretrained(config.model, trust_remote_code=False).text_config
+    tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=False)
     sparse = config.sparse
     n_visual = config.frames_per_segment * tokens_per_frame
     prompts = [config.caption_prompt, *config.questions]
