@@ -3,7 +3,7 @@
 presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out FILE.json]
     equivalent tokens and prefill FLOPs ratio of every preset on a model layout (default:
     Video-LLaVA-7B, 8 frames x 257 tokens), from the token arithmetic and the FLOPs formula.
-fidelity --out FILE.json [--plot FILE.png] [--model tiny|tiny-deep|DIR] [--seed 0-99] [--samples N]
+fidelity --out FILE.json [--plot FILE.png] [--model tiny|tiny-deep|DIR] [--seed 0-99] [--samples N (512)]
          [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
     dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
 show (--synthetic I | --video FILE --question Q) --out FILE.png

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from sparsevlm.bench.fidelity import benchmark_questions, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
 from sparsevlm.pooling import pool_grid
+from sparsevlm.tiny import BUNDLED_MODELS
 from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.loading import load_tiny
 from sparsevlm.tiny.video_qa import SPLIT_SIZE, make_sample
@@ -158,14 +160,28 @@ def run_long_command(ns: argparse.Namespace) -> None:
     write_report(report, ns.out)
 
 
+def _bundled_names() -> str:
+    """The bundled models with their LLM depth, read from each committed checkpoint's config (cheap: JSON)."""
+    names = []
+    for name, directory in BUNDLED_MODELS.items():
+        try:
+            config = json.loads((directory / "config.json").read_text())
+            names.append(f"{name} ({config['text_config']['num_hidden_layers']} LLM layers)")
+        except (OSError, ValueError, KeyError):
+            names.append(f"{name} (no checkpoint in this checkout)")
+    return " or ".join(names)
+
+
 def add_commands(sub: Any) -> None:
     """Add this family's subcommands to ``sub`` (the main parser's subparsers)."""
     fidelity = sub.add_parser("fidelity", help="dense vs methods at equal budgets on synthetic video QA")
     fidelity.add_argument(
-        "--model", help="a bundled model, tiny (the default, 4 LLM layers) or tiny-deep (16), or a checkpoint directory"
+        "--model", help=f"a bundled model, {_bundled_names()}, or a checkpoint directory (default: tiny)"
     )
     fidelity.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
-    fidelity.add_argument("--samples", type=positive(int), default=64)
+    fidelity.add_argument(
+        "--samples", type=positive(int), default=512, help="questions, one per video (512: about +-2 points)"
+    )
     fidelity.add_argument("--batch-size", type=int, default=8)
     fidelity.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.10, 0.05])
     fidelity.add_argument(
