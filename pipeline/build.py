@@ -35,7 +35,6 @@ from pipeline.decode import decode_rows, source_row
 from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.metrics import metrics_endpoints, record_commit
-from pipeline.predictor import Predictor
 from pipeline.progress import CommitReport, ProgressMode, RunProgress, commit_report
 from pipeline.ray_env import init_ray, local_ray
 from pipeline.report_data import write_report
@@ -45,7 +44,7 @@ from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
-from sparsevlm.engine import CheckpointError, inspect_checkpoint
+from sparsevlm.engine_types import CheckpointError, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,17 @@ MAX_INPUT_BLOCKS = 4096
 
 class PipelineError(RuntimeError):
     """A systemic failure: the model cannot load, no input decodes, or the Ray job itself failed."""
+
+
+def inspect_checkpoint(model: str) -> ModelSpec:
+    """:func:`sparsevlm.engine.inspect_checkpoint`, imported when a run starts rather than with this module.
+
+    Every commit task imports this module (Ray sends :func:`commit_rows` by reference), and the engine module
+    would load torch and transformers into each of those workers, which write Parquet files and never need them.
+    """
+    from sparsevlm.engine import inspect_checkpoint as inspect
+
+    return inspect(model)
 
 
 def commit_rows(
@@ -102,6 +112,10 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
             ``config.split_video_bytes`` becomes several decode tasks here, :mod:`pipeline.split`).
         frame_size: the model's frame side, so frames leave the decoders at model resolution.
     """
+    # The model stage's class, imported here rather than with the module: it loads torch, which the commit
+    # tasks (they import this module for commit_rows) never need; the model actors import it themselves.
+    from pipeline.predictor import Predictor
+
     items = split_items(items, config.split_video_bytes)  # long videos: several decode tasks each
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     ds = ds.flat_map(

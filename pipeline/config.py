@@ -25,7 +25,8 @@ from pipeline.standin import StandInCost
 from pipeline.storage import arrow_filesystem, s3_filesystem
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
-from sparsevlm.engine import CAPTION_PROMPT, DTYPE_NAMES, DtypeName
+from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
+from sparsevlm.prompt_text import CAPTION_PROMPT
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 

@@ -2,7 +2,7 @@
 
 `decode_segments` opens a video once and returns its `VideoInfo` plus a lazy iterator that decodes one
 segment at a time (memory bounded by one segment). Frames leave already resized and centre-cropped to the
-model resolution (`sparsevlm.preprocess.resize_and_crop_uint8`). decord decodes (`num_threads=1`: VP9 bug
+model resolution (`sparsevlm.resize.resize_and_crop_uint8`). decord decodes (`num_threads=1`: VP9 bug
 dmlc/decord#246); PyAV takes what decord cannot open or decode at its first frame (AV1, VP9 without a
 duration, small quarter-turned frames). decord 0.6.0 applies the display-matrix rotation itself (measured
 on `moviepy_fire2.mp4`, -180°, and on ±90° clips); the PyAV path rotates with `np.rot90`. Mirroring display

@@ -30,7 +30,7 @@ from pipeline.video import (
     check_frames,
     short_error,
 )
-from sparsevlm.preprocess import resize_and_crop_uint8
+from sparsevlm.resize import resize_and_crop_uint8
 
 logger = logging.getLogger(__name__)
 

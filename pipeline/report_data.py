@@ -29,7 +29,6 @@ from pipeline.decode import deadline_after, decode_segments, open_local_copy
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import LedgerEntry
 from pipeline.report import ErrorExample, ReportData, VideoSample, render_report
-from sparsevlm.bench.show import ShowRow, render_keep_grid, token_mask
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +196,10 @@ def sample_picture(
         kept_indices: original visual-token indices kept (Video-LLaVA layout: per frame CLS, then patches);
             None shows every patch as kept.
     """
+    # Imported here, not with the module: it draws through sparsevlm.pooling, which imports torch, and this
+    # module is imported with pipeline.build by every commit task, where the page is never drawn.
+    from sparsevlm.bench.show import ShowRow, render_keep_grid, token_mask
+
     seconds = PICTURE_MAX_SECONDS if config.max_decode_seconds is None else config.max_decode_seconds
     deadline = deadline_after(min(seconds, PICTURE_MAX_SECONDS))
     fs = config.fsspec_filesystem(row["source_uri"])

@@ -23,14 +23,15 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from sparsevlm.engine import EngineAnswer, PromptError
-from sparsevlm.prompt import PLACEHOLDERS
-from sparsevlm.stats import SampleStats
+from sparsevlm.engine_types import EngineAnswer, PromptError
+from sparsevlm.prompt_text import PLACEHOLDERS
+
+if TYPE_CHECKING:
+    from sparsevlm.stats import SampleStats
 
 __all__ = ["STAND_IN", "STAND_IN_ANSWER", "STAND_IN_RESOURCE", "StandInCost", "StandInEngine"]
 
@@ -130,7 +131,16 @@ class StandInEngine:
 
 
 def _no_stats() -> SampleStats:
-    """Zero statistics: no model ran, so no token was kept and no FLOP was spent."""
+    """Zero statistics: no model ran, so no token was kept and no FLOP was spent.
+
+    torch is imported here, not with the module: the config imports :class:`StandInCost` from this module and
+    travels to every Ray worker, decoders included, which must not load torch. Only the model stage answers,
+    and its :class:`~pipeline.predictor.Predictor` has loaded torch already, so this costs the stand-in nothing.
+    """
+    import torch
+
+    from sparsevlm.stats import SampleStats
+
     return SampleStats(
         visual_tokens_in=0,
         visual_tokens_per_layer=[],

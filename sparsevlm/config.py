@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sparsevlm.stats import simulate_visual_counts, visual_after_pruning
+from sparsevlm.token_counts import simulate_visual_counts, visual_after_pruning
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +32,15 @@ from transformers import (
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from sparsevlm.config import SparseConfig
+from sparsevlm.engine_types import (
+    DTYPE_NAMES,
+    CheckpointError,
+    DtypeName,
+    EngineAnswer,
+    ModelSpec,
+    PromptError,
+    PromptTooLong,
+)
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.preprocess import normalize_uint8
 from sparsevlm.prompt import (
@@ -45,7 +53,6 @@ from sparsevlm.prompt import (
     visual_positions,
 )
 from sparsevlm.repetition import RepeatStop, trim_repeat
-from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
 
@@ -64,61 +71,9 @@ __all__ = [
     "resolve_dtype",
 ]
 
-DtypeName = Literal["auto", "bfloat16", "float16", "float32"]
-DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing, is not a Video-LLaVA, or stores its weights in an unsafe format."""
-
-
-class PromptError(ValueError):
-    """A question the model cannot be asked as given (pipeline rows record this class in ``error_class``)."""
-
-
-class PromptTooLong(PromptError):
-    """The prompt (visual tokens + question) plus ``max_new_tokens`` exceeds the model's context window."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What callers need to know about a checkpoint without loading its weights.
-
-    Attributes:
-        model_id: the path or hub id as given.
-        frame_size: the vision tower's input side in pixels (frames are ``[T, S, S, 3]``).
-        patch_size: the vision tower's patch side in pixels.
-        tokens_per_frame: visual tokens per frame on the video path (patches plus CLS).
-    """
-
-    model_id: str
-    frame_size: int
-    patch_size: int
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return 1 + (self.frame_size // self.patch_size) ** 2
-
-
-@dataclass(frozen=True)
-class EngineAnswer:
-    """One generated answer.
-
-    Attributes:
-        text: the decoded answer, special tokens removed and stripped.
-        stats: the sparsified prefill's statistics for this batch row.
-        latency_ms: wall time of the batched ``generate`` call that produced this answer.
-        stopped_repeating: the generation was stopped because it repeated itself, and the repeat was cut
-            (``repeat_stop``, sparsevlm/repetition.py).
-    """
-
-    text: str
-    stats: SampleStats
-    latency_ms: float
-    stopped_repeating: bool = False
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:

@@ -10,6 +10,9 @@ placeholder, tokenizes each piece on its own and puts the video token between th
 ``legacy: false`` (or no flag) nothing follows ``<video>`` but ``13``, the id sequence the checkpoint never saw
 in training. :func:`encode_text` therefore tokenizes the two pieces separately, as the original does, which gives
 the trained ids whatever the flag (tested on a tokenizer built from the real LLaMA vocabulary).
+
+The text alone (the constants and :func:`build_prompt`) is in :mod:`sparsevlm.prompt_text`, torch-free, and is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import frame_grid, pool_grid
+from sparsevlm.prompt_text import (
+    CAPTION_PROMPT,
+    PLACEHOLDERS,
+    PROMPT_HEAD,
+    VIDEO_PLACEHOLDER,
+    build_prompt,
+    prompt_tail,
+)
 
 __all__ = [
     "CAPTION_PROMPT",
@@ -33,23 +44,6 @@ __all__ = [
     "left_pad",
     "visual_positions",
 ]
-
-CAPTION_PROMPT = "Describe the video."
-VIDEO_PLACEHOLDER = "<video>"
-PLACEHOLDERS = ("<video>", "<image>")  # a question holding one would ask for features nobody passes
-PROMPT_HEAD = "USER: "
-
-
-def _tail(question: str) -> str:
-    return f"\n{question} ASSISTANT:"
-
-
-def build_prompt(question: str, num_video_tokens: int) -> str:
-    """The prompt as text, ``"USER: <video>\\n{question} ASSISTANT:"`` with ``<video>`` repeated.
-
-    This is what ``VideoLlavaProcessor`` builds; the engine sends the ids of :func:`encode_text` instead.
-    """
-    return f"{PROMPT_HEAD}{VIDEO_PLACEHOLDER * num_video_tokens}{_tail(question)}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, question: str) -> PromptText
     tail ``29871 13 11008 338 445 4863 2090 1460 29973 319 1799 9047 13566 29901``.
     """
     head = tokenizer(PROMPT_HEAD)["input_ids"]  # <s> USER: ▁
-    tail = tokenizer(_tail(question), add_special_tokens=False)["input_ids"]  # the original's piece minus its <s>
+    tail = tokenizer(prompt_tail(question), add_special_tokens=False)["input_ids"]  # the original's piece minus its <s>
     return PromptText(tuple(head), tuple(tail))
 
 

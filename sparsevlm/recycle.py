@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
-from sparsevlm.stats import recycle_counts
+from sparsevlm.token_counts import recycle_counts
 from sparsevlm.transfer import to_device
 
 
