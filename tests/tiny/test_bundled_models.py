@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from jobs.benchmark import main
-from sparsevlm.bench.fidelity import benchmark_questions
+from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions
 from sparsevlm.tiny import BUNDLED_MODELS, CHECKPOINT_DIR, DEEP_CHECKPOINT_DIR
 from sparsevlm.tiny.loading import load_tiny
 
@@ -43,3 +44,20 @@ def test_samples_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fidelity", "--samples", "0", "--out", "unused.json"])
     assert "must be positive, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DEEP_CHECKPOINT_DIR / "config.json").is_file(), reason="no tiny-deep checkpoint here")
+def test_fidelity_runs_on_the_deep_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "deep.json"
+    main(["fidelity", "--model", "tiny-deep", "--samples", "16", "--budgets", "0.1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    model, _, trained = load_tiny("tiny-deep")
+    assert trained and model.config.text_config.num_hidden_layers >= 16  # deep like the real 32-layer LLM
+    assert report["model"] == "tiny-deep" and report["dense"]["samples"] == 16
+    assert report["dense"]["accuracy"] >= 0.8  # trained to ~0.99; 16 questions leave room for noise
+    rows = report["results"]
+    assert [r["method"] for r in rows] == list(FIDELITY_METHODS)
+    for r in rows:  # every method at the same budget, measured on the deep layout
+        assert abs(r["equivalent_fraction"] - 0.1) <= 0.02, r
+        assert 0.0 < r["prefill_flops_ratio"] < 0.2 and r["accuracy"] is not None
+    assert "tiny-deep; 16 questions" in capsys.readouterr().out
