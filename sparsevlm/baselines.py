@@ -77,6 +77,15 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
 
 # The methods that prune inside the LLM, so they can share a fixed schedule (``pool`` acts before the LLM).
 SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
+# A shared target (``LAYERS@FRACTION``) also suits the cross-frame variants: their temporal merging spends part
+# of the same budget before the LLM, and the target is solved for what is left.
+TARGET_SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random")
+
+
+def schedule_methods(schedule: str) -> tuple[str, ...]:
+    """The methods that can run ``schedule``: all that prune inside the LLM for a shared target, the four
+    without temporal merging for fixed counts."""
+    return TARGET_SCHEDULE_METHODS if "@" in schedule else SCHEDULE_METHODS
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...] | float]:
@@ -108,16 +117,20 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
 
     Comparing methods at the same layers and counts separates how well each one chooses tokens from where a
     budget forces it to prune. ``sparsevlm`` and ``sparsevlm-text`` recycle as usual; ``fastv`` and ``random``
-    do not.
+    do not; the cross-frame variants (shared targets only) merge across frames first, as in their presets.
 
     Raises:
-        ValueError: a method other than :data:`SCHEDULE_METHODS`, or a bad schedule (see :func:`parse_schedule`
-            and :class:`SparseConfig`).
+        ValueError: a method that :func:`schedule_methods` does not admit for it, or a bad schedule (see
+            :func:`parse_schedule` and :class:`SparseConfig`).
     """
-    if method not in SCHEDULE_METHODS:
-        raise ValueError(f"method {method!r} cannot run a fixed schedule; use one of {', '.join(SCHEDULE_METHODS)}")
+    allowed = schedule_methods(schedule)
+    if method not in allowed:
+        raise ValueError(f"method {method!r} cannot run schedule {schedule!r}; use one of {', '.join(allowed)}")
     layers, budget = parse_schedule(schedule)
     name = f"{method}-{schedule}"
+    if method in ("sparsevlm-xf", "sparsevlm-xf-text"):
+        assert isinstance(budget, float)  # schedule_methods admits them only for a shared target
+        return method_config(method, budget, seed).replace(prune_layers=layers, name=name)
     if isinstance(budget, float):
         config = SparseConfig(prune_layers=layers, target_fraction=budget, seed=seed, name=name)
     else:

@@ -14,7 +14,7 @@ from jobs.benchmark.table import print_table, write_report
 from pipeline.decode import decode_segments
 from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import METHODS, method_config, parse_schedule
-from sparsevlm.bench.fidelity import benchmark_questions, run_fidelity
+from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
 from sparsevlm.pooling import pool_grid
@@ -65,6 +65,7 @@ def run_fidelity_command(ns: argparse.Namespace) -> None:
         tokenizer,
         items,
         trained,
+        methods=tuple(ns.methods),
         budgets=tuple(ns.budgets),
         batch_size=ns.batch_size,
         schedules=tuple(ns.schedule),
@@ -183,14 +184,20 @@ def add_commands(sub: Any) -> None:
         "--samples", type=positive(int), default=512, help="questions, one per video (512: about +-2 points)"
     )
     fidelity.add_argument("--batch-size", type=int, default=8)
-    fidelity.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.10, 0.05])
+    fidelity.add_argument(
+        "--methods", nargs="+", choices=FIDELITY_METHODS, default=list(FIDELITY_METHODS), help="default: all"
+    )
+    fidelity.add_argument(
+        "--budgets", type=float, nargs="*", default=[0.5, 0.25, 0.10, 0.05], help="none: the schedules only"
+    )
     fidelity.add_argument(
         "--schedule",
         action="append",
         type=_schedule,
         default=[],
-        help="also run sparsevlm, sparsevlm-text, fastv and random at this schedule (repeat): fixed counts "
-        "LAYERS:KEEPS (1:52, 0,1:130,26) or a budget shared by several layers LAYERS@FRACTION (0,1@0.1)",
+        help="also run the methods that prune inside the LLM at this schedule (repeat): fixed counts "
+        "LAYERS:KEEPS (1:52, 0,1:130,26; not the cross-frame ones) or a budget shared by several layers "
+        "LAYERS@FRACTION (0,1@0.1)",
     )
     fidelity.add_argument("--out", required=True, help="JSON report")
     fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
-from sparsevlm.baselines import SCHEDULE_METHODS, method_config, schedule_config
+from sparsevlm.baselines import method_config, schedule_config, schedule_methods
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.tiny.inputs import encode_prompts
@@ -111,8 +111,8 @@ def run_fidelity(
     batch_size: int = 8,
     schedules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Dense and every method at every budget on the same questions, then each of :data:`SCHEDULE_METHODS`
-    at each fixed schedule (``"LAYERS:KEEPS"``, see :func:`sparsevlm.baselines.parse_schedule`).
+    """Dense and every method at every budget on the same questions, then each of ``methods`` that can run it
+    (:func:`sparsevlm.baselines.schedule_methods`) at each schedule (see :func:`sparsevlm.baselines.parse_schedule`).
 
     Returns:
         ``{"dense": {...}, "results": [row, ...]}``; accuracy fields are None for an untrained model.
@@ -127,7 +127,8 @@ def run_fidelity(
     runs += [
         (method, None, schedule, schedule_config(method, schedule))
         for schedule in schedules
-        for method in SCHEDULE_METHODS
+        for method in schedule_methods(schedule)
+        if method in methods
     ]
     results = []
     for method, budget, schedule, config in runs:

@@ -113,7 +113,7 @@ def test_bad_schedules_name_the_text(text: str, message: str) -> None:
 
 
 def test_pool_cannot_run_a_fixed_schedule() -> None:
-    with pytest.raises(ValueError, match="'pool' cannot run a fixed schedule"):
+    with pytest.raises(ValueError, match="'pool' cannot run schedule '1:52'"):
         schedule_config("pool", "1:52")
 
 
@@ -134,3 +134,20 @@ def test_a_shared_target_gives_every_method_the_same_budget_over_the_same_layers
                 assert sorted(stats.kept_indices) == [1, 3]
                 assert abs(stats.equivalent_tokens / stats.visual_tokens_in - 0.2) <= 0.01
     assert parse_schedule("0,1@0.1") == ((0, 1), 0.1)
+
+
+def test_the_cross_frame_variants_run_a_shared_target_but_not_fixed_counts() -> None:
+    model = build_model(layers=6, image_size=64)
+    inputs = build_inputs(model, [6, 9], frames=4)
+    for method in ("sparsevlm-xf", "sparsevlm-xf-text"):
+        config = schedule_config(method, "1,3@0.2")
+        assert config.prune_layers == (1, 3) and config.target_fraction == 0.2 and config.temporal_merge is not None
+        assert config.replace(prune_layers=(1,), name=method_config(method, 0.2).name) == method_config(method, 0.2)
+        with torch.no_grad():
+            apply_patch(model, config)
+            model(**inputs)
+        for stats in last_stats(model):
+            assert set(stats.kept_indices) <= {1, 3}
+            assert abs(stats.equivalent_tokens / 260 - 0.2) <= 0.02  # 4 frames x 65 tokens before merging
+        with pytest.raises(ValueError, match=f"method '{method}' cannot run schedule '1:52'"):
+            schedule_config(method, "1:52")
