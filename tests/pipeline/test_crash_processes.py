@@ -19,11 +19,16 @@ run whose lease expires and is taken over mid-run (fencing): it commits, deletes
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import json
+import os
+import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +41,7 @@ from pipeline.build import PipelineError, run_pipeline
 from pipeline.lease import LeaseLost, OutputLease
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import now_iso
+from pipeline.memory import process_tree
 from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
 
 pytestmark = pytest.mark.slow  # each case: one job with its own Ray (~45-90 s here), one rerun (~30-60 s)
@@ -156,6 +162,7 @@ def test_a_run_whose_lease_expires_and_is_taken_over_commits_and_compacts_nothin
     with pytest.raises((PipelineError, LeaseLost), match="lease"):
         run_pipeline(config)
     watcher.join(timeout=30)
+    _end_the_failed_runs_actors()
     ((at, taker),) = taken
     try:
         # A commit that passed its check just before the takeover may finish after it (one commit's window).
@@ -173,6 +180,37 @@ def test_a_run_whose_lease_expires_and_is_taken_over_commits_and_compacts_nothin
         taker.release()
     index_archive.main(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "after"))  # the next run completes
     check_reader_invariant(output)
+
+
+def _end_the_failed_runs_actors(timeout_s: float = 60) -> None:
+    """Let the failed run's model actor go before the next run shares this 2-CPU Ray with it.
+
+    Ray Data releases a failed dataset's actors by reference counting, and the failed run's dataset sits in a
+    reference cycle with its exception's traceback: until the cyclic collector runs, its actor keeps a CPU, and
+    the next run's decode tasks waited for it forever (a CI hang, 2026-12-03). A job's driver exits after a
+    failure, so this concerns drivers that run again in one process. SIGKILL is the last resort, with a warning.
+    """
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    while (pids := _model_actor_pids()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids:
+        warnings.warn(f"the failed run's model actor {pid} outlived its dataset; killed", stacklevel=1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _model_actor_pids() -> list[int]:
+    """Processes of this machine titled as a Ray Data model actor."""
+    pids = []
+    for pid in process_tree(1):
+        try:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"MapWorker(MapBatches(Predictor))" in cmdline:
+            pids.append(pid)
+    return pids
 
 
 def _when(condition: Callable[[], bool], action: Callable[[], None], timeout_s: float = 300) -> Callable[[], None]:
