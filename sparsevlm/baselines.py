@@ -24,7 +24,8 @@ from __future__ import annotations
 from sparsevlm.config import SparseConfig
 
 METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random", "pool")
-ALL_METHODS = (*METHODS, "sparsevlm-xf", "sparsevlm-xf-text")
+CROSS_FRAME_METHODS = ("sparsevlm-xf", "sparsevlm-xf-text")
+ALL_METHODS = (*METHODS, *CROSS_FRAME_METHODS)
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
@@ -45,7 +46,7 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             seed=seed,
             name=f"{method}-{fraction:g}",
         )
-    if method in ("sparsevlm-xf", "sparsevlm-xf-text"):
+    if method in CROSS_FRAME_METHODS:
         return SparseConfig.preset("video-xf-25").replace(
             target_fraction=fraction,
             method="sparsevlm-text" if method == "sparsevlm-xf-text" else "sparsevlm",
@@ -79,7 +80,7 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
 SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
 # A shared target (``LAYERS@FRACTION``) also suits the cross-frame variants: their temporal merging spends part
 # of the same budget before the LLM, and the target is solved for what is left.
-TARGET_SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random")
+TARGET_SCHEDULE_METHODS = (*SCHEDULE_METHODS[:2], *CROSS_FRAME_METHODS, *SCHEDULE_METHODS[2:])
 
 
 def schedule_methods(schedule: str) -> tuple[str, ...]:
@@ -128,7 +129,7 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
         raise ValueError(f"method {method!r} cannot run schedule {schedule!r}; use one of {', '.join(allowed)}")
     layers, budget = parse_schedule(schedule)
     name = f"{method}-{schedule}"
-    if method in ("sparsevlm-xf", "sparsevlm-xf-text"):
+    if method in CROSS_FRAME_METHODS:
         assert isinstance(budget, float)  # schedule_methods admits them only for a shared target
         return method_config(method, budget, seed).replace(prune_layers=layers, name=name)
     if isinstance(budget, float):

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from pipeline.config import PipelineConfig
+from pipeline.memory import process_tree
 from pipeline.schema import RESULT_SCHEMA
 
 QUESTION = "What is happening?"
@@ -34,3 +35,20 @@ def read_rows(config: PipelineConfig) -> list[dict[str, Any]]:
     table = pads.dataset(base, format="parquet", filesystem=fs).to_table()
     assert table.schema.equals(RESULT_SCHEMA, check_metadata=False)
     return table.to_pylist()
+
+
+# Ray's process title of the pipeline's model actor (Ray Data names it after the stage).
+MODEL_ACTOR_TITLE = "MapWorker(MapBatches(Predictor))"
+
+
+def command_line(pid: int) -> str:
+    """The command line of ``pid`` (Ray sets ``ray::<actor>`` process titles); "" once it has ended."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def pids_titled(fragment: str) -> list[int]:
+    """Processes whose command line contains ``fragment`` (every process descends from pid 1)."""
+    return [pid for pid in process_tree(1) if fragment in command_line(pid)]

@@ -41,8 +41,8 @@ from pipeline.build import PipelineError, run_pipeline
 from pipeline.lease import LeaseLost, OutputLease
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import now_iso
-from pipeline.memory import process_tree
 from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
+from tests.pipeline.runs import MODEL_ACTOR_TITLE, pids_titled
 
 pytestmark = pytest.mark.slow  # each case: one job with its own Ray (~45-90 s here), one rerun (~30-60 s)
 
@@ -192,25 +192,12 @@ def _end_the_failed_runs_actors(timeout_s: float = 60) -> None:
     """
     gc.collect()
     deadline = time.monotonic() + timeout_s
-    while (pids := _model_actor_pids()) and time.monotonic() < deadline:
+    while (pids := pids_titled(MODEL_ACTOR_TITLE)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid in pids:
         warnings.warn(f"the failed run's model actor {pid} outlived its dataset; killed", stacklevel=1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _model_actor_pids() -> list[int]:
-    """Processes of this machine titled as a Ray Data model actor."""
-    pids = []
-    for pid in process_tree(1):
-        try:
-            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"MapWorker(MapBatches(Predictor))" in cmdline:
-            pids.append(pid)
-    return pids
 
 
 def _when(condition: Callable[[], bool], action: Callable[[], None], timeout_s: float = 300) -> Callable[[], None]:

@@ -27,7 +27,7 @@ import pytest
 from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import process_tree
-from tests.pipeline.runs import QUESTION, make_config, read_rows
+from tests.pipeline.runs import MODEL_ACTOR_TITLE, QUESTION, command_line, make_config, pids_titled, read_rows
 
 CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm")
 SYNTHETIC = 10
@@ -93,19 +93,6 @@ def _staged_or_committed(output: Path) -> bool:
     return staged or any((output / "_ledger").glob("*.json"))
 
 
-def _command_line(pid: int) -> str:
-    """The command line of ``pid`` (Ray sets ``ray::<actor>`` process titles); "" once it has ended."""
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _pids(fragment: str) -> list[int]:
-    """Processes whose command line contains ``fragment`` (every process descends from pid 1)."""
-    return [pid for pid in process_tree(1) if fragment in _command_line(pid)]
-
-
 def test_a_killed_model_actor_is_replaced_and_nothing_is_lost(
     pipeline_ray: None, fault_videos: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -114,7 +101,7 @@ def test_a_killed_model_actor_is_replaced_and_nothing_is_lost(
     killed: list[int] = []
 
     def kill_actor() -> None:
-        pids = _pids("MapWorker(MapBatches(Predictor))")
+        pids = pids_titled(MODEL_ACTOR_TITLE)
         assert pids, "no model actor process found"
         os.kill(pids[0], signal.SIGKILL)
         killed.append(pids[0])
@@ -234,7 +221,7 @@ OUR_WORK = ("ray::MapWorker(", "ray::FlatMap(", "ray::ReadItems", "ray::Write")
 
 def _runs_our_work(raylet: int) -> bool:
     """Whether one of this pipeline's tasks or actors runs below ``raylet``."""
-    return any(_command_line(pid).startswith(OUR_WORK) for pid in process_tree(raylet)[1:])
+    return any(command_line(pid).startswith(OUR_WORK) for pid in process_tree(raylet)[1:])
 
 
 def test_a_lost_worker_node_leaves_the_run_to_the_head_exactly_once(
