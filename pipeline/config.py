@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipeline.ledger_files import PARTITION
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.sources import check_scheme
@@ -31,8 +32,6 @@ from sparsevlm.prompt_text import CAPTION_PROMPT
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 
 
-# A hive partition folder: one path component, never "..", "/" or a leading "_"/"." (readers skip those).
-_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*=[A-Za-z0-9][A-Za-z0-9_.:-]*")
 # A run id names the run manifest _runs/<run_id>.json: one path component, never "..", "/" or a leading ".".
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
@@ -213,7 +212,7 @@ class PipelineConfig:
             raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
         if self.stand_in is not None and self.num_gpus_per_worker > 0:
             raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
-        if self.partition is not None and not _PARTITION.fullmatch(self.partition):
+        if self.partition is not None and not PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
         object.__setattr__(self, "model_revision", model_revision(self.model))
 

@@ -26,11 +26,16 @@ marker and deletes the key's markers of other statuses, then deletes a replaced 
 another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of another
 run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
 
-Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes ``_staging/``
-(nothing is in flight), and every orphan part file: one whose key is not committed (its writer died before
-the marker), or that is not the file its key's newest record names (an old file a dead writer did not get to
-delete). After it, every part file is the committed file of its key. It costs one recursive listing of the
-prefix (a LIST request per 1,000 files) and a marker read per key that has more than one part file.
+Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes every orphan
+part file, then ``_staging/`` (nothing is in flight). It deletes only what this pipeline provably wrote: a file
+named ``part-<key>.parquet`` (the key's full pattern and the extension) directly under the prefix or under a
+``name=value`` partition folder, whose key the staging area knows but no marker commits (its writer died
+before the marker; every commit stages its rows first, a whole-video failure as ``whole.arrow``), or whose
+committed key's newest record names another file (an old file a dead writer did not get to delete). Nothing
+else is touched: other tools' tables (Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the
+output is also the input, and a pipeline output nested below this one (a folder with its own ``_ledger/``,
+which is left alone, not refused) keep their files. It costs a listing of the prefix's top level and of each
+partition folder (a LIST request per 1,000 names) and a marker read per key that has more than one part file.
 
 What readers may rely on:
 
@@ -62,7 +67,7 @@ import pyarrow.fs as pafs
 
 from pipeline.crash import crash_point
 from pipeline.lease import check_fence
-from pipeline.ledger_files import PrefixFiles
+from pipeline.ledger_files import PARTITION, PrefixFiles
 from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
 
@@ -90,6 +95,9 @@ STAGING_DIR = "_staging"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
 _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # a run id, as PipelineConfig checks it
 _SEGMENT = re.compile(r"seg-(\d{6,})(-last)?\.arrow")
+# The name of a part file this pipeline writes: ledger_key()'s "<video_id>-<16 hex>" inside "part-...parquet".
+_PART = re.compile(r"part-([A-Za-z0-9][A-Za-z0-9_-]{0,182}-[0-9a-f]{16})\.parquet")
+WHOLE_VIDEO = "whole.arrow"  # the staged rows of a video that failed as a whole (no segment rows)
 
 
 def ledger_key(config_key: str, video_id: str, questions: Sequence[str]) -> str:
@@ -178,23 +186,55 @@ class Ledger:
 
     # -- the driver, under the lease ----------------------------------------------------------------------
 
+    def own_part_files(self) -> list[str]:
+        """The files that can only be this pipeline's part files: named ``part-<key>.parquet`` with a key of
+        :func:`ledger_key`'s form, directly under the prefix or under a partition folder (``name=value``,
+        :data:`~pipeline.ledger_files.PARTITION`) that is not itself a pipeline output (no ``_ledger/`` or
+        ``_lease`` in it). Nothing deeper is looked at: another tool's table, an input video or a nested
+        output below the prefix is never listed here."""
+        found = []
+        folders = [self.base]
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and PARTITION.fullmatch(info.base_name):
+                folders.append(info.path)
+        for folder in folders:
+            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            names = {i.base_name for i in infos}
+            if folder != self.base and ("_ledger" in names or "_lease" in names):
+                logger.info("reconcile: %s holds another pipeline output; left alone", folder)
+                continue
+            found += [i.path for i in infos if i.type == pafs.FileType.File and _PART.fullmatch(i.base_name)]
+        return sorted(found)
+
     def reconcile(self) -> list[str]:
         """Delete what dead writers left: all of ``_staging/``, and orphan part files (see "Reconcile").
+
+        Only files this pipeline provably wrote are deleted: :meth:`own_part_files` whose key is either staged
+        but not committed (the writer died between its part file and its marker: every commit stages its rows
+        first), or committed with its newest record naming another file. A file of the part-file pattern
+        that neither the staging area nor the ledger knows is left alone (another tool's, or a copy).
 
         Call it only while holding the output's lease, before the run writes. Returns the deleted part files,
         relative to the prefix.
         """
-        self.files.delete_dir(self.files.path(STAGING_DIR))
+        staging = self.files.path(STAGING_DIR)
+        staged = {
+            i.base_name
+            for i in self.fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True))
+            if i.type == pafs.FileType.Directory
+        }
         by_key: dict[str, list[str]] = {}
-        for path in self.part_files():
-            key = posixpath.basename(path).removeprefix("part-").removesuffix(".parquet")
-            by_key.setdefault(key, []).append(path)
+        for path in self.own_part_files():
+            match = _PART.fullmatch(posixpath.basename(path))
+            assert match is not None  # own_part_files() matched it
+            by_key.setdefault(match[1], []).append(path)
         done = self.committed()
-        orphans = [p for key, paths in by_key.items() if key not in done for p in paths]
+        orphans = [p for key, paths in by_key.items() if key not in done and key in staged for p in paths]
         several = {key: paths for key, paths in by_key.items() if key in done and len(paths) > 1}
         for key, entry in self.entries(several).items():
             orphans += [p for p in several[key] if p != self.files.path(entry.file)]
         self.files.delete_files(orphans)
+        self.files.delete_dir(staging)  # after the orphans: a crash in between leaves their keys known
         removed = sorted(posixpath.relpath(p, self.base) for p in orphans)
         if removed:
             logger.warning(
@@ -255,7 +295,8 @@ class Ledger:
             nulls = rows.column("segment_index").null_count
             if 0 < nulls < rows.num_rows:
                 raise LedgerError(f"{key}: rows about the whole video (no segment_index) mixed with segment rows")
-            if nulls:  # the video failed as a whole
+            if nulls:  # the video failed as a whole: staged too, so a reconcile knows its key if the commit dies
+                self.files.write_arrow(_results(rows), self._staging(key, run_id, WHOLE_VIDEO))
                 committed.append(self._commit(key, _results(rows), run_id, replaces.get(key)))
                 continue
             for index in sorted(set(rows.column("segment_index").to_pylist())):

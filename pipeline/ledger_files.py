@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["PrefixFiles", "fsspec_of"]
+__all__ = ["PARTITION", "PrefixFiles", "fsspec_of"]
+
+# A hive partition folder the pipeline writes part files into (``dt=2026-11-22``): one path component, never
+# "..", "/" or a leading "_"/"." (readers skip those). PipelineConfig.partition is checked against it, and the
+# reconcile looks for the pipeline's own part files only at the prefix and in folders of this form.
+PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*=[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 

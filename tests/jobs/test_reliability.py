@@ -1,0 +1,117 @@
+"""Issue #25's cases, each through the caption job in its own process: what the reconcile may delete, what a
+local --input/--output means, what a listing survives, what the preflight judges. Runs that find nothing to
+decode start no Ray, so most of these take the job's start-up time only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.ledger import ledger_key
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--frames", "2", "--max-new-tokens", "3", "--question", "what?", "--batch-size", "1", "--decode-cpus", "0.5"]
+
+
+def caption(*argv: str, model: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m jobs.caption`` with the tiny model and the short settings; bounded by ``timeout``."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.caption", "--model", str(model), *FAST, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _parquet(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"x": [1]}), path)
+    return path
+
+
+def test_the_reconcile_deletes_only_what_this_pipeline_wrote(pipeline_model_dir: Path, tmp_path: Path) -> None:
+    out, empty = tmp_path / "out", tmp_path / "empty"
+    empty.mkdir()
+    key = ledger_key("cfg", "a" * 40, ["what?"])
+    # A killed writer's leftovers: its staged segment and the part file it wrote before its marker.
+    orphan = _parquet(out / "dt=2026-01-01" / f"part-{key}.parquet")
+    (out / "_staging" / key / "r1").mkdir(parents=True)
+    (out / "_staging" / key / "r1" / "seg-000000-last.arrow").write_bytes(b"x")
+    kept = [
+        _parquet(out / "other_table" / "part-00000-a.snappy.parquet"),  # Spark's names
+        _parquet(out / "dt=2026-01-01" / "part-00000-1b2c.snappy.parquet"),
+        _parquet(out / f"part-{ledger_key('cfg', 'b' * 40, ['what?'])}.parquet"),  # the pattern, a key no one staged
+        _parquet(out / "sub" / f"part-{key}.parquet"),  # a nested pipeline output, its ledger beside it
+        _parquet(out / "dt=2026-01-02" / f"part-{key}.parquet"),  # a nested output named like a partition
+    ]
+    (out / "sub" / "_ledger").mkdir()
+    (out / "dt=2026-01-02" / "_ledger").mkdir()
+    video = out / "videos" / "part-01.avi"  # an input video below the output
+    video.parent.mkdir()
+    video.write_bytes(b"not really a video")
+    kept.append(video)
+
+    done = caption("--input", str(empty), "--output", str(out), model=pipeline_model_dir)
+
+    assert done.returncode == 0, done.stderr
+    assert not orphan.exists() and not (out / "_staging").exists()
+    assert [p for p in kept if not p.exists()] == []
+
+
+def test_local_paths_are_paths_not_uris(pipeline_model_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "in #1 ?x %41 é"
+    empty.mkdir()
+    for name in ("out#1", "o?x", "o%41", "my out", "ünï"):
+        done = caption("--input", str(empty), "--output", str(tmp_path / name), model=pipeline_model_dir)
+        assert done.returncode == 0, (name, done.stderr)
+        assert (tmp_path / name / "_runs").is_dir(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in #1 ?x %41 é", "out#1", "o?x", "o%41", "my out", "ünï"]
+    )
+
+
+def test_a_bad_local_input_or_output_is_a_usage_error_before_any_write(
+    pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    videos = tmp_path / "in"
+    videos.mkdir()
+    missing = caption("--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o1"), model=pipeline_model_dir)
+    assert missing.returncode == 2 and "--input" in missing.stderr, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "o1").exists()
+    (tmp_path / "file").write_text("x")
+    a_file = caption("--input", str(videos), "--output", str(tmp_path / "file"), model=pipeline_model_dir)
+    assert a_file.returncode == 2 and "--output" in a_file.stderr, a_file.stderr
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_dangling_or_looping_symlink_is_skipped_by_name(pipeline_model_dir: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "in"
+    videos.mkdir()
+    os.symlink(tmp_path / "gone.webm", videos / "dangling.webm")
+    os.symlink(videos / "loop.mp4", videos / "loop.mp4")
+    done = caption("--input", str(videos), "--output", str(tmp_path / "out"), "--dry-run", model=pipeline_model_dir)
+    assert done.returncode == 0, done.stderr
+    assert "dangling.webm" in done.stderr and "loop.mp4" in done.stderr
+
+
+def test_manifest_confinement_follows_symlinks(pipeline_model_dir: Path, assets: Path, tmp_path: Path) -> None:
+    outside, folder = tmp_path / "outside", tmp_path / "m"
+    outside.mkdir()
+    folder.mkdir()
+    shutil.copy(assets / "gradio_video_sample.webm", outside / "v.webm")
+    os.symlink(outside / "v.webm", folder / "link.webm")
+    os.symlink(outside, folder / "sublink")
+    for entry in ("link.webm", "sublink/v.webm"):
+        (folder / "list.txt").write_text(entry + "\n")
+        done = caption(
+            "--input", str(folder / "list.txt"), "--output", str(tmp_path / "o"), "--dry-run", model=pipeline_model_dir
+        )
+        assert done.returncode == 2 and "outside the manifest's own folder" in done.stderr, (entry, done.stderr)
