@@ -24,6 +24,8 @@ from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, 
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
+from pipeline.sources import check_scheme
+from pipeline.storage import local_path
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine import DTYPE_NAMES
@@ -219,6 +221,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         if not path.is_file():
             raise ValueError(f"--questions-file {path} does not exist")
         questions += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    check_local_locations(ns.input, ns.output)
     fields: dict[str, Any] = {name: getattr(ns, dest) for name, dest in CONFIG_FLAGS.items()}
     fields["questions"] = tuple(dict.fromkeys(questions))
     fields["allow_prefixes"] = tuple(ns.allow_prefix)
@@ -236,6 +239,26 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     if json_logging():  # Ray may be imported from here on: its loggers go through the JSON handler too
         route_ray_logs()
     return config
+
+
+def check_local_locations(input_location: str, output_location: str) -> None:
+    """Refuse a local ``--input`` that does not exist and a local ``--output`` that is a file, before the job
+    writes anything (no output folder, no run record). Plain paths are taken literally (``#``, ``?``, ``%41``,
+    spaces and non-ASCII names are file names); ``s3://`` locations are checked by the run itself.
+
+    Raises:
+        ValueError: naming the flag, the path and the fix.
+    """
+    if check_scheme(input_location) != "s3" and not os.path.exists(local_path(input_location)):
+        raise ValueError(
+            f"--input {input_location!r}: no such file or folder ({local_path(input_location)}); give an existing "
+            "folder, video or manifest"
+        )
+    output = local_path(output_location) if check_scheme(output_location) != "s3" else None
+    if output is not None and os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(
+            f"--output {output_location!r} is a file, not a folder; give a folder (it is created if missing)"
+        )
 
 
 def run_options(ns: argparse.Namespace) -> dict[str, Any]:

@@ -29,12 +29,14 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from pipeline.storage import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ def check_scheme(uri: str) -> str:
     URIs carrying a user name or password (``s3://KEY:SECRET@bucket/...``) are refused without repeating them:
     they would end up in every row's ``source_uri`` and in the run manifest.
     """
+    if "://" not in uri:  # a plain local path, taken literally (a ":" in a file name is no scheme)
+        return ""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     # user:password@bucket; an AWS secret may contain "/", which ends urlsplit's netloc before the "@"
@@ -110,7 +114,7 @@ def list_sources(
     Returns:
         The sources sorted by URI.
     """
-    if posixpath.splitext(urlsplit(location).path)[1].lower() in MANIFEST_FORMATS:
+    if posixpath.splitext(_path_part(location))[1].lower() in MANIFEST_FORMATS:
         return read_manifest(location, filesystem, allow_prefixes=allow_prefixes)
     return list_videos(location, filesystem, extensions=extensions)
 
@@ -157,7 +161,7 @@ def list_videos(
                 paths += [os.path.join(folder, name) for name in names if not name.startswith(".")]
         else:
             raise SourceError(f"{location!r}: no such file or folder")
-        sources = [_local_source(p) for p in paths if _extension(p) in wanted]
+        sources = [s for p in paths if _extension(p) in wanted and (s := _listed_local_source(p)) is not None]
     if not sources:
         logger.warning("no videos with extensions %s under %s", sorted(wanted), location)
     return sorted(sources, key=lambda s: s.uri)
@@ -179,7 +183,7 @@ def read_manifest(location: str, filesystem: Any = None, *, allow_prefixes: Sequ
         The sources sorted by URI (duplicates of a URI are dropped, the first kept).
     """
     scheme = check_scheme(location)
-    suffix = posixpath.splitext(urlsplit(location).path)[1].lower()
+    suffix = posixpath.splitext(_path_part(location))[1].lower()
     kind = MANIFEST_FORMATS.get(suffix)
     if kind is None:
         raise SourceError(f"{location!r}: unknown manifest type {suffix!r}; use one of {sorted(MANIFEST_FORMATS)}")
@@ -222,6 +226,11 @@ def read_manifest(location: str, filesystem: Any = None, *, allow_prefixes: Sequ
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _path_part(location: str) -> str:
+    """The path of a location: a plain local path as it is, a URI's path (s3://, file://)."""
+    return urlsplit(location).path if "://" in location else location
+
+
 def _extension(path: str) -> str:
     return posixpath.splitext(path)[1].lower().lstrip(".")
 
@@ -239,13 +248,23 @@ def _s3(filesystem: Any) -> Any:
 
 
 def _local_path(location: str) -> str:
-    parts = urlsplit(location)
-    return os.path.abspath(unquote(parts.path) if parts.scheme == "file" else location)
+    return local_path(location)
 
 
 def _local_source(path: str) -> VideoSource:
     st = os.stat(path)
     return _versioned(path, st.st_size, None, st.st_mtime)
+
+
+def _listed_local_source(path: str) -> VideoSource | None:
+    """A listed file's source, or None (logged with its name) when it cannot be stat-ed: a dangling symlink,
+    a symlink loop, a file deleted between the walk and the stat, no permission. One such entry never fails
+    the listing of the rest."""
+    try:
+        return _local_source(path)
+    except OSError as err:
+        logger.warning("skipping %s: it cannot be read (%s)", path, err.strerror or type(err).__name__)
+        return None
 
 
 def _s3_source(uri: str, info: Mapping[str, Any]) -> VideoSource:
@@ -286,7 +305,8 @@ def _check_confined(uri: str, allowed: Sequence[tuple[str, str]], where: str) ->
     """Raise `SourceError` unless ``uri`` (resolved) lies inside one of the allowed prefixes.
 
     An S3 key is checked as written and with its ``..`` and ``.`` segments collapsed: S3 itself reads keys
-    literally, but a key must not reach another prefix on a store (or a later tool) that collapses them.
+    literally, but a key must not reach another prefix on a store (or a later tool) that collapses them. A local
+    path is checked as written and with its symlinks resolved (against the allowed folder's resolved path).
     """
     if uri.startswith("s3://"):
         bucket, _, key = _bare(uri).partition("/")
@@ -294,10 +314,12 @@ def _check_confined(uri: str, allowed: Sequence[tuple[str, str]], where: str) ->
         collapsed = posixpath.normpath(key) if key else key
         escapes = key.startswith("/") or collapsed == ".." or collapsed.startswith("../")
         forms = [key, collapsed]
-    else:
+    else:  # as written, and with its symlinks resolved: a link inside the folder must not read outside it
         place, sep, escapes, forms = "local", os.sep, False, [os.path.normpath(uri)]
     for allowed_place, folder in allowed:
-        if allowed_place == place and not escapes and all(_inside(f, folder, sep) for f in forms):
+        if allowed_place != place or escapes or not all(_inside(f, folder, sep) for f in forms):
+            continue
+        if place != "local" or _inside(os.path.realpath(uri), os.path.realpath(folder), sep):
             return
     shown = ", ".join(folder if p == "local" else f"{p}/{folder}" for p, folder in allowed)
     raise SourceError(

@@ -42,7 +42,15 @@ from pipeline.video import (
     short_error,
 )
 
-__all__ = ["TransientIOError", "arrow_filesystem", "http_status", "open_local_copy", "s3_filesystem", "storage_failure"]
+__all__ = [
+    "TransientIOError",
+    "arrow_filesystem",
+    "http_status",
+    "local_path",
+    "open_local_copy",
+    "s3_filesystem",
+    "storage_failure",
+]
 
 # S3 error codes that mean "later", whatever the status (some stores send throttling as 400 or 403).
 _RETRY_CODES = frozenset(
@@ -81,11 +89,16 @@ def s3_filesystem(endpoint_url: str | None, options: Mapping[str, Any]) -> Any:
 def arrow_filesystem(uri: str, s3: Any = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path of ``uri``: a local path or file:// URI when ``s3`` is None, else
     an s3:// URI read through the fsspec filesystem ``s3`` (one set of endpoint and credential options)."""
-    if s3 is None:
-        local = uri if uri.startswith("file://") else "file://" + os.path.abspath(os.path.expanduser(uri))
-        filesystem, base = pafs.FileSystem.from_uri(local)
-        return filesystem, base
+    if s3 is None:  # a plain path is a path: "#", "?", "%41", spaces and any other character are literal
+        return pafs.LocalFileSystem(), local_path(uri)
     return pafs.PyFileSystem(pafs.FSSpecHandler(s3)), uri.removeprefix("s3://").rstrip("/")
+
+
+def local_path(location: str) -> str:
+    """The absolute local path of a plain path (taken literally) or of a ``file://`` URI (percent-decoded)."""
+    if location.startswith("file://"):
+        return os.path.abspath(unquote(urlsplit(location).path))
+    return os.path.abspath(os.path.expanduser(location))
 
 
 class TransientIOError(OSError):
