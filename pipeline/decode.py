@@ -41,7 +41,7 @@ from pipeline import readers
 from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
 from pipeline.metrics import record_decode
-from pipeline.sources import VideoSource
+from pipeline.sources import VideoSource, check_scheme
 from pipeline.split import share_bounds
 from pipeline.storage import TransientIOError, open_local_copy, storage_failure
 from pipeline.video import (
@@ -57,6 +57,7 @@ from pipeline.video import (
     NoVideoStream,
     Segment,
     SegmentPlan,
+    SourceChanged,
     StorageRefused,
     Timeout,
     TooLarge,
@@ -84,6 +85,7 @@ __all__ = [
     "NoVideoStream",
     "Segment",
     "SegmentPlan",
+    "SourceChanged",
     "StorageRefused",
     "Timeout",
     "TooLarge",
@@ -262,6 +264,7 @@ def _check_duration(path: str, duration_s: float | None, max_duration_s: float |
 
 
 VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
+SOURCE_MTIME = "source_mtime"  # a work item's listed modification time: pins a local file's version
 INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
 
 
@@ -274,6 +277,7 @@ def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
         "source_uri": source.uri,
         "source_size": source.size,
         "source_etag": source.etag,
+        SOURCE_MTIME: source.mtime,  # with source_size, what pins a local file's version (never written)
         "questions": questions,
         "part": 0,  # the share of the video's segments this item decodes (pipeline/split.py)
         "parts": 1,
@@ -316,8 +320,12 @@ def decode_rows(
     started = time.perf_counter()
     try:
         fs = config.fsspec_filesystem(uri)
-        with open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
+        copy = open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline, etag=row["source_etag"])
+        with copy as path:
             local = str(path)
+            pinned = check_scheme(uri) != "s3"  # an object's copy is pinned by its ETag; a file is re-checked
+            if pinned:
+                _check_unchanged(uri, local, row)
             info, segments = decode_segments(
                 path,
                 frames_per_segment=config.frames_per_segment,
@@ -330,9 +338,13 @@ def decode_rows(
                 first_frame_only=first_frame_only,
                 share=(part, parts),
             )
+            if pinned:  # the header just read is the listed version's
+                _check_unchanged(uri, local, row)
             video = _video_fields(info)
             first, stop = share_bounds(info.segments, part, parts)
             for segment in segments:  # one segment of look-ahead, to flag the last one
+                if pinned:  # all read so far is the listed version's: a write since would change size or mtime
+                    _check_unchanged(uri, local, row)
                 if previous is not None:
                     sent = True
                     yield _segment_row(base, video, previous, last=False)
@@ -360,6 +372,22 @@ def decode_rows(
             yield _segment_row(base, video, previous, last=final)
     if not first_frame_only:  # per decode task: each part of a split video reads the whole file
         record_decode(time.perf_counter() - started, row["source_size"])
+
+
+def _check_unchanged(uri: str, path: str, row: dict[str, Any]) -> None:
+    """Raise :class:`SourceChanged` unless the local file at ``path`` still has the size and modification time
+    the listing saw (the version its ``video_id`` names); :class:`MissingMedia` if it is gone."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise MissingMedia(f"{uri}: no such file (deleted after it was listed)") from None
+    size, mtime = row["source_size"], row.get(SOURCE_MTIME)
+    if (size is not None and stat.st_size != size) or (mtime is not None and f"{stat.st_mtime:.6f}" != f"{mtime:.6f}"):
+        raise SourceChanged(
+            f"{uri}: changed after it was listed (size {size} -> {stat.st_size} bytes, mtime {mtime} -> "
+            f"{stat.st_mtime}); its rows would name the listed version, so none are kept: a rerun processes the "
+            "new version"
+        )
 
 
 def _video_fields(info: VideoInfo) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pipeline.video import (
     AccessDenied,
     DecodeError,
     MissingMedia,
+    SourceChanged,
     StorageRefused,
     TooLarge,
     check_deadline,
@@ -184,6 +185,7 @@ def open_local_copy(
     chunk_bytes: int = 8 * 2**20,
     tmp_dir: str | None = None,
     deadline: float | None = None,
+    etag: str | None = None,
 ) -> Iterator[str]:
     """Yield a local path for `uri`, streaming remote objects into a temporary file chunk by chunk.
 
@@ -199,6 +201,9 @@ def open_local_copy(
         chunk_bytes: Copy buffer size.
         tmp_dir: Directory for the temporary copy (default: the system temp dir).
         deadline: From `deadline_after`; a copy still running past it stops with `Timeout`.
+        etag: The ETag the listing saw (no quotes): the copy is of that version or raises `SourceChanged`
+            (s3fs reads every range of an open object with ``IfMatch`` on the ETag of its own HEAD, which is
+            compared with this one first).
     """
     parts = urlsplit(uri)
     if parts.scheme in ("", "file"):
@@ -223,10 +228,20 @@ def open_local_copy(
     try:
         try:
             with os.fdopen(fd, "wb") as dst, fs.open(uri, "rb", block_size=chunk_bytes) as src:
+                opened = str(getattr(src, "details", {}).get("ETag") or "").strip('"')
+                if etag and opened and opened != etag:
+                    raise SourceChanged(
+                        f"{uri}: changed after it was listed (ETag {etag} -> {opened}); its rows would name the "
+                        "listed version, so none are kept: a rerun processes the new version"
+                    )
                 _copy_bounded(src, dst, chunk_bytes, max_bytes, uri, deadline)
         except DecodeError:
             raise
         except Exception as err:
+            if type(err).__name__ == "FileExpired" or http_status(err)[0] == 412:  # IfMatch failed mid-copy
+                raise SourceChanged(
+                    f"{uri}: changed while it was read ({short_error(err)}); a rerun processes the new version"
+                ) from err
             mapped = _storage_error(uri, err)
             if mapped is None:
                 raise

@@ -53,6 +53,11 @@ class StorageRefused(DecodeError):
     """The storage answered the request for this object with another client error (4xx)."""
 
 
+class SourceChanged(DecodeError):
+    """The file or object is no longer the version the listing saw (replaced, overwritten or growing): its rows
+    would carry the listed version's id with another version's content. A rerun lists the new version."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the pipeline records about a decoded video (source resolution, after rotation)."""

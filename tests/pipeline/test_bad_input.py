@@ -472,6 +472,43 @@ def test_s3_object_deleted_after_listing(s3_server: str, media: dict[str, Path],
     assert check_rows(kept) == OK3
 
 
+def test_a_local_file_changed_after_listing_is_a_source_changed_row(media: dict[str, Path], tmp_path: Path) -> None:
+    """Replaced, or written in place: the listed version's id never carries the new content."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("replaced.mp4", "grown.mp4", "kept.mp4"):
+        (folder / name).write_bytes(media["good"].read_bytes())
+    config = make_config(folder)
+    sources = list_sources(str(folder))
+    (folder / "new.mp4").write_bytes(media["good"].read_bytes() + b"\0")
+    (folder / "new.mp4").replace(folder / "replaced.mp4")
+    with (folder / "grown.mp4").open("ab") as f:
+        f.write(b"\0" * 10)
+    grown, kept, replaced = (decode(source_row(s, config), config) for s in sources)
+    for rows in (grown, replaced):
+        assert (
+            check_rows(rows) == [(None, "SourceChanged")] and "changed after it was listed" in rows[0]["error_message"]
+        )
+        assert rows[0]["width"] is None  # nothing of the new version is recorded under the old id
+    assert check_rows(kept) == OK3
+
+
+def test_an_s3_object_overwritten_after_listing_is_a_source_changed_row(
+    s3_server: str, media: dict[str, Path], tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
+    config = config.replace(input_uri="s3://bad-input-changed/in")
+    fs = config.fsspec_filesystem(config.input_uri)
+    fs.mkdir("bad-input-changed")
+    for name in ("a.mp4", "b.mp4"):
+        fs.put_file(str(media["good"]), f"bad-input-changed/in/{name}")
+    sources = list_sources(config.input_uri, fs)
+    fs.pipe_file("bad-input-changed/in/a.mp4", media["good"].read_bytes() + b"\0")
+    changed, kept = (decode(source_row(s, config), config) for s in sources)
+    assert check_rows(changed) == [(None, "SourceChanged")] and "ETag" in changed[0]["error_message"]
+    assert check_rows(kept) == OK3
+
+
 def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: Path) -> None:
     """Objects are decoded from a temporary local copy; the error row names the object, not the copy."""
     config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
