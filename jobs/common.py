@@ -67,6 +67,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "ray_address": "ray_address",
     "allow_prefixes": "allow_prefix",
     "io_retries": "io_retries",
+    "preflight_videos": "preflight_videos",
     "run_id": "run_id",
 }
 # Fields where the config's None (no segmenting, no limit) is the flag's 0.
@@ -138,6 +139,14 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="Ray retries of a decode task after a transient storage error (5xx, throttling, dropped connection)",
+    )
+    parser.add_argument(
+        "--preflight-videos",
+        type=int,
+        default=PipelineConfig.preflight_videos,
+        metavar="N",
+        help="before loading the model, decode one frame of a sample of N pending videos spread over the run; the "
+        "run stops only if no pending video decodes; 0 = skip the check",
     )
     parser.add_argument(
         "--retry-errors", action="store_true", help="reprocess videos whose rows are errors (default: skip them)"

@@ -369,17 +369,27 @@ def _process(
 
 
 def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size: int) -> None:
-    """Stop before starting the model when none of the first few videos decodes (a missing codec, a wrong
-    bucket, unreadable storage), instead of producing a run of error rows.
+    """Stop before starting the model when no pending video decodes (a missing codec, a wrong bucket,
+    unreadable storage), instead of producing a run of error rows; never stop a run that has a decodable video.
 
+    It tries a sample of ``preflight_videos`` videos spread evenly over the pending ones (a bad first folder in
+    URI order does not decide), then, if none of them decodes, the others, and returns at the first success.
+    Entries known to be missing (a manifest's, ``source_size`` None) are skipped: they get their error rows.
     Each try decodes the first decodable frame in the driver (never the middle one: PyAV would decode half the
     video to reach it); an s3:// video is copied to a local temp file first (bounded by ``max_video_bytes``
-    and ``max_decode_seconds``), so this check costs up to ``preflight_videos`` downloads.
+    and ``max_decode_seconds``), so this check costs a download per try; only a run in which every video fails
+    tries them all.
     """
-    tried = pending[: config.preflight_videos]
+    if config.preflight_videos == 0:
+        return
+    present = [i for i in pending if i["source_size"] is not None]
+    n = min(config.preflight_videos, len(present))
+    sample = [present[i] for i in sorted({round(k * (len(present) - 1) / max(1, n - 1)) for k in range(n)})]
+    chosen = {id(i) for i in sample}
+    order = sample + [i for i in present if id(i) not in chosen]
     errors = []
     one_frame = config.replace(segment_seconds=None, frames_per_segment=1)
-    for item in tried:
+    for item in order:
         rows = decode_rows(item, one_frame, frame_size, first_frame_only=True)
         try:
             first = next(rows)
@@ -389,10 +399,12 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
         finally:
             rows.close()  # removes a temporary local copy now
         if first["error_class"] is None:
+            if len(errors) >= len(sample):
+                logger.warning("preflight: %d videos failed before one decoded, e.g. %s", len(errors), errors[:3])
             return
         errors.append(f"{item['source_uri']}: {first['error_class']}: {first['error_message']}")
-    if tried:
+    if errors:
         raise PipelineError(
-            f"none of the first {len(tried)} pending videos decodes, so the run stops before loading the model; "
-            f"check the input and the decoders (set preflight_videos=0 to skip this check). Errors: {errors}"
+            f"none of the {len(errors)} pending videos decodes, so the run stops before loading the model; check "
+            f"the input and the decoders (--preflight-videos 0 skips this check). Errors: {errors[:5]}"
         )

@@ -88,8 +88,10 @@ class PipelineConfig:
         run_id: identifies this run in every row and names its manifest ``_runs/<run_id>.json`` (letters,
             digits, ``_ . : -``; at most 128).
         retry_errors: reprocess videos whose committed rows are errors (e.g. after installing a codec).
-        preflight_videos: the driver decodes the first segment of up to this many pending videos before
-            starting the model; if none decodes, the run stops with one message (0 disables).
+        preflight_videos: the driver decodes the first frame of a sample of this many pending videos (spread
+            over the run, not the first in URI order; entries known to be missing are left to their error rows)
+            before starting the model; if none decodes it tries the other pending videos, and stops the run
+            with one message only when none of them decodes (0 disables).
         ray_address: Ray cluster to connect to when Ray is not initialised yet (None: a local Ray).
         partition: a hive partition folder such as ``dt=2026-11-22`` for this run's part files (nightly
             indexing); the ledger stays at the output root, so runs into different partitions skip each

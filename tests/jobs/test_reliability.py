@@ -4,6 +4,7 @@ decode start no Ray, so most of these take the job's start-up time only."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -115,3 +116,22 @@ def test_manifest_confinement_follows_symlinks(pipeline_model_dir: Path, assets:
             "--input", str(folder / "list.txt"), "--output", str(tmp_path / "o"), "--dry-run", model=pipeline_model_dir
         )
         assert done.returncode == 2 and "outside the manifest's own folder" in done.stderr, (entry, done.stderr)
+
+
+def test_the_preflight_never_stops_a_run_that_has_a_decodable_video(
+    pipeline_model_dir: Path, assets: Path, tmp_path: Path
+) -> None:
+    """Missing entries and broken files first in URI order: the run goes on and records them as error rows."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("a-bad-1.mp4", "a-bad-2.mp4", "a-bad-3.mp4", "a-bad-4.mp4"):
+        (folder / name).write_bytes(b"not a video" * 10)
+    shutil.copy(assets / "gradio_video_sample.webm", folder / "z-real.webm")
+    (folder / "list.txt").write_text(
+        "gone-1.mp4\ngone-2.mp4\ngone-3.mp4\n"
+        + "".join(f"{p.name}\n" for p in sorted(folder.iterdir()) if p.suffix != ".txt")
+    )
+    done = caption("--input", str(folder / "list.txt"), "--output", str(tmp_path / "o"), model=pipeline_model_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert (summary["processed"], summary["failed"]) == (8, 7), summary
