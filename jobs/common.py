@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,8 @@ EXIT_CODES = f"""exit codes:
      the output's lease, no credentials, the model failing to load, the Ray job failing, every video failing
   {USAGE_ERROR}  the command line is wrong: a flag's value, an unknown preset, an --input that names no videos or
      a manifest entry outside its folder, a --model that is not a Video-LLaVA checkpoint
+  130, 143  interrupted (SIGINT / Ctrl-C, SIGTERM): the run's record is written and its lease released; a rerun
+     resumes
 """
 
 # PipelineConfig field -> the flag (argparse dest) that sets it: builds the config, and turns the config's
@@ -299,12 +302,41 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise SystemExit(code)
 
 
+class Interrupted(BaseException):
+    """The job received SIGTERM (what Kubernetes and ``kill`` send) or SIGINT (Ctrl-C): a BaseException, so it
+    passes every ``except Exception`` on its way out and the run still writes its failure record and releases
+    its lease."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop; a second signal does not cut it short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _interrupted_line(err: BaseException) -> tuple[str, int]:
+    """The one error line and exit code (128 + the signal: 143 for SIGTERM, 130 for SIGINT) of a stopped job."""
+    signum = err.signum if isinstance(err, Interrupted) else int(signal.SIGINT)
+    notes = getattr(err, "__notes__", [])
+    committed = notes[-1] if notes else "nothing was committed"
+    return (
+        f"interrupted by {signal.Signals(signum).name}: {committed}; rerunning the same command resumes "
+        "(committed videos are skipped)",
+        128 + signum,
+    )
+
+
 def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     """Run a job's main and print its summary as JSON; end a failing job with one line and its exit code.
 
     Usage errors (a flag's value, the input, the model; see :data:`EXIT_CODES`) exit with
     :data:`USAGE_ERROR`, everything that stops a run otherwise with :data:`RUN_FAILED`; an unexpected
-    exception is logged with its traceback first.
+    exception is logged with its traceback first. SIGTERM and SIGINT stop the run like a failure (its record
+    is written, its lease released) and exit with 143 and 130, with one line saying what was committed.
     """
     configure_logging("text")  # until the job's main has read --log-format
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -315,8 +347,12 @@ def run_cli(main: Callable[[], dict[str, Any]]) -> None:
     from sparsevlm.engine import CheckpointError
 
     usage = (ValueError, SourceError, CheckpointError)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         summary = main()
+    except (Interrupted, KeyboardInterrupt) as err:
+        fail(*_interrupted_line(err))
     except NoCredentialsError:
         fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role", 1)
     except PipelineError as err:  # the run wraps what it finds wrong with its input or model

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +54,18 @@ def init_ray(address: str | None = None, metrics_export_port: int | None = None)
 
     if ray.is_initialized():
         return
+    # ray.init replaces the driver's SIGTERM handler with one that exits mid-call (an abort, exit 134, when it
+    # lands inside Ray's C++ code): keep the caller's, which the jobs use to stop cleanly (jobs/common.py).
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+    try:
+        _connect(ray, address, metrics_export_port)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _connect(ray: Any, address: str | None, metrics_export_port: int | None) -> None:
     if address is not None:
         ray.init(address=address)
     elif "RAY_ADDRESS" in os.environ:  # a job's driver joins its cluster, which keeps its own auth

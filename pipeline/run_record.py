@@ -82,6 +82,8 @@ def write_failure(
         logger.warning("run %s: could not read what it committed (%s)", config.run_id, first_line(read_err))
         entries = []
     summary = summarise(config, record.get("seen", 0), len(pending), entries, wall)
+    # what the job's one error line says about an interrupted run (jobs/common.py reads the note)
+    err.add_note(f"{len(entries)} of {len(pending)} pending videos were committed (_runs/{config.run_id}.json)")
     summary = dataclasses.replace(
         summary, status="failed", error_class=type(err).__name__, error_message=first_line(err)
     )

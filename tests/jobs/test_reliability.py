@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.ledger import ledger_key
 
@@ -135,3 +137,35 @@ def test_the_preflight_never_stops_a_run_that_has_a_decodable_video(
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert (summary["processed"], summary["failed"]) == (8, 7), summary
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_records_releases_and_says_one_line(
+    pipeline_model_dir: Path, assets: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    videos, out = tmp_path / "in", tmp_path / "out"
+    videos.mkdir()
+    shutil.copy(assets / "gradio_video_sample.webm", videos)
+    argv = ["--run-id", "stopped", "--input", str(videos), "--output", str(out), "--progress", "off"]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.caption", "--model", str(pipeline_model_dir), *FAST, *argv],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert job.stderr is not None
+    seen = []
+    for line in job.stderr:  # the run is inside Ray once it logs its metrics endpoint (the job's timeout bounds it)
+        seen.append(line)
+        if "metrics at" in line:
+            break
+    job.send_signal(signum)
+    _, rest = job.communicate(timeout=120)
+    assert job.returncode == code, "".join(seen) + rest
+    errors = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted by" in errors[0] and "rerunning" in errors[0], rest
+    assert "Traceback" not in rest
+    record = json.loads((out / "_runs" / "stopped.json").read_text())
+    assert record["status"] == "failed" and record["error_class"] == "Interrupted"
+    assert not (out / "_lease").exists()
