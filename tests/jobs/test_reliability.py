@@ -169,3 +169,19 @@ def test_an_interrupted_run_records_releases_and_says_one_line(
     record = json.loads((out / "_runs" / "stopped.json").read_text())
     assert record["status"] == "failed" and record["error_class"] == "Interrupted"
     assert not (out / "_lease").exists()
+
+
+def test_the_same_model_from_another_path_skips_what_it_did(
+    pipeline_model_dir: Path, assets: Path, tmp_path: Path
+) -> None:
+    videos, out, moved = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere" / "model"
+    videos.mkdir()
+    shutil.copy(assets / "gradio_video_sample.webm", videos)
+    first = caption("--input", str(videos), "--output", str(out), model=pipeline_model_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(pipeline_model_dir, moved)
+    again = caption("--input", str(videos), "--output", str(out), model=moved)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (json.loads(again.stdout)["processed"], json.loads(again.stdout)["skipped"]) == (0, 1)
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 2 and {r["model_id"] for r in rows} == {str(pipeline_model_dir)}  # as given, once
