@@ -239,8 +239,9 @@ class PipelineConfig:
         second skip it; any change here (the model's revision, or its name when it has none, its dtype,
         SparseConfig, segmenting, prompts, schema) reprocesses. The checkpoint's path is not keyed: the same
         weights from another checkout or image skip what they already did (keys made before this rule, which
-        hashed the path too, differ: such outputs are reprocessed once). ``auto`` is keyed as written: it resolves per GPU (bf16, or fp16 without native
-        bf16), so a cluster that mixes such GPUs should name the dtype.
+        hashed the path too, differ: such outputs are reprocessed once). ``auto`` is keyed as written: it
+        resolves per GPU (bf16, or fp16 without native bf16), so a cluster that mixes such GPUs should name the
+        dtype.
         """
         # The model by its content: the same weights from another path or image reuse the rows; the name
         # keys only a model whose revision cannot be known (rows keep model_id as given either way).

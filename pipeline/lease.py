@@ -11,7 +11,8 @@ complete temporary file hard-linked to ``_lease`` (``link`` fails if the name ex
 output folder that also serialises takeover, renewal and release. A daemon thread renews it every
 ``ttl_s / 3`` with a conditional overwrite (S3: ``If-Match`` on the ETag we wrote; locally: only while the
 file still holds our content). A lease past ``expires_at``, or held by a process of this host that no
-longer exists (a killed driver), is taken over by the same conditional overwrite, so of two drivers
+longer exists (a killed driver; "this host" is the hostname, PID namespace and boot id, :func:`host_identity`,
+never a PID seen from another container), is taken over by the same conditional overwrite, so of two drivers
 taking over at once one wins. A second driver gets :class:`LeaseHeld`, naming the holder and its expiry, or
 waits for the lease with ``wait_s``.
 
@@ -36,6 +37,7 @@ commit protocol under the lease and after :meth:`OutputLease.check`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -54,7 +56,16 @@ from pipeline.ledger_files import PrefixFiles
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TTL_S", "LEASE_NAME", "Holder", "LeaseHeld", "LeaseLost", "OutputLease", "check_fence"]
+__all__ = [
+    "DEFAULT_TTL_S",
+    "LEASE_NAME",
+    "Holder",
+    "LeaseHeld",
+    "LeaseLost",
+    "OutputLease",
+    "check_fence",
+    "host_identity",
+]
 
 LEASE_NAME = "_lease"
 DEFAULT_TTL_S = 300.0  # a killed driver on another host blocks the output this long; renewed every TTL/3
@@ -84,8 +95,10 @@ class Holder:
         return dt.datetime.fromisoformat(self.expires_at) <= dt.datetime.now(dt.UTC)
 
     def dead_here(self) -> bool:
-        """Whether the holder ran on this host and its process is gone (a killed driver)."""
-        if self.host != socket.gethostname():
+        """Whether the holder ran here (this host, boot and PID namespace: :func:`host_identity`) and its
+        process is gone (a killed driver). A holder in another container that shares the hostname (host
+        networking) is never judged by a PID this namespace cannot see: its lease lasts until it expires."""
+        if self.host != host_identity():
             return False
         try:
             os.kill(self.pid, 0)
@@ -215,9 +228,7 @@ class OutputLease:
         if attempts <= 0:
             raise OSError(f"the output lease {self.where} keeps changing under this run; is the output writable?")
         now = time.time()
-        mine = Holder(
-            self.run_id, socket.gethostname(), os.getpid(), uuid.uuid4().hex, _iso(now), _iso(now + self.ttl_s)
-        )
+        mine = Holder(self.run_id, host_identity(), os.getpid(), uuid.uuid4().hex, _iso(now), _iso(now + self.ttl_s))
         started = time.monotonic()
         version = self._store.create(_encode(mine))
         if version is None:
@@ -272,6 +283,18 @@ def _named(holder: Holder | None) -> str:
 
 def _iso(epoch_s: float) -> str:
     return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def host_identity() -> str:
+    """``<hostname>/pidns-<inode>/boot-<8 hex>``: where a PID means one process. Containers that share a hostname
+    (``docker --network host``, Kubernetes ``hostNetwork``) differ in their PID namespace, a rebooted host in
+    its boot id; either part is left out where Linux does not expose it (the hostname alone then)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(f"pidns-{os.stat('/proc/self/ns/pid').st_ino}")
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        parts.append(f"boot-{f.read().strip()[:8]}")
+    return "/".join(parts)
 
 
 def _encode(holder: Holder) -> bytes:

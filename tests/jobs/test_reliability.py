@@ -185,3 +185,52 @@ def test_the_same_model_from_another_path_skips_what_it_did(
     assert (json.loads(again.stdout)["processed"], json.loads(again.stdout)["skipped"]) == (0, 1)
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 2 and {r["model_id"] for r in rows} == {str(pipeline_model_dir)}  # as given, once
+
+
+HOLD_LEASE = """
+import os, sys
+import pyarrow.fs as pafs
+from pipeline.lease import OutputLease
+target = int(sys.argv[2])  # a PID no process of the parent namespace has: the holder takes it in its own
+for _ in range(target + 10):  # PIDs of a new namespace count up from 1
+    child = os.fork()
+    if child == 0:
+        if os.getpid() != target:
+            os._exit(0)
+        lease = OutputLease(pafs.LocalFileSystem(), sys.argv[1], "in-a-container")
+        lease.acquire(0)
+        with lease:
+            print("held", os.getpid(), flush=True)
+            sys.stdin.read()  # until the test closes stdin
+        os._exit(0)
+    os.waitpid(child, 0)
+    if child == target:
+        break
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_a_live_lease_in_another_pid_namespace_is_not_taken_over(pipeline_model_dir: Path, tmp_path: Path) -> None:
+    out, empty = tmp_path / "out", tmp_path / "empty"
+    empty.mkdir()
+    free_pid = next(pid for pid in range(300, 32768) if not Path(f"/proc/{pid}").exists())
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", HOLD_LEASE, str(out), str(free_pid)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        line = holder.stdout.readline()  # "" if the holder could not start (then its stderr says why)
+        if not line and "Operation not permitted" in holder.communicate(timeout=30)[1]:
+            pytest.skip("unshare --pid is not permitted here")
+        assert line == f"held {free_pid}\n", line
+        second = caption("--input", str(empty), "--output", str(out), model=pipeline_model_dir)
+        assert second.returncode == 1 and "another run holds the output lease" in second.stderr, second.stderr
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0, holder.stderr.read() if holder.stderr else ""

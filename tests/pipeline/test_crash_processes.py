@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import warnings
@@ -38,7 +37,7 @@ import pytest
 from jobs import index_archive
 from jobs.common import config_from_args
 from pipeline.build import PipelineError, run_pipeline
-from pipeline.lease import LeaseLost, OutputLease
+from pipeline.lease import LeaseLost, OutputLease, host_identity
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import now_iso
 from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
@@ -123,7 +122,7 @@ def test_a_second_job_on_a_running_output_is_refused_or_waits_and_then_skips_eve
 
     errors = [line for line in (tmp_path / "b.log").read_text().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "another run holds the output lease" in errors[0], errors
-    assert f"run 'nightly-a' (host {socket.gethostname()}, pid {first.pid})" in errors[0] and " until 20" in errors[0]
+    assert f"run 'nightly-a' (host {host_identity()}, pid {first.pid})" in errors[0] and " until 20" in errors[0]
     assert "--wait-for-lease" in errors[0]
     assert not (output / "_runs" / "caption-b.json").exists()  # refused before it wrote anything
     assert "waiting for the output lease" in (tmp_path / "c.log").read_text()
