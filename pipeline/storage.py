@@ -78,13 +78,14 @@ Failure = Literal["transient", "denied", "missing", "refused"]
 
 def s3_filesystem(endpoint_url: str | None, options: Mapping[str, Any]) -> Any:
     """An s3fs filesystem for ``endpoint_url`` (None: AWS) with extra s3fs ``options`` (credentials among
-    them), without a listing cache: the ledger lists markers that other processes write during the run."""
-    import s3fs
+    them), without a listing cache: the ledger lists markers that other processes write during the run. Keys are
+    literal (``?``, ``#``, ``?versionId=``: pipeline/s3_keys.py)."""
+    from pipeline.s3_keys import LiteralKeyS3FileSystem  # s3fs is imported only by runs that use S3
 
     settings = {"use_listings_cache": False, **options}
     if endpoint_url:
         settings["endpoint_url"] = endpoint_url
-    return s3fs.S3FileSystem(**settings)
+    return LiteralKeyS3FileSystem(**settings)
 
 
 def arrow_filesystem(uri: str, s3: Any = None) -> tuple[pafs.FileSystem, str]:

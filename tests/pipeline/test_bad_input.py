@@ -509,6 +509,23 @@ def test_an_s3_object_overwritten_after_listing_is_a_source_changed_row(
     assert check_rows(kept) == OK3
 
 
+def test_s3_keys_with_query_and_fragment_characters_are_read_literally(
+    s3_server: str, media: dict[str, Path], tmp_path: Path
+) -> None:
+    """``?versionId=`` in a key is key text: s3fs alone would read the object ``names/x`` instead."""
+    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
+    config = config.replace(input_uri="s3://bad-input-literal/names")
+    fs = config.fsspec_filesystem(config.input_uri)
+    fs.mkdir("bad-input-literal")
+    fs.pipe_file("bad-input-literal/names/x", b"not the listed video")  # what a cut key would read
+    for name in ("x?versionId=1.mp4", "a#b?c.mp4"):
+        fs.put_file(str(media["good"]), f"bad-input-literal/names/{name}")
+    sources = list_sources(config.input_uri, fs)
+    assert [s.uri.rsplit("/", 1)[1] for s in sources] == ["a#b?c.mp4", "x?versionId=1.mp4"]
+    for source in sources:
+        assert check_rows(decode(source_row(source, config), config)) == OK3, source.uri
+
+
 def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: Path) -> None:
     """Objects are decoded from a temporary local copy; the error row names the object, not the copy."""
     config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
