@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 from pipeline.ledger import Ledger, LedgerEntry, ledger_key
@@ -125,3 +126,22 @@ def test_a_retry_killed_before_its_marker_keeps_the_committed_file(
     (new,) = night3.write_rows(segment("bad", 0, last=True), "r3", {old.key: old.file})
     assert ledger.part_files() == [f"{ledger.base}/{new.file}"] and len(read_all(ledger)) == 2
     assert night3.reconcile() == []  # a consistent output has nothing to reconcile
+
+
+def test_the_reconcile_leaves_foreign_and_nested_files_alone(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local and S3: only this ledger's own orphans go; other tools' part-* tables, an input video named part-*
+    and a nested pipeline output's part files (its ledger beside them) stay."""
+    night1 = Ledger(ledger.fs, ledger.base, partition="dt=2026-11-21")
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        kill_before_marker(night1, m)
+        night1.write_rows(pa.concat_tables([segment("v", 0, False), segment("v", 1, True)]), "r1")
+    nested = Ledger(ledger.fs, ledger.files.path("sub"))
+    (committed,) = nested.write_rows(pa.concat_tables([segment("v", 0, False), segment("v", 1, True)]), "n1")
+    foreign = [ledger.files.path(p) for p in ("other/part-00000-a.snappy.parquet", "in/part-01.avi")]
+    foreign.append(ledger.files.path("dt=2026-11-21", "part-00000-1b2c-c000.snappy.parquet"))
+    for path in foreign:
+        ledger.files.write_bytes(b"x", path)
+    assert Ledger(ledger.fs, ledger.base).reconcile() == [f"dt=2026-11-21/part-{committed.key}.parquet"]
+    for path in [*foreign, nested.files.path(committed.file)]:
+        assert ledger.fs.get_file_info(path).type == pafs.FileType.File, path
+    assert nested.committed() == {committed.key: "ok"}
