@@ -27,6 +27,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,8 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v"
 ALLOWED_SCHEMES: tuple[str, ...] = ("file", "s3")  # plus plain local paths
 MANIFEST_FORMATS = {".txt": "lines", ".lst": "lines", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _STAT_COLUMNS = ("size", "etag", "mtime")
+_STAT_THREADS = 32  # concurrent stat calls (S3 HEAD requests) while reading a manifest
+_LIST_FOLDERS = 64  # an S3 manifest's entries in at most this many folders are stat-ed by listing them
 
 
 class SourceError(ValueError):
@@ -201,18 +204,25 @@ def read_manifest(location: str, filesystem: Any = None, *, allow_prefixes: Sequ
             rows = _table_rows(table, location)
     base = location.rsplit("/", 1)[0] if scheme == "s3" else os.path.dirname(path)
     allowed = [_prefix(base), *(_prefix(p) for p in allow_prefixes)]
-    sources: dict[str, VideoSource] = {}
+    entries: dict[str, tuple[dict[str, Any], list[str]]] = {}
     for number, row in enumerate(rows, start=1):
         entry = row.pop("uri")
         if not isinstance(entry, str) or not entry.strip():
             raise SourceError(f"{location}: row {number}: uri must be a non-empty string, got {entry!r}")
         uri = _resolve(entry.strip(), base, scheme)
         _check_confined(uri, allowed, f"{location}: row {number} ({entry.strip()!r})")
-        if uri in sources:
+        if uri in entries:
             logger.warning("%s: entry %d repeats %s; keeping the first", location, number, uri)
             continue
-        questions = _parse_questions(row.pop("questions", None), location, number)
-        sources[uri] = _manifest_source(uri, row, filesystem, questions)
+        entries[uri] = (row, _parse_questions(row.pop("questions", None), location, number))
+    # S3 entries without stat columns: their folders' listings (1,000 keys per LIST request), then one HEAD
+    # per entry not found there, many at once (20,000 entries took 152 s with one HEAD each, in turn).
+    listed = _list_folders(
+        [u for u, (row, _) in entries.items() if u.startswith("s3://") and not _stated(row)], filesystem
+    )
+    with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
+        stat = pool.map(lambda item: _manifest_source(item[0], *item[1], filesystem, listed), entries.items())
+        sources = {source.uri: source for source in stat}
     missing = [s.uri for s in sources.values() if s.size is None]
     if sources and len(missing) == len(sources):
         raise SourceError(f"{location}: none of its {len(missing)} entries exist (first: {missing[0]!r})")
@@ -356,12 +366,39 @@ def _parse_questions(value: Any, location: str, number: int) -> list[str]:
     return [q for q in value if q.strip()]
 
 
-def _manifest_source(uri: str, row: dict[str, Any], filesystem: Any, questions: list[str]) -> VideoSource:
+def _stated(row: Mapping[str, Any]) -> bool:
+    """Whether a manifest row carries its own size and version (ETag or mtime), trusted instead of a stat."""
+    return row.get("size") is not None and bool(row.get("etag") or row.get("mtime") is not None)
+
+
+def _list_folders(uris: Sequence[str], filesystem: Any) -> dict[str, Mapping[str, Any]]:
+    """Object details of the folders holding ``uris`` (S3), by URI; {} when they span too many folders."""
+    folders = {uri.rsplit("/", 1)[0] for uri in uris}
+    if not folders or len(folders) > _LIST_FOLDERS:
+        return {}
+    fs = _s3(filesystem)
+    listed: dict[str, Mapping[str, Any]] = {}
+    for folder in sorted(folders):
+        try:
+            infos = fs.ls(folder, detail=True, refresh=True)
+        except FileNotFoundError:
+            continue
+        listed.update({f"s3://{i['name']}": i for i in infos if i.get("type", "file") == "file"})
+    return listed
+
+
+def _manifest_source(
+    uri: str, row: dict[str, Any], questions: list[str], filesystem: Any, listed: Mapping[str, Mapping[str, Any]]
+) -> VideoSource:
+    stated = _stated(row)
     given = {name: row.pop(name, None) for name in _STAT_COLUMNS}
-    if given["size"] is not None and (given["etag"] or given["mtime"] is not None):
+    if stated:
         etag = str(given["etag"]).strip('"') if given["etag"] else None
         mtime = float(given["mtime"]) if given["mtime"] is not None else None
         return _versioned(uri, int(given["size"]), etag, mtime, questions, row)
+    if uri in listed:
+        stat = _s3_source(uri, listed[uri])
+        return _versioned(uri, stat.size, stat.etag, stat.mtime, questions, row)
     try:
         stat = _s3_source(uri, _s3(filesystem).info(uri)) if uri.startswith("s3://") else _local_source(uri)
     except (FileNotFoundError, ValueError):  # ValueError: a local path with a NUL byte, which cannot exist

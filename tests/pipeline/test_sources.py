@@ -137,6 +137,26 @@ def test_s3_parquet_manifest_with_relative_keys(s3: tuple[s3fs.S3FileSystem, str
     ]
 
 
+def test_an_s3_manifest_is_stat_ed_by_listing_its_folders(
+    s3: tuple[s3fs.S3FileSystem, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same sources as one HEAD per entry, from LIST requests; an entry not listed is still HEAD-ed."""
+    fs, bucket = s3
+    fs.pipe({f"{bucket}/many/{i:03d}.mp4": str(i).encode() for i in range(40)})
+    fs.pipe_file(f"{bucket}/many/list.txt", "".join(f"{i:03d}.mp4\n" for i in range(41)).encode())
+    heads = []
+    info = fs.info
+    monkeypatch.setattr(fs, "info", lambda path, **kw: heads.append(path) or info(path, **kw))
+    listed = read_manifest(f"s3://{bucket}/many/list.txt", fs)
+    entries = [h for h in heads if not h.endswith("list.txt")]  # (opening the manifest reads its info)
+    assert entries == [f"s3://{bucket}/many/040.mp4"]  # the one entry not listed, which does not exist
+    heads.clear()
+    monkeypatch.setattr("pipeline.sources._LIST_FOLDERS", 0)
+    assert read_manifest(f"s3://{bucket}/many/list.txt", fs) == listed
+    assert len([h for h in heads if not h.endswith("list.txt")]) == 41
+    assert [s.size for s in listed] == [len(str(i)) for i in range(40)] + [None]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Manifests
 
