@@ -13,7 +13,7 @@ import s3fs
 __all__ = ["LiteralKeyS3FileSystem"]
 
 
-class LiteralKeyS3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
+class LiteralKeyS3FileSystem(s3fs.S3FileSystem):
     """``s3fs.S3FileSystem`` whose keys are taken as written: ``?``, ``#`` and ``?versionId=`` are key text."""
 
     def split_path(self, path: str) -> tuple[str, str, str | None]:

@@ -221,7 +221,9 @@ def read_manifest(location: str, filesystem: Any = None, *, allow_prefixes: Sequ
         [u for u, (row, _) in entries.items() if u.startswith("s3://") and not _stated(row)], filesystem
     )
     with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
-        stat = pool.map(lambda item: _manifest_source(item[0], *item[1], filesystem, listed), entries.items())
+        stat = pool.map(
+            lambda item: _manifest_source(item[0], item[1][0], item[1][1], filesystem, listed), entries.items()
+        )
         sources = {source.uri: source for source in stat}
     missing = [s.uri for s in sources.values() if s.size is None]
     if sources and len(missing) == len(sources):
