@@ -39,7 +39,7 @@ def lease_store(filesystem: pafs.FileSystem, path: str) -> Store:
     if isinstance(filesystem, pafs.LocalFileSystem):
         return _LocalLease(path)
     s3 = fsspec_of(filesystem)
-    if s3 is not None and type(s3).__name__ == "S3FileSystem":
+    if s3 is not None and any(cls.__name__ == "S3FileSystem" for cls in type(s3).__mro__):  # s3fs, or a subclass
         return _S3Lease(s3, path)
     raise ValueError(
         f"no atomic create-if-absent for a lease on {type(filesystem).__name__}; outputs must be a local folder or s3://"

@@ -79,8 +79,6 @@ def check_scheme(uri: str) -> str:
     URIs carrying a user name or password (``s3://KEY:SECRET@bucket/...``) are refused without repeating them:
     they would end up in every row's ``source_uri`` and in the run manifest.
     """
-    if "://" not in uri:  # a plain local path, taken literally (a ":" in a file name is no scheme)
-        return ""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     # user:password@bucket; an AWS secret may contain "/", which ends urlsplit's netloc before the "@"
@@ -331,7 +329,7 @@ def _check_confined(uri: str, allowed: Sequence[tuple[str, str]], where: str) ->
     for allowed_place, folder in allowed:
         if allowed_place != place or escapes or not all(_inside(f, folder, sep) for f in forms):
             continue
-        if place != "local" or _inside(os.path.realpath(uri), os.path.realpath(folder), sep):
+        if place != "local" or _inside(_resolved(uri), _resolved(folder), sep):
             return
     shown = ", ".join(folder if p == "local" else f"{p}/{folder}" for p, folder in allowed)
     raise SourceError(
@@ -339,6 +337,14 @@ def _check_confined(uri: str, allowed: Sequence[tuple[str, str]], where: str) ->
         "reads only below its own folder unless --allow-prefix (PipelineConfig.allow_prefixes) names more, "
         f"e.g. --allow-prefix {_suggest(uri)}"
     )
+
+
+def _resolved(path: str) -> str:
+    """``path`` with its symlinks resolved; as written when it cannot name a file (a NUL byte)."""
+    try:
+        return os.path.realpath(path)
+    except ValueError:
+        return os.path.normpath(path)
 
 
 def _suggest(uri: str) -> str:
