@@ -35,11 +35,11 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
+from sparsevlm.tiny.hard_qa import QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
-from sparsevlm.tiny.video_qa import make_sample
 
 DEFAULT_OUT = Path(__file__).parent / "checkpoint"
 
@@ -82,6 +82,9 @@ class TrainConfig:
         init: a saved checkpoint directory to continue from instead of random weights (the training-only
             heads start fresh; the schedule restarts with this run's ``lr`` and ``warmup_steps``).
         first_video: index of the first train-split video, so a continued run sees new videos.
+        hard_fraction: share of each batch's videos drawn from the hard question split
+            (:mod:`sparsevlm.tiny.hard_qa`); the rest come from the easy one, so that it does not regress.
+            With a positive share, every evaluation reports both splits.
     """
 
     out: str = str(DEFAULT_OUT)
@@ -110,8 +113,11 @@ class TrainConfig:
     bf16: bool = True
     init: str = ""
     first_video: int = 0
+    hard_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"--hard-fraction must be in [0, 1], got {self.hard_fraction}")
         if self.minutes <= 0 and self.max_steps <= 0:
             raise ValueError("give a positive --minutes or --max-steps")
         if self.init and not (Path(self.init) / "config.json").is_file():
@@ -206,7 +212,10 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         if progress >= 1.0:
             break
         frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
-        samples = [make_sample("train", index + k, num_frames=frames) for k in range(cfg.batch_size)]
+        kinds: list[QuestionSplit] = [
+            "hard" if rng.random() < cfg.hard_fraction else "easy" for _ in range(cfg.batch_size)
+        ]
+        samples = [make_task_sample(kind, "train", index + k, num_frames=frames) for k, kind in enumerate(kinds)]
         index += cfg.batch_size
         batch = collate(builder, samples, rng, cfg.questions_per_family, caption=cfg.text_loss_weight > 0)
         for group in optimizer.param_groups:
@@ -235,6 +244,12 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
     test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames)
     print(f"test accuracy {json.dumps({k: round(v, 3) for k, v in test.items()})}")
+    hard_test: dict[str, float] = {}
+    if cfg.hard_fraction > 0:
+        hard_test = family_accuracy(
+            model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames, question_split="hard"
+        )
+        print(f"hard test accuracy {json.dumps({k: round(v, 3) for k, v in hard_test.items()})}")
     warm_test: dict[str, float] = {}
     if cfg.warm_frames != cfg.num_frames:
         warm_test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.warm_frames)
@@ -242,6 +257,7 @@ def main(cfg: TrainConfig) -> dict[str, object]:
     metrics: dict[str, object] = {
         "final": True,
         "test_accuracy": test,
+        "hard_test_accuracy": hard_test,
         "test_frames": cfg.num_frames,
         "test_videos": cfg.test_videos,
         "test_accuracy_at_warm_frames": warm_test,
@@ -309,6 +325,11 @@ def _log_eval(
     """Validation accuracy per family, printed and appended to the learning curve."""
     model.eval()
     val = family_accuracy(model, tokenizer, "val", cfg.val_videos, num_frames=cfg.num_frames)
+    if cfg.hard_fraction > 0:
+        hard = family_accuracy(
+            model, tokenizer, "val", cfg.val_videos, num_frames=cfg.num_frames, question_split="hard"
+        )
+        val |= {f"hard_{k}": v for k, v in hard.items()}
     model.train()
     record = {"step": step, "minutes": round(elapsed / 60, 2), "val": val, "loss": running}
     with curve_path.open("a") as f:
