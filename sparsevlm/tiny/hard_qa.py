@@ -5,7 +5,7 @@ screen most of the clip, so any few of its ~27 tokens answer and keeping a rando
 answer (reference/fidelity-findings.md). Here an answer depends on a handful of tokens that only the question
 can point to:
 
-* clutter: 9-12 small objects (8 or 10 px, about 2 patches a frame) of 4 colours x 3 shapes, some striped;
+* clutter: 8-14 small objects (8 or 10 px, about 2 patches a frame) of 4 colours x 3 shapes, some striped;
 * confusers: every object a question names shares its colour with another object and its shape with another,
   so only the conjunction finds it (a text-agnostic saliency lands on it by chance);
 * brief events: every named object is on screen for 2 or 3 of the 8 frames only.

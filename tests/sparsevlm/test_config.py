@@ -69,9 +69,36 @@ def test_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual
     assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.02
 
 
-def test_video_target_prefers_layer_one_on_deep_models() -> None:
-    assert list(SparseConfig.preset("video-10").schedule(32, 2056)) == [1]
-    assert list(SparseConfig.preset("video-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+@pytest.mark.parametrize("fraction", [0.5, 0.25, 0.10, 0.05])
+@pytest.mark.parametrize(("layers", "n_visual"), [(32, 2056), (4, 136), (4, 520)])
+def test_one_step_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual: int) -> None:
+    cfg = SparseConfig.preset(f"video-onestep-{round(fraction * 100)}")
+    schedule = cfg.schedule(layers, n_visual)
+    assert len(schedule) == 1
+    counts = simulate_visual_counts(n_visual, layers, schedule, cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]
+    assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.02
+
+
+def test_one_step_video_target_prefers_layer_one_on_deep_models() -> None:
+    assert list(SparseConfig.preset("video-onestep-10").schedule(32, 2056)) == [1]
+    assert list(SparseConfig.preset("video-onestep-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+
+
+def test_the_default_video_presets_prune_progressively_at_depths_scaled_to_the_model() -> None:
+    cfg = SparseConfig.preset("video-10")
+    assert list(cfg.schedule(32, 2056)) == [0, 2, 6, 15]  # the 7B's own depth: the layers as written
+    assert list(cfg.schedule(4, 520)) == [0, 1, 2]  # round(layer * 4 / 32), repeats dropped
+    assert cfg.scaled_layers(64) == (0, 4, 12, 30)
+    keeps = list(cfg.schedule(32, 2056).values())
+    assert keeps == sorted(keeps, reverse=True)  # each step keeps a share of what enters it
+
+
+def test_layers_of_must_exceed_every_prune_layer() -> None:
+    with pytest.raises(ValueError, match="layers_of must be an int above every prune layer"):
+        SparseConfig(prune_layers=(2, 6), target_fraction=0.1, layers_of=6)
+    fixed = SparseConfig(prune_layers=(2, 3), keep_tokens=(100, 50), layers_of=32)
+    with pytest.raises(ValueError, match="fewer than the 2 keep counts"):
+        fixed.schedule(4, 520)  # both layers become 0 on 4 layers
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.10, 0.05])
