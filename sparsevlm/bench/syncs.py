@@ -9,6 +9,7 @@ assert what a GPU run would wait for.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -85,14 +86,28 @@ def count_prefill_syncs(presets: list[str], batches: list[int], depth: int = 4) 
     The layout is the real one (8 frames x 257 tokens, prompts of different lengths, left-padded) at small
     widths: the count depends on the code path, not on the widths. Each row is a distinct video.
     """
-    from sparsevlm.bench.speed import IMAGE_TOKEN, VIDEO_TOKEN, SpeedLayout, build_speed_model, full_depth_config
+    from sparsevlm.bench.speed import (
+        IMAGE_TOKEN,
+        VIDEO_TOKEN,
+        SpeedLayout,
+        build_speed_model,
+        full_depth_config,
+        reduced_config,
+        reduced_depth,
+    )
+    from sparsevlm.config import SparseConfig
     from sparsevlm.patch import apply_patch
 
     layout = SpeedLayout(hidden=64, heads=4, kv_heads=2, ffn=128, depth=depth)
+    # The video presets' full-depth counts, one reduced layer per pruning step (what the speed benchmark runs).
+    configs = {
+        p: reduced_config(full_depth_config(p, layout)) if p.startswith("video-") else SparseConfig.preset(p)
+        for p in presets
+    }
+    layout = dataclasses.replace(layout, depth=reduced_depth(list(configs.values()), layout))
     model = build_speed_model(layout, torch.float32)
     rows = []
-    for preset in presets:
-        config = full_depth_config(preset, layout) if preset.startswith("video-") else preset
+    for preset, config in configs.items():
         apply_patch(model, config)
         for batch in batches:
             inputs = _batch_inputs(layout, batch, VIDEO_TOKEN, IMAGE_TOKEN)

@@ -158,7 +158,18 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
         losses["total"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "earliest", "newest", "naming", "total"}
+    assert set(history[0]) == {
+        "answer",
+        "colour",
+        "shape",
+        "motion",
+        "new",
+        "earliest",
+        "newest",
+        "naming",
+        "striped",
+        "total",
+    }
     assert history[-1]["total"] < 0.9 * history[0]["total"]
     assert history[-1]["answer"] < history[0]["answer"]
 
@@ -169,7 +180,7 @@ def test_order_weight_zero_trains_without_the_order_heads(tokenizer: PreTrainedT
     heads = PatchHeads(SMALL.text_hidden, tokenizer)
     batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
     losses = train_step(model, heads, batch, TrainConfig(motion_layer=1, bf16=False, aux_weight=0.5, order_weight=0))
-    rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"]
+    rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"] + losses["striped"]
     torch.testing.assert_close(losses["total"], losses["answer"] + 0.5 * rest)
     assert losses["earliest"] > 0 and losses["newest"] > 0  # still measured, just not trained
     assert losses["naming"] > 0  # measured; trained only with naming_weight > 0
