@@ -80,7 +80,7 @@ def describe_bundled_model() -> str:
         "still answers with shape and colour words, and greedy decoding tends to repeat them. The run stops an\n"
         f"answer once it ends with the same 1-{REPEAT_STOP} tokens twice in a row and keeps the first copy\n"
         f"(repeat_stop={REPEAT_STOP}), so 'square square square' is written as 'square'. For real answers run a\n"
-        "real checkpoint (--model LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'Run it').\n"
+        "real checkpoint (--model LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'The real checkpoint').\n"
     )
 
 
