@@ -79,7 +79,7 @@ def run_gpu(ns: argparse.Namespace) -> None:
     setup = dataclasses.replace(setup, **{k: v for k, v in changes.items() if v})
     report = run_gpu_benchmark(setup)
     columns = ["preset", "batch", "ttft_s", "ttft_spread", "vision_tower_s", "llm_prefill_s", "ttft_ratio"]
-    columns += ["decode_tokens_per_s", "decode_tokens_per_spread", "peak_memory_bytes", "kv_ratio"]
+    columns += ["decode_tokens_per_s", "decode_spread", "peak_memory_bytes", "kv_ratio"]
     columns += ["equivalent_tokens"]
     print(f"{report['device_name']}, {report['setup']['dtype']}, {report['versions']}")
     print_table(report["results"], columns, width=14)

@@ -195,6 +195,15 @@ def _timed_generate(model: Any, setup: GpuBenchSetup, inputs: dict[str, torch.Te
     }
 
 
+# A median per timed figure, and the name of its spread.
+_SPREADS = {
+    "ttft_s": "ttft_spread",
+    "vision_tower_s": "vision_tower_spread",
+    "llm_prefill_s": "llm_prefill_spread",
+    "decode_tokens_per_s": "decode_spread",
+}
+
+
 def _spread(values: list[float]) -> float:
     """(max - min) / median: how far apart the repeats are, relative to the figure reported."""
     return (max(values) - min(values)) / statistics.median(values)
@@ -211,10 +220,10 @@ def _measure(model: Any, setup: GpuBenchSetup, preset: str, batch: int) -> dict[
             torch.cuda.reset_peak_memory_stats()
         runs = [_timed_generate(model, setup, inputs) for _ in range(setup.repeats)]
     row: dict[str, Any] = {"preset": preset, "batch": batch, "tokens_per_row": inputs["attention_mask"].sum(1).tolist()}
-    for key in ("ttft_s", "vision_tower_s", "llm_prefill_s", "decode_tokens_per_s"):
+    for key, spread in _SPREADS.items():
         values = [run[key] for run in runs]
         row[key] = statistics.median(values)
-        row[f"{key.removesuffix('_s')}_spread"] = _spread(values)
+        row[spread] = _spread(values)
         row[f"{key}_runs"] = values
     return {
         **row,
