@@ -61,7 +61,7 @@ EOF
 # Each step has its own limit, so a hang fails the step instead of the whole lease; rc 124 = the limit.
 status=0
 if [ "$tiny" = 1 ]; then bench=(--tiny --new-tokens 2 --repeats 1 --batches 1); tests_limit=120; bench_limit=300
-else bench=(); tests_limit=180; bench_limit=330; fi
+else bench=(); tests_limit=150; bench_limit=290; fi
 
 step "gpu tests (limit ${tests_limit}s)"
 timeout "$tests_limit" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py --junitxml="$out/tests.xml" \

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,7 +78,8 @@ def run_gpu(ns: argparse.Namespace) -> None:
     setup = GpuBenchSetup() if not ns.tiny and cuda else GpuBenchSetup.tiny()
     changes = {"new_tokens": ns.new_tokens, "repeats": ns.repeats, "batches": tuple(ns.batches or ())}
     setup = dataclasses.replace(setup, **{k: v for k, v in changes.items() if v})
-    report = run_gpu_benchmark(setup)
+    # The report so far is rewritten after every row: a run cut by a time limit keeps what it measured.
+    report = run_gpu_benchmark(setup, progress=lambda partial: Path(ns.out).write_text(json.dumps(partial, indent=2)))
     columns = ["preset", "batch", "ttft_s", "ttft_spread", "vision_tower_s", "llm_prefill_s", "ttft_ratio"]
     columns += ["decode_tokens_per_s", "decode_spread", "peak_memory_bytes", "kv_ratio"]
     columns += ["equivalent_tokens"]

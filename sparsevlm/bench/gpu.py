@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -320,17 +321,31 @@ def versions() -> dict[str, Any]:
     }
 
 
-def run_gpu_benchmark(setup: GpuBenchSetup) -> dict[str, Any]:
+def run_gpu_benchmark(setup: GpuBenchSetup, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every (batch, preset) pair of ``setup``; ratios against ``dense`` at the same batch size; on CUDA, the
     sync counts of every preset at the largest batch.
+
+    Args:
+        setup: what to run.
+        progress: called with the report so far after every row (a caller under a time limit saves it).
 
     Returns:
         ``{"setup", "device_name", "versions", "results": [row, ...], "decode_syncs": [row, ...]}``, result
         rows as described in the module docstring plus ``ttft_ratio`` and ``kv_ratio``; ``decode_syncs`` rows
         from :func:`count_decode_syncs` (empty without CUDA).
     """
+    cuda = torch.device(setup.device).type == "cuda"
+    described = {**asdict(setup), "dtype": str(setup.dtype).removeprefix("torch."), "text_lengths": TEXT_LENGTHS}
+    rows: list[dict[str, Any]] = []
+    syncs: list[dict[str, Any]] = []
+    report = {
+        "setup": described,
+        "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        "versions": versions(),
+        "results": rows,
+        "decode_syncs": syncs,
+    }
     model = build_model(setup)
-    rows = []
     for batch in setup.batches:
         reference: dict[str, Any] = {}
         for preset in setup.presets:
@@ -339,13 +354,10 @@ def run_gpu_benchmark(setup: GpuBenchSetup) -> dict[str, Any]:
             row["ttft_ratio"] = row["ttft_s"] / reference["ttft_s"]
             row["kv_ratio"] = row["kv_cache_bytes"] / reference["kv_cache_bytes"]
             rows.append(row)
-    cuda = torch.device(setup.device).type == "cuda"
-    syncs = [count_decode_syncs(model, setup, p, max(setup.batches)) for p in setup.presets] if cuda else []
-    described = {**asdict(setup), "dtype": str(setup.dtype).removeprefix("torch."), "text_lengths": TEXT_LENGTHS}
-    return {
-        "setup": described,
-        "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-        "versions": versions(),
-        "results": rows,
-        "decode_syncs": syncs,
-    }
+            if progress is not None:
+                progress(report)
+    for preset in setup.presets if cuda else ():
+        syncs.append(count_decode_syncs(model, setup, preset, max(setup.batches)))
+        if progress is not None:
+            progress(report)
+    return report

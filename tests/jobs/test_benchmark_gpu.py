@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from jobs.benchmark import main
-from sparsevlm.bench.gpu import GPU_PRESETS, TEXT_LENGTHS, GpuBenchSetup, build_model, count_decode_syncs, make_inputs
+from sparsevlm.bench.gpu import (
+    GPU_PRESETS,
+    TEXT_LENGTHS,
+    GpuBenchSetup,
+    build_model,
+    count_decode_syncs,
+    make_inputs,
+    run_gpu_benchmark,
+)
 from sparsevlm.bench.layout import PAD_TOKEN, Widths
 
 
@@ -75,3 +83,15 @@ def test_the_setup_refuses_what_it_cannot_measure() -> None:
         GpuBenchSetup(repeats=0)
     with pytest.raises(ValueError, match="needs a CUDA device, got 'cpu'"):
         count_decode_syncs(None, GpuBenchSetup.tiny(), "dense", 1)
+
+
+def test_the_report_so_far_is_handed_over_after_every_row() -> None:
+    import dataclasses
+
+    setup = dataclasses.replace(GpuBenchSetup.tiny(), batches=(1,), presets=("dense", "video-25"), new_tokens=2)
+    seen: list[list[str]] = []
+    report = run_gpu_benchmark(
+        dataclasses.replace(setup, repeats=1), progress=lambda r: seen.append([x["preset"] for x in r["results"]])
+    )
+    assert seen == [["dense"], ["dense", "video-25"]]
+    assert [r["preset"] for r in report["results"]] == ["dense", "video-25"]
