@@ -3,8 +3,8 @@
 # safetensors (no ray, av or decord), in under 8 minutes on an H100/H200:
 #   1. preflight: the packages and the GPU are there (fails in seconds, naming what is missing);
 #   2. the `gpu`-marked tests (tests/test_gpu.py: patched dense == unpatched, cache == no cache, batch == alone);
-#   3. the GPU benchmark (python -m jobs.benchmark gpu): the 7B layout in bf16, left-padded rows of unequal
-#      lengths, 3 timed repeats, and the synchronising CUDA calls per decode step.
+#   3. the GPU benchmark, `python -m jobs.benchmark gpu --out OUT_DIR/gpu.json`: the 7B layout in bf16, left-
+#      padded rows of unequal lengths, 3 timed repeats, and the synchronising CUDA calls per decode step.
 # Usage, from the repository root:  infra/gpu-check.sh [OUT_DIR]   (default: $OUT, else ./gpu-check-out)
 # Writes into OUT_DIR: preflight.json, tests.xml (JUnit), gpu.json, and each step's log.
 # Wheels of missing packages in $GPU_CHECK_WHEELS (default .whl) are installed first into a private folder.
