@@ -251,6 +251,33 @@ def test_every_ray_pod_serves_prometheus_metrics_on_one_port(source: str) -> Non
         assert annotations["prometheus.io/path"] == "/metrics"
 
 
+# GPU memory a 7B in bf16 needs per GPU: 14.1 GB of weights plus the KV cache of its batch (docs/install.md).
+MIN_GPU_MIB = 40_000
+# EC2 types with one GPU per node, and its memory in MiB (what `nvidia.com/gpu.memory` reports for that GPU).
+EC2_GPU_MIB = {"g5.2xlarge": 23_028, "g6.2xlarge": 23_034, "g6e.2xlarge": 46_068}
+
+
+@pytest.mark.parametrize("source", ["RayCluster", "RayJob", "RayCronJob"])
+def test_gpu_pods_go_to_gpus_a_7b_fits(source: str) -> None:
+    """Every GPU group asks for nodes whose GPUs hold a 7B in bf16, by GPU memory (no node type to set)."""
+    for group in _cluster_specs()[source]["workerGroupSpecs"]:
+        if not any(_gpus(c["resources"].get("limits")) for c in _containers(group)):
+            continue
+        pod = group["template"]["spec"]
+        assert "nodeSelector" not in pod, f"{source}: a node type pins one pool: {pod['nodeSelector']}"
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        for term in terms:  # the terms are ORed: each must demand enough memory
+            (memory,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+            assert memory["operator"] == "Gt" and int(memory["values"][0]) >= MIN_GPU_MIB, (source, memory)
+
+
+def test_the_ray_up_gpu_type_fits_a_7b() -> None:
+    types = yaml.safe_load(AWS_YAML.read_text())["available_node_types"]
+    (gpu_type,) = [t for t in types.values() if t["resources"].get("GPU")]
+    instance = gpu_type["node_config"]["InstanceType"]
+    assert EC2_GPU_MIB.get(instance, 0) > MIN_GPU_MIB, f"{instance}: GPU memory unknown or under {MIN_GPU_MIB} MiB"
+
+
 def test_raycluster_autoscales() -> None:
     spec = _manifests()["RayCluster"]["spec"]
     assert spec["enableInTreeAutoscaling"] is True
