@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,4 +48,5 @@ def test_the_tiny_run_writes_every_file(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["versions"]["transformers"] == "5.23.0" and report["setup"]["repeats"] == 1
     assert {(r["preset"], r["batch"]) for r in report["results"]} == {(p, 1) for p in report["setup"]["presets"]}
-    assert 'skipped="4"' in (tmp_path / "tests.xml").read_text()  # the gpu tests were collected, then skipped
+    suite = re.search(r'<testsuite [^>]*skipped="(\d+)"[^>]*tests="(\d+)"', (tmp_path / "tests.xml").read_text())
+    assert suite and int(suite[1]) == int(suite[2]) >= 6  # every gpu test collected, then skipped without CUDA
