@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sparsevlm import PRESETS, SparseConfig
+from sparsevlm.config import _closest_keep
 from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
 
 
@@ -125,3 +126,30 @@ def test_prefill_flops_formula() -> None:
     assert prefill_flops([10, 5], hidden=4, ffn=8) == (4 * 10 * 16 + 2 * 100 * 4 + 3 * 10 * 4 * 8) + (
         4 * 5 * 16 + 2 * 25 * 4 + 3 * 5 * 4 * 8
     )
+
+
+def _closest_keep_by_simulation(
+    fraction: float, num_layers: int, n_visual: int, layer: int, recycle: float, cluster: float
+) -> tuple[float, int]:
+    """The search the schedule used before it was vectorised: every keep count simulated layer by layer."""
+    target = fraction * n_visual
+    return min(
+        (
+            abs(
+                sum(simulate_visual_counts(n_visual, num_layers, {layer: k}, recycle, cluster)[1:]) / num_layers
+                - target
+            ),
+            k,
+        )
+        for k in range(1, n_visual + 1)
+    )
+
+
+@pytest.mark.parametrize("n_visual", [1, 2, 57, 576, 1703, 2056])
+@pytest.mark.parametrize(("fraction", "recycle", "cluster"), [(0.25, 0.3, 0.1), (0.05, 0.0, 0.1), (0.5, 1.0, 1.0)])
+def test_the_vectorised_keep_search_equals_the_simulation(
+    n_visual: int, fraction: float, recycle: float, cluster: float
+) -> None:
+    for num_layers, layer in [(32, 1), (32, 0), (4, 3)]:
+        want = _closest_keep_by_simulation(fraction, num_layers, n_visual, layer, recycle, cluster)
+        assert _closest_keep(layer, num_layers, n_visual, fraction * n_visual, recycle, cluster) == want
