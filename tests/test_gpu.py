@@ -100,8 +100,15 @@ def test_batch_equals_each_row_alone(standin_7b: Path) -> None:
         alone = greedy(engine.model, alone_inputs)
         alone_stats = last_stats(engine.model)[0]
         assert_close(together.logits[0][row : row + 1], alone.logits[0])
+        first = min(alone_stats.kept_indices)
         for layer, kept in alone_stats.kept_indices.items():
-            assert torch.equal(stats[row].kept_indices[layer].cpu(), kept.cpu()), (row, layer)
+            together_kept = set(stats[row].kept_indices[layer].tolist())
+            differ = together_kept ^ set(kept.tolist())
+            # The first step scores after one layer: the same choice exactly. Later steps score hidden states
+            # that a padded bf16 batch and a lone row compute in different orders (equal in fp32 on the CPU:
+            # tests/sparsevlm), so a few near-ties at the cut may swap; measured on an H200: (row 0, layer 6).
+            limit = 0 if layer == first else max(2, len(kept) // 50)
+            assert len(differ) <= limit, (row, layer, len(differ), len(kept))
 
 
 def test_answers_through_the_pinned_path_equal_a_host_cast(standin_7b: Path) -> None:
