@@ -144,11 +144,10 @@ def _draw_scene(rng: np.random.Generator, num_frames: int, size: int) -> tuple[t
     # Distractors: long-lived objects of the types no question names (the absent type excluded), so that each
     # named colour and each named shape also appears on an object of another type.
     distractors = [rest[int(k)] for k in rng.permutation(len(rest))[: int(rng.integers(3, 6))]]
-    for c, s in distractors:
+    for c, s in distractors:  # on screen at least 5 frames (4 on a 6-frame clip)
         first = int(rng.integers(0, 3))
-        targets.append(
-            _Target(c, s, first, int(rng.integers(max(first + 4, last - 2), last + 1)), bool(rng.random() < 0.3))
-        )
+        end = int(rng.integers(min(last, max(first + 4, last - 2)), last + 1))
+        targets.append(_Target(c, s, first, end, bool(rng.random() < 0.3)))
     if not _confused(named if present else named[:5], targets):
         return None
     objects: list[ObjectTrack] = []

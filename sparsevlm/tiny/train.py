@@ -37,6 +37,7 @@ from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
 from sparsevlm.tiny.hard_qa import QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
+from sparsevlm.tiny.looking import evidence_attention_loss
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
@@ -84,6 +85,10 @@ class TrainConfig:
         init: a saved checkpoint directory to continue from instead of random weights (the training-only
             heads start fresh; the schedule restarts with this run's ``lr`` and ``warmup_steps``).
         first_video: index of the first train-split video, so a continued run sees new videos.
+        look_weight: weight of the looking loss (:mod:`sparsevlm.tiny.looking`: the answer position's attention at
+            ``look_layers`` goes to the question's evidence); 0 trains without it, as every run before the hard
+            split's did.
+        look_layers: comma-separated decoder layers whose attention the looking loss reads.
         hard_fraction: share of each batch's videos drawn from the hard question split
             (:mod:`sparsevlm.tiny.hard_qa`); the rest come from the easy one, so that it does not regress.
             With a positive share, every evaluation reports both splits.
@@ -116,8 +121,26 @@ class TrainConfig:
     init: str = ""
     first_video: int = 0
     hard_fraction: float = 0.0
+    look_weight: float = 0.0
+    look_layers: str = "1,2"
+
+    @property
+    def look_layer_list(self) -> list[int]:
+        """``look_layers`` as integers."""
+        return [int(v) for v in self.look_layers.split(",") if v.strip()]
 
     def __post_init__(self) -> None:
+        try:
+            layers = [int(v) for v in self.look_layers.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--look-layers must be comma-separated layers such as 1,2, got {self.look_layers!r}"
+            ) from None
+        if self.look_weight < 0 or any(not 0 <= x < self.text_layers for x in layers):
+            raise ValueError(
+                f"--look-weight must be >= 0 and --look-layers in [0, {self.text_layers}), "
+                f"got {self.look_weight} and {self.look_layers!r}"
+            )
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"--hard-fraction must be in [0, 1], got {self.hard_fraction}")
         if self.minutes <= 0 and self.max_steps <= 0:
@@ -169,6 +192,23 @@ def train_step(
     losses["total"] = losses["answer"] + cfg.aux_weight * aux + cfg.order_weight * order
     if cfg.naming_weight > 0:
         losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
+    if cfg.look_weight > 0:
+        lm = model.model.language_model
+        positions = torch.arange(batch.input_ids.shape[1])[None]
+        rope = lm.rotary_emb(out.hidden_states[0], position_ids=positions)
+        looks = [
+            evidence_attention_loss(
+                out.hidden_states[layer],
+                lm.layers[layer],
+                rope,
+                batch.answer_positions,
+                batch.answer_evidence,
+                batch.visual_start,
+            )
+            for layer in cfg.look_layer_list
+        ]
+        losses["look"] = torch.stack(looks).mean()
+        losses["total"] = losses["total"] + cfg.look_weight * losses["look"]
     if cfg.text_loss_weight > 0:
         losses["text"] = nn.functional.cross_entropy(logits, batch.text_labels.flatten(), ignore_index=IGNORE)
         losses["total"] = losses["total"] + cfg.text_loss_weight * losses["text"]
