@@ -26,8 +26,8 @@ from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
-from sparsevlm.engine import DTYPE_NAMES
-from sparsevlm.tiny import CHECKPOINT_DIR
+from sparsevlm.engine_types import DTYPE_NAMES
+from sparsevlm.tiny import BUNDLED_LABELS, BUNDLED_REPEAT_STOP, bundled_label
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "segment_seconds": "segment_seconds",
     "frames_per_segment": "frames",
     "max_new_tokens": "max_new_tokens",
+    "repeat_stop": "repeat_stop",
     "dtype": "dtype",
     "sparse": "preset",  # SparseConfig.preset(--preset)
     "workers": "workers",
@@ -96,12 +97,26 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--question", action="append", default=[], help="a question asked of every segment (repeat; default: none)"
     )
     parser.add_argument("--questions-file", help="a text file with one question per line (default: none)")
-    parser.add_argument("--model", default=str(CHECKPOINT_DIR), help="Video-LLaVA checkpoint dir or hub id")
+    parser.add_argument(
+        "--model",
+        default=next(iter(BUNDLED_LABELS)),
+        help="Video-LLaVA checkpoint dir or hub id, e.g. LanguageBind/Video-LLaVA-7B-hf; "
+        f"{' and '.join(BUNDLED_LABELS)} are bundled toy models that know only synthetic coloured shapes",
+    )
     parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
     parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
     parser.add_argument(
         "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"
+    )
+    parser.add_argument(
+        "--repeat-stop",
+        type=_repeat_stop,
+        default="auto",
+        metavar="N",
+        help="stop an answer once it ends with the same 1 to N tokens twice in a row, keeping the first copy; "
+        f"0 = off; auto = {BUNDLED_REPEAT_STOP} for the bundled models (they loop on real video), 0 for others (a "
+        "real model's 'ha ha' or '2000' would be cut)",
     )
     parser.add_argument(
         "--dtype",
@@ -188,6 +203,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _repeat_stop(text: str) -> str | int:
+    """argparse type of ``--repeat-stop``: ``auto`` or an int >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """argparse type of a duration in seconds: a number >= 0 (argparse names the flag in its error)."""
     try:
@@ -224,6 +252,8 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     fields["allow_prefixes"] = tuple(ns.allow_prefix)
     for name in _ZERO_IS_NONE:
         fields[name] = fields[name] or None
+    if fields["repeat_stop"] == "auto":
+        fields["repeat_stop"] = BUNDLED_REPEAT_STOP if bundled_label(ns.model) else 0
     if not ns.run_id:
         del fields["run_id"]
     try:

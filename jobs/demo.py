@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.ray_env import use_local_ray_env
+from sparsevlm.tiny import BUNDLED_REPEAT_STOP
 
 QUESTIONS = ("how many objects are there?", "is there a red square?")
-REPEAT_STOP = 3  # stop an answer that ends with the same 1-3 tokens twice in a row (sparsevlm/repetition.py)
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
 
 
@@ -78,9 +78,10 @@ def describe_bundled_model() -> str:
         f"Every answer is one of: {' '.join(ANSWER_WORDS)}.\n"
         "It cannot caption, and it knows nothing of real video: for 'describe the video.' and on the real clip it\n"
         "still answers with shape and colour words, and greedy decoding tends to repeat them. The run stops an\n"
-        f"answer once it ends with the same 1-{REPEAT_STOP} tokens twice in a row and keeps the first copy\n"
-        f"(repeat_stop={REPEAT_STOP}), so 'square square square' is written as 'square'. For real answers run a\n"
-        "real checkpoint (--model LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'The real checkpoint').\n"
+        f"answer once it ends with the same 1-{BUNDLED_REPEAT_STOP} tokens twice in a row and keeps the first\n"
+        f"copy (--repeat-stop {BUNDLED_REPEAT_STOP}, the jobs' default for the bundled models), so 'square square\n"
+        "square' is written as 'square'. For real answers run a real checkpoint (--model\n"
+        "LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'The real checkpoint').\n"
     )
 
 
@@ -114,7 +115,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> bytes | None:
             questions=QUESTIONS,
             frames_per_segment=8,
             max_new_tokens=12,
-            repeat_stop=REPEAT_STOP,
+            repeat_stop=BUNDLED_REPEAT_STOP,
             sparse=SparseConfig.preset("video-25"),
             s3_endpoint_url=endpoint,
             s3_options=s3_options,

@@ -45,6 +45,7 @@ from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
 from sparsevlm.engine_types import CheckpointError, ModelSpec
+from sparsevlm.tiny import BUNDLED_NOTE
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +287,8 @@ def _run(
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
     logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
     entries: list[LedgerEntry] = []
+    if pending and config.stand_in is None and config.model_label.startswith("bundled:"):
+        logger.warning("run %s: the model %s is %s", config.run_id, config.model_label, BUNDLED_NOTE)
     if pending:
         frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
         _preflight(config, pending, frame_size)

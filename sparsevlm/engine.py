@@ -202,6 +202,7 @@ class VideoQAEngine:
         *,
         device: str = "cpu",
         dtype: DtypeName | torch.dtype = "auto",
+        label: str | None = None,
     ) -> VideoQAEngine:
         """Load a safetensors Video-LLaVA checkpoint and its tokenizer.
 
@@ -213,6 +214,7 @@ class VideoQAEngine:
             sparse: SparseConfig or preset name.
             device: torch device for the model, e.g. ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
             dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+            label: what results call the model (:attr:`model_id`); default: ``model`` as given.
 
         Raises:
             CheckpointError: see :func:`inspect_checkpoint`.
@@ -229,7 +231,7 @@ class VideoQAEngine:
             attn_implementation="sdpa",
         )
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id, trust_remote_code=False)
-        return cls(loaded, tokenizer, sparse, model_id=spec.model_id)
+        return cls(loaded, tokenizer, sparse, model_id=label or spec.model_id)
 
     @classmethod
     def from_model(
