@@ -124,7 +124,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="model weights: auto = bfloat16 on GPUs with native bf16, float16 on other GPUs, float32 on CPU",
     )
-    parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per model actor (1 on GPU nodes)")
+    parser.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        help="GPUs per model actor (default: 1 when the Ray cluster has a GPU, else 0 = the CPU)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="model actors")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
     parser.add_argument(

@@ -45,7 +45,7 @@ from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
 from sparsevlm.engine_types import CheckpointError, ModelSpec
-from sparsevlm.tiny import BUNDLED_NOTE
+from sparsevlm.tiny import BUNDLED_NOTE, bundled_label
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,7 @@ def _run(
         _preflight(config, pending, frame_size)
         init_ray(config.ray_address, metrics_export_port)
         _check_stand_in(config)
+        config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
         logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
         replaces = {k: e.file for k, e in previous.items()}
         entries = _process(config, pending, frame_size, replaces, progress, lease.token)
@@ -317,6 +318,32 @@ def _run(
             "rows are committed: fix the cause, then rerun with retry_errors=True"
         )
     return summary
+
+
+def resolve_gpus(config: PipelineConfig, cluster_gpus: float) -> PipelineConfig:
+    """``config`` with ``num_gpus_per_worker`` a number: None (the jobs' default) becomes 1 when the Ray cluster
+    has ``cluster_gpus`` >= 1, else 0 (the CPU). Logs the choice, and warns when a checkpoint other than the
+    bundled tiny ones will run on the CPU (a 7B there takes minutes per segment, in float32)."""
+    gpus = config.num_gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 and config.stand_in is None else 0.0
+        logger.info(
+            "run %s: the Ray cluster has %g GPUs: %g per model actor (--num-gpus-per-worker)",
+            config.run_id,
+            cluster_gpus,
+            gpus,
+        )
+    if gpus == 0 and config.stand_in is None and bundled_label(config.model) is None:
+        logger.warning(
+            "run %s: the model actors run %s on the CPU (%g GPUs in the Ray cluster, %s): a 7B checkpoint takes "
+            "minutes per segment there. On GPU nodes pass --num-gpus-per-worker 1 (an autoscaling cluster whose "
+            "GPU nodes are not up yet shows no GPU)",
+            config.run_id,
+            config.model,
+            cluster_gpus,
+            "--num-gpus-per-worker 0" if config.num_gpus_per_worker == 0 else "so the default is 0",
+        )
+    return config.replace(num_gpus_per_worker=gpus)
 
 
 def _check_stand_in(config: PipelineConfig) -> None:

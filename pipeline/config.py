@@ -75,7 +75,8 @@ class PipelineConfig:
         sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
             ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
         workers: model actors (one engine each).
-        num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU).
+        num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU; None: 1 when the
+            Ray cluster has a GPU, else 0, decided by ``run_pipeline`` once Ray is up, the jobs' default).
         cpus_per_worker: CPUs reserved per model actor; also its torch thread count.
         decode_cpus: CPUs per decode task.
         batch_size: segments per model call; each brings ``1 + len(questions)`` prompts into one ``generate``.
@@ -131,7 +132,7 @@ class PipelineConfig:
     dtype: DtypeName = "auto"
     sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset("video-25"))
     workers: int = 1
-    num_gpus_per_worker: float = 0.0
+    num_gpus_per_worker: float | None = 0.0
     cpus_per_worker: float = 1.0
     decode_cpus: float = 1.0
     batch_size: int = 4
@@ -191,8 +192,9 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not self.num_gpus_per_worker >= 0:
-            raise ValueError(f"num_gpus_per_worker must be >= 0, got {self.num_gpus_per_worker!r}")
+        if self.num_gpus_per_worker is not None and not self.num_gpus_per_worker >= 0:
+            gpus = self.num_gpus_per_worker
+            raise ValueError(f"num_gpus_per_worker must be >= 0 or None (Ray decides), got {gpus!r}")
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -215,7 +217,7 @@ class PipelineConfig:
             )
         if self.stand_in is not None and not isinstance(self.stand_in, StandInCost):
             raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
-        if self.stand_in is not None and self.num_gpus_per_worker > 0:
+        if self.stand_in is not None and (self.num_gpus_per_worker or 0) > 0:
             raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not _PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
@@ -234,7 +236,7 @@ class PipelineConfig:
     @property
     def device(self) -> str:
         """Where the model runs: "cuda" when workers get GPUs, else "cpu"."""
-        return "cuda" if self.num_gpus_per_worker > 0 else "cpu"
+        return "cuda" if (self.num_gpus_per_worker or 0) > 0 else "cpu"
 
     @property
     def torch_threads(self) -> int:

@@ -120,7 +120,8 @@ class Predictor:
                 answers[k] = _error_fields(problem)
         asked = [k for k in range(len(tasks)) if k not in answers]
         if asked:
-            frames = [_frames(rows[tasks[k][0]]) for k in asked]
+            segments = {i: _frames(rows[i]) for i in {tasks[k][0] for k in asked}}  # one array per segment
+            frames = [segments[tasks[k][0]] for k in asked]  # the same array for each prompt of a segment
             prompts = [tasks[k][2] for k in asked]
             try:
                 answers.update(

@@ -53,6 +53,7 @@ from sparsevlm.prompt import (
     visual_positions,
 )
 from sparsevlm.repetition import RepeatStop, trim_repeat
+from sparsevlm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -290,14 +291,15 @@ class VideoQAEngine:
                 f"fewer frames: {question!r:.200}"
             )
 
-    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+    def prepare(self, frames: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """CLIP-normalise one segment of model-resolution frames.
 
         Args:
             frames: uint8 ``[T, S, S, 3]`` with ``S = spec.frame_size``.
+            out: a float32 ``[T, 3, S, S]`` CPU tensor to write into (e.g. a row of a pinned batch).
 
         Returns:
-            float32 ``[T, 3, S, S]`` (one row of ``pixel_values_videos``).
+            float32 ``[T, 3, S, S]`` (one row of ``pixel_values_videos``; ``out`` when given).
         """
         size = self.spec.frame_size
         if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
@@ -305,9 +307,29 @@ class VideoQAEngine:
                 f"expected uint8 frames [T, {size}, {size}, 3] at model resolution, got dtype={frames.dtype} "
                 f"shape={tuple(frames.shape)}; resize with sparsevlm.preprocess.resize_and_crop_uint8 first"
             )
-        if not frames.flags.writeable:  # e.g. a view of an Arrow buffer; torch warns on read-only memory
-            frames = frames.copy()
-        return normalize_uint8(frames)
+        return normalize_uint8(frames, out)
+
+    def _pixels(self, segments: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """``pixel_values_videos`` of ``segments`` on ``device`` in the model's dtype.
+
+        Each distinct segment (a segment asked several prompts comes once per prompt, as the same array) is
+        normalised once, on the host in float32, straight into pinned memory on CUDA; it is copied without the
+        host waiting, cast to the model's dtype on the device, and repeated there per prompt.
+
+        Returns:
+            ``[B, T, 3, S, S]``, row i from ``segments[i]``.
+        """
+        distinct = list({id(s): s for s in segments}.values())
+        slot = {id(s): k for k, s in enumerate(distinct)}
+        size = self.spec.frame_size
+        shape = (len(distinct), int(segments[0].shape[0]), 3, size, size)  # [U, T, 3, S, S]
+        host = torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+        for k, segment in enumerate(distinct):
+            self.prepare(segment, out=host[k])
+        on_device = to_device(host, device).to(self.model.dtype)
+        if len(distinct) == len(segments):
+            return on_device
+        return on_device[to_device([slot[id(s)] for s in segments], device)]  # [B, T, 3, S, S]
 
     @torch.no_grad()
     def answer(
@@ -333,19 +355,19 @@ class VideoQAEngine:
         counts = {int(s.shape[0]) for s in segments}
         if len(counts) != 1:
             raise ValueError(f"all segments of one call must have the same frame count, got {sorted(counts)}")
-        pixels = torch.stack([self.prepare(s) for s in segments])  # [B, T, 3, S, S]
         num_frames = int(segments[0].shape[0])
         for p in prompts:
             self.check_prompt(p, num_frames, max_new_tokens)
         pad = self.tokenizer.pad_token_id
         input_ids, attention_mask = left_pad([self.prompt_ids(p, num_frames) for p in prompts], int(pad))
         device = self.model.device
+        pixels = self._pixels(segments, device)  # [B, T, 3, S, S] in the model's dtype, on the device
         start = time.perf_counter()
         model: Any = self.model  # transformers types generate() for its mixin, not for the model class
         out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            pixel_values_videos=pixels.to(device, self.model.dtype),
+            input_ids=to_device(input_ids, device),
+            attention_mask=to_device(attention_mask, device),
+            pixel_values_videos=pixels,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,

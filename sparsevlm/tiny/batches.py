@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.tiny.inputs import normalize_frames, video_tokens_per_frame
 from sparsevlm.tiny.tokenizer import token_id
-from sparsevlm.tiny.video_qa import COLOURS, QA, ObjectTrack, VideoSample
+from sparsevlm.tiny.video_qa import QA, VideoSample
 
 IGNORE = -100
 CAPTION_PROMPT = "describe the video."
@@ -48,6 +48,8 @@ class TrainBatch:
             video, 0 on other object patches, IGNORE on background (what "the first object to appear" asks).
         patch_newest: long ``[B, T, gh * gw]``, 1 on the patches of the objects that appeared last among
             those seen up to that frame, 0 on other object patches, IGNORE on background.
+        patch_striped: long ``[B, T, gh * gw]``, 1 on striped object patches, 0 on other object patches,
+            IGNORE on background (the hard split's fine attribute, read from the projector's output).
 
     Both order targets are causal: at frame ``t`` every object that appeared by ``t`` has been seen, and an
     object appearing later cannot be the earliest nor (yet) the newest.
@@ -64,6 +66,7 @@ class TrainBatch:
     patch_new: torch.Tensor
     patch_earliest: torch.Tensor
     patch_newest: torch.Tensor
+    patch_striped: torch.Tensor
 
 
 class SequenceBuilder:
@@ -171,6 +174,7 @@ def collate(
         patch_new=torch.from_numpy(np.stack([_new_patches(s) for s in samples]).reshape(colour.shape)),
         patch_earliest=torch.from_numpy(np.stack([_earliest_patches(s) for s in samples]).reshape(colour.shape)),
         patch_newest=torch.from_numpy(np.stack([_newest_patches(s) for s in samples]).reshape(colour.shape)),
+        patch_striped=torch.from_numpy(np.stack([_striped_patches(s) for s in samples]).reshape(colour.shape)),
     )
 
 
@@ -179,17 +183,17 @@ def _object_patches(sample: VideoSample) -> np.ndarray:
     return np.where(sample.patch_colour > 0, 0, IGNORE).astype(np.int64)
 
 
-def _code(obj: ObjectTrack) -> int:
-    """The value of ``obj``'s patches in ``patch_colour`` (0 is background)."""
-    return 1 + COLOURS.index(obj.colour)
+def _striped_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: 1 on striped object patches, 0 on other object patches, IGNORE on background."""
+    return np.where(sample.patch_owner >= 0, sample.patch_striped, IGNORE).astype(np.int64)
 
 
 def _new_patches(sample: VideoSample) -> np.ndarray:
     """int64 ``[T, gh, gw]``: 1 on an object's patches in its first visible frame, 0 on its other patches,
     IGNORE on background."""
     out = _object_patches(sample)
-    for obj in sample.objects:
-        out[obj.first_frame][sample.patch_colour[obj.first_frame] == _code(obj)] = 1
+    for k, obj in enumerate(sample.objects):
+        out[obj.first_frame][sample.patch_owner[obj.first_frame] == k] = 1
     return out
 
 
@@ -198,9 +202,9 @@ def _earliest_patches(sample: VideoSample) -> np.ndarray:
     object patches, IGNORE on background."""
     out = _object_patches(sample)
     earliest = min((obj.first_frame for obj in sample.objects), default=None)
-    for obj in sample.objects:
+    for k, obj in enumerate(sample.objects):
         if obj.first_frame == earliest:
-            out[sample.patch_colour == _code(obj)] = 1
+            out[sample.patch_owner == k] = 1
     return out
 
 
@@ -210,7 +214,7 @@ def _newest_patches(sample: VideoSample) -> np.ndarray:
     out = _object_patches(sample)
     for t in range(out.shape[0]):
         newest = max((obj.first_frame for obj in sample.objects if obj.first_frame <= t), default=None)
-        for obj in sample.objects:
+        for k, obj in enumerate(sample.objects):
             if obj.first_frame == newest:
-                out[t][sample.patch_colour[t] == _code(obj)] = 1
+                out[t][sample.patch_owner[t] == k] = 1
     return out
