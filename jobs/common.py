@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 RUN_FAILED = 1
 USAGE_ERROR = 2
 EXIT_CODES = f"""exit codes:
-  0  the run finished; its summary (or the --dry-run plan) is printed on stdout as JSON
+  0  the run finished; its summary (or the --dry-run plan) is printed on stdout (one JSON line with
+     --log-format json)
   {RUN_FAILED}  the run failed: storage unreachable or refusing, the output not writable, another run holding
      the output's lease, no credentials, the model failing to load, the Ray job failing, every video failing
   {USAGE_ERROR}  the command line is wrong: a flag's value, an unknown preset, an --input that names no videos or
@@ -302,37 +303,56 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
 
 
 def run_cli(main: Callable[[], dict[str, Any]]) -> None:
-    """Run a job's main and print its summary as JSON; end a failing job with one line and its exit code.
+    """Run a job's main and print its summary; end a failing job with one line and its exit code.
 
-    Usage errors (a flag's value, the input, the model; see :data:`EXIT_CODES`) exit with
-    :data:`USAGE_ERROR`, everything that stops a run otherwise with :data:`RUN_FAILED`; an unexpected
-    exception is logged with its traceback first.
+    The summary (or the ``--dry-run`` plan) is a short block for people (:mod:`jobs.summaries`), or one JSON
+    line under ``--log-format json``. Usage errors (a flag's value, the input, the model; see
+    :data:`EXIT_CODES`) exit with :data:`USAGE_ERROR`, everything that stops a run otherwise with
+    :data:`RUN_FAILED`; an unexpected exception is logged with its traceback first.
     """
     configure_logging("text")  # until the job's main has read --log-format
+    try:
+        summary = main()
+    except Exception as err:
+        fail(*_failure(err))
+    if json_logging():
+        print(json.dumps(summary, default=str))
+    else:
+        from jobs.summaries import format_plan, format_summary
+
+        print(format_plan(summary) if summary.get("dry_run") else format_summary(summary))
+
+
+def _failure(err: Exception) -> tuple[str, int]:
+    """The one line and the exit code that end a job that raised ``err``.
+
+    The run's modules are imported here, on failure, not with this module: ``--help`` and usage errors answer
+    without loading Ray or the storage clients.
+    """
+    from pipeline.sources import SourceError
+    from sparsevlm.engine_types import CheckpointError
+
+    usage = (ValueError, SourceError, CheckpointError)
+    if isinstance(err, usage):
+        return _one_line(err), USAGE_ERROR
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.build import PipelineError
     from pipeline.lease import LeaseHeld, LeaseLost
-    from pipeline.sources import SourceError
-    from sparsevlm.engine import CheckpointError
 
-    usage = (ValueError, SourceError, CheckpointError)
-    try:
-        summary = main()
-    except NoCredentialsError:
-        fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role", 1)
-    except PipelineError as err:  # the run wraps what it finds wrong with its input or model
-        fail(_one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED)
-    except usage as err:
-        fail(_one_line(err), USAGE_ERROR)
-    except (LeaseHeld, LeaseLost) as err:
-        fail(_one_line(err), RUN_FAILED)
-    except (BotoCoreError, ClientError, OSError) as err:
-        fail(f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED)
-    except Exception as err:
-        logger.exception("the run failed")
-        fail(f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED)
-    print(json.dumps(summary, default=str) if json_logging() else json.dumps(summary, indent=2, default=str))
+    if isinstance(err, NoCredentialsError):
+        return (
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role",
+            RUN_FAILED,
+        )
+    if isinstance(err, PipelineError):  # the run wraps what it finds wrong with its input or model
+        return _one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED
+    if isinstance(err, LeaseHeld | LeaseLost):
+        return _one_line(err), RUN_FAILED
+    if isinstance(err, BotoCoreError | ClientError | OSError):
+        return f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED
+    logger.exception("the run failed")
+    return f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED
 
 
 def _one_line(err: BaseException) -> str:
