@@ -269,6 +269,7 @@ def _run(
     metrics_export_port: int | None,
 ) -> RunSummary:
     """The body of :func:`run_pipeline`, under ``lease``; ``record`` receives the counts a failure record needs."""
+    logger.info("run %s: reading the model's config and listing %s", config.run_id, config.input_uri)
     try:
         spec = inspect_checkpoint(config.model)
         record["frame_size"] = spec.frame_size  # the failure record's page draws the sampled frames with it
@@ -285,19 +286,31 @@ def _run(
     record.update(seen=len(items), pending=sorted(pending_keys))
     # Retried videos: their old rows are replaced; remember where they are (another partition's file).
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
-    logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
+    logger.info(
+        "run %s: %d seen, %d already done, %d to process (config key %s)",
+        config.run_id,
+        len(items),
+        len(items) - len(pending),
+        len(pending),
+        config.config_key(),
+    )
     entries: list[LedgerEntry] = []
     if pending and config.stand_in is None and config.model_label.startswith("bundled:"):
         logger.warning("run %s: the model %s is %s", config.run_id, config.model_label, BUNDLED_NOTE)
     if pending:
         frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
         _preflight(config, pending, frame_size)
-        init_ray(config.ray_address, metrics_export_port)
-        _check_stand_in(config)
-        config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
-        logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
         replaces = {k: e.file for k, e in previous.items()}
-        entries = _process(config, pending, frame_size, replaces, progress, lease.token)
+        shown = RunProgress(len(pending), progress, seen=len(items), heartbeat=True, phase="starting Ray")
+        try:
+            init_ray(config.ray_address, metrics_export_port)
+            _check_stand_in(config)
+            config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
+            logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
+            shown.phase = "loading the model, first batch"
+            entries = _process(config, pending, frame_size, replaces, shown, lease.token)
+        finally:
+            shown.close()
     summary = summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
@@ -364,23 +377,23 @@ def _process(
     pending: list[dict[str, Any]],
     frame_size: int,
     replaces: dict[str, str],
-    progress: ProgressMode,
+    shown: RunProgress,
     lease_token: str | None,
 ) -> list[LedgerEntry]:
-    """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive.
+    """Run the chain over ``pending`` and return what it committed, counting the reports into ``shown`` as they
+    arrive (the caller closes it).
 
     Raises:
         LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
         PipelineError: the Ray job failed otherwise.
     """
     context = ray.data.DataContext.get_current()  # read when the dataset is built
-    if progress != "off":  # ours replaces Ray Data's bars
+    if shown.mode != "off":  # ours replaces Ray Data's bars
         context.enable_progress_bars = False
     # A map task's own exception reaches the driver (LeaseLost, TransientIOError), not a UserCodeException
     # whose cause is lost on the way (measured with Ray 2.60: only the traceback text names it).
     context.raise_original_map_exception = True
     reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
-    shown = RunProgress(len(pending), progress)
     try:
         for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):
             assert isinstance(batch, pa.Table)
@@ -393,8 +406,6 @@ def _process(
             raise LeaseLost(headline) from err
         what = first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
         raise PipelineError(f"the Ray job failed: {what}") from err
-    finally:
-        shown.close()
     return shown.entries
 
 
