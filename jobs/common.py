@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, route_ray_logs
+from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
@@ -206,6 +206,13 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         default="text",
         help="stderr lines: text for people, json for log shippers (one JSON object per line)",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="info leaves out Ray's and transformers' notes an operator cannot act on; debug shows them and every "
+        "library's debug records",
+    )
 
 
 def _repeat_stop(text: str) -> str | int:
@@ -235,7 +242,7 @@ def _seconds(text: str) -> float:
 def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse a job's flags and set up its logging (``--log-format``) before anything else can fail."""
     ns = parser.parse_args(argv)
-    configure_logging(ns.log_format)
+    configure_logging(ns.log_format, ns.log_level)
     return ns
 
 
@@ -268,7 +275,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         raise ValueError(flag_message(str(err))) from err
     if config.ray_address is None and "RAY_ADDRESS" not in os.environ:  # the job will start a local Ray
         use_local_ray_env()
-    if json_logging():  # Ray may be imported from here on: its loggers go through the JSON handler too
+    if not ns.dry_run:  # Ray is imported from here on: its loggers go through the root handler and its filter
         route_ray_logs()
     return config
 

@@ -44,6 +44,7 @@ from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
+from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.engine_types import CheckpointError, ModelSpec
 from sparsevlm.tiny import BUNDLED_NOTE, bundled_label
 
@@ -69,14 +70,9 @@ class PipelineError(RuntimeError):
 
 
 def inspect_checkpoint(model: str) -> ModelSpec:
-    """:func:`sparsevlm.engine.inspect_checkpoint`, imported when a run starts rather than with this module.
-
-    Every commit task imports this module (Ray sends :func:`commit_rows` by reference), and the engine module
-    would load torch and transformers into each of those workers, which write Parquet files and never need them.
-    """
-    from sparsevlm.engine import inspect_checkpoint as inspect
-
-    return inspect(model)
+    """The run's start-up check of its checkpoint (:func:`sparsevlm.checkpoint.read_checkpoint`: JSON only, so the
+    driver never imports torch or transformers, seconds of start-up; the model actors load them)."""
+    return read_checkpoint(model).spec
 
 
 def commit_rows(
@@ -322,7 +318,16 @@ def _run(
         ledger.compact(entries)
     except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
         logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)
-    logger.info("run %s: %s", config.run_id, summary)
+    logger.info(
+        "run %s: %s in %.1f s, %d processed (%d failed), %d already done, %d rows",
+        config.run_id,
+        summary.status,
+        summary.wall_s,
+        summary.processed,
+        summary.failed,
+        summary.skipped,
+        summary.rows,
+    )
     if summary.uncommitted:
         logger.warning("%d pending videos were not committed; the next run picks them up", summary.uncommitted)
     if summary.processed and summary.failed == summary.processed:
