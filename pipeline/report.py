@@ -332,6 +332,6 @@ border:1px solid #e2e2e2;font-size:11px}
 .toy{background:#fff8e1;border:1px solid #f9a825;padding:6px 10px;border-radius:4px}
 details.more{margin:8px 0} details.more summary{cursor:pointer;color:#444}
 .zoom summary{list-style:none;cursor:zoom-in} .zoom summary::-webkit-details-marker{display:none}
-.zoom[open] summary{cursor:zoom-out} .frames{overflow-x:auto} .zoom img{width:100%}
+.zoom[open] summary{cursor:zoom-out} .frames{overflow-x:auto} .zoom img{max-width:100%;height:auto}
 .zoom[open] img{width:auto;max-width:none}
 """
