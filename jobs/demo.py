@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.logs import configure_logging, route_ray_logs
 from jobs.summaries import format_summary
 from pipeline.ray_env import use_local_ray_env
 from sparsevlm.tiny import BUNDLED_REPEAT_STOP
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=8, help="videos for the dense-vs-sparse comparison")
     parser.add_argument("--presets", nargs="+", default=["video-25", "video-xf-25", "video-10", "video-rank"])
     ns = parser.parse_args(argv)
+    configure_logging("text")  # the jobs' quiet logs: Ray's notes an operator cannot act on are left out
+    route_ray_logs()
     from sparsevlm import SparseConfig
 
     for name in ns.presets:

@@ -106,7 +106,7 @@ def configure_logging(log_format: LogFormat = "text", level: LogLevel = "info") 
     root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
     if level == "info":
         handler.addFilter(_Actionable())
-        warnings.filterwarnings("ignore", message=f".*(?:{UNACTIONABLE.pattern})")  # matched from the start
+        _ignore_unactionable_warnings()
         # transformers reads it at import: the model workers (started by this process) load without a bar.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if log_format == "json":
@@ -114,6 +114,10 @@ def configure_logging(log_format: LogFormat = "text", level: LogLevel = "info") 
         # Ray workers' prints (a model's loading bars, say) are relayed to the driver's stderr as plain text;
         # in JSON mode they stay in Ray's log files. Ray reads this once, at import: jobs import it later.
         os.environ.setdefault("RAY_LOG_TO_DRIVER", "0")
+
+
+def _ignore_unactionable_warnings() -> None:
+    warnings.filterwarnings("ignore", message=f".*(?:{UNACTIONABLE.pattern})")  # matched from the start
 
 
 def route_ray_logs() -> None:
@@ -133,6 +137,8 @@ def route_ray_logs() -> None:
                 ray_logger.removeHandler(old)
         ray_logger.propagate = True
         ray_logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:  # again: importing Ray put its own warning filters in front of configure_logging's
+        _ignore_unactionable_warnings()
 
 
 def json_logging() -> bool:
