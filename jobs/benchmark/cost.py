@@ -107,7 +107,9 @@ def add_commands(sub: Any) -> None:
 
     speed = sub.add_parser("speed", help="prefill time / memory / KV cache on the 7B layout")
     speed.add_argument("--out", required=True)
-    speed.add_argument("--depth", type=int, default=3, help="decoder layers actually run (default 3)")
+    speed.add_argument(
+        "--depth", type=int, default=3, help="least decoder layers run (more when a preset has more pruning steps)"
+    )
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--threads", type=int, default=2)
     speed.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])

@@ -222,7 +222,11 @@ def _rows(
     dtype: torch.dtype,
 ) -> list[dict[str, Any]]:
     dense_s = statistics.median(times["dense"])
-    dense_layer_s = statistics.median(t for rep in layer_times["dense"] for t in rep)
+    # The same per-layer estimate as the presets' blocks below (each layer's median over the repeats, then
+    # their mean), so dense projects to exactly 1.
+    dense_layer_s = statistics.mean(
+        statistics.median(rep[i] for rep in layer_times["dense"]) for i in range(layout.depth)
+    )
     dense_seq = info["dense"]["seq_len_per_layer"]
     text = dense_seq[0] - layout.n_visual
     dense_full_seq = [dense_seq[0]] * layout.full_depth
