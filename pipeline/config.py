@@ -27,6 +27,7 @@ from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
 from sparsevlm.prompt_text import CAPTION_PROMPT
+from sparsevlm.tiny import bundled_label, resolve_model
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 
@@ -60,7 +61,9 @@ class PipelineConfig:
         input_uri: local folder, file:// or s3:// prefix, or a manifest (.txt/.lst/.csv/.parquet); see
             :func:`pipeline.sources.list_sources`.
         output_uri: local folder or s3://bucket/prefix for the Parquet result files and the ledger.
-        model: Video-LLaVA checkpoint directory or hub id (safetensors only).
+        model: Video-LLaVA checkpoint directory or hub id (safetensors only); a bundled checkpoint's label
+            (``bundled:tiny-synthetic``, :data:`sparsevlm.tiny.BUNDLED_LABELS`) is replaced by its directory, so
+            the label and the path give the same config key. Results name the model :attr:`model_label`.
         questions: asked about every segment, after the caption; manifests may add per-video questions.
         caption_prompt: the instruction of the caption task.
         segment_seconds: segment length; None treats each video as one segment.
@@ -155,6 +158,7 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        object.__setattr__(self, "model", resolve_model(self.model))
         check_scheme(self.input_uri)
         check_scheme(self.output_uri)
         allow_prefixes = (self.allow_prefixes,) if isinstance(self.allow_prefixes, str) else self.allow_prefixes
@@ -222,6 +226,12 @@ class PipelineConfig:
     def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def model_label(self) -> str:
+        """What results call the model (rows' ``model_id``, the summary, the report page): ``bundled:...`` for a
+        bundled checkpoint, else ``model`` as given. Not part of the config key (``model`` is)."""
+        return bundled_label(self.model) or self.model
 
     @property
     def device(self) -> str:

@@ -183,7 +183,9 @@ def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
 def _load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
     if config.stand_in is not None:
         return StandInEngine(config.stand_in)
-    return VideoQAEngine.from_pretrained(config.model, config.sparse, device=config.device, dtype=config.dtype)
+    return VideoQAEngine.from_pretrained(
+        config.model, config.sparse, device=config.device, dtype=config.dtype, label=config.model_label
+    )
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

@@ -16,21 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedTokenizerBase,
     StoppingCriteriaList,
     VideoLlavaForConditionalGeneration,
 )
-from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
+from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine_types import (
     DTYPE_NAMES,
@@ -73,8 +70,6 @@ __all__ = [
 ]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
-_PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -98,7 +93,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
 
 
 def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
-    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` and ``tokenizer_config.json``).
+    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` and ``tokenizer_config.json``
+    as JSON, torch-free: :func:`sparsevlm.checkpoint.read_checkpoint`).
 
     Args:
         model: a local directory or a hub id (resolved from the local cache when offline).
@@ -110,56 +106,7 @@ def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
         CheckpointError: the directory does not exist, has no Video-LLaVA config, has only pickled weights, or
             asks for its own code (``auto_map``).
     """
-    name = os.fspath(model)
-    local = Path(name).expanduser()
-    if local.is_dir():
-        _check_weight_files(local)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id "org/name"
-        raise CheckpointError(f"checkpoint directory {name!r} does not exist; pass a local directory or a hub id")
-    try:  # the raw JSON first: AutoConfig would fail on custom code with advice to trust it
-        settings = {"config.json": PretrainedConfig.get_config_dict(name)[0]}
-        settings["tokenizer_config.json"] = get_tokenizer_config(name)
-    except (OSError, ValueError) as err:
-        raise _unreadable(name, err) from err
-    for file, values in settings.items():
-        if values.get("auto_map"):
-            raise CheckpointError(
-                f"{name!r}: its {file} maps classes to code shipped with the checkpoint (auto_map "
-                f"{values['auto_map']}); the engine never runs checkpoint code, and loading the weights into stock "
-                "classes could silently differ from what that code does. Use a checkpoint saved from transformers' "
-                "VideoLlavaForConditionalGeneration (or delete auto_map if the model and tokenizer are stock ones)"
-            )
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise _unreadable(name, err) from err
-    if config.model_type != "video_llava":
-        raise CheckpointError(
-            f"{name!r} is a {config.model_type!r} checkpoint, not Video-LLaVA (model_type 'video_llava'); "
-            "pass a Video-LLaVA checkpoint such as LanguageBind/Video-LLaVA-7B-hf"
-        )
-    vision = config.vision_config
-    return ModelSpec(model_id=name, frame_size=int(vision.image_size), patch_size=int(vision.patch_size))
-
-
-def _unreadable(name: str, err: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"cannot read a model config from {name!r} ({err}); pass a Video-LLaVA checkpoint directory "
-        "(config.json + model.safetensors) or a cached hub id such as LanguageBind/Video-LLaVA-7B-hf"
-    )
-
-
-def _check_weight_files(directory: Path) -> None:
-    names = {p.name for p in directory.iterdir()}
-    if "config.json" not in names:
-        raise CheckpointError(f"{directory} has no config.json; it is not a Hugging Face checkpoint directory")
-    if names.isdisjoint(_SAFETENSORS):
-        pickled = sorted(names & set(_PICKLED))
-        found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
-        raise CheckpointError(
-            f"{directory} has {found}; the engine loads safetensors only (pickle can run code). Convert it with "
-            "model.save_pretrained(dir) after loading it once in a trusted environment"
-        )
+    return read_checkpoint(model).spec
 
 
 class VideoQAEngine:
@@ -203,6 +150,7 @@ class VideoQAEngine:
         *,
         device: str = "cpu",
         dtype: DtypeName | torch.dtype = "auto",
+        label: str | None = None,
     ) -> VideoQAEngine:
         """Load a safetensors Video-LLaVA checkpoint and its tokenizer.
 
@@ -214,6 +162,7 @@ class VideoQAEngine:
             sparse: SparseConfig or preset name.
             device: torch device for the model, e.g. ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
             dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+            label: what results call the model (:attr:`model_id`); default: ``model`` as given.
 
         Raises:
             CheckpointError: see :func:`inspect_checkpoint`.
@@ -230,7 +179,7 @@ class VideoQAEngine:
             attn_implementation="sdpa",
         )
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id, trust_remote_code=False)
-        return cls(loaded, tokenizer, sparse, model_id=spec.model_id)
+        return cls(loaded, tokenizer, sparse, model_id=label or spec.model_id)
 
     @classmethod
     def from_model(
