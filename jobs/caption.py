@@ -4,7 +4,7 @@
         --question "what happens?" --preset video-25 --num-gpus-per-worker 1 --workers 4
 
 Submit it to a cluster with ``ray job submit --entrypoint-num-cpus 1 -- python -m jobs.caption ...``: the driver
-takes one CPU, the model actors take the GPUs. Rerunning skips what is done (the ledger); see README.
+takes one CPU, the model actors take the GPUs. Rerunning skips what is done (the ledger); see docs/pipeline.md.
 """
 
 from __future__ import annotations

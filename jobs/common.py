@@ -21,23 +21,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobs.logs import LOG_FORMATS, configure_logging, error_line, json_logging, route_ray_logs
+from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
-from pipeline.sources import check_scheme
-from pipeline.storage import local_path
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
-from sparsevlm.engine import DTYPE_NAMES
-from sparsevlm.tiny import CHECKPOINT_DIR
+from sparsevlm.engine_types import DTYPE_NAMES
+from sparsevlm.tiny import BUNDLED_LABELS, BUNDLED_REPEAT_STOP, bundled_label
 
 logger = logging.getLogger(__name__)
 
 RUN_FAILED = 1
 USAGE_ERROR = 2
 EXIT_CODES = f"""exit codes:
-  0  the run finished; its summary (or the --dry-run plan) is printed on stdout as JSON
+  0  the run finished; its summary (or the --dry-run plan) is printed on stdout (one JSON line with
+     --log-format json)
   {RUN_FAILED}  the run failed: storage unreachable or refusing, the output not writable, another run holding
      the output's lease, no credentials, the model failing to load, the Ray job failing, every video failing
   {USAGE_ERROR}  the command line is wrong: a flag's value, an unknown preset, an --input that names no videos or
@@ -56,6 +55,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "segment_seconds": "segment_seconds",
     "frames_per_segment": "frames",
     "max_new_tokens": "max_new_tokens",
+    "repeat_stop": "repeat_stop",
     "dtype": "dtype",
     "sparse": "preset",  # SparseConfig.preset(--preset)
     "workers": "workers",
@@ -102,7 +102,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--question", action="append", default=[], help="a question asked of every segment (repeat; default: none)"
     )
     parser.add_argument("--questions-file", help="a text file with one question per line (default: none)")
-    parser.add_argument("--model", default=str(CHECKPOINT_DIR), help="Video-LLaVA checkpoint dir or hub id")
+    parser.add_argument(
+        "--model",
+        default=next(iter(BUNDLED_LABELS)),
+        help="Video-LLaVA checkpoint dir or hub id, e.g. LanguageBind/Video-LLaVA-7B-hf; "
+        f"{' and '.join(BUNDLED_LABELS)} are bundled toy models that know only synthetic coloured shapes",
+    )
     parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
     parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
@@ -110,12 +115,25 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"
     )
     parser.add_argument(
+        "--repeat-stop",
+        type=_repeat_stop,
+        default="auto",
+        metavar="N",
+        help="stop an answer once it ends with the same 1 to N tokens twice in a row, keeping the first copy; "
+        f"0 = off; auto = {BUNDLED_REPEAT_STOP} for the bundled models (they loop on real video), 0 for others (a "
+        "real model's 'ha ha' or '2000' would be cut)",
+    )
+    parser.add_argument(
         "--dtype",
         choices=DTYPE_NAMES,
         default="auto",
         help="model weights: auto = bfloat16 on GPUs with native bf16, float16 on other GPUs, float32 on CPU",
     )
-    parser.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per model actor (1 on GPU nodes)")
+    parser.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        help="GPUs per model actor (default: 1 when the Ray cluster has a GPU, else 0 = the CPU)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="model actors")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (and torch threads) per model actor")
     parser.add_argument(
@@ -200,6 +218,26 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         default="text",
         help="stderr lines: text for people, json for log shippers (one JSON object per line)",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="info leaves out Ray's and transformers' notes an operator cannot act on; debug shows them and every "
+        "library's debug records",
+    )
+
+
+def _repeat_stop(text: str) -> str | int:
+    """argparse type of ``--repeat-stop``: ``auto`` or an int >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -216,7 +254,7 @@ def _seconds(text: str) -> float:
 def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse a job's flags and set up its logging (``--log-format``) before anything else can fail."""
     ns = parser.parse_args(argv)
-    configure_logging(ns.log_format)
+    configure_logging(ns.log_format, ns.log_level)
     return ns
 
 
@@ -239,6 +277,8 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
     fields["allow_prefixes"] = tuple(ns.allow_prefix)
     for name in _ZERO_IS_NONE:
         fields[name] = fields[name] or None
+    if fields["repeat_stop"] == "auto":
+        fields["repeat_stop"] = BUNDLED_REPEAT_STOP if bundled_label(ns.model) else 0
     if not ns.run_id:
         del fields["run_id"]
     try:
@@ -248,7 +288,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         raise ValueError(flag_message(str(err))) from err
     if config.ray_address is None and "RAY_ADDRESS" not in os.environ:  # the job will start a local Ray
         use_local_ray_env()
-    if json_logging():  # Ray may be imported from here on: its loggers go through the JSON handler too
+    if not ns.dry_run:  # Ray is imported from here on: its loggers go through the root handler and its filter
         route_ray_logs()
     return config
 
@@ -261,6 +301,9 @@ def check_local_locations(input_location: str, output_location: str) -> None:
     Raises:
         ValueError: naming the flag, the path and the fix.
     """
+    from pipeline.sources import check_scheme  # here: --help answers without the storage modules
+    from pipeline.storage import local_path
+
     if check_scheme(input_location) != "s3" and not os.path.exists(local_path(input_location)):
         raise ValueError(
             f"--input {input_location!r}: no such file or folder ({local_path(input_location)}); give an existing "
@@ -331,42 +374,62 @@ def _interrupted_line(err: BaseException) -> tuple[str, int]:
 
 
 def run_cli(main: Callable[[], dict[str, Any]]) -> None:
-    """Run a job's main and print its summary as JSON; end a failing job with one line and its exit code.
+    """Run a job's main and print its summary; end a failing job with one line and its exit code.
 
-    Usage errors (a flag's value, the input, the model; see :data:`EXIT_CODES`) exit with
-    :data:`USAGE_ERROR`, everything that stops a run otherwise with :data:`RUN_FAILED`; an unexpected
-    exception is logged with its traceback first. SIGTERM and SIGINT stop the run like a failure (its record
-    is written, its lease released) and exit with 143 and 130, with one line saying what was committed.
+    The summary (or the ``--dry-run`` plan) is a short block for people (:mod:`jobs.summaries`), or one JSON
+    line under ``--log-format json``. Usage errors (a flag's value, the input, the model; see
+    :data:`EXIT_CODES`) exit with :data:`USAGE_ERROR`, everything that stops a run otherwise with
+    :data:`RUN_FAILED`; an unexpected exception is logged with its traceback first. SIGTERM and SIGINT stop
+    the run like a failure (its record is written, its lease released) and exit with 143 and 130, with one
+    line saying what was committed.
     """
     configure_logging("text")  # until the job's main has read --log-format
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    from pipeline.build import PipelineError
-    from pipeline.lease import LeaseHeld, LeaseLost
-    from pipeline.sources import SourceError
-    from sparsevlm.engine import CheckpointError
-
-    usage = (ValueError, SourceError, CheckpointError)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
         summary = main()
     except (Interrupted, KeyboardInterrupt) as err:
         fail(*_interrupted_line(err))
-    except NoCredentialsError:
-        fail("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role", 1)
-    except PipelineError as err:  # the run wraps what it finds wrong with its input or model
-        fail(_one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED)
-    except usage as err:
-        fail(_one_line(err), USAGE_ERROR)
-    except (LeaseHeld, LeaseLost) as err:
-        fail(_one_line(err), RUN_FAILED)
-    except (BotoCoreError, ClientError, OSError) as err:
-        fail(f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED)
     except Exception as err:
-        logger.exception("the run failed")
-        fail(f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED)
-    print(json.dumps(summary, default=str) if json_logging() else json.dumps(summary, indent=2, default=str))
+        fail(*_failure(err))
+    if json_logging():
+        print(json.dumps(summary, default=str))
+    else:
+        from jobs.summaries import format_plan, format_summary
+
+        print(format_plan(summary) if summary.get("dry_run") else format_summary(summary))
+
+
+def _failure(err: Exception) -> tuple[str, int]:
+    """The one line and the exit code that end a job that raised ``err``.
+
+    The run's modules are imported here, on failure, not with this module: ``--help`` and usage errors answer
+    without loading Ray or the storage clients.
+    """
+    from pipeline.sources import SourceError
+    from sparsevlm.engine_types import CheckpointError
+
+    usage = (ValueError, SourceError, CheckpointError)
+    if isinstance(err, usage):
+        return _one_line(err), USAGE_ERROR
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from pipeline.build import PipelineError
+    from pipeline.lease import LeaseHeld, LeaseLost
+
+    if isinstance(err, NoCredentialsError):
+        return (
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role",
+            RUN_FAILED,
+        )
+    if isinstance(err, PipelineError):  # the run wraps what it finds wrong with its input or model
+        return _one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED
+    if isinstance(err, LeaseHeld | LeaseLost):
+        return _one_line(err), RUN_FAILED
+    if isinstance(err, BotoCoreError | ClientError | OSError):
+        return f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED
+    logger.exception("the run failed")
+    return f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,6 +1,6 @@
 """`make demo`: the embedded default, end to end on this machine with nothing running and no cloud.
 
-    python -m jobs.demo [--videos N] [--s3] [--keep DIR] [--report FILE]
+    python -m jobs.demo [--videos N] [--s3] [--keep DIR]
 
 1. Says what the bundled tiny model can answer (one-word answers to the question families it was trained on)
    and what it cannot (captions, real video).
@@ -9,17 +9,20 @@
 4. Runs the pipeline with the bundled tiny Video-LLaVA under the `video-25` preset: a caption and two
    standard questions per segment, written as Parquet. A generation that only repeats itself stops
    (`repeat_stop`: the answer keeps the first copy of the repeated words).
-5. Prints the rows, the run summary and how to query the output; then a dense-vs-sparse comparison of the
-   method itself on the same kind of videos (answers, tokens, FLOPs side by side).
-6. Stops what it started, and ends with the run report page (copied to --report, since the output goes).
+5. Prints the rows and the run summary; then a dense-vs-sparse comparison of the method itself on the same
+   kind of videos (answers, tokens, FLOPs side by side).
+6. Stops what it started (with --s3, after copying the results out of the server), and ends with where its
+   videos and results stay and commands that read them with what the venv holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from jobs.logs import configure_logging, route_ray_logs
+from jobs.summaries import format_summary
 from pipeline.ray_env import use_local_ray_env
+from sparsevlm.tiny import BUNDLED_REPEAT_STOP
 
 QUESTIONS = ("how many objects are there?", "is there a red square?")
-REPEAT_STOP = 3  # stop an answer that ends with the same 1-3 tokens twice in a row (sparsevlm/repetition.py)
 REAL_CLIP = Path(__file__).resolve().parent.parent / "tests" / "assets" / "decord_flipping_a_pancake.mkv"
 
 
@@ -78,15 +83,26 @@ def describe_bundled_model() -> str:
         f"Every answer is one of: {' '.join(ANSWER_WORDS)}.\n"
         "It cannot caption, and it knows nothing of real video: for 'describe the video.' and on the real clip it\n"
         "still answers with shape and colour words, and greedy decoding tends to repeat them. The run stops an\n"
-        f"answer once it ends with the same 1-{REPEAT_STOP} tokens twice in a row and keeps the first copy\n"
-        f"(repeat_stop={REPEAT_STOP}), so 'square square square' is written as 'square'. For real answers run a\n"
-        "real checkpoint (--model LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'Run it').\n"
+        f"answer once it ends with the same 1-{BUNDLED_REPEAT_STOP} tokens twice in a row and keeps the first\n"
+        f"copy (--repeat-stop {BUNDLED_REPEAT_STOP}, the jobs' default for the bundled models), so 'square square\n"
+        "square' is written as 'square'. For real answers run a real checkpoint (--model\n"
+        "LanguageBind/Video-LLaVA-7B-hf on a GPU; README, 'The real checkpoint').\n"
     )
 
 
-def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> bytes | None:
-    """Run the pipeline on synthetic videos and a real clip; return the run's report page (None if missing)."""
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+    """The demo's pipeline run: whether it succeeded, where its results are kept, and its run id."""
+
+    ok: bool
+    results: Path
+    run_id: str
+
+
+def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> DemoRun:
+    """Run the pipeline on synthetic videos and a real clip into ``work``; print its rows and summary."""
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
 
     from pipeline.build import run_pipeline
     from pipeline.config import PipelineConfig
@@ -114,7 +130,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> bytes | None:
             questions=QUESTIONS,
             frames_per_segment=8,
             max_new_tokens=12,
-            repeat_stop=REPEAT_STOP,
+            repeat_stop=BUNDLED_REPEAT_STOP,
             sparse=SparseConfig.preset("video-25"),
             s3_endpoint_url=endpoint,
             s3_options=s3_options,
@@ -137,30 +153,39 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> bytes | None:
                 [name, span, r["task"], r["question"] or "-", answer, truth, f"{r['equivalent_tokens'] or 0:.0f}"]
             )
         _print_table(["video", "segment", "task", "question", "answer", "truth", "equiv tokens"], rows)
-        print(f"\nsummary: {summary}")
-        print("\nquery the output:")
-        print(f"  python -c \"import pyarrow.dataset as ds; print(ds.dataset('{output_uri}').to_table())\"")
-        print(f"  duckdb -c \"select task, question, answer from read_parquet('{output_uri}/*.parquet')\"")
-        print(f"  python -c \"import pandas as pd; print(pd.read_parquet('{output_uri}'))\"")
-        if use_s3:
-            print(f"  (S3 endpoint {endpoint}, stopped when the demo ends)")
-        return _read_report(config)
+        print()
+        print(format_summary(dataclasses.asdict(summary)))
+        results = work / "results"
+        if use_s3:  # the S3 server stops with the demo: keep a local copy that the commands below can read
+            pafs.copy_files(base, str(results), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            print(f"\nthe S3 output ({output_uri} at {endpoint}) goes with the demo; a copy is in {results}")
+        return DemoRun(summary.status == "ok", results, config.run_id)
     finally:
         ray_session.close()
         if server is not None:
             server.stop()
 
 
-def _read_report(config: Any) -> bytes | None:
-    """The run's report page, ``_runs/<run_id>.html`` under the output, or None if it was not written."""
-    from pipeline.report_data import report_path
+def query_commands(results: Path, run_id: str) -> list[str]:
+    """Commands that read the demo's results with what the venv holds (pandas, pyarrow, DuckDB's Python package),
+    run from the repository root; the last opens the run's report page."""
+    python = _python()
+    return [
+        f"{python} -c \"import pandas as pd; print(pd.read_parquet('{results}')"
+        "[['source_uri', 'task', 'question', 'answer']].to_string())\"",
+        f'{python} -c "import duckdb; print(duckdb.sql(\\"select task, count(*) from read_parquet('
+        f"'{results}/**/*.parquet') group by task\\\"))\"",
+        f"xdg-open {results / '_runs' / (run_id + '.html')}   # the run's report page, in any browser",
+    ]
 
-    fs, base = config.output_filesystem()
+
+def _python() -> str:
+    """This interpreter as a user types it: ``.venv/bin/python`` from the repository root, else its full path."""
+    here = Path(sys.executable)
     try:
-        with fs.open_input_stream(f"{base.rstrip('/')}/{report_path(config.run_id)}") as page:
-            return bytes(page.read())
-    except FileNotFoundError:
-        return None
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
 
 
 def _model_dir(work: Path) -> Path:
@@ -261,15 +286,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=6, help="synthetic videos for the pipeline run")
     parser.add_argument("--s3", action="store_true", help="read and write through a local S3-compatible server")
-    parser.add_argument("--keep", help="keep the videos and results in this folder (default: a temp dir)")
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="where the demo writes its videos and results, kept after it ends (default: a new folder under "
+        f"{tempfile.gettempdir()})",
+    )
     parser.add_argument("--samples", type=int, default=8, help="videos for the dense-vs-sparse comparison")
     parser.add_argument("--presets", nargs="+", default=["video-25", "video-xf-25", "video-10", "video-rank"])
-    parser.add_argument(
-        "--report",
-        default=str(Path(tempfile.gettempdir()) / "svl-demo-report.html"),
-        help="where to copy the run's report page (the demo's output is deleted at its end without --keep)",
-    )
     ns = parser.parse_args(argv)
+    configure_logging("text")  # the jobs' quiet logs: Ray's notes an operator cannot act on are left out
+    route_ray_logs()
     from sparsevlm import SparseConfig
 
     for name in ns.presets:
@@ -277,23 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(ns.keep) if ns.keep else Path(tempfile.mkdtemp(prefix="svl-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     print(describe_bundled_model())
-    try:
-        page = run_pipeline_demo(work, ns.videos, ns.s3)
-        compare_dense_sparse(ns.samples, ns.presets)
-    finally:
-        if not ns.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    if page is None:
-        print("\nthe run wrote no report page (see the warning in its log)")
-        return
-    report = Path(ns.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_bytes(page)
-    print(
-        f"\nrun report page: {report.resolve().as_uri()}\n  open it in a browser (one self-contained file): the "
-        "summary, throughput over time, rows by status, errors, and sampled videos with their frames, the visual "
-        "tokens the model kept, the caption and the answers"
-    )
+    run = run_pipeline_demo(work, ns.videos, ns.s3)
+    compare_dense_sparse(ns.samples, ns.presets)
+    print(f"\nthe demo's videos and results stay in {work}; read the results (from the repository root):")
+    for command in query_commands(run.results, run.run_id):
+        print(f"  $ {command}")
+    if not run.ok:
+        raise SystemExit(f"the demo's pipeline run failed; its record and report page are under {run.results}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
 from pipeline.video import short_error
+from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.engine_types import CheckpointError, ModelSpec
+from sparsevlm.tiny import BUNDLED_NOTE, bundled_label
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +70,9 @@ class PipelineError(RuntimeError):
 
 
 def inspect_checkpoint(model: str) -> ModelSpec:
-    """:func:`sparsevlm.engine.inspect_checkpoint`, imported when a run starts rather than with this module.
-
-    Every commit task imports this module (Ray sends :func:`commit_rows` by reference), and the engine module
-    would load torch and transformers into each of those workers, which write Parquet files and never need them.
-    """
-    from sparsevlm.engine import inspect_checkpoint as inspect
-
-    return inspect(model)
+    """The run's start-up check of its checkpoint (:func:`sparsevlm.checkpoint.read_checkpoint`: JSON only, so the
+    driver never imports torch or transformers, seconds of start-up; the model actors load them)."""
+    return read_checkpoint(model).spec
 
 
 def commit_rows(
@@ -268,6 +265,7 @@ def _run(
     metrics_export_port: int | None,
 ) -> RunSummary:
     """The body of :func:`run_pipeline`, under ``lease``; ``record`` receives the counts a failure record needs."""
+    logger.info("run %s: reading the model's config and listing %s", config.run_id, config.input_uri)
     try:
         spec = inspect_checkpoint(config.model)
         record["frame_size"] = spec.frame_size  # the failure record's page draws the sampled frames with it
@@ -284,16 +282,31 @@ def _run(
     record.update(seen=len(items), pending=sorted(pending_keys))
     # Retried videos: their old rows are replaced; remember where they are (another partition's file).
     previous = ledger.entries(i["ledger_key"] for i in pending if i["ledger_key"] in done)
-    logger.info("run %s: %d videos, %d pending, key %s", config.run_id, len(items), len(pending), config.config_key())
+    logger.info(
+        "run %s: %d seen, %d already done, %d to process (config key %s)",
+        config.run_id,
+        len(items),
+        len(items) - len(pending),
+        len(pending),
+        config.config_key(),
+    )
     entries: list[LedgerEntry] = []
+    if pending and config.stand_in is None and config.model_label.startswith("bundled:"):
+        logger.warning("run %s: the model %s is %s", config.run_id, config.model_label, BUNDLED_NOTE)
     if pending:
         frame_size = spec.frame_size if config.stand_in is None else config.stand_in.frame_size or spec.frame_size
         _preflight(config, pending, frame_size)
-        init_ray(config.ray_address, metrics_export_port)
-        _check_stand_in(config)
-        logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
         replaces = {k: e.file for k, e in previous.items()}
-        entries = _process(config, pending, frame_size, replaces, progress, lease.token)
+        shown = RunProgress(len(pending), progress, seen=len(items), heartbeat=True, phase="starting Ray")
+        try:
+            init_ray(config.ray_address, metrics_export_port)
+            _check_stand_in(config)
+            config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
+            logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
+            shown.phase = "loading the model, first batch"
+            entries = _process(config, pending, frame_size, replaces, shown, lease.token)
+        finally:
+            shown.close()
     summary = summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
     summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
@@ -305,7 +318,16 @@ def _run(
         ledger.compact(entries)
     except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
         logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)
-    logger.info("run %s: %s", config.run_id, summary)
+    logger.info(
+        "run %s: %s in %.1f s, %d processed (%d failed), %d already done, %d rows",
+        config.run_id,
+        summary.status,
+        summary.wall_s,
+        summary.processed,
+        summary.failed,
+        summary.skipped,
+        summary.rows,
+    )
     if summary.uncommitted:
         logger.warning("%d pending videos were not committed; the next run picks them up", summary.uncommitted)
     if summary.processed and summary.failed == summary.processed:
@@ -314,6 +336,32 @@ def _run(
             "rows are committed: fix the cause, then rerun with retry_errors=True"
         )
     return summary
+
+
+def resolve_gpus(config: PipelineConfig, cluster_gpus: float) -> PipelineConfig:
+    """``config`` with ``num_gpus_per_worker`` a number: None (the jobs' default) becomes 1 when the Ray cluster
+    has ``cluster_gpus`` >= 1, else 0 (the CPU). Logs the choice, and warns when a checkpoint other than the
+    bundled tiny ones will run on the CPU (a 7B there takes minutes per segment, in float32)."""
+    gpus = config.num_gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 and config.stand_in is None else 0.0
+        logger.info(
+            "run %s: the Ray cluster has %g GPUs: %g per model actor (--num-gpus-per-worker)",
+            config.run_id,
+            cluster_gpus,
+            gpus,
+        )
+    if gpus == 0 and config.stand_in is None and bundled_label(config.model) is None:
+        logger.warning(
+            "run %s: the model actors run %s on the CPU (%g GPUs in the Ray cluster, %s): a 7B checkpoint takes "
+            "minutes per segment there. On GPU nodes pass --num-gpus-per-worker 1 (an autoscaling cluster whose "
+            "GPU nodes are not up yet shows no GPU)",
+            config.run_id,
+            config.model,
+            cluster_gpus,
+            "--num-gpus-per-worker 0" if config.num_gpus_per_worker == 0 else "so the default is 0",
+        )
+    return config.replace(num_gpus_per_worker=gpus)
 
 
 def _check_stand_in(config: PipelineConfig) -> None:
@@ -334,23 +382,23 @@ def _process(
     pending: list[dict[str, Any]],
     frame_size: int,
     replaces: dict[str, str],
-    progress: ProgressMode,
+    shown: RunProgress,
     lease_token: str | None,
 ) -> list[LedgerEntry]:
-    """Run the chain over ``pending`` and return what it committed, showing progress as reports arrive.
+    """Run the chain over ``pending`` and return what it committed, counting the reports into ``shown`` as they
+    arrive (the caller closes it).
 
     Raises:
         LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
         PipelineError: the Ray job failed otherwise.
     """
     context = ray.data.DataContext.get_current()  # read when the dataset is built
-    if progress != "off":  # ours replaces Ray Data's bars
+    if shown.mode != "off":  # ours replaces Ray Data's bars
         context.enable_progress_bars = False
     # A map task's own exception reaches the driver (LeaseLost, TransientIOError), not a UserCodeException
     # whose cause is lost on the way (measured with Ray 2.60: only the traceback text names it).
     context.raise_original_map_exception = True
     reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
-    shown = RunProgress(len(pending), progress)
     try:
         for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):
             assert isinstance(batch, pa.Table)
@@ -363,8 +411,6 @@ def _process(
             raise LeaseLost(headline) from err
         what = first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
         raise PipelineError(f"the Ray job failed: {what}") from err
-    finally:
-        shown.close()
     return shown.entries
 
 

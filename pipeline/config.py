@@ -28,6 +28,7 @@ from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
 from sparsevlm.prompt_text import CAPTION_PROMPT
+from sparsevlm.tiny import bundled_label, resolve_model
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
 
@@ -59,7 +60,9 @@ class PipelineConfig:
         input_uri: local folder, file:// or s3:// prefix, or a manifest (.txt/.lst/.csv/.parquet); see
             :func:`pipeline.sources.list_sources`.
         output_uri: local folder or s3://bucket/prefix for the Parquet result files and the ledger.
-        model: Video-LLaVA checkpoint directory or hub id (safetensors only).
+        model: Video-LLaVA checkpoint directory or hub id (safetensors only); a bundled checkpoint's label
+            (``bundled:tiny-synthetic``, :data:`sparsevlm.tiny.BUNDLED_LABELS`) is replaced by its directory, so
+            the label and the path give the same config key. Results name the model :attr:`model_label`.
         questions: asked about every segment, after the caption; manifests may add per-video questions.
         caption_prompt: the instruction of the caption task.
         segment_seconds: segment length; None treats each video as one segment.
@@ -71,7 +74,8 @@ class PipelineConfig:
         sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
             ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
         workers: model actors (one engine each).
-        num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU).
+        num_gpus_per_worker: GPUs per model actor (1 in production; 0 runs the model on CPU; None: 1 when the
+            Ray cluster has a GPU, else 0, decided by ``run_pipeline`` once Ray is up, the jobs' default).
         cpus_per_worker: CPUs reserved per model actor; also its torch thread count.
         decode_cpus: CPUs per decode task.
         batch_size: segments per model call; each brings ``1 + len(questions)`` prompts into one ``generate``.
@@ -129,7 +133,7 @@ class PipelineConfig:
     dtype: DtypeName = "auto"
     sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset("video-25"))
     workers: int = 1
-    num_gpus_per_worker: float = 0.0
+    num_gpus_per_worker: float | None = 0.0
     cpus_per_worker: float = 1.0
     decode_cpus: float = 1.0
     batch_size: int = 4
@@ -155,6 +159,7 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        object.__setattr__(self, "model", resolve_model(self.model))
         check_scheme(self.input_uri)
         check_scheme(self.output_uri)
         allow_prefixes = (self.allow_prefixes,) if isinstance(self.allow_prefixes, str) else self.allow_prefixes
@@ -188,8 +193,9 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not self.num_gpus_per_worker >= 0:
-            raise ValueError(f"num_gpus_per_worker must be >= 0, got {self.num_gpus_per_worker!r}")
+        if self.num_gpus_per_worker is not None and not self.num_gpus_per_worker >= 0:
+            gpus = self.num_gpus_per_worker
+            raise ValueError(f"num_gpus_per_worker must be >= 0 or None (Ray decides), got {gpus!r}")
         for name in ("cpus_per_worker", "decode_cpus"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -212,7 +218,7 @@ class PipelineConfig:
             )
         if self.stand_in is not None and not isinstance(self.stand_in, StandInCost):
             raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
-        if self.stand_in is not None and self.num_gpus_per_worker > 0:
+        if self.stand_in is not None and (self.num_gpus_per_worker or 0) > 0:
             raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
@@ -223,9 +229,15 @@ class PipelineConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def model_label(self) -> str:
+        """What results call the model (rows' ``model_id``, the summary, the report page): ``bundled:...`` for a
+        bundled checkpoint, else ``model`` as given. Not part of the config key (``model`` is)."""
+        return bundled_label(self.model) or self.model
+
+    @property
     def device(self) -> str:
         """Where the model runs: "cuda" when workers get GPUs, else "cpu"."""
-        return "cuda" if self.num_gpus_per_worker > 0 else "cpu"
+        return "cuda" if (self.num_gpus_per_worker or 0) > 0 else "cpu"
 
     @property
     def torch_threads(self) -> int:

@@ -120,7 +120,8 @@ class Predictor:
                 answers[k] = _error_fields(problem)
         asked = [k for k in range(len(tasks)) if k not in answers]
         if asked:
-            frames = [_frames(rows[tasks[k][0]]) for k in asked]
+            segments = {i: _frames(rows[i]) for i in {tasks[k][0] for k in asked}}  # one array per segment
+            frames = [segments[tasks[k][0]] for k in asked]  # the same array for each prompt of a segment
             prompts = [tasks[k][2] for k in asked]
             try:
                 answers.update(
@@ -182,7 +183,9 @@ def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
 def _load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
     if config.stand_in is not None:
         return StandInEngine(config.stand_in)
-    return VideoQAEngine.from_pretrained(config.model, config.sparse, device=config.device, dtype=config.dtype)
+    return VideoQAEngine.from_pretrained(
+        config.model, config.sparse, device=config.device, dtype=config.dtype, label=config.model_label
+    )
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 Each commit task returns one :class:`CommitReport` row about the rows it wrote (segments, rows, errors,
 tokens, the videos it committed); the driver streams those small rows back as the run goes (no second pass
-over the output) and folds them into :class:`RunProgress`, which shows::
+over the output) and folds them into :class:`RunProgress`, which shows, from the moment the chain starts::
 
-    videos 12/40 | 3.1 segments/s | ETA 0:02:10 | errors 2 | tokens kept 25.0 % (130 of 520 per answer)
+    52 seen, 12 already done, 40 to process | loading the model, first batch (0:00:21)
+    52 seen, 12 already done, 12/40 processed | 3.1 segments/s | ETA 0:02:10 | errors 2 | tokens kept 25.0 % (...)
 
 as one line redrawn in place on a terminal, or as a log record every ``interval_s`` (and a last one at the
 end) when stderr is not a terminal, so a log file gets plain periodic lines (JSON ones under the jobs'
-``--log-format json``: the counts are also the record's fields).
+``--log-format json``: the counts are also the record's fields). A heartbeat thread shows the line at least
+every ``interval_s`` while no commit arrives (Ray starting its workers, the model loading, a long batch), so a
+run is never silent for longer; the counts of seen and already done videos are the ledger's, as the run read it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -89,6 +93,10 @@ class RunProgress:
         interval_s: seconds between log lines (``log``) or redraws (``bar``, at most every 0.2 s).
         stream: where the bar goes (default: stderr).
         clock: seconds, monotonic (tests pass their own).
+        seen: videos the run listed (default: ``total``); ``seen - total`` were already done.
+        heartbeat: show the line now, then every ``interval_s`` even when no commit arrives (a thread, until
+            :meth:`close`).
+        phase: what the run is doing until its first commit (set :attr:`phase` as it moves on).
     """
 
     def __init__(
@@ -98,6 +106,9 @@ class RunProgress:
         interval_s: float = 10.0,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seen: int | None = None,
+        heartbeat: bool = False,
+        phase: str = "loading the model, first batch",
     ) -> None:
         if mode not in PROGRESS_MODES:
             raise ValueError(f"progress mode must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
@@ -106,6 +117,8 @@ class RunProgress:
             mode = "bar" if self.stream.isatty() else "log"
         self.mode = mode
         self.total = total
+        self.seen = total if seen is None else seen
+        self.phase = phase  # shown until the first commit arrives
         self.interval_s = interval_s if mode == "log" else min(interval_s, 0.2)
         self.clock = clock
         self.started = clock()
@@ -113,21 +126,32 @@ class RunProgress:
         self.videos = self.segments = self.rows = self.error_rows = self.visual_tokens_in = 0
         self.equivalent_tokens = 0.0
         self.entries: list[LedgerEntry] = []
+        self._lock = threading.Lock()  # the heartbeat thread shows what the driver's thread counts
+        self._closed = threading.Event()
+        self._beat: threading.Thread | None = None
+        if heartbeat and mode != "off":
+            self._show()
+            self._beat = threading.Thread(target=self._heartbeat, name="run-progress", daemon=True)
+            self._beat.start()
 
     def update(self, report: CommitReport) -> None:
         """Add one commit task's report; show the line if ``interval_s`` has passed since the last one."""
-        self.videos += len(report.entries)
-        self.segments += report.segments
-        self.rows += report.rows
-        self.error_rows += report.error_rows
-        self.equivalent_tokens += report.equivalent_tokens
-        self.visual_tokens_in += report.visual_tokens_in
-        self.entries.extend(report.entries)
+        with self._lock:
+            self.videos += len(report.entries)
+            self.segments += report.segments
+            self.rows += report.rows
+            self.error_rows += report.error_rows
+            self.equivalent_tokens += report.equivalent_tokens
+            self.visual_tokens_in += report.visual_tokens_in
+            self.entries.extend(report.entries)
         if self.clock() - self._shown_at >= self.interval_s:
             self._show()
 
     def close(self) -> None:
-        """Show the final counts (the bar ends its line)."""
+        """Stop the heartbeat and show the final counts (the bar ends its line)."""
+        self._closed.set()
+        if self._beat is not None:
+            self._beat.join()
         self._show()
         if self.mode == "bar":
             self.stream.write("\n")
@@ -140,6 +164,8 @@ class RunProgress:
         kept = self.equivalent_tokens / self.visual_tokens_in if self.visual_tokens_in else None
         ok_answers = self.rows - self.error_rows
         return {
+            "videos_seen": self.seen,
+            "videos_already_done": self.seen - self.total,
             "videos_done": self.videos,
             "videos_total": self.total,
             "segments": self.segments,
@@ -154,6 +180,10 @@ class RunProgress:
     def line(self) -> str:
         """The progress line (see the module docstring)."""
         c = self.counts()
+        videos = f"{c['videos_seen']} seen, {c['videos_already_done']} already done"
+        if not self.videos and not self._closed.is_set():
+            elapsed = _clock_time(self.clock() - self.started)
+            return f"{videos}, {c['videos_total']} to process | {self.phase} ({elapsed})"
         eta = "?" if c["eta_s"] is None else _clock_time(c["eta_s"])
         kept = "?"
         if c["tokens_kept_fraction"] is not None:
@@ -162,11 +192,20 @@ class RunProgress:
                 f"{c['visual_tokens_per_answer']:g} per answer)"
             )
         return (
-            f"videos {c['videos_done']}/{c['videos_total']} | {c['segments_per_s']:.2f} segments/s | ETA {eta} | "
-            f"errors {c['error_rows']} | tokens kept {kept}"
+            f"{videos}, {c['videos_done']}/{c['videos_total']} processed | {c['segments_per_s']:.2f} segments/s | "
+            f"ETA {eta} | errors {c['error_rows']} | tokens kept {kept}"
         )
 
+    def _heartbeat(self) -> None:
+        while not self._closed.wait(self.interval_s):
+            if self.clock() - self._shown_at >= self.interval_s:
+                self._show()
+
     def _show(self) -> None:
+        with self._lock:
+            self._emit()
+
+    def _emit(self) -> None:
         self._shown_at = self.clock()
         if self.mode == "bar":
             self.stream.write("\r" + self.line() + "\x1b[K")  # back to the line's start, clear what was longer

@@ -5,7 +5,8 @@ string of HTML; pipeline/report_data.py gathers those and writes the file. The p
 runs no script: the CSS is inline, the charts are inline SVG (pipeline/report_charts.py), the pictures are
 ``data:`` URIs. Every value that came from a run (file names, captions, error messages) is escaped.
 
-Sections: the summary (every field of the run record; a failed run's error first), throughput over time
+Sections: what produced the rows (model, its revision, preset, questions; a note when the model is a bundled
+toy model), the key figures (a failed run's error first) and the record's other fields folded away, throughput over time
 (videos committed, and segments per second, from the commit times in the ledger), videos and rows by
 status, error classes with an example each, and a sample of videos with their frames, which visual tokens
 the model kept (the picture of ``python -m jobs.benchmark show``), the caption and the answers.
@@ -23,6 +24,7 @@ from typing import Any
 
 from pipeline.ledger_index import STATUSES, LedgerEntry
 from pipeline.report_charts import COLOURS, bar_chart, step_chart
+from sparsevlm.tiny import BUNDLED_NOTE
 
 __all__ = ["ErrorExample", "ReportData", "VideoSample", "render_report", "throughput"]
 
@@ -92,6 +94,7 @@ def render_report(data: ReportData) -> str:
     status = str(record.get("status", "ok"))
     body = [
         f'<h1>Run <code>{_e(run_id)}</code> <span class="badge {_e(status)}" id="run-status">{_e(status)}</span></h1>',
+        _identity(record),
         f'<p class="muted">Output <code>{_e(record.get("output_uri", "?"))}</code>, config key '
         f"<code>{_e(record.get('config_key', '?'))}</code>.</p>",
     ]
@@ -147,6 +150,30 @@ def throughput(
 
 # -- sections -----------------------------------------------------------------------------------------------
 
+# Record fields the page shows elsewhere (the header, the cards, the error banner): not repeated in the record.
+_SHOWN_FIELDS = frozenset(
+    {"run_id", "status", "model", "model_revision", "preset", "questions", "output_uri", "config_key", "seen"}
+    | {"skipped", "processed", "failed", "partial", "rows", "wall_s", "error_class", "error_message"}
+)
+
+
+def _identity(record: Mapping[str, Any]) -> str:
+    """What produced the rows: model, revision, preset and the prompts asked of every segment."""
+    model = str(record.get("model") or "?")
+    questions = "".join(f"<li>{_e(q)}</li>" for q in record.get("questions") or [])
+    toy = (
+        f'<p class="toy" id="run-toy"><b>{_e(model)}</b> is {_e(BUNDLED_NOTE)}.</p>'
+        if model.startswith("bundled:")
+        else ""
+    )
+    return (
+        '<dl class="identity">'
+        f'<dt>model</dt><dd id="run-model"><code>{_e(model)}</code></dd>'
+        f'<dt>revision</dt><dd id="run-revision"><code>{_e(record.get("model_revision") or "unknown")}</code></dd>'
+        f'<dt>preset</dt><dd id="run-preset"><code>{_e(record.get("preset") or "?")}</code></dd>'
+        f'<dt>prompts</dt><dd id="run-questions"><ol>{questions}</ol></dd></dl>{toy}'
+    )
+
 
 def _summary(record: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> str:
     wall = float(record.get("wall_s") or 0.0)
@@ -167,8 +194,13 @@ def _summary(record: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> str:
     fields = "".join(
         f'<div class="name">{_e(name)}</div><div class="value" id="summary-{_e(name)}">{_e(_value(value))}</div>'
         for name, value in record.items()
+        if name not in _SHOWN_FIELDS
     )
-    return f'<div class="figures">{cards}</div><h2>Summary</h2><div class="record">{fields}</div>'
+    return (
+        f'<div class="figures">{cards}</div><details class="more"><summary>The rest of the run record '
+        f'(<code>_runs/{_e(record.get("run_id", "?"))}.json</code>)</summary><div class="record">{fields}</div>'
+        "</details>"
+    )
 
 
 def _throughput(data: ReportData) -> str:
@@ -230,7 +262,11 @@ def _samples(samples: Sequence[VideoSample]) -> str:
     for s in samples:
         if s.picture_jpeg is not None:
             uri = "data:image/jpeg;base64," + base64.b64encode(s.picture_jpeg).decode("ascii")
-            picture = f'<img src="{uri}" alt="frames of {_e(s.source_uri)}, kept visual tokens bright">'
+            picture = (  # the frames at the card's width; a click opens the <details>: full size, no script
+                f'<div class="frames"><details class="zoom"><summary><img src="{uri}" '
+                f'alt="frames of {_e(s.source_uri)}, kept visual tokens bright" title="click: full size"></summary>'
+                "</details></div>"
+            )
         else:
             picture = f'<p class="muted">No picture: {_e(s.picture_note or "unknown")}</p>'
         answers = "".join(f"<dt>{_e(q)}</dt><dd>{_e(a)}</dd>" for q, a in s.answers)
@@ -243,7 +279,8 @@ def _samples(samples: Sequence[VideoSample]) -> str:
         )
     return (
         '<h2>Sample of videos</h2><p class="muted">Frames at model resolution, decoded again as the pipeline '
-        "did; dimmed patches are visual tokens the model pruned at its first pruning layer.</p>"
+        "did; dimmed patches are visual tokens the model pruned at its first pruning layer. Click a picture for its "
+        "full size.</p>"
         f'<div class="samples">{"".join(cards)}</div>'
     )
 
@@ -286,8 +323,15 @@ td.bar{width:160px} td.bar div{height:10px} .num{text-align:right}
 .charts{display:flex;flex-wrap:wrap;gap:12px} svg.chart{width:500px;max-width:100%;background:#fff;
 border:1px solid #e2e2e2;font-size:11px}
 .errors .msg{font-size:12px;color:#7a1f1f;word-break:break-word}
-.samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
+.samples{display:grid;grid-template-columns:1fr;gap:12px}
 .sample{background:#fff;border:1px solid #e2e2e2;padding:8px;border-radius:4px}
-.sample img{max-width:100%;image-rendering:pixelated} dt{font-weight:600;margin-top:4px} dd{margin:0 0 0 12px}
+.sample img{image-rendering:pixelated} dt{font-weight:600;margin-top:4px} dd{margin:0 0 0 12px}
 .kept{font-size:12px;color:#444}
+.identity{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:8px 0}
+.identity dt{margin:0} .identity dd{margin:0} .identity ol{margin:0;padding-left:20px}
+.toy{background:#fff8e1;border:1px solid #f9a825;padding:6px 10px;border-radius:4px}
+details.more{margin:8px 0} details.more summary{cursor:pointer;color:#444}
+.zoom summary{list-style:none;cursor:zoom-in} .zoom summary::-webkit-details-marker{display:none}
+.zoom[open] summary{cursor:zoom-out} .frames{overflow-x:auto} .zoom img{max-width:100%;height:auto}
+.zoom[open] img{width:auto;max-width:none}
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,13 +33,13 @@ from pipeline.report import ErrorExample, ReportData, VideoSample, render_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KEPT_COLUMN", "gather", "report_path", "sample_picture", "write_report"]
+__all__ = ["KEPT_COLUMN", "gather", "pick_samples", "report_path", "sample_picture", "write_report"]
 
 SAMPLE_VIDEOS = 4  # videos shown with frames, caption and answers
 PARTIAL_READS = 200  # partial videos whose rows are counted by status; past it the page says so
 PICTURE_MAX_BYTES = 2**30  # larger videos get no picture: the driver would download them again
 PICTURE_MAX_SECONDS = 60.0  # per picture, its download included (or the run's max_decode_seconds if smaller)
-MAX_PICTURE_WIDTH = 960  # pixels: wider pictures (many frames, 224-px frames) are scaled down
+MAX_PICTURE_WIDTH = 1800  # pixels: 8 frames at 224 px fit; the page shows them at its width, full size on a click
 KEPT_COLUMN = "kept_visual_tokens"  # the original visual-token indices kept at the first pruning layer
 
 
@@ -103,7 +104,7 @@ def gather(
     if len(partial) > PARTIAL_READS:
         notes.append(f"rows by status count {PARTIAL_READS} of the {len(partial)} partial videos' rows")
     samples = []
-    for entry in [e for e in entries if e.status != "error"][:SAMPLE_VIDEOS]:
+    for entry in pick_samples(entries):
         try:
             samples.append(_sample(ledger, config, entry, frame_size))
         except Exception as err:
@@ -116,6 +117,18 @@ def gather(
         samples=samples,
         notes=notes,
     )
+
+
+def pick_samples(entries: Sequence[LedgerEntry], count: int = SAMPLE_VIDEOS) -> list[LedgerEntry]:
+    """Up to ``count`` videos with rows to show, taken in turn from each kind of file (its extension), so a run
+    that mixes kinds of video (the demo's synthetic MP4s and its real MKV clip) shows every kind."""
+    kinds: dict[str, list[LedgerEntry]] = {}
+    for entry in sorted((e for e in entries if e.status != "error"), key=lambda e: e.key):
+        kinds.setdefault(posixpath.splitext(entry.source_uri)[1].lower(), []).append(entry)
+    picked: list[LedgerEntry] = []
+    for turn in range(count):
+        picked += [videos[turn] for videos in kinds.values() if turn < len(videos)]
+    return picked[:count]
 
 
 def _read(ledger: Ledger, entry: LedgerEntry, columns: list[str] | None = None) -> pa.Table:

@@ -16,25 +16,28 @@ caption and each question). The number of segments is known only once a video is
 segment_seconds``), so run totals are given only when each video is one segment. Pooling or temporal
 merging before the language model is not modelled, and rank mode assumes rank(P) = 10.
 
-Planning reads the model's config and tokenizer, lists the input and reads the ledger; it starts no Ray, loads
-no weights and writes nothing (no lease either: a running job may commit more meanwhile).
+Planning reads the model's config and tokenizer files, lists the input and reads the ledger; it starts no Ray,
+loads no weights and writes nothing (no lease either: a running job may commit more meanwhile). It imports
+neither torch nor transformers (seconds of start-up): the config is read as JSON
+(:func:`sparsevlm.checkpoint.read_checkpoint`) and the prompts are counted with the ``tokenizers`` library on the
+checkpoint's ``tokenizer.json``, in the two pieces :func:`sparsevlm.prompt.encode_text` sends (the same ids,
+tested on the bundled and a LLaMA tokenizer).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
-
-from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.config import PipelineConfig
 from pipeline.decode import source_row
 from pipeline.ledger import LEDGER_KEY, Ledger
 from pipeline.sources import list_sources
 from sparsevlm.bench.presets import Layout, config_cost
-from sparsevlm.engine import inspect_checkpoint
-from sparsevlm.prompt import encode_text
+from sparsevlm.checkpoint import CheckpointInfo, read_checkpoint
+from sparsevlm.prompt_text import PROMPT_HEAD, prompt_tail
 
 __all__ = ["PlannedVideo", "VideoState", "plan_run"]
 
@@ -60,7 +63,7 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
         CheckpointError: ``config.model`` is not a readable Video-LLaVA checkpoint.
         SourceError: the input names no videos (or a manifest entry outside its folder).
     """
-    spec = inspect_checkpoint(config.model)
+    checkpoint = read_checkpoint(config.model)
     sources = list_sources(
         config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
     )
@@ -77,7 +80,7 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
         **{state: counts.get(state, 0) for state in ("new", "changed", "retry", "done")},
         "to_process": len(to_process),
         "bytes_to_read": sum(v.size or 0 for v in to_process),
-        "estimate": _estimate(config, spec.tokens_per_frame, to_process),
+        "estimate": _estimate(config, checkpoint, to_process),
         "videos": [asdict(v) for v in videos],
     }
 
@@ -101,21 +104,31 @@ def _states(config: PipelineConfig, items: list[dict[str, Any]]) -> list[Planned
     return videos
 
 
-def _estimate(config: PipelineConfig, tokens_per_frame: int, to_process: list[PlannedVideo]) -> dict[str, Any]:
+def text_tokens(tokenizer_file: Path, question: str) -> int:
+    """How many text tokens the engine sends around the video for ``question``: the head with ``<s>``, then the
+    tail without special tokens, as :func:`sparsevlm.prompt.encode_text` tokenizes them."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    head = tokenizer.encode(PROMPT_HEAD).ids
+    tail = tokenizer.encode(prompt_tail(question), add_special_tokens=False).ids
+    return len(head) + len(tail)
+
+
+def _estimate(config: PipelineConfig, checkpoint: CheckpointInfo, to_process: list[PlannedVideo]) -> dict[str, Any]:
     """Tokens and FLOPs per prompt and per segment of the run's prompts; totals when a video is one segment."""
-    text = AutoConfig.from_pretrained(config.model, trust_remote_code=False).text_config
-    tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=False)
     sparse = config.sparse
-    n_visual = config.frames_per_segment * tokens_per_frame
+    n_visual = config.frames_per_segment * checkpoint.spec.tokens_per_frame
+    tokenizer = checkpoint.tokenizer_file
     prompts = [config.caption_prompt, *config.questions]
     costs = []
     for prompt in prompts:
         layout = Layout(
-            num_layers=text.num_hidden_layers,
-            hidden=text.hidden_size,
-            ffn=text.intermediate_size,
+            num_layers=checkpoint.num_layers,
+            hidden=checkpoint.hidden_size,
+            ffn=checkpoint.intermediate_size,
             n_visual=n_visual,
-            n_text=len(encode_text(tokenizer, prompt)),
+            n_text=text_tokens(tokenizer, prompt) if tokenizer is not None else 0,
         )
         costs.append(config_cost(sparse, layout))
     segment_flops = sum(c.prefill_flops for c in costs)
@@ -126,7 +139,7 @@ def _estimate(config: PipelineConfig, tokens_per_frame: int, to_process: list[Pl
     per_prompt = segment_flops / len(costs)
     return {
         "sparse_config": sparse.name if sparse.name != "custom" else sparse.to_json(),
-        "language_layers": text.num_hidden_layers,
+        "language_layers": checkpoint.num_layers,
         "visual_tokens_per_segment": n_visual,
         "equivalent_tokens_per_prompt": costs[0].equivalent_tokens,
         "kept_fraction": costs[0].fraction,
@@ -137,5 +150,14 @@ def _estimate(config: PipelineConfig, tokens_per_frame: int, to_process: list[Pl
         "segments_per_video": 1 if whole_videos else f"duration / {config.segment_seconds:g} s (known once decoded)",
         "prompts_to_run": prompts_to_run if whole_videos else None,
         "prefill_flops_to_run": prompts_to_run * per_prompt if whole_videos else None,
-        "note": "; ".join(filter(None, [costs[0].note, "pooling and temporal merging before the LLM not modelled"])),
+        "note": "; ".join(
+            filter(
+                None,
+                [
+                    costs[0].note,
+                    "pooling and temporal merging before the LLM not modelled",
+                    None if tokenizer is not None else "no tokenizer.json: text tokens not counted",
+                ],
+            )
+        ),
     }

@@ -20,9 +20,15 @@ __all__ = ["RunSummary", "first_line", "summarise", "write_failure", "write_summ
 @dataclass(frozen=True)
 class RunSummary:
     """What one run did. ``seen = skipped + processed + uncommitted``; ``failed`` counts videos whose rows
-    are all errors, ``partial`` those with some error rows."""
+    are all errors, ``partial`` those with some error rows. ``model`` (a ``bundled:`` label for the bundled
+    toy models), ``model_revision``, ``preset`` and ``questions`` say what produced the rows, first, so that no
+    reader mistakes the toy model's answers for a real model's."""
 
     run_id: str
+    model: str
+    model_revision: str | None
+    preset: str
+    questions: list[str]
     config_key: str
     output_uri: str
     seen: int
@@ -49,6 +55,10 @@ def summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Led
             classes[name] = classes.get(name, 0) + 1
     return RunSummary(
         run_id=config.run_id,
+        model=config.model_label,
+        model_revision=config.model_revision,
+        preset=config.sparse.name,
+        questions=[config.caption_prompt, *config.questions],
         config_key=config.config_key(),
         output_uri=config.output_uri,
         seen=seen,

@@ -16,21 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedTokenizerBase,
     StoppingCriteriaList,
     VideoLlavaForConditionalGeneration,
 )
-from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
+from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine_types import (
     DTYPE_NAMES,
@@ -53,6 +50,7 @@ from sparsevlm.prompt import (
     visual_positions,
 )
 from sparsevlm.repetition import RepeatStop, trim_repeat
+from sparsevlm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +70,6 @@ __all__ = [
 ]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
-_PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
@@ -97,7 +93,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
 
 
 def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
-    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` and ``tokenizer_config.json``).
+    """Check a checkpoint without loading its weights (cheap: reads ``config.json`` and ``tokenizer_config.json``
+    as JSON, torch-free: :func:`sparsevlm.checkpoint.read_checkpoint`).
 
     Args:
         model: a local directory or a hub id (resolved from the local cache when offline).
@@ -109,56 +106,7 @@ def inspect_checkpoint(model: str | os.PathLike[str]) -> ModelSpec:
         CheckpointError: the directory does not exist, has no Video-LLaVA config, has only pickled weights, or
             asks for its own code (``auto_map``).
     """
-    name = os.fspath(model)
-    local = Path(name).expanduser()
-    if local.is_dir():
-        _check_weight_files(local)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id "org/name"
-        raise CheckpointError(f"checkpoint directory {name!r} does not exist; pass a local directory or a hub id")
-    try:  # the raw JSON first: AutoConfig would fail on custom code with advice to trust it
-        settings = {"config.json": PretrainedConfig.get_config_dict(name)[0]}
-        settings["tokenizer_config.json"] = get_tokenizer_config(name)
-    except (OSError, ValueError) as err:
-        raise _unreadable(name, err) from err
-    for file, values in settings.items():
-        if values.get("auto_map"):
-            raise CheckpointError(
-                f"{name!r}: its {file} maps classes to code shipped with the checkpoint (auto_map "
-                f"{values['auto_map']}); the engine never runs checkpoint code, and loading the weights into stock "
-                "classes could silently differ from what that code does. Use a checkpoint saved from transformers' "
-                "VideoLlavaForConditionalGeneration (or delete auto_map if the model and tokenizer are stock ones)"
-            )
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise _unreadable(name, err) from err
-    if config.model_type != "video_llava":
-        raise CheckpointError(
-            f"{name!r} is a {config.model_type!r} checkpoint, not Video-LLaVA (model_type 'video_llava'); "
-            "pass a Video-LLaVA checkpoint such as LanguageBind/Video-LLaVA-7B-hf"
-        )
-    vision = config.vision_config
-    return ModelSpec(model_id=name, frame_size=int(vision.image_size), patch_size=int(vision.patch_size))
-
-
-def _unreadable(name: str, err: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"cannot read a model config from {name!r} ({err}); pass a Video-LLaVA checkpoint directory "
-        "(config.json + model.safetensors) or a cached hub id such as LanguageBind/Video-LLaVA-7B-hf"
-    )
-
-
-def _check_weight_files(directory: Path) -> None:
-    names = {p.name for p in directory.iterdir()}
-    if "config.json" not in names:
-        raise CheckpointError(f"{directory} has no config.json; it is not a Hugging Face checkpoint directory")
-    if names.isdisjoint(_SAFETENSORS):
-        pickled = sorted(names & set(_PICKLED))
-        found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
-        raise CheckpointError(
-            f"{directory} has {found}; the engine loads safetensors only (pickle can run code). Convert it with "
-            "model.save_pretrained(dir) after loading it once in a trusted environment"
-        )
+    return read_checkpoint(model).spec
 
 
 class VideoQAEngine:
@@ -202,6 +150,7 @@ class VideoQAEngine:
         *,
         device: str = "cpu",
         dtype: DtypeName | torch.dtype = "auto",
+        label: str | None = None,
     ) -> VideoQAEngine:
         """Load a safetensors Video-LLaVA checkpoint and its tokenizer.
 
@@ -213,6 +162,7 @@ class VideoQAEngine:
             sparse: SparseConfig or preset name.
             device: torch device for the model, e.g. ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
             dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+            label: what results call the model (:attr:`model_id`); default: ``model`` as given.
 
         Raises:
             CheckpointError: see :func:`inspect_checkpoint`.
@@ -229,7 +179,7 @@ class VideoQAEngine:
             attn_implementation="sdpa",
         )
         tokenizer = AutoTokenizer.from_pretrained(spec.model_id, trust_remote_code=False)
-        return cls(loaded, tokenizer, sparse, model_id=spec.model_id)
+        return cls(loaded, tokenizer, sparse, model_id=label or spec.model_id)
 
     @classmethod
     def from_model(
@@ -288,14 +238,15 @@ class VideoQAEngine:
                 f"fewer frames: {question!r:.200}"
             )
 
-    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+    def prepare(self, frames: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """CLIP-normalise one segment of model-resolution frames.
 
         Args:
             frames: uint8 ``[T, S, S, 3]`` with ``S = spec.frame_size``.
+            out: a float32 ``[T, 3, S, S]`` CPU tensor to write into (e.g. a row of a pinned batch).
 
         Returns:
-            float32 ``[T, 3, S, S]`` (one row of ``pixel_values_videos``).
+            float32 ``[T, 3, S, S]`` (one row of ``pixel_values_videos``; ``out`` when given).
         """
         size = self.spec.frame_size
         if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
@@ -303,9 +254,29 @@ class VideoQAEngine:
                 f"expected uint8 frames [T, {size}, {size}, 3] at model resolution, got dtype={frames.dtype} "
                 f"shape={tuple(frames.shape)}; resize with sparsevlm.preprocess.resize_and_crop_uint8 first"
             )
-        if not frames.flags.writeable:  # e.g. a view of an Arrow buffer; torch warns on read-only memory
-            frames = frames.copy()
-        return normalize_uint8(frames)
+        return normalize_uint8(frames, out)
+
+    def _pixels(self, segments: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """``pixel_values_videos`` of ``segments`` on ``device`` in the model's dtype.
+
+        Each distinct segment (a segment asked several prompts comes once per prompt, as the same array) is
+        normalised once, on the host in float32, straight into pinned memory on CUDA; it is copied without the
+        host waiting, cast to the model's dtype on the device, and repeated there per prompt.
+
+        Returns:
+            ``[B, T, 3, S, S]``, row i from ``segments[i]``.
+        """
+        distinct = list({id(s): s for s in segments}.values())
+        slot = {id(s): k for k, s in enumerate(distinct)}
+        size = self.spec.frame_size
+        shape = (len(distinct), int(segments[0].shape[0]), 3, size, size)  # [U, T, 3, S, S]
+        host = torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+        for k, segment in enumerate(distinct):
+            self.prepare(segment, out=host[k])
+        on_device = to_device(host, device).to(self.model.dtype)
+        if len(distinct) == len(segments):
+            return on_device
+        return on_device[to_device([slot[id(s)] for s in segments], device)]  # [B, T, 3, S, S]
 
     @torch.no_grad()
     def answer(
@@ -331,19 +302,19 @@ class VideoQAEngine:
         counts = {int(s.shape[0]) for s in segments}
         if len(counts) != 1:
             raise ValueError(f"all segments of one call must have the same frame count, got {sorted(counts)}")
-        pixels = torch.stack([self.prepare(s) for s in segments])  # [B, T, 3, S, S]
         num_frames = int(segments[0].shape[0])
         for p in prompts:
             self.check_prompt(p, num_frames, max_new_tokens)
         pad = self.tokenizer.pad_token_id
         input_ids, attention_mask = left_pad([self.prompt_ids(p, num_frames) for p in prompts], int(pad))
         device = self.model.device
+        pixels = self._pixels(segments, device)  # [B, T, 3, S, S] in the model's dtype, on the device
         start = time.perf_counter()
         model: Any = self.model  # transformers types generate() for its mixin, not for the model class
         out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            pixel_values_videos=pixels.to(device, self.model.dtype),
+            input_ids=to_device(input_ids, device),
+            attention_mask=to_device(attention_mask, device),
+            pixel_values_videos=pixels,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,

@@ -78,6 +78,7 @@ class SparseRuntime:
         self.visual_mask: torch.Tensor | None = None  # [B, L] of the current call, set by the input hook
         self.prompt_len: int | None = None  # set while generate() runs: later tokens are never raters
         self.max_new_tokens: int | None = None  # set while generate() runs: positions they will take
+        self.generating = False  # True while generate() runs: it appends valid (all-ones) mask columns
         self.prefill: _PrefillState | None = None
         self.stats: list[SampleStats] = []
         self.hook: Any = None
@@ -89,7 +90,9 @@ class SparseRuntime:
         config = module.config
         token_ids = [config.video_token_id, config.image_token_id]
         if input_ids is not None:
-            self.visual_mask = torch.isin(input_ids, torch.tensor(token_ids, device=input_ids.device))
+            # Compared with Python ints: no tensor of the ids is built on the host, so no pageable copy to the
+            # device (and no stream sync) at every decoding step.
+            self.visual_mask = (input_ids == token_ids[0]) | (input_ids == token_ids[1])
             return
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
@@ -349,7 +352,8 @@ class SparseLlamaModel(LlamaModel):
         cache: DynamicCache | None,
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        state = self._sparse_runtime.prefill
+        rt = self._sparse_runtime
+        state = rt.prefill
         assert state is not None and cache is not None
         b, q_len, _ = embeds.shape
         if b != state.batch:
@@ -374,8 +378,13 @@ class SparseLlamaModel(LlamaModel):
         hidden = embeds
         bounds = [g.first_layer for g in state.groups] + [self.config.num_hidden_layers]
         impl = self.config._attn_implementation
+        # Whether a new column is padding, known on the host wherever it can be, so that a step waits for nothing:
+        # generate() appends one valid column per step, and a padded group builds its mask anyway. Only a
+        # caller's own decoding loop on an unpadded cache reads the mask back, once per step.
+        read = attention_mask is not None and not rt.generating and not all(g.padded for g in state.groups)
+        new_padding = read and not bool(new_cols.all())
         for group, end in zip(state.groups, bounds[1:], strict=True):
-            padded = group.padded or not bool(new_cols.all())  # decoding: one read per step is the step's own
+            padded = group.padded or new_padding
             mask = build_attention_mask(torch.cat([group.kv_valid, new_cols], 1), q_len, impl, hidden.dtype, padded)
             group_pos = positions - group.shift[:, None]
             rope = self.rotary_emb(hidden, group_pos)

@@ -79,11 +79,13 @@ class SparseVideoLlavaForConditionalGeneration(VideoLlavaForConditionalGeneratio
         rt = self._sparse_runtime
         rt.prompt_len = prompt.shape[1] if prompt is not None else None
         rt.max_new_tokens = _max_new_tokens(kwargs, self.generation_config, rt.prompt_len)
+        rt.generating = True
         try:
             return super().generate(*args, **kwargs)  # type: ignore[misc]
         finally:
             rt.prompt_len = None
             rt.max_new_tokens = None
+            rt.generating = False
 
     def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         """Saves as the original class (the checkpoint must not name the patched one)."""

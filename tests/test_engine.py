@@ -133,3 +133,20 @@ def test_refuses_pickled_weights(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"only pickled weights \(pytorch_model.bin\).*safetensors only"):
         VideoQAEngine.from_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "video_llava"
+
+
+def test_a_segment_asked_several_prompts_is_normalised_once(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = VideoQAEngine.from_model(*tiny, sparse="video-25")
+    first, second = segments(2)
+    copies = engine.answer([first.copy(), first.copy(), second], PROMPTS, max_new_tokens=4)  # one array per prompt
+    prepared: list[int] = []
+    original = engine.prepare
+    monkeypatch.setattr(
+        engine, "prepare", lambda frames, out=None: prepared.append(id(frames)) or original(frames, out)
+    )
+    shared = engine.answer([first, first, second], PROMPTS, max_new_tokens=4)  # as the predictor passes them
+    assert prepared == [id(first), id(second)]
+    assert [a.text for a in shared] == [a.text for a in copies]
+    for got, want in zip(shared, copies, strict=True):
+        assert got.stats.visual_tokens_per_layer == want.stats.visual_tokens_per_layer
+        assert all(torch.equal(got.stats.scores[k], want.stats.scores[k]) for k in want.stats.scores)

@@ -100,5 +100,51 @@ def test_batch_equals_each_row_alone(standin_7b: Path) -> None:
         alone = greedy(engine.model, alone_inputs)
         alone_stats = last_stats(engine.model)[0]
         assert_close(together.logits[0][row : row + 1], alone.logits[0])
+        first = min(alone_stats.kept_indices)
         for layer, kept in alone_stats.kept_indices.items():
-            assert torch.equal(stats[row].kept_indices[layer].cpu(), kept.cpu()), (row, layer)
+            together_kept = set(stats[row].kept_indices[layer].tolist())
+            differ = together_kept ^ set(kept.tolist())
+            # The first step scores after one layer: the same choice exactly. Later steps score hidden states
+            # that a padded bf16 batch and a lone row compute in different orders (equal in fp32 on the CPU:
+            # tests/sparsevlm), so a few near-ties at the cut may swap; measured on an H200: (row 0, layer 6).
+            limit = 0 if layer == first else max(2, len(kept) // 50)
+            assert len(differ) <= limit, (row, layer, len(differ), len(kept))
+
+
+def test_answers_through_the_pinned_path_equal_a_host_cast(standin_7b: Path) -> None:
+    """The engine's pinned copy with the bf16 cast on the device answers as the host-side cast did."""
+    engine = VideoQAEngine.from_pretrained(standin_7b, "video-25", device=DEVICE, dtype="bfloat16")
+    rng = np.random.default_rng(1)
+    segment, other = (rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8) for _ in range(2))
+    prompts = [*QUESTIONS, "What is the man doing?"]
+    answers = engine.answer([segment, segment, other], prompts, max_new_tokens=NEW)
+    ids, mask = left_pad([engine.prompt_ids(q, 8) for q in prompts], int(engine.tokenizer.pad_token_id))
+    pixels = torch.stack([engine.prepare(v) for v in (segment, segment, other)]).to(DEVICE, torch.bfloat16)
+    with torch.no_grad():
+        out = engine.model.generate(
+            input_ids=ids.to(DEVICE),
+            attention_mask=mask.to(DEVICE),
+            pixel_values_videos=pixels,
+            max_new_tokens=NEW,
+            do_sample=False,
+            pad_token_id=engine.tokenizer.pad_token_id,
+        )
+    texts = engine.tokenizer.batch_decode(out[:, ids.shape[1] :].tolist(), skip_special_tokens=True)
+    assert [a.text for a in answers] == [t.strip() for t in texts]
+
+
+def test_the_patch_adds_no_cuda_sync_to_a_decoding_step(standin_7b: Path) -> None:
+    """Counted by CUDA itself (set_sync_debug_mode): a sparse preset's decoding forwards wait no more than the
+    dense path's, at one row and at left-padded rows."""
+    from sparsevlm.bench.gpu import GpuBenchSetup, count_decode_syncs
+
+    engine = VideoQAEngine.from_pretrained(standin_7b, "dense", device=DEVICE, dtype="bfloat16")
+    setup = GpuBenchSetup(device=DEVICE, new_tokens=NEW)
+    for batch in (1, 3):
+        counts = {p: count_decode_syncs(engine.model, setup, p, batch) for p in ("dense", "video-25", "video-xf-25")}
+        print(batch, {p: c["per_decode_forward"] for p, c in counts.items()})
+        dense = counts["dense"]["per_decode_forward"]
+        assert len(dense) == NEW - 1
+        for preset in ("video-25", "video-xf-25"):
+            steps = counts[preset]["per_decode_forward"]
+            assert all(s <= d for s, d in zip(steps, dense, strict=True)), (batch, preset, steps, dense)

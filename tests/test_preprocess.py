@@ -8,7 +8,14 @@ import torch
 from transformers import VideoLlavaImageProcessor
 from transformers.image_transforms import get_resize_output_image_size
 
-from sparsevlm.preprocess import normalize_uint8, preprocess_frames, resize_and_crop_uint8, resized_shape
+from sparsevlm.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    normalize_uint8,
+    preprocess_frames,
+    resize_and_crop_uint8,
+    resized_shape,
+)
 
 # (height, width, size): landscape, portrait, square, odd sizes, extreme aspect ratios, upscaling.
 SHAPES = [
@@ -77,3 +84,22 @@ def test_normalisation_constants() -> None:
 def test_rejects_bad_frames_naming_the_shape(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"shape=\("):
         preprocess_frames(bad, 8)
+
+
+def test_every_value_of_every_channel_is_transformers_arithmetic() -> None:
+    """The table holds, for all 256 values, `float32(v * (1/255) in float64)` minus mean over std in float32."""
+    values = np.arange(256, dtype=np.uint8)
+    frames = np.stack([values, values[::-1], np.roll(values, 7)], axis=-1).reshape(16, 16, 3)  # [H, W, 3]
+    scaled = (torch.from_numpy(frames).to(torch.float64) * (1 / 255)).to(torch.float32)
+    want = ((scaled - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).movedim(-1, 0)  # [3, H, W]
+    assert torch.equal(normalize_uint8(frames), want)
+
+
+def test_normalises_into_a_given_buffer_and_names_a_wrong_one() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (2, 4, 8, 8, 3), dtype=np.uint8)
+    batch = torch.full((3, 4, 3, 8, 8), 9.0)  # [U, T, 3, S, S]: rows 0 and 2 written, row 1 untouched
+    for row, clip in zip((0, 2), frames, strict=True):
+        assert normalize_uint8(clip, batch[row]).data_ptr() == batch[row].data_ptr()
+    assert torch.equal(batch[[0, 2]], normalize_uint8(frames)) and (batch[1] == 9.0).all()
+    with pytest.raises(ValueError, match=r"out must be a contiguous float32 CPU tensor \(4, 3, 8, 8\)"):
+        normalize_uint8(frames[0], torch.empty(4, 3, 8, 9))

@@ -15,10 +15,12 @@ long --out FILE.json [--videos N] [--preset video-long]
 pipeline --out FILE.json [--synthetic N] [--copies K]
     the Ray pipeline vs a plain sequential loop on the same videos: whole-run and steady-state throughput,
     model busy fraction, decode cost per segment vs raw decord.
-gpu --out FILE.json [--tiny] [--new-tokens 32]
+gpu --out FILE.json [--tiny] [--new-tokens 32] [--repeats 3] [--batches 1 8 32]
     the full Video-LLaVA-7B layout in bf16 with random weights on one GPU: dense vs video-50/25/10/5 and
-    video-xf-25 at batch 1, 8 and 32 (vision tower and LLM prefill time, decode tokens/s, peak memory, KV
-    cache); --tiny, or no CUDA, runs a tiny model on CPU to check the command.
+    video-xf-25 at batch 1, 8 and 32, left-padded rows of unequal lengths (vision tower and LLM prefill time,
+    decode tokens/s, peak memory, KV cache; medians of the repeats with their spread), the synchronising CUDA
+    calls per decode step, and the torch / CUDA / driver / transformers versions; --tiny, or no CUDA, runs a
+    tiny model on CPU to check the command. Needs torch, transformers and safetensors only.
 syncs --out FILE.json [--batches 1 2 8 32]
     device-to-host synchronisations of one prefill per preset and batch size on the 7B token layout
     (counted by operator on the CPU: what a GPU would wait for).

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,14 +72,25 @@ def run_syncs(ns: argparse.Namespace) -> None:
 
 
 def run_gpu(ns: argparse.Namespace) -> None:
-    if not ns.tiny and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not ns.tiny and not cuda:
         print("no CUDA device: running the tiny CPU size (--tiny)")
-    setup = GpuBenchSetup() if not ns.tiny and torch.cuda.is_available() else GpuBenchSetup.tiny()
-    report = run_gpu_benchmark(dataclasses.replace(setup, new_tokens=ns.new_tokens or setup.new_tokens))
-    columns = ["preset", "batch", "ttft_s", "vision_tower_s", "llm_prefill_s", "ttft_ratio", "decode_tokens_per_s"]
-    columns += ["peak_memory_bytes", "kv_cache_bytes", "kv_ratio", "equivalent_tokens"]
-    print(f"{report['device_name']}, {report['setup']['dtype']}")
+    setup = GpuBenchSetup() if not ns.tiny and cuda else GpuBenchSetup.tiny()
+    changes = {"new_tokens": ns.new_tokens, "repeats": ns.repeats, "batches": tuple(ns.batches or ())}
+    setup = dataclasses.replace(setup, **{k: v for k, v in changes.items() if v})
+    # The report so far is rewritten after every row: a run cut by a time limit keeps what it measured.
+    report = run_gpu_benchmark(setup, progress=lambda partial: Path(ns.out).write_text(json.dumps(partial, indent=2)))
+    columns = ["preset", "batch", "ttft_s", "ttft_spread", "vision_tower_s", "llm_prefill_s", "ttft_ratio"]
+    columns += ["decode_tokens_per_s", "decode_spread", "peak_memory_bytes", "kv_ratio"]
+    columns += ["equivalent_tokens"]
+    print(f"{report['device_name']}, {report['setup']['dtype']}, {report['versions']}")
     print_table(report["results"], columns, width=14)
+    if report["decode_syncs"]:
+        print("synchronising CUDA calls (torch.cuda.set_sync_debug_mode), one generate per preset:")
+        print_table(
+            report["decode_syncs"],
+            ["preset", "batch", "prefill_forward", "per_decode_forward_max", "generate_loop_per_step"],
+        )
     write_report(report, ns.out)
 
 
@@ -95,7 +107,9 @@ def add_commands(sub: Any) -> None:
 
     speed = sub.add_parser("speed", help="prefill time / memory / KV cache on the 7B layout")
     speed.add_argument("--out", required=True)
-    speed.add_argument("--depth", type=int, default=3, help="decoder layers actually run (default 3)")
+    speed.add_argument(
+        "--depth", type=int, default=3, help="least decoder layers run (more when a preset has more pruning steps)"
+    )
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--threads", type=int, default=2)
     speed.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
@@ -115,6 +129,8 @@ def add_commands(sub: Any) -> None:
     gpu.add_argument("--out", required=True)
     gpu.add_argument("--tiny", action="store_true", help="a tiny model on CPU, to check the command only")
     gpu.add_argument("--new-tokens", type=positive(int), help="tokens generated per row (default 32; tiny 4)")
+    gpu.add_argument("--repeats", type=positive(int), help="timed runs per cell after a warm-up (default 3)")
+    gpu.add_argument("--batches", type=positive(int), nargs="+", help="batch sizes (default 1 8 32; tiny 1 2)")
     gpu.set_defaults(run=run_gpu)
 
     syncs = sub.add_parser("syncs", help="host synchronisations of one prefill per preset and batch size")

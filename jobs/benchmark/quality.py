@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +17,13 @@ from jobs.benchmark.table import print_table, write_report
 from pipeline.decode import decode_segments
 from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import METHODS, method_config, parse_schedule
-from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, run_fidelity
+from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
+from sparsevlm.config import PRESETS
 from sparsevlm.pooling import pool_grid
 from sparsevlm.tiny import BUNDLED_MODELS
+from sparsevlm.tiny.hard_qa import QUESTION_SPLITS
 from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.loading import load_tiny
 from sparsevlm.tiny.video_qa import SPLIT_SIZE, make_sample
@@ -36,6 +41,17 @@ def _schedule(text: str) -> str:
     return text
 
 
+def _seed_list(text: str) -> list[int]:
+    """argparse type of a comma-separated list of non-negative integers (``--seeds``, ``--withdraw``)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 3,4,5") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must list integers >= 0, e.g. 3,4,5")
+    return values
+
+
 def _check_fidelity_seed(seed: int, samples: int) -> None:
     """Exit with one line unless ``seed`` and ``samples`` name test videos that exist."""
     last = SPLIT_SIZE // _FIDELITY_SEED_STRIDE - 1
@@ -46,8 +62,9 @@ def _check_fidelity_seed(seed: int, samples: int) -> None:
 
 
 def run_fidelity_command(ns: argparse.Namespace) -> None:
-    _check_fidelity_seed(ns.seed, ns.samples)
-    torch.manual_seed(ns.seed)
+    seeds = ns.seeds or [ns.seed]
+    for seed in seeds:
+        _check_fidelity_seed(seed, ns.samples)
     try:
         model, tokenizer, trained = load_tiny(ns.model)
     except FileNotFoundError as err:
@@ -59,48 +76,108 @@ def run_fidelity_command(ns: argparse.Namespace) -> None:
             "NOTE: no trained checkpoint: agreement, KL and FLOPs check the machinery; accuracy and evidence "
             "recall comparisons are not meaningful"
         )
-    items = benchmark_questions(ns.seed, ns.samples)
-    report = run_fidelity(
-        model,
-        tokenizer,
-        items,
-        trained,
-        methods=tuple(ns.methods),
-        budgets=tuple(ns.budgets),
-        batch_size=ns.batch_size,
-        schedules=tuple(ns.schedule),
-    )
-    report = {"model": label, "trained": trained, "seed": ns.seed, **report}
-    print(f"model: {label}; {ns.samples} questions; dense accuracy: {report['dense']['accuracy']}")
+    per_seed = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        items = benchmark_questions(seed, ns.samples, question_split=ns.split)
+        report = run_fidelity(
+            model,
+            tokenizer,
+            items,
+            trained,
+            methods=tuple(ns.methods),
+            budgets=tuple(ns.budgets),
+            batch_size=ns.batch_size,
+            schedules=tuple(ns.schedule),
+            presets=tuple(ns.presets),
+            withdraw_after=tuple(ns.withdraw),
+        )
+        if ns.split == "hard":
+            report["chance_bounds"] = chance_bounds(items, (0.25, 0.10, 0.05), seed)
+        per_seed.append({"seed": seed, **report})
+    merged = _over_seeds(per_seed, ns.samples)
+    report = {"model": label, "trained": trained, "split": ns.split, "seed": seeds[0], **merged}
+    dense = report["dense"]["accuracy"]
+    print(f"model: {label}; {ns.split} split; {ns.samples} questions x seeds {seeds}; dense accuracy: {dense}")
     shown = [{**r, "budget": r["budget"] if r["schedule"] is None else r["schedule"]} for r in report["results"]]
-    columns = ["method", "budget", "equivalent_tokens", "agreement", "kl", "evidence_recall", "accuracy"]
-    columns += ["retention", "prefill_flops_ratio", "prefill_ms"]
+    columns = ["preset", "method", "budget", "equivalent_tokens", "agreement", "evidence_recall", "accuracy"]
+    columns += ["standard_error", "seed_spread", "retention", "prefill_flops_ratio"]
     print_table(shown, columns, width=9)
+    if "chance_bounds" in report:
+        bounds = [{"family": f, **v} for f, v in report["chance_bounds"].items()]
+        print("accuracy that keeping random tokens allows by construction (first seed):")
+        print_table(bounds, ["family", "questions", "evidence_tokens", "random_0.25", "random_0.1", "random_0.05"])
     write_report(report, ns.out)
     if ns.plot:
-        _plot_fidelity(report, ns.plot)
+        others = [json.loads(Path(p).read_text()) for p in ns.plot_with]
+        _plot_fidelity([report, *others], ns.plot)
         print(f"wrote {ns.plot}")
 
 
-def _plot_fidelity(report: dict[str, Any], path: str) -> None:
+def _over_seeds(per_seed: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """One report from the reports of several seeds: each row's accuracy, retention, agreement and evidence
+    recall are the mean over seeds, ``seed_spread`` the standard deviation of the accuracy (0 for one seed), and
+    ``per_seed`` keeps every seed's own report; ``dense.accuracy`` is the mean too."""
+    first = per_seed[0]
+    if len(per_seed) == 1:
+        rows = [{**r, "seed_spread": 0.0 if r["accuracy"] is not None else None} for r in first["results"]]
+        return {**{k: v for k, v in first.items() if k != "seed"}, "results": rows, "seeds": [first["seed"]]}
+    rows = []
+    for k, row in enumerate(first["results"]):
+        same = [report["results"][k] for report in per_seed]
+        merged = dict(row)
+        for field in ("accuracy", "retention", "agreement", "evidence_recall", "equivalent_tokens", "kl"):
+            values = [r[field] for r in same if r[field] is not None]
+            merged[field] = statistics.mean(values) if values else None
+        accuracies = [r["accuracy"] for r in same if r["accuracy"] is not None]
+        if accuracies:  # the binomial error of the mean over every seed's questions
+            mean = statistics.mean(accuracies)
+            merged["standard_error"] = math.sqrt(mean * (1 - mean) / (samples * len(accuracies)))
+        merged["seed_spread"] = statistics.pstdev(accuracies) if accuracies else None
+        if row["family_accuracy"] is not None:
+            merged["family_accuracy"] = {
+                f: statistics.mean(r["family_accuracy"].get(f, 0.0) for r in same) for f in row["family_accuracy"]
+            }
+        merged["accuracy_per_seed"] = accuracies
+        rows.append(merged)
+    dense_values = [r["dense"]["accuracy"] for r in per_seed if r["dense"]["accuracy"] is not None]
+    dense = {**first["dense"], "accuracy": statistics.mean(dense_values) if dense_values else None}
+    dense["accuracy_per_seed"] = dense_values
+    out = {"dense": dense, "results": rows, "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed}
+    if "chance_bounds" in first:
+        out["chance_bounds"] = first["chance_bounds"]
+    return out
+
+
+def _plot_fidelity(reports: list[dict[str, Any]], path: str) -> None:
+    """Accuracy (agreement on an untrained model) against equivalent tokens, one panel per report (a split)."""
     import matplotlib  # optional: only --plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["results"] if r["schedule"] is None]  # fixed schedules are not budgets: table only
-    metric = "accuracy" if report["trained"] else "agreement"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(str(r["method"]) for r in rows):
-        points = sorted((float(r["equivalent_tokens"]), float(r[metric])) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-    dense = report["dense"]
-    if metric == "accuracy" and isinstance(dense, dict) and dense.get("accuracy") is not None:
-        ax.axhline(dense["accuracy"], color="grey", linestyle="--", label="dense")
-    ax.set_xlabel("equivalent visual tokens")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs visual tokens ({report['model']})", fontsize=9)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4), squeeze=False)
+    for ax, report in zip(axes[0], reports, strict=True):
+        metric = "accuracy" if report["trained"] else "agreement"
+        rows = [r for r in report["results"] if r["schedule"] is None and r.get("preset") is None]
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            curves.setdefault(str(r["method"]), []).append((float(r["equivalent_tokens"]), float(r[metric])))
+        for r in report["results"]:  # presets: one curve per method over the preset family
+            if r.get("preset") is not None:
+                curves.setdefault(f"{r['method']} (presets)", []).append(
+                    (float(r["equivalent_tokens"]), float(r[metric]))
+                )
+        for name, points in curves.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        dense = report["dense"]
+        if metric == "accuracy" and isinstance(dense, dict) and dense.get("accuracy") is not None:
+            ax.axhline(dense["accuracy"], color="grey", linestyle="--", label="dense")
+        ax.set_xlabel("equivalent visual tokens")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{report.get('split', 'easy')} split: {metric} ({report['model']})", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -181,6 +258,31 @@ def add_commands(sub: Any) -> None:
     )
     fidelity.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
     fidelity.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="several seeds, e.g. 3,4,5: rows report the mean and the spread (overrides --seed)",
+    )
+    fidelity.add_argument(
+        "--split",
+        choices=QUESTION_SPLITS,
+        default="easy",
+        help="easy: the first task; hard: scarce evidence by construction",
+    )
+    fidelity.add_argument(
+        "--presets",
+        nargs="+",
+        default=[],
+        choices=[name for name, fields in PRESETS.items() if "target_fraction" in fields],
+        metavar="PRESET",
+        help="product presets: a row each, and FastV and random at the preset's own layers and budget",
+    )
+    fidelity.add_argument(
+        "--withdraw",
+        type=_seed_list,
+        default=[],
+        help="layers L, e.g. 0,2,4,8,16: accuracy with one random visual token kept after layer L",
+    )
+    fidelity.add_argument(
         "--samples", type=positive(int), default=512, help="questions, one per video (512: about +-2 points)"
     )
     fidelity.add_argument("--batch-size", type=int, default=8)
@@ -201,6 +303,9 @@ def add_commands(sub: Any) -> None:
     )
     fidelity.add_argument("--out", required=True, help="JSON report")
     fidelity.add_argument("--plot", help="PNG: accuracy (or agreement) vs equivalent tokens")
+    fidelity.add_argument(
+        "--plot-with", nargs="*", default=[], metavar="REPORT", help="other reports (e.g. the other split) as panels"
+    )
     fidelity.set_defaults(run=run_fidelity_command)
 
     show = sub.add_parser("show", help="picture of the tokens each method keeps")

@@ -9,6 +9,7 @@ trained on the task, its accuracy and retention (% of dense accuracy). Costs com
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,8 +22,9 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 from sparsevlm.baselines import method_config, schedule_config, schedule_methods
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
+from sparsevlm.tiny.hard_qa import QuestionSplit, chance_bound, make_task_sample
 from sparsevlm.tiny.inputs import encode_prompts
-from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices, make_sample
+from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices
 
 BUDGETS = (0.50, 0.25, 0.10, 0.05)
 FIDELITY_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random", "pool")
@@ -39,13 +41,18 @@ class Question:
 
 @dataclass
 class FidelityRow:
+    """One configuration's result on the benchmark's questions (``accuracy`` and the fields after it need a
+    trained model)."""
+
     method: str
     budget: float | None  # None on a fixed-schedule row
     schedule: str | None  # "LAYERS:KEEPS" on a fixed-schedule row
+    preset: str | None  # the product preset this row is (or is the baseline of, at its schedule and budget)
     agreement: float
     kl: float
     evidence_recall: float | None
     accuracy: float | None
+    standard_error: float | None  # binomial standard error of ``accuracy``: sqrt(a (1 - a) / n)
     family_accuracy: dict[str, float] | None  # accuracy per question family
     retention: float | None
     equivalent_tokens: float
@@ -54,11 +61,14 @@ class FidelityRow:
     prefill_ms: float
 
 
-def benchmark_questions(seed: int, count: int, split: str = "test") -> list[Question]:
-    """``count`` questions, one per video, cycling through the question families."""
+def benchmark_questions(
+    seed: int, count: int, split: str = "test", question_split: QuestionSplit = "easy"
+) -> list[Question]:
+    """``count`` questions, one per video, cycling through each video's questions (on the hard split every
+    video asks one of each family, so the families get equal shares)."""
     items = []
     for i in range(count):
-        sample = make_sample(split, seed * 100_000 + i)
+        sample = make_task_sample(question_split, split, seed * 100_000 + i)
         qa = sample.questions[i % len(sample.questions)]
         items.append(Question(sample, qa, evidence_token_indices(qa.evidence)))
     return items
@@ -110,9 +120,13 @@ def run_fidelity(
     budgets: tuple[float, ...] = BUDGETS,
     batch_size: int = 8,
     schedules: tuple[str, ...] = (),
+    presets: tuple[str, ...] = (),
+    withdraw_after: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Dense and every method at every budget on the same questions, then each of ``methods`` that can run it
-    (:func:`sparsevlm.baselines.schedule_methods`) at each schedule (see :func:`sparsevlm.baselines.parse_schedule`).
+    (:func:`sparsevlm.baselines.schedule_methods`) at each schedule (see :func:`sparsevlm.baselines.parse_schedule`),
+    then each product preset with its baselines (:func:`preset_configs`), then the withdrawal rows: one random
+    visual token kept after layer L (:func:`withdrawal_config`), which shows where the model reads the video.
 
     Returns:
         ``{"dense": {...}, "results": [row, ...]}``; accuracy fields are None for an untrained model.
@@ -121,19 +135,24 @@ def run_fidelity(
     truth = torch.tensor(answer_ids)
     dense = _run(model, tokenizer, items, SparseConfig.preset("dense"), batch_size)
     dense_acc = float((dense.log_probs.argmax(-1) == truth).float().mean()) if trained else None
-    runs: list[tuple[str, float | None, str | None, SparseConfig]] = [
-        (method, budget, None, method_config(method, budget)) for method in methods for budget in budgets
+    runs: list[tuple[str, float | None, str | None, str | None, SparseConfig]] = [
+        (method, budget, None, None, method_config(method, budget)) for method in methods for budget in budgets
     ]
     runs += [
-        (method, None, schedule, schedule_config(method, schedule))
+        (method, None, schedule, None, schedule_config(method, schedule))
         for schedule in schedules
         for method in schedule_methods(schedule)
         if method in methods
     ]
+    for name in presets:
+        runs += [(method, None, None, name, config) for method, config in preset_configs(name)]
+    runs += [
+        (f"withdraw-after-{layer}", None, f"{layer}:1", None, withdrawal_config(layer)) for layer in withdraw_after
+    ]
     results = []
-    for method, budget, schedule, config in runs:
+    for method, budget, schedule, preset_name, config in runs:
         run = _run(model, tokenizer, items, config, batch_size)
-        row = _row(method, budget, schedule, run, dense, items, truth if trained else None, dense_acc)
+        row = _row(method, budget, schedule, preset_name, run, dense, items, truth if trained else None, dense_acc)
         results.append(asdict(row))
     return {
         "dense": {
@@ -145,10 +164,55 @@ def run_fidelity(
     }
 
 
+def preset_configs(preset: str) -> list[tuple[str, SparseConfig]]:
+    """A product preset and, at its own prune layers and equivalent-token target, FastV's and random scoring
+    (neither recycles; cross-frame presets' baselines skip the merging): ``[(method, config), ...]``.
+
+    Raises:
+        ValueError: an unknown preset, or one that prunes nothing or not by a target fraction.
+    """
+    config = SparseConfig.preset(preset)
+    if config.target_fraction is None or not config.prune_layers:
+        raise ValueError(f"preset {preset!r} has no equivalent-token target to compare baselines at")
+    plain = config.replace(temporal_merge=None, merge_floor=None, recycle_ratio=0.0)
+    return [
+        (config.method, config),
+        ("fastv", plain.replace(method="fastv", name=f"fastv@{preset}")),
+        ("random", plain.replace(method="random", name=f"random@{preset}")),
+    ]
+
+
+def withdrawal_config(layer: int) -> SparseConfig:
+    """One random visual token kept after decoder layer ``layer``, none recycled: what the model answers once
+    its layers after ``layer`` can no longer read the video."""
+    return SparseConfig(
+        prune_layers=(layer,), keep_tokens=(1,), method="random", recycle_ratio=0.0, name=f"withdraw-{layer}"
+    )
+
+
+def chance_bounds(items: list[Question], keep_fractions: tuple[float, ...], seed: int = 0) -> dict[str, Any]:
+    """Per family: mean evidence tokens and the accuracy that keeping a random share of the visual tokens allows
+    by construction (:func:`sparsevlm.tiny.hard_qa.chance_bound`; hard-split families only)."""
+    rng = np.random.default_rng(seed)
+    per_family: dict[str, list[tuple[float, ...]]] = {}
+    for q in items:
+        bounds = tuple(chance_bound(q.sample, q.qa, f, rng, draws=400) for f in keep_fractions)
+        per_family.setdefault(q.qa.family, []).append((float(len(q.evidence)), *bounds))
+    out: dict[str, Any] = {}
+    for family, values in sorted(per_family.items()):
+        table = np.asarray(values)
+        out[family] = {"questions": len(values), "evidence_tokens": float(table[:, 0].mean())}
+        out[family] |= {f"random_{f:g}": float(table[:, 1 + k].mean()) for k, f in enumerate(keep_fractions)}
+    every = np.asarray([v for values in per_family.values() for v in values])
+    out["all"] = {f"random_{f:g}": float(every[:, 1 + k].mean()) for k, f in enumerate(keep_fractions)}
+    return out
+
+
 def _row(
     method: str,
     budget: float | None,
     schedule: str | None,
+    preset: str | None,
     run: _Run,
     dense: _Run,
     items: list[Question],
@@ -173,14 +237,17 @@ def _row(
             for name in names
         }
     retention = 100 * accuracy / dense_acc if accuracy is not None and dense_acc else None
+    error = math.sqrt(accuracy * (1 - accuracy) / len(items)) if accuracy is not None else None
     return FidelityRow(
         method=method,
         budget=budget,
         schedule=schedule,
+        preset=preset,
         agreement=float((pred == dense_pred).float().mean()),
         kl=float(kl.mean()),
         evidence_recall=statistics.mean(recalls) if recalls else None,
         accuracy=accuracy,
+        standard_error=error,
         family_accuracy=families,
         retention=retention,
         equivalent_tokens=statistics.mean(run.equivalent),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sparsevlm.config import PRESETS, SparseConfig
-from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
+from sparsevlm.token_counts import equivalent_tokens, prefill_flops, simulate_visual_counts
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,18 @@
 """Prefill speed, memory and KV-cache of sparse vs dense on the Video-LLaVA-7B layout (random weights).
 
-The language model has the 7B widths (hidden 4096, 32 heads, FFN 11008) at a reduced depth that still holds
-the pruning layer; the vision tower is tiny (its cost is not what is measured) but emits the real token
-layout, 8 frames x 257 tokens. Each preset runs the schedule it has on the full 32-layer model, as a fixed
-budget. Presets and dense alternate within one process (interleaved repetitions) so machine noise hits
-all alike; the full-depth time is projected from the measured per-layer costs.
+The language model has the 7B widths (hidden 4096, 32 heads, FFN 11008) at a reduced depth; the vision tower
+is tiny (its cost is not what is measured) but emits the real token layout, 8 frames x 257 tokens. Each
+preset runs the keep counts it has on the full 32-layer model, compressed to one reduced layer per run of
+full-depth layers of equal length (:func:`reduced_config`): reduced layer ``i`` runs at the length of block
+``i``. Every decoder layer is timed on its own (CPU: synchronous), and the full-depth time is each block's
+layer count times its reduced layer's time, plus the pruning overhead. Presets and dense alternate within one
+process (interleaved repetitions) so machine noise hits all alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +23,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoL
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
-from sparsevlm.stats import prefill_flops
+from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
 
 VIDEO_TOKEN, IMAGE_TOKEN = 31, 30
 
@@ -90,7 +94,27 @@ def full_depth_config(preset: str, layout: SpeedLayout) -> SparseConfig:
         raise ValueError(f"preset {preset!r} is rank-based; its budget is only known at run time")
     layers = tuple(sorted(schedule))
     keeps = tuple(int(schedule[layer]) for layer in layers)  # type: ignore[arg-type]
-    return cfg.replace(prune_layers=layers, keep_tokens=keeps, target_fraction=None, name=preset)
+    return cfg.replace(prune_layers=layers, keep_tokens=keeps, target_fraction=None, layers_of=None, name=preset)
+
+
+def reduced_config(full: SparseConfig) -> SparseConfig:
+    """A full-depth budget config (:func:`full_depth_config`) compressed for the reduced model: step ``j`` prunes
+    after reduced layer ``j`` with the same count, so reduced layer ``i`` runs at the length that full-depth
+    layers ``prune_layers[i-1] + 1 .. prune_layers[i]`` run at (:func:`block_sizes`)."""
+    if full.is_dense:
+        return full
+    return full.replace(prune_layers=tuple(range(len(full.prune_layers))))
+
+
+def block_sizes(full: SparseConfig, full_depth: int) -> list[int]:
+    """How many full-depth layers each reduced layer of :func:`reduced_config` stands for."""
+    bounds = [-1, *full.prune_layers, full_depth - 1] if not full.is_dense else [-1, full_depth - 1]
+    return [b - a for a, b in itertools.pairwise(bounds)]
+
+
+def reduced_depth(configs: list[SparseConfig], layout: SpeedLayout) -> int:
+    """Decoder layers of the reduced model: enough for every preset's steps plus one layer after the last."""
+    return max([layout.depth, *(len(c.prune_layers) + 1 for c in configs)])
 
 
 def kv_cache_bytes(cache: Any) -> int:
@@ -103,16 +127,20 @@ def measure(
 ) -> list[dict[str, Any]]:
     """Median prefill time, KV bytes, FLOPs and pruning overhead of dense and each preset, interleaved."""
     torch.set_num_threads(threads)
+    configs = {"dense": SparseConfig.preset("dense"), **{p: full_depth_config(p, layout) for p in presets}}
+    layout = dataclasses.replace(layout, depth=reduced_depth(list(configs.values()), layout))
     model = build_speed_model(layout, dtype)
     inputs = speed_inputs(layout, dtype)
-    configs = {"dense": SparseConfig.preset("dense"), **{p: full_depth_config(p, layout) for p in presets}}
     lm = model.model.language_model
     times: dict[str, list[float]] = {name: [] for name in configs}
     overhead: dict[str, list[float]] = {name: [] for name in configs}
+    layer_times: dict[str, list[list[float]]] = {name: [] for name in configs}
+    clock = _LayerClock(lm.layers)
     info: dict[str, dict[str, Any]] = {}
     for rep in range(repeats + 1):  # the first round warms up
         for name, cfg in configs.items():
-            apply_patch(model, cfg)
+            apply_patch(model, reduced_config(cfg))
+            clock.reset()
             spent = [0.0]
             original = getattr(lm, "_prune", None)
             if original is not None:
@@ -141,12 +169,44 @@ def measure(
                 continue
             times[name].append(elapsed)
             overhead[name].append(spent[0])
-    return _rows(layout, configs, times, overhead, info, dtype)
+            layer_times[name].append(list(clock.spent))
+    clock.remove()
+    return _rows(layout, configs, times, overhead, layer_times, info, dtype)
+
+
+class _LayerClock:
+    """Forward hooks that time each decoder layer of one prefill (CPU work is synchronous, so wall time is the
+    layer's own)."""
+
+    def __init__(self, layers: Any) -> None:
+        self.spent = [0.0] * len(layers)
+        self._began = [0.0] * len(layers)
+        self._handles = []
+        for i, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_pre_hook(self._start(i)))
+            self._handles.append(layer.register_forward_hook(self._stop(i)))
+
+    def _start(self, i: int) -> Any:
+        def hook(*_: Any) -> None:
+            self._began[i] = time.perf_counter()
+
+        return hook
+
+    def _stop(self, i: int) -> Any:
+        def hook(*_: Any) -> None:
+            self.spent[i] += time.perf_counter() - self._began[i]
+
+        return hook
+
+    def reset(self) -> None:
+        self.spent = [0.0] * len(self.spent)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def _full_depth_equivalent(cfg: SparseConfig, layout: SpeedLayout) -> float:
-    from sparsevlm.stats import equivalent_tokens, simulate_visual_counts
-
     schedule = {} if cfg.is_dense else dict(zip(cfg.prune_layers, cfg.keep_tokens or (), strict=True))
     counts = simulate_visual_counts(layout.n_visual, layout.full_depth, schedule, cfg.recycle_ratio, cfg.cluster_ratio)
     return equivalent_tokens(counts[1:])
@@ -157,29 +217,39 @@ def _rows(
     configs: dict[str, SparseConfig],
     times: dict[str, list[float]],
     overhead: dict[str, list[float]],
+    layer_times: dict[str, list[list[float]]],
     info: dict[str, dict[str, Any]],
     dtype: torch.dtype,
 ) -> list[dict[str, Any]]:
     dense_s = statistics.median(times["dense"])
-    dense_layer_s = dense_s / layout.depth
+    # The same per-layer estimate as the presets' blocks below (each layer's median over the repeats, then
+    # their mean), so dense projects to exactly 1.
+    dense_layer_s = statistics.mean(
+        statistics.median(rep[i] for rep in layer_times["dense"]) for i in range(layout.depth)
+    )
     dense_seq = info["dense"]["seq_len_per_layer"]
+    text = dense_seq[0] - layout.n_visual
+    dense_full_seq = [dense_seq[0]] * layout.full_depth
     rows = []
     for name, cfg in configs.items():
         seq = info[name]["seq_len_per_layer"]
         median_s = statistics.median(times[name])
         prune_s = statistics.median(overhead[name])
+        per_layer = [statistics.median(rep[i] for rep in layer_times[name]) for i in range(layout.depth)]
+        # Full depth: reduced layer i stands for block i of the full-depth layers (one-step presets: the reduced
+        # layers after the step all run at the final length; their mean is the block's layer time).
+        sizes = block_sizes(cfg, layout.full_depth)
+        last_block = per_layer[len(sizes) - 1 :]
+        block_s = [*per_layer[: len(sizes) - 1], statistics.mean(last_block)]
+        projected = sum(n * t for n, t in zip(sizes, block_s, strict=True)) + prune_s
+        schedule = {} if cfg.is_dense else dict(zip(cfg.prune_layers, cfg.keep_tokens or (), strict=True))
+        visual = simulate_visual_counts(
+            layout.n_visual, layout.full_depth, schedule, cfg.recycle_ratio, cfg.cluster_ratio
+        )
+        full_seq = [text + n for n in visual[:-1]]  # entering each full-depth layer
         flops = prefill_flops(seq, layout.hidden, layout.ffn)
         dense_flops = prefill_flops(dense_seq, layout.hidden, layout.ffn)
-        # Full depth: layers up to the last pruning layer cost a dense layer each; later layers cost what the
-        # measured reduced layers cost.
-        last = max(cfg.prune_layers) if cfg.prune_layers else -1
-        n_full = last + 1
-        reduced = layout.depth - n_full
-        small_s = (median_s - prune_s - n_full * dense_layer_s) / reduced if reduced else dense_layer_s
-        # A reduced layer's time is a small difference of two noisy totals; when noise makes it non-positive
-        # there is no projection.
-        projected = n_full * dense_layer_s + (layout.full_depth - n_full) * small_s + prune_s if small_s > 0 else None
-        full_seq = seq[:n_full] + [seq[-1]] * (layout.full_depth - n_full)
+        full_flops = prefill_flops(full_seq, layout.hidden, layout.ffn)
         rows.append(
             {
                 "preset": name,
@@ -193,15 +263,15 @@ def _rows(
                 "kv_cache_bytes": info[name]["kv_cache_bytes"],
                 "kv_ratio": round(info[name]["kv_cache_bytes"] / info["dense"]["kv_cache_bytes"], 4),
                 "seq_len_per_layer": seq,
+                "full_depth_prune_layers": list(cfg.prune_layers),
                 "full_depth_equivalent_tokens": round(info[name]["equivalent_tokens_full_depth"], 2),
-                "full_depth_time_ratio": (
-                    round(projected / (layout.full_depth * dense_layer_s), 4) if projected is not None else None
-                ),
+                "full_depth_time_ratio": round(projected / (layout.full_depth * dense_layer_s), 4),
                 "full_depth_flops_ratio": round(
-                    prefill_flops(full_seq, layout.hidden, layout.ffn)
-                    / prefill_flops([dense_seq[0]] * layout.full_depth, layout.hidden, layout.ffn),
-                    4,
+                    full_flops / prefill_flops(dense_full_seq, layout.hidden, layout.ffn), 4
                 ),
+                # A pruning layer caches its full input (see sparsevlm.modeling), so the cache holds what
+                # enters each layer.
+                "full_depth_kv_ratio": round(sum(full_seq) / sum(dense_full_seq), 4),
                 "repeats": len(times[name]),
             }
         )
@@ -221,9 +291,11 @@ def peak_rss_probe(layout: SpeedLayout, preset: str, dtype: torch.dtype, threads
     import gc
 
     torch.set_num_threads(threads)
+    config = full_depth_config(preset, layout)
+    layout = dataclasses.replace(layout, depth=reduced_depth([config], layout))
     model = build_speed_model(layout, dtype)
     inputs = speed_inputs(layout, dtype)
-    apply_patch(model, full_depth_config(preset, layout))
+    apply_patch(model, reduced_config(config))
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

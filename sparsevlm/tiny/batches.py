@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.tiny.inputs import normalize_frames, video_tokens_per_frame
 from sparsevlm.tiny.tokenizer import token_id
-from sparsevlm.tiny.video_qa import COLOURS, QA, ObjectTrack, VideoSample
+from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices
 
 IGNORE = -100
 CAPTION_PROMPT = "describe the video."
@@ -48,6 +48,11 @@ class TrainBatch:
             video, 0 on other object patches, IGNORE on background (what "the first object to appear" asks).
         patch_newest: long ``[B, T, gh * gw]``, 1 on the patches of the objects that appeared last among
             those seen up to that frame, 0 on other object patches, IGNORE on background.
+        patch_striped: long ``[B, T, gh * gw]``, 1 on striped object patches, 0 on other object patches,
+            IGNORE on background (the hard split's fine attribute, read from the projector's output).
+        answer_positions: long ``[B, Q]``, the position that predicts each question's answer word, -1 padding.
+        answer_evidence: bool ``[B, Q, V]``, each question's evidence among the row's ``V`` visual tokens.
+        visual_start: long ``[B]``, the position of each row's first visual token.
 
     Both order targets are causal: at frame ``t`` every object that appeared by ``t`` has been seen, and an
     object appearing later cannot be the earliest nor (yet) the newest.
@@ -64,6 +69,10 @@ class TrainBatch:
     patch_new: torch.Tensor
     patch_earliest: torch.Tensor
     patch_newest: torch.Tensor
+    patch_striped: torch.Tensor
+    answer_positions: torch.Tensor
+    answer_evidence: torch.Tensor
+    visual_start: torch.Tensor
 
 
 class SequenceBuilder:
@@ -112,6 +121,10 @@ class SequenceBuilder:
             labels.extend([IGNORE] * len(described))
         return ids, labels
 
+    def answer_positions(self, labels: list[int]) -> list[int]:
+        """The positions whose label is an answer word (not the ``</s>`` after it), one per question, in order."""
+        return [i for i, label in enumerate(labels) if label not in (IGNORE, self.eos_id)]
+
     def text_labels(self, ids: list[int], labels: list[int]) -> list[int]:
         """Shifted next-token targets on the text that is not an answer: ``ids[i + 1]`` where that token is not
         a visual token and position ``i`` predicts no answer (``labels[i]`` is IGNORE); IGNORE elsewhere."""
@@ -145,7 +158,8 @@ def collate(
     """Build a right-padded training batch from videos of equal shape (``caption``: add the caption turn)."""
     num_frames, size = samples[0].frames.shape[:2]
     count = num_frames * video_tokens_per_frame(size, samples[0].patch)
-    rows = [builder.build(pick_questions(rng, s, per_family), count, s.caption if caption else "") for s in samples]
+    asked = [pick_questions(rng, s, per_family) for s in samples]
+    rows = [builder.build(qas, count, s.caption if caption else "") for qas, s in zip(asked, samples, strict=True)]
     length = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), length), builder.pad_id, dtype=torch.long)
     labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
@@ -156,6 +170,15 @@ def collate(
         labels[b, : len(lab)] = torch.tensor(lab)
         text_labels[b, : len(ids)] = torch.tensor(builder.text_labels(ids, lab))
         attention_mask[b, : len(ids)] = 1
+    most = max(len(qas) for qas in asked)
+    answer_positions = torch.full((len(rows), most), -1, dtype=torch.long)
+    answer_evidence = torch.zeros((len(rows), most, count), dtype=torch.bool)
+    for b, ((_, lab), qas) in enumerate(zip(rows, asked, strict=True)):
+        positions = builder.answer_positions(lab)
+        answer_positions[b, : len(positions)] = torch.tensor(positions)
+        for q, qa in enumerate(qas):
+            answer_evidence[b, q, torch.from_numpy(evidence_token_indices(qa.evidence))] = True
+    visual_start = torch.full((len(rows),), len(builder.head), dtype=torch.long)
     colour = np.stack([s.patch_colour for s in samples]).reshape(len(samples), num_frames, -1)
     motion = np.stack([s.patch_motion for s in samples]).reshape(len(samples), num_frames, -1)
     motion[:, 0] = IGNORE
@@ -171,6 +194,10 @@ def collate(
         patch_new=torch.from_numpy(np.stack([_new_patches(s) for s in samples]).reshape(colour.shape)),
         patch_earliest=torch.from_numpy(np.stack([_earliest_patches(s) for s in samples]).reshape(colour.shape)),
         patch_newest=torch.from_numpy(np.stack([_newest_patches(s) for s in samples]).reshape(colour.shape)),
+        patch_striped=torch.from_numpy(np.stack([_striped_patches(s) for s in samples]).reshape(colour.shape)),
+        answer_positions=answer_positions,
+        answer_evidence=answer_evidence,
+        visual_start=visual_start,
     )
 
 
@@ -179,17 +206,17 @@ def _object_patches(sample: VideoSample) -> np.ndarray:
     return np.where(sample.patch_colour > 0, 0, IGNORE).astype(np.int64)
 
 
-def _code(obj: ObjectTrack) -> int:
-    """The value of ``obj``'s patches in ``patch_colour`` (0 is background)."""
-    return 1 + COLOURS.index(obj.colour)
+def _striped_patches(sample: VideoSample) -> np.ndarray:
+    """int64 ``[T, gh, gw]``: 1 on striped object patches, 0 on other object patches, IGNORE on background."""
+    return np.where(sample.patch_owner >= 0, sample.patch_striped, IGNORE).astype(np.int64)
 
 
 def _new_patches(sample: VideoSample) -> np.ndarray:
     """int64 ``[T, gh, gw]``: 1 on an object's patches in its first visible frame, 0 on its other patches,
     IGNORE on background."""
     out = _object_patches(sample)
-    for obj in sample.objects:
-        out[obj.first_frame][sample.patch_colour[obj.first_frame] == _code(obj)] = 1
+    for k, obj in enumerate(sample.objects):
+        out[obj.first_frame][sample.patch_owner[obj.first_frame] == k] = 1
     return out
 
 
@@ -198,9 +225,9 @@ def _earliest_patches(sample: VideoSample) -> np.ndarray:
     object patches, IGNORE on background."""
     out = _object_patches(sample)
     earliest = min((obj.first_frame for obj in sample.objects), default=None)
-    for obj in sample.objects:
+    for k, obj in enumerate(sample.objects):
         if obj.first_frame == earliest:
-            out[sample.patch_colour == _code(obj)] = 1
+            out[sample.patch_owner == k] = 1
     return out
 
 
@@ -210,7 +237,7 @@ def _newest_patches(sample: VideoSample) -> np.ndarray:
     out = _object_patches(sample)
     for t in range(out.shape[0]):
         newest = max((obj.first_frame for obj in sample.objects if obj.first_frame <= t), default=None)
-        for obj in sample.objects:
+        for k, obj in enumerate(sample.objects):
             if obj.first_frame == newest:
-                out[t][sample.patch_colour[t] == _code(obj)] = 1
+                out[t][sample.patch_owner[t] == k] = 1
     return out

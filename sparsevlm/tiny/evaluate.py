@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from transformers import CLIPVisionConfig, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
+from sparsevlm.tiny.hard_qa import QuestionSplit, families, make_task_sample
 from sparsevlm.tiny.inputs import encode_prompts
-from sparsevlm.tiny.video_qa import FAMILIES, make_sample
 
 
 @torch.no_grad()
@@ -53,6 +53,7 @@ def family_accuracy(
     num_frames: int = 8,
     batch_size: int = 32,
     bf16: bool = True,
+    question_split: QuestionSplit = "easy",
 ) -> dict[str, float]:
     """Dense accuracy per question family over the first ``num_videos`` videos of ``split``.
 
@@ -64,6 +65,7 @@ def family_accuracy(
         num_frames: frames per video.
         batch_size: prompts per forward pass.
         bf16: run under bfloat16 autocast.
+        question_split: "easy" (:mod:`sparsevlm.tiny.video_qa`) or "hard" (:mod:`sparsevlm.tiny.hard_qa`).
 
     Returns:
         family -> accuracy in [0, 1], for every family that occurred, plus "all" over every question.
@@ -73,7 +75,10 @@ def family_accuracy(
     patch = vision.patch_size if isinstance(vision, CLIPVisionConfig) else None
     if not isinstance(size, int) or not isinstance(patch, int):
         raise TypeError(f"expected a CLIP vision tower with square images, got {vision!r}")
-    samples = [make_sample(split, i, num_frames=num_frames, size=size, patch=patch) for i in range(num_videos)]
+    samples = [
+        make_task_sample(question_split, split, i, num_frames=num_frames, size=size, patch=patch)
+        for i in range(num_videos)
+    ]
     pairs = [(s, qa) for s in samples for qa in s.questions]
     correct: dict[str, list[bool]] = defaultdict(list)
     for start in range(0, len(pairs), batch_size):
@@ -84,6 +89,6 @@ def family_accuracy(
         for (_, qa), token in zip(chunk, predicted, strict=True):
             expected = tokenizer.encode(f" {qa.answer}", add_special_tokens=False)[0]
             correct[qa.family].append(token == expected)
-    result = {f: sum(correct[f]) / len(correct[f]) for f in FAMILIES if correct[f]}
+    result = {f: sum(correct[f]) / len(correct[f]) for f in families(question_split) if correct[f]}
     result["all"] = sum(sum(v) for v in correct.values()) / max(1, len(pairs))
     return result

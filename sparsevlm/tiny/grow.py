@@ -1,6 +1,6 @@
 """Grow a trained tiny Video-LLaVA in depth without changing what it computes.
 
-    python -m sparsevlm.tiny.grow --layers 16 --out /work/deep_train/grown16   # from the bundled checkpoint
+    python -m jobs.grow_tiny --layers 16 --out /work/deep_train/grown16   # from the bundled checkpoint
 
 The deeper model has the same class and widths; its LLM gets new LLaMA decoder layers whose output
 projections (``self_attn.o_proj`` and ``mlp.down_proj``) are zero. A LLaMA layer adds its attention and MLP
@@ -17,19 +17,15 @@ then stays in the first layers, where the early pruning of SparseVLM and FastV r
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
-import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, VideoLlavaForConditionalGeneration
 
-from sparsevlm.tiny import CHECKPOINT_DIR
 from sparsevlm.tiny.saving import init_provenance
 
 
@@ -82,26 +78,34 @@ def grow_depth(
     return grown.eval()
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Grow the checkpoint in ``--source`` to ``--layers`` and save it (with its tokenizer) in ``--out``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=str(CHECKPOINT_DIR), help="checkpoint to grow (default: bundled)")
-    parser.add_argument("--layers", type=int, required=True, help="LLM depth of the grown model")
-    parser.add_argument("--out", required=True, help="directory for the grown checkpoint")
-    args = parser.parse_args(argv)
-    source, out = Path(args.source), Path(args.out)
+def grow_checkpoint(source: Path, layers: int, out: Path, command: str) -> dict[str, object]:
+    """Grow the checkpoint in ``source`` to ``layers`` LLM layers and save it (with its tokenizer and a
+    metrics.json whose provenance chain the trainer reads) in ``out``.
+
+    Args:
+        source: a saved checkpoint directory.
+        layers: LLM depth of the grown model.
+        out: directory for the grown checkpoint (created).
+        command: the command line that asked for it, kept in metrics.json.
+
+    Returns:
+        The metrics written.
+
+    Raises:
+        FileNotFoundError: ``source`` holds no config.json.
+    """
     if not (source / "config.json").is_file():
-        raise SystemExit(f"--source {source} is not a saved checkpoint directory (no config.json in it)")
+        raise FileNotFoundError(f"{source} is not a saved checkpoint directory (no config.json in it)")
     model = VideoLlavaForConditionalGeneration.from_pretrained(str(source), trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    grown = grow_depth(model, args.layers)
+    grown = grow_depth(model, layers)
     out.mkdir(parents=True, exist_ok=True)
     grown.save_pretrained(out)
     tokenizer.save_pretrained(out)
     # The trainer's provenance chain (saving.init_provenance) reads these fields: a run continuing from the
     # grown checkpoint then lists every run that made the 4-layer one, then this step.
-    metrics = {
-        "command": shlex.join(["python", "-m", "sparsevlm.tiny.grow", *(sys.argv[1:] if argv is None else argv)]),
+    metrics: dict[str, object] = {
+        "command": command,
         "steps": 0,
         "train_videos_seen": 0,
         "wall_time_s": 0.0,
@@ -110,9 +114,4 @@ def main(argv: list[str] | None = None) -> Path:
         "init_from": init_provenance(source),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"grew {source} to {args.layers} LLM layers ({metrics['num_parameters']:,} parameters) in {out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+    return metrics

@@ -57,6 +57,7 @@ class PatchHeads(nn.Module):
         self.new = nn.Linear(dim, 2)
         self.earliest = nn.Linear(dim, 2)
         self.newest = nn.Linear(dim, 2)
+        self.striped = nn.Linear(dim, 2)
 
     def loss(
         self, projected: torch.Tensor, hidden: torch.Tensor, embeddings: torch.Tensor, batch: TrainBatch
@@ -84,4 +85,5 @@ class PatchHeads(nn.Module):
             "new": ce(self.new(hidden.float()), batch.patch_new),
             "earliest": ce(self.earliest(hidden.float()), batch.patch_earliest),
             "newest": ce(self.newest(hidden.float()), batch.patch_newest),
+            "striped": ce(self.striped(projected.float()), batch.patch_striped),
         }

@@ -1,6 +1,6 @@
 """Train the tiny Video-LLaVA from scratch on the synthetic video QA task.
 
-    python -m sparsevlm.tiny.train            # the defaults made the committed checkpoint
+    python -m jobs.train_tiny            # the defaults made the committed checkpoint (the command line is there)
 
 The recipe is the measured one of reference/tiny-model-training.md: several questions per video in one
 sequence, linear per-patch heads on the projector output that make colour and shape readable from every
@@ -13,14 +13,14 @@ what the direction, "after", first and last questions need. All heads are traini
 the saved checkpoint is a plain Video-LLaVA. ``--text-loss-weight`` adds a caption turn to every sequence and a
 language-model loss on all of its text, not only on the answers (batches.py), so that the prompt's words
 learn to look at the objects they name. ``--text-layers`` sets the LLM depth (a deeper model starts from
-``python -m sparsevlm.tiny.grow``). The checkpoint, metrics.json and curve are saved at every evaluation, so a
+``python -m jobs.grow_tiny``). The checkpoint, metrics.json and curve are saved at every evaluation, so a
 stopped run can be continued with ``--init``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import math
 import shlex
 import sys
@@ -35,11 +35,14 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
+from sparsevlm.tiny.hard_qa import QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
+from sparsevlm.tiny.looking import evidence_attention_loss
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
-from sparsevlm.tiny.video_qa import make_sample
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).parent / "checkpoint"
 
@@ -82,6 +85,13 @@ class TrainConfig:
         init: a saved checkpoint directory to continue from instead of random weights (the training-only
             heads start fresh; the schedule restarts with this run's ``lr`` and ``warmup_steps``).
         first_video: index of the first train-split video, so a continued run sees new videos.
+        look_weight: weight of the looking loss (:mod:`sparsevlm.tiny.looking`: the answer position's attention at
+            ``look_layers`` goes to the question's evidence); 0 trains without it, as every run before the hard
+            split's did.
+        look_layers: comma-separated decoder layers whose attention the looking loss reads.
+        hard_fraction: share of each batch's videos drawn from the hard question split
+            (:mod:`sparsevlm.tiny.hard_qa`); the rest come from the easy one, so that it does not regress.
+            With a positive share, every evaluation reports both splits.
     """
 
     out: str = str(DEFAULT_OUT)
@@ -110,8 +120,29 @@ class TrainConfig:
     bf16: bool = True
     init: str = ""
     first_video: int = 0
+    hard_fraction: float = 0.0
+    look_weight: float = 0.0
+    look_layers: str = "1,2"
+
+    @property
+    def look_layer_list(self) -> list[int]:
+        """``look_layers`` as integers."""
+        return [int(v) for v in self.look_layers.split(",") if v.strip()]
 
     def __post_init__(self) -> None:
+        try:
+            layers = [int(v) for v in self.look_layers.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--look-layers must be comma-separated layers such as 1,2, got {self.look_layers!r}"
+            ) from None
+        if self.look_weight < 0 or any(not 0 <= x < self.text_layers for x in layers):
+            raise ValueError(
+                f"--look-weight must be >= 0 and --look-layers in [0, {self.text_layers}), "
+                f"got {self.look_weight} and {self.look_layers!r}"
+            )
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"--hard-fraction must be in [0, 1], got {self.hard_fraction}")
         if self.minutes <= 0 and self.max_steps <= 0:
             raise ValueError("give a positive --minutes or --max-steps")
         if self.init and not (Path(self.init) / "config.json").is_file():
@@ -161,6 +192,23 @@ def train_step(
     losses["total"] = losses["answer"] + cfg.aux_weight * aux + cfg.order_weight * order
     if cfg.naming_weight > 0:
         losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
+    if cfg.look_weight > 0:
+        lm = model.model.language_model
+        positions = torch.arange(batch.input_ids.shape[1])[None]
+        rope = lm.rotary_emb(out.hidden_states[0], position_ids=positions)
+        looks = [
+            evidence_attention_loss(
+                out.hidden_states[layer],
+                lm.layers[layer],
+                rope,
+                batch.answer_positions,
+                batch.answer_evidence,
+                batch.visual_start,
+            )
+            for layer in cfg.look_layer_list
+        ]
+        losses["look"] = torch.stack(looks).mean()
+        losses["total"] = losses["total"] + cfg.look_weight * losses["look"]
     if cfg.text_loss_weight > 0:
         losses["text"] = nn.functional.cross_entropy(logits, batch.text_labels.flatten(), ignore_index=IGNORE)
         losses["total"] = losses["total"] + cfg.text_loss_weight * losses["text"]
@@ -206,7 +254,10 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         if progress >= 1.0:
             break
         frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
-        samples = [make_sample("train", index + k, num_frames=frames) for k in range(cfg.batch_size)]
+        kinds: list[QuestionSplit] = [
+            "hard" if rng.random() < cfg.hard_fraction else "easy" for _ in range(cfg.batch_size)
+        ]
+        samples = [make_task_sample(kind, "train", index + k, num_frames=frames) for k, kind in enumerate(kinds)]
         index += cfg.batch_size
         batch = collate(builder, samples, rng, cfg.questions_per_family, caption=cfg.text_loss_weight > 0)
         for group in optimizer.param_groups:
@@ -222,26 +273,32 @@ def main(cfg: TrainConfig) -> dict[str, object]:
         if step % 50 == 0:
             terms = " ".join(f"{k}={v:.3f}" for k, v in running.items())
             lr = learning_rate(cfg, step, progress)
-            print(f"step {step} frames {frames} {elapsed / 60:.1f} min lr {lr:.2e} {terms}")
-            sys.stdout.flush()
+            logger.info("step %d frames %d %.1f min lr %.2e %s", step, frames, elapsed / 60, lr, terms)
         if time.time() - start >= next_eval:
             next_eval += cfg.eval_every_minutes * 60
             val = _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
             save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
-            print(f"saved step {step} in {out_dir}")
+            logger.info("saved step %d in %s", step, out_dir)
     wall = time.time() - start
     model.eval()
     val = _log_eval(model, tokenizer, cfg, curve_path, step, wall, running)
     save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
     test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames)
-    print(f"test accuracy {json.dumps({k: round(v, 3) for k, v in test.items()})}")
+    logger.info("test accuracy %s", _rounded(test))
+    hard_test: dict[str, float] = {}
+    if cfg.hard_fraction > 0:
+        hard_test = family_accuracy(
+            model, tokenizer, "test", cfg.test_videos, num_frames=cfg.num_frames, question_split="hard"
+        )
+        logger.info("hard test accuracy %s", _rounded(hard_test))
     warm_test: dict[str, float] = {}
     if cfg.warm_frames != cfg.num_frames:
         warm_test = family_accuracy(model, tokenizer, "test", cfg.test_videos, num_frames=cfg.warm_frames)
-        print(f"test accuracy at {cfg.warm_frames} frames {json.dumps({k: round(v, 3) for k, v in warm_test.items()})}")
+        logger.info("test accuracy at %d frames %s", cfg.warm_frames, _rounded(warm_test))
     metrics: dict[str, object] = {
         "final": True,
         "test_accuracy": test,
+        "hard_test_accuracy": hard_test,
         "test_frames": cfg.num_frames,
         "test_videos": cfg.test_videos,
         "test_accuracy_at_warm_frames": warm_test,
@@ -269,7 +326,7 @@ def _metrics(
         "next_first_video": next_video,  # --first-video for a run continuing from this checkpoint
         "wall_time_s": round(wall, 1),
         "cpu_time_s": round(cpu, 1),  # this process's CPU time, all threads (the machine is shared)
-        "command": shlex.join(["python", "-m", "sparsevlm.tiny.train", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "jobs.train_tiny", *sys.argv[1:]]),
         "train_config": asdict(cfg),
         "model_config": asdict(model_cfg),
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -292,7 +349,7 @@ def _initial_model(
             raise ValueError(
                 f"--init {cfg.init}: its {part} (hidden {got.hidden_size}, {got.num_hidden_layers} layers, ...) is "
                 f"not the tiny model's (hidden {want.hidden_size}, {want.num_hidden_layers} layers, ...); give a "
-                "checkpoint written by this trainer (or by sparsevlm.tiny.grow) and its depth as --text-layers"
+                "checkpoint written by this trainer (or by jobs.grow_tiny) and its depth as --text-layers"
             )
     return model
 
@@ -309,26 +366,18 @@ def _log_eval(
     """Validation accuracy per family, printed and appended to the learning curve."""
     model.eval()
     val = family_accuracy(model, tokenizer, "val", cfg.val_videos, num_frames=cfg.num_frames)
+    if cfg.hard_fraction > 0:
+        hard = family_accuracy(
+            model, tokenizer, "val", cfg.val_videos, num_frames=cfg.num_frames, question_split="hard"
+        )
+        val |= {f"hard_{k}": v for k, v in hard.items()}
     model.train()
     record = {"step": step, "minutes": round(elapsed / 60, 2), "val": val, "loss": running}
     with curve_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
-    print(f"eval step {step} {elapsed / 60:.1f} min val {json.dumps({k: round(v, 3) for k, v in val.items()})}")
-    sys.stdout.flush()
+    logger.info("eval step %d %.1f min val %s", step, elapsed / 60, _rounded(val))
     return val
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Command-line flags, one per :class:`TrainConfig` field (``--max-steps`` for ``max_steps``)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in asdict(TrainConfig()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
-
-if __name__ == "__main__":
-    main(parse_args())
+def _rounded(accuracy: dict[str, float]) -> str:
+    return json.dumps({k: round(v, 3) for k, v in accuracy.items()})

@@ -52,6 +52,8 @@ SPLIT_SIZE = 10_000_000
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": SPLIT_SIZE, "test": 2 * SPLIT_SIZE}
 # A patch "shows" an object when at least this fraction of its pixels belong to the object.
 MIN_COVER = 0.125
+# A striped object's dark rows are its colour scaled by this (same hue, so the colour stays readable).
+STRIPE_SHADE = 0.45
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class ObjectTrack:
             ``turn_direction``), or None when the object never turns.
         turn_direction: direction after the turn, or None.
         positions: int ``[T, 2]``, top-left (row, col) of the bounding box in every frame.
+        striped: every other pair of pixel rows is drawn in a darker shade of the colour (the hard split's
+            fine attribute; the easy split never stripes).
     """
 
     colour: str
@@ -98,6 +102,7 @@ class ObjectTrack:
     turn_frame: int | None
     turn_direction: str | None
     positions: np.ndarray
+    striped: bool = False
 
     @property
     def name(self) -> str:
@@ -125,6 +130,9 @@ class VideoSample:
         patch_shape: int64 ``[T, gh, gw]``, 0 for background else 1 + index in :data:`SHAPES`.
         patch_motion: int64 ``[T, gh, gw]``, 0 for background else 1 + index in :data:`DIRECTIONS` of the
             object's motion into that frame.
+        patch_owner: int64 ``[T, gh, gw]``, -1 for background else the index in ``objects`` of the object the
+            patch shows (colours repeat in the hard split, so a colour does not name an object there).
+        patch_striped: int64 ``[T, gh, gw]``, 1 on the patches of striped objects, 0 elsewhere.
         patch: the patch size P the labels and evidence were computed with.
         seed: the seed the sample was drawn from.
     """
@@ -137,6 +145,8 @@ class VideoSample:
     patch_colour: np.ndarray
     patch_shape: np.ndarray
     patch_motion: np.ndarray
+    patch_owner: np.ndarray
+    patch_striped: np.ndarray
     patch: int
     seed: int
 
@@ -161,6 +171,13 @@ def shape_stamp(shape: str, size: int) -> np.ndarray:
         half_width = rows / size * (size / 2)
         return bool_array(np.abs(cols - size / 2) <= half_width)
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def stripe_rows(size: int) -> np.ndarray:
+    """bool ``[size, size]``: the pixels of a striped shape's box drawn in the darker shade (every other pair
+    of rows, starting with the third)."""
+    rows = np.arange(size)[:, None] // 2 % 2 == 1
+    return np.repeat(rows, size, axis=1)
 
 
 def bool_array(x: np.ndarray) -> np.ndarray:
@@ -228,8 +245,25 @@ def make_sample(
     frames, masks = _render(rng, objects, num_frames, size)
     colour, shape, motion, owner = _patch_labels(objects, masks, patch)
     questions = _questions(rng, objects, owner, brief)
+    return _sample(frames, questions, objects, masks, (colour, shape, motion, owner), patch, seed)
+
+
+def _sample(
+    frames: np.ndarray,
+    questions: tuple[QA, ...],
+    objects: tuple[ObjectTrack, ...],
+    masks: np.ndarray,
+    labels: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    patch: int,
+    seed: int,
+) -> VideoSample:
+    """Assemble a :class:`VideoSample`: the caption in order of appearance and the striped-patch labels."""
+    colour, shape, motion, owner = labels
+    num_frames = frames.shape[0]
     caption = " ".join(_describe(obj, num_frames) for obj in sorted(objects, key=lambda o: o.first_frame))
-    return VideoSample(frames, questions, caption, objects, masks, colour, shape, motion, patch, seed)
+    striped_objects = np.array([obj.striped for obj in objects] + [False])  # index -1 is background
+    striped = striped_objects[owner].astype(np.int64)
+    return VideoSample(frames, questions, caption, objects, masks, colour, shape, motion, owner, striped, patch, seed)
 
 
 def uniform_frame_indices(num_frames: int, count: int) -> np.ndarray:
@@ -332,6 +366,13 @@ def _render(
             row, col = obj.positions[t]
             masks[k, t, row : row + obj.size, col : col + obj.size] = stamp
         frames[masks[k]] = RGB[obj.colour]
+        if obj.striped:  # rows 2-3, 6-7, ... of the shape in a darker shade: visible only at full resolution
+            dark = stripe_rows(obj.size)
+            for t in range(obj.first_frame, obj.last_frame + 1):
+                row, col = obj.positions[t]
+                box = np.zeros((size, size), dtype=bool)
+                box[row : row + obj.size, col : col + obj.size] = stamp & dark
+                frames[t][box] = STRIPE_SHADE * np.asarray(RGB[obj.colour])
     return frames, masks
 
 
@@ -424,7 +465,11 @@ def _presence(
 
 def _describe(obj: ObjectTrack, num_frames: int) -> str:
     """Caption sentence for one object, e.g. "a red square appears and moves left, then turns up."."""
-    words = f"a {obj.name} " + ("appears and " if obj.first_frame > 0 else "") + f"moves {obj.direction}"
+    words = (
+        f"a {'striped ' if obj.striped else ''}{obj.name} "
+        + ("appears and " if obj.first_frame > 0 else "")
+        + f"moves {obj.direction}"
+    )
     if obj.turn_direction is not None:
         words += f", then turns {obj.turn_direction}"
     if obj.last_frame < num_frames - 1:

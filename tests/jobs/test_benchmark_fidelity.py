@@ -60,3 +60,62 @@ def test_a_bad_schedule_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) ->
         main(["fidelity", "--schedule", "0,1:52", "--out", "unused.json"])
     assert exit_info.value.code == 2
     assert "'0,1:52' has 2 layers but 1 keep counts" in capsys.readouterr().err
+
+
+def test_presets_withdrawal_and_seeds_on_the_hard_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    easy, out, alone, plot = (tmp_path / name for name in ("easy.json", "hard.json", "seed4.json", "both.png"))
+    main(["fidelity", "--samples", "2", "--methods", "random", "--budgets", "0.1", "--out", str(easy)])
+    common = ["--samples", "5", "--methods", "random", "--budgets", "--presets", "video-10", "--withdraw", "0,2"]
+    main(["fidelity", "--split", "hard", "--seeds", "3,4", *common, "--out", str(out)])
+    main(["fidelity", "--split", "hard", "--seed", "4", *common, "--out", str(alone)])
+    main(["fidelity", "--split", "hard", "--seed", "3", *common, "--out", str(tmp_path / "3.json")])
+    main(
+        [
+            "fidelity",
+            "--samples",
+            "2",
+            "--budgets",
+            "0.1",
+            "--out",
+            str(easy),
+            "--plot",
+            str(plot),
+            "--plot-with",
+            str(out),
+        ]
+    )
+    report = json.loads(out.read_text())
+    assert report["split"] == "hard" and report["seeds"] == [3, 4] and len(report["per_seed"]) == 2
+    rows = report["results"]
+    assert [(r["preset"], r["method"]) for r in rows] == [
+        ("video-10", "sparsevlm"),
+        ("video-10", "fastv"),
+        ("video-10", "random"),
+        (None, "withdraw-after-0"),
+        (None, "withdraw-after-2"),
+    ]
+    tokens = [r["equivalent_tokens"] for r in rows[:3]]
+    assert max(tokens) - min(tokens) <= 0.02 * 520  # the baselines at the preset's own budget
+    assert rows[3]["equivalent_tokens"] == pytest.approx(1.0)  # 4-layer model: one token after layer 0
+    seed4 = json.loads(alone.read_text())["results"]
+    assert [r["agreement"] for r in seed4] == [r["agreement"] for r in report["per_seed"][1]["results"]]
+    for k, row in enumerate(rows):  # the mean over seeds of each seed's own row, and its spread
+        if row["accuracy"] is not None:
+            per_seed = [r["results"][k]["accuracy"] for r in report["per_seed"]]
+            assert row["accuracy"] == pytest.approx(sum(per_seed) / 2)
+            assert row["seed_spread"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
+            assert set(row["family_accuracy"]) <= {"direction_of", "order", "count_of", "striped", "binding"}
+    bounds = report["chance_bounds"]
+    assert 0.0 < bounds["all"]["random_0.1"] <= 1.0 and bounds["all"]["random_0.05"] <= bounds["all"]["random_0.25"]
+    assert plot.stat().st_size > 1000
+    assert "by construction" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"), [(["--seeds", "3,x"], "comma-separated"), (["--split", "medium"], "invalid choice")]
+)
+def test_bad_fidelity_flags_exit_2(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fidelity", *flags, "--out", "unused.json"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -133,7 +133,15 @@ def test_the_preflight_never_stops_a_run_that_has_a_decodable_video(
         "gone-1.mp4\ngone-2.mp4\ngone-3.mp4\n"
         + "".join(f"{p.name}\n" for p in sorted(folder.iterdir()) if p.suffix != ".txt")
     )
-    done = caption("--input", str(folder / "list.txt"), "--output", str(tmp_path / "o"), model=pipeline_model_dir)
+    done = caption(
+        "--input",
+        str(folder / "list.txt"),
+        "--output",
+        str(tmp_path / "o"),
+        "--log-format",
+        "json",
+        model=pipeline_model_dir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert (summary["processed"], summary["failed"]) == (8, 7), summary
@@ -180,7 +188,7 @@ def test_the_same_model_from_another_path_skips_what_it_did(
     first = caption("--input", str(videos), "--output", str(out), model=pipeline_model_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.copytree(pipeline_model_dir, moved)
-    again = caption("--input", str(videos), "--output", str(out), model=moved)
+    again = caption("--input", str(videos), "--output", str(out), "--log-format", "json", model=moved)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (json.loads(again.stdout)["processed"], json.loads(again.stdout)["skipped"]) == (0, 1)
     rows = pq.read_table(out).to_pylist()

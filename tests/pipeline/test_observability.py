@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import shutil
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_commit_report_counts_segments_errors_and_tokens() -> None:
 
 def test_progress_logs_plain_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
     clock = _Clock()
-    progress = RunProgress(4, "auto", interval_s=10, stream=io.StringIO(), clock=clock)
+    progress = RunProgress(4, "auto", interval_s=10, stream=io.StringIO(), clock=clock, seen=12)
     assert progress.mode == "log"
     caplog.set_level(logging.INFO, logger="pipeline.progress")
     clock.now = 2.0
@@ -68,8 +69,10 @@ def test_progress_logs_plain_lines_when_not_a_terminal(caplog: pytest.LogCapture
     progress.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
     assert lines == [
-        "progress: videos 1/4 | 1.00 segments/s | ETA 0:00:06 | errors 1 | tokens kept 25.0 % (130 of 520 per answer)",
-        "progress: videos 2/4 | 0.38 segments/s | ETA 0:00:08 | errors 3 | tokens kept 25.0 % (130 of 520 per answer)",
+        "progress: 12 seen, 8 already done, 1/4 processed | 1.00 segments/s | ETA 0:00:06 | errors 1 | tokens kept "
+        "25.0 % (130 of 520 per answer)",
+        "progress: 12 seen, 8 already done, 2/4 processed | 0.38 segments/s | ETA 0:00:08 | errors 3 | tokens kept "
+        "25.0 % (130 of 520 per answer)",
     ]
     assert caplog.records[-1].fields["videos_done"] == 2  # type: ignore[attr-defined]  (JSON logs carry them)
     assert [e.key for e in progress.entries] == ["a", "b"]
@@ -86,7 +89,38 @@ def test_progress_redraws_one_line_on_a_terminal() -> None:
     progress.close()
     shown = terminal.getvalue()
     assert shown.count("\r") == 2 and shown.endswith("\n") and shown.count("\n") == 1
-    assert shown.split("\r")[-1].startswith("videos 2/2 | ")
+    assert shown.split("\r")[-1].startswith("2 seen, 0 already done, 2/2 processed | ")
+
+
+def test_progress_names_its_phase_from_the_start_and_shows_every_interval_without_commits() -> None:
+    """The heartbeat: a line at once, then one per interval while Ray starts and the model loads."""
+    lines: list[str] = []
+    two = threading.Event()
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if len(lines) >= 3:
+                two.set()
+
+    handler = Lines()
+    progress_logger = logging.getLogger("pipeline.progress")
+    progress_logger.addHandler(handler)
+    old_level = progress_logger.level
+    progress_logger.setLevel(logging.INFO)
+    try:
+        progress = RunProgress(2, "log", interval_s=0.05, seen=12, heartbeat=True, phase="starting Ray")
+        assert lines[0] == "progress: 12 seen, 10 already done, 2 to process | starting Ray (0:00:00)"
+        progress.phase = "loading the model, first batch"
+        assert two.wait(timeout=30), lines  # two more lines with no commit at all
+        progress.update(CommitReport(segments=1, rows=2, entries=[_entry("a")]))
+        progress.close()
+    finally:
+        progress_logger.removeHandler(handler)
+        progress_logger.setLevel(old_level)
+    assert "| loading the model, first batch (0:00:0" in lines[2]
+    assert lines[-1].startswith("progress: 12 seen, 10 already done, 1/2 processed | ")
+    assert not progress._beat or not progress._beat.is_alive()  # close() stops the heartbeat
 
 
 def test_commits_run_in_their_own_tasks_and_stream_reports_to_the_driver(
@@ -141,7 +175,8 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
 
     lines = [r for r in caplog.records if r.name == "pipeline.progress"]
     last = lines[-1].fields  # type: ignore[attr-defined]
-    assert lines[-1].getMessage().startswith("progress: videos 2/2 | ")
+    assert lines[0].getMessage().startswith("progress: 2 seen, 0 already done, 2 to process | starting Ray (")
+    assert lines[-1].getMessage().startswith("progress: 2 seen, 0 already done, 2/2 processed | ")
     assert (last["videos_done"], last["videos_total"], last["error_rows"]) == (2, 2, 0)
     assert last["segments"] == summary.rows // 2  # a caption and one answer per segment
     assert 0 < last["tokens_kept_fraction"] < 1

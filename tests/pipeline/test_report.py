@@ -17,7 +17,7 @@ from pipeline.build import run_pipeline
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import LedgerEntry
 from pipeline.report import ErrorExample, ReportData, VideoSample, render_report, throughput
-from pipeline.report_data import report_path, write_report
+from pipeline.report_data import pick_samples, report_path, write_report
 from tests.pipeline import browser
 from tests.pipeline.runs import make_config, read_rows
 
@@ -70,6 +70,8 @@ def test_the_page_escapes_what_runs_wrote_and_runs_no_script() -> None:
         "error_message": HOSTILE,
         "output_uri": "s3://b/<out>",
         "error_classes": {HOSTILE: 1},
+        "model": HOSTILE,
+        "questions": ["describe the video.", HOSTILE],
     }
     data = ReportData(
         record=record,
@@ -82,7 +84,10 @@ def test_the_page_escapes_what_runs_wrote_and_runs_no_script() -> None:
     parsed = PageText(page)
     assert parsed.tags["script"] == 0 and parsed.tags["img"] == 0 and "<script" not in page and "<img" not in page
     escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
-    assert page.count(escaped) == 7  # banner, record's error_message, error class and message, caption, q, a
+    # the model and a question in the header, the error banner, the error table's class and message, the
+    # caption, a question and its answer (the banner's message is not repeated in the record below)
+    assert page.count(escaped) == 8
+    assert HOSTILE in parsed.by_id["run-model"] and HOSTILE in parsed.by_id["run-questions"]
     assert parsed.by_id["run-status"] == "failed" and HOSTILE in parsed.by_id["run-error"]
     assert (parsed.by_id["videos-ok"], parsed.by_id["videos-error"], parsed.by_id["rows-total"]) == ("1", "1", "4")
 
@@ -99,6 +104,15 @@ def test_throughput_counts_videos_and_segments_from_the_commit_times() -> None:
     assert sum(value * (end - start) for start, end, value in bars) == pytest.approx(6)  # segments, all of them
     assert bars[2][2] == pytest.approx(3.0)  # the slice 2-3 s holds a's 3 segments: 3 per second
     assert throughput([], None) == ([], [])
+
+
+def test_the_sample_shows_every_kind_of_video_and_no_failed_one() -> None:
+    synthetic = [entry(f"s{i}", "ok", "2026-12-01T10:00:01+00:00") for i in range(6)]
+    real = LedgerEntry("z", "z", "/v/real.MKV", "part-z.parquet", 2, 1, "partial", ["X"], "r1", "2026-12-01T10:00:02")
+    failed = entry("a0", "error", "2026-12-01T10:00:01+00:00")
+    picked = pick_samples([*synthetic, failed, real], count=4)
+    assert [e.key for e in picked] == ["s0", "z", "s1", "s2"]  # the one MKV among MP4s is shown, the failed one not
+    assert [e.key for e in pick_samples(synthetic, count=4)] == ["s0", "s1", "s2", "s3"]
 
 
 def test_a_page_that_cannot_be_made_is_logged_and_nothing_raises(
@@ -142,6 +156,15 @@ def test_a_real_runs_page_in_chromium_shows_its_parquet_rows(
     assert shown.tags["script"] == 0 and shown.tags["link"] == 0
     assert shown.sources and all(s.startswith("data:image/jpeg;base64,") for s in shown.sources)
     assert shown.by_id["run-status"] == "ok" and "run-error" not in shown.by_id
+    # the header says what produced the rows, before any figure
+    assert shown.by_id["run-model"] == config.model_label and shown.by_id["run-preset"] == "video-25"
+    assert shown.by_id["run-revision"] == config.model_revision
+    for prompt in (config.caption_prompt, *config.questions):
+        assert prompt in shown.by_id["run-questions"]
+    assert dom.index('id="run-model"') < dom.index('id="figure-processed"')
+    assert "run-toy" not in shown.by_id  # a copy of the checkpoint elsewhere is not labelled bundled
+    assert "summary-processed" not in shown.by_id  # the cards' numbers are not repeated in the record
+    assert shown.tags["details"] >= len(shown.sources)  # every picture opens to full size, without a script
     by_status = Counter(r["status"] for r in rows)
     assert (shown.by_id["rows-ok"], shown.by_id["rows-error"]) == (str(by_status["ok"]), str(by_status["error"]))
     assert shown.by_id["rows-total"] == str(len(rows)) == str(summary.rows)

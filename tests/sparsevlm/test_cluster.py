@@ -68,7 +68,7 @@ def test_real_deleted_tokens_of_the_bundled_model_cluster_as_in_float64(
     torch.manual_seed(0)
     model, tokenizer, _ = load_tiny()
     model = model.to(dtype)
-    engine = VideoQAEngine.from_model(model, tokenizer, sparse=SparseConfig.preset("video-10"))
+    engine = VideoQAEngine.from_model(model, tokenizer, sparse=SparseConfig.preset("video-onestep-10"))
     seen: list[tuple[torch.Tensor, ...]] = []
     original = recycle_module.dpc_knn
 

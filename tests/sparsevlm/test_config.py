@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sparsevlm import PRESETS, SparseConfig
+from sparsevlm.config import _closest_keep
 from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
 
 
@@ -69,9 +70,36 @@ def test_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual
     assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.02
 
 
-def test_video_target_prefers_layer_one_on_deep_models() -> None:
-    assert list(SparseConfig.preset("video-10").schedule(32, 2056)) == [1]
-    assert list(SparseConfig.preset("video-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+@pytest.mark.parametrize("fraction", [0.5, 0.25, 0.10, 0.05])
+@pytest.mark.parametrize(("layers", "n_visual"), [(32, 2056), (4, 136), (4, 520)])
+def test_one_step_video_targets_hit_their_fraction(fraction: float, layers: int, n_visual: int) -> None:
+    cfg = SparseConfig.preset(f"video-onestep-{round(fraction * 100)}")
+    schedule = cfg.schedule(layers, n_visual)
+    assert len(schedule) == 1
+    counts = simulate_visual_counts(n_visual, layers, schedule, cfg.recycle_ratio, cfg.cluster_ratio)  # type: ignore[arg-type]
+    assert abs(equivalent_tokens(counts[1:]) / n_visual - fraction) <= 0.02
+
+
+def test_one_step_video_target_prefers_layer_one_on_deep_models() -> None:
+    assert list(SparseConfig.preset("video-onestep-10").schedule(32, 2056)) == [1]
+    assert list(SparseConfig.preset("video-onestep-10").schedule(4, 136)) == [0]  # layer 1 alone costs 25 %
+
+
+def test_the_default_video_presets_prune_progressively_at_depths_scaled_to_the_model() -> None:
+    cfg = SparseConfig.preset("video-10")
+    assert list(cfg.schedule(32, 2056)) == [0, 2, 6, 15]  # the 7B's own depth: the layers as written
+    assert list(cfg.schedule(4, 520)) == [0, 1, 2]  # round(layer * 4 / 32), repeats dropped
+    assert cfg.scaled_layers(64) == (0, 4, 12, 30)
+    keeps = list(cfg.schedule(32, 2056).values())
+    assert keeps == sorted(keeps, reverse=True)  # each step keeps a share of what enters it
+
+
+def test_layers_of_must_exceed_every_prune_layer() -> None:
+    with pytest.raises(ValueError, match="layers_of must be an int above every prune layer"):
+        SparseConfig(prune_layers=(2, 6), target_fraction=0.1, layers_of=6)
+    fixed = SparseConfig(prune_layers=(2, 3), keep_tokens=(100, 50), layers_of=32)
+    with pytest.raises(ValueError, match="fewer than the 2 keep counts"):
+        fixed.schedule(4, 520)  # both layers become 0 on 4 layers
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.10, 0.05])
@@ -98,3 +126,30 @@ def test_prefill_flops_formula() -> None:
     assert prefill_flops([10, 5], hidden=4, ffn=8) == (4 * 10 * 16 + 2 * 100 * 4 + 3 * 10 * 4 * 8) + (
         4 * 5 * 16 + 2 * 25 * 4 + 3 * 5 * 4 * 8
     )
+
+
+def _closest_keep_by_simulation(
+    fraction: float, num_layers: int, n_visual: int, layer: int, recycle: float, cluster: float
+) -> tuple[float, int]:
+    """The search the schedule used before it was vectorised: every keep count simulated layer by layer."""
+    target = fraction * n_visual
+    return min(
+        (
+            abs(
+                sum(simulate_visual_counts(n_visual, num_layers, {layer: k}, recycle, cluster)[1:]) / num_layers
+                - target
+            ),
+            k,
+        )
+        for k in range(1, n_visual + 1)
+    )
+
+
+@pytest.mark.parametrize("n_visual", [1, 2, 57, 576, 1703, 2056])
+@pytest.mark.parametrize(("fraction", "recycle", "cluster"), [(0.25, 0.3, 0.1), (0.05, 0.0, 0.1), (0.5, 1.0, 1.0)])
+def test_the_vectorised_keep_search_equals_the_simulation(
+    n_visual: int, fraction: float, recycle: float, cluster: float
+) -> None:
+    for num_layers, layer in [(32, 1), (32, 0), (4, 3)]:
+        want = _closest_keep_by_simulation(fraction, num_layers, n_visual, layer, recycle, cluster)
+        assert _closest_keep(layer, num_layers, n_visual, fraction * n_visual, recycle, cluster) == want

@@ -143,3 +143,37 @@ def test_real_video_llava_token_layout_runs() -> None:
         assert abs(stats.equivalent_tokens / 2056 - 0.10) <= 0.02
         assert stats.flops_ratio < 0.45  # layer 0 runs on all 2,100 tokens, layers 1-2 on ~250
     remove_patch(model)
+
+
+@pytest.mark.parametrize("lengths", [[9], [9, 5]], ids=["unpadded", "padded"])
+def test_a_callers_own_decoding_loop_equals_generate(lengths: list[int]) -> None:
+    """Outside generate() the patch reads the new mask columns (a caller may pass padding there); inside it
+    trusts generate's all-ones columns: both give the same logits, and a padding column changes the step."""
+    model = apply_patch(build_model(layers=4), BUDGET)
+    inputs = build_inputs(model, lengths, seed=2)
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    with torch.no_grad():
+        out = model.generate(**inputs, **settings, output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[:, inputs["input_ids"].shape[1] :]  # [B, 4]: fed back one by one below
+        step = model(**inputs, use_cache=True)
+        mask, cache = inputs["attention_mask"], step.past_key_values
+        logits = [step.logits[:, -1]]
+        for k in range(3):
+            token = new[:, k : k + 1]  # [B, 1]
+            mask = torch.cat([mask, torch.ones_like(token)], 1)
+            step = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            logits.append(step.logits[:, -1])
+        for got, want in zip(logits, out.logits, strict=True):
+            torch.testing.assert_close(got, want)
+        token = new[:, 3:4]
+        seen = model(
+            input_ids=token, attention_mask=torch.cat([mask, torch.ones_like(token)], 1), past_key_values=cache
+        )
+        cache.crop(-1)  # drop the step just taken, to take it again with the padding column
+        hidden = mask.clone()
+        hidden[0, -1] = 0  # row 0's last generated token is padding now: this step must not see it
+        unseen = model(
+            input_ids=token, attention_mask=torch.cat([hidden, torch.ones_like(token)], 1), past_key_values=cache
+        )
+    assert not torch.allclose(seen.logits[0], unseen.logits[0])
+    torch.testing.assert_close(seen.logits[1:], unseen.logits[1:])

@@ -7,7 +7,7 @@ import torch
 from tiny_models import IMAGE_TOKEN, PAD, VIDEO_TOKEN, build_inputs, build_model
 
 from sparsevlm import SparseConfig, apply_patch, last_stats
-from sparsevlm.bench.syncs import SyncCounter
+from sparsevlm.bench.syncs import SyncCounter, decode_step_syncs
 from sparsevlm.prompt import left_pad
 
 CONFIGS = {
@@ -81,3 +81,25 @@ def test_a_batch_of_video_image_and_text_rows_equals_each_row_alone(preset: str)
     assert stats[0].equivalent_tokens < stats[0].visual_tokens_in
     assert stats[1].equivalent_tokens < stats[1].visual_tokens_in
     assert stats[2].visual_tokens_in == 0 and stats[2].kept_indices == {}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("lengths", [[9], [9, 9], [9, 5, 7]], ids=["one row", "equal rows", "padded rows"])
+def test_a_decoding_step_of_the_patch_waits_for_nothing(name: str, lengths: list[int]) -> None:
+    """No host read and no tensor built from host data in any decoding forward, at any batch."""
+    model = build_model(layers=4)
+    inputs = build_inputs(model, lengths, seed=1)
+    stock = decode_step_syncs(model, inputs, new_tokens=4)  # transformers' own decoding, for reference
+    apply_patch(model, CONFIGS[name])
+    steps = decode_step_syncs(model, inputs, new_tokens=4)
+    assert len(steps) == 3
+    assert all(step["host_tensors"] == 0 for step in steps), steps
+    assert all(step["syncs"] <= ref["syncs"] for step, ref in zip(steps, stock, strict=True)), (steps, stock)
+    if name != "dense":  # the pruned cache's decoding is the patch's own: no read at all
+        assert all(step["syncs"] == 0 for step in steps), steps
+
+
+def test_the_counter_sees_host_built_tensors_apart() -> None:
+    with SyncCounter() as syncs:
+        torch.tensor([1, 2]), torch.arange(3)
+    assert syncs.host_tensors == 1 and syncs.total == 0

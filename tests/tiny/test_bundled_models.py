@@ -60,4 +60,21 @@ def test_fidelity_runs_on_the_deep_model(tmp_path: Path, capsys: pytest.CaptureF
     for r in rows:  # every method at the same budget, measured on the deep layout
         assert abs(r["equivalent_fraction"] - 0.1) <= 0.02, r
         assert 0.0 < r["prefill_flops_ratio"] < 0.2 and r["accuracy"] is not None
-    assert "tiny-deep; 16 questions" in capsys.readouterr().out
+    assert "tiny-deep; easy split; 16 questions" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DEEP_CHECKPOINT_DIR / "config.json").is_file(), reason="no tiny-deep checkpoint here")
+def test_fidelity_runs_on_the_deep_model_on_the_hard_split(tmp_path: Path) -> None:
+    out = tmp_path / "hard.json"
+    flags = ["--split", "hard", "--samples", "10", "--methods", "random", "--budgets", "--presets", "video-5"]
+    main(["fidelity", "--model", "tiny-deep", *flags, "--withdraw", "8", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [(r["preset"], r["method"]) for r in report["results"]] == [
+        ("video-5", "sparsevlm"),
+        ("video-5", "fastv"),
+        ("video-5", "random"),
+        (None, "withdraw-after-8"),
+    ]
+    for r in report["results"][:3]:  # the preset and its baselines spend the same budget on the deep layout
+        assert abs(r["equivalent_fraction"] - 0.05) <= 0.02, r
+    assert set(report["chance_bounds"]) == {"direction_of", "order", "count_of", "striped", "binding", "all"}

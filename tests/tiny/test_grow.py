@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
+from jobs.grow_tiny import main
 from sparsevlm.tiny import CHECKPOINT_DIR
-from sparsevlm.tiny.grow import grow_depth, main
+from sparsevlm.tiny.grow import grow_depth
 from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import build_tokenizer
@@ -81,7 +82,7 @@ def test_grow_command_writes_a_checkpoint_with_its_provenance(tmp_path: Path) ->
     assert AutoTokenizer.from_pretrained(out).video_token == "<video>"
     metrics = json.loads((out / "metrics.json").read_text())
     source = json.loads((CHECKPOINT_DIR / "metrics.json").read_text())
-    assert metrics["command"] == f"python -m sparsevlm.tiny.grow --layers 6 --out {tmp_path / 'grown'}"
+    assert metrics["command"] == f"python -m jobs.grow_tiny --layers 6 --out {tmp_path / 'grown'}"
     # every run that made the 4-layer checkpoint, then the 4-layer checkpoint's own run
     assert [r["command"] for r in metrics["init_from"]] == [
         *(r["command"] for r in source["init_from"]),

@@ -158,7 +158,18 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
         losses["total"].backward()
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    assert set(history[0]) == {"answer", "colour", "shape", "motion", "new", "earliest", "newest", "naming", "total"}
+    assert set(history[0]) == {
+        "answer",
+        "colour",
+        "shape",
+        "motion",
+        "new",
+        "earliest",
+        "newest",
+        "naming",
+        "striped",
+        "total",
+    }
     assert history[-1]["total"] < 0.9 * history[0]["total"]
     assert history[-1]["answer"] < history[0]["answer"]
 
@@ -169,7 +180,7 @@ def test_order_weight_zero_trains_without_the_order_heads(tokenizer: PreTrainedT
     heads = PatchHeads(SMALL.text_hidden, tokenizer)
     batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
     losses = train_step(model, heads, batch, TrainConfig(motion_layer=1, bf16=False, aux_weight=0.5, order_weight=0))
-    rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"]
+    rest = losses["colour"] + losses["shape"] + losses["motion"] + losses["new"] + losses["striped"]
     torch.testing.assert_close(losses["total"], losses["answer"] + 0.5 * rest)
     assert losses["earliest"] > 0 and losses["newest"] > 0  # still measured, just not trained
     assert losses["naming"] > 0  # measured; trained only with naming_weight > 0
@@ -206,7 +217,7 @@ def test_cli_main_writes_a_loadable_checkpoint_without_training_heads(tmp_path: 
     assert metrics["steps"] == 2
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["test_accuracy"]) >= {"shape", "count", "all"}
-    assert saved["command"].startswith("python -m sparsevlm.tiny.train")
+    assert saved["command"].startswith("python -m jobs.train_tiny")
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if "colour" in k or "motion" in k]  # noqa: SIM118
     assert VideoLlavaForConditionalGeneration.from_pretrained(tmp_path).config.video_token_id == 5
@@ -293,3 +304,14 @@ def test_text_loss_weight_and_motion_layer_are_checked() -> None:
     with pytest.raises(ValueError, match=r"--motion-layer must be in \[1, --text-layers=4\]"):
         TrainConfig(motion_layer=5)
     assert TrainConfig(motion_layer=5, text_layers=16).text_layers == 16
+
+
+def test_the_training_command_line_names_a_bad_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.train_tiny import parse_args
+
+    cfg = parse_args(["--max-steps", "3", "--minutes", "0", "--hard-fraction", "0.5"])
+    assert isinstance(cfg, TrainConfig) and cfg.max_steps == 3 and cfg.hard_fraction == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--hard-fraction", "2"])
+    assert exit_info.value.code == 2
+    assert "--hard-fraction must be in [0, 1], got 2.0" in capsys.readouterr().err

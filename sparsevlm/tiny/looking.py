@@ -1,0 +1,70 @@
+"""The looking loss: the answer position's attention at a few early layers goes to the question's evidence.
+
+A real VLM's prompt looks at the visual tokens that answer it within its first layers; that is the premise of
+text-guided pruning (SparseVLM's raters, FastV's last token). The tiny model, trained on answers alone, found
+its own route on the easy split (any object token answers) and sat at chance on the hard split for 450 steps:
+the lookup of one small object among look-alikes is the hard part. This loss asks for the lookup itself: at
+each chosen layer, the attention of the position that predicts an answer (the last prompt token, averaged
+over its heads) should put its mass on that question's evidence tokens. It reads the layer's own query and key
+projections with RoPE, so it trains the attention the model runs, not a separate head.
+
+Questions without evidence (a "no" presence question) are left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
+
+__all__ = ["evidence_attention_loss"]
+
+
+def evidence_attention_loss(
+    hidden: torch.Tensor,
+    layer: LlamaDecoderLayer,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    evidence: torch.Tensor,
+    visual_start: torch.Tensor,
+) -> torch.Tensor:
+    """``-log`` of the attention mass (mean over heads) that each answer position puts on its evidence.
+
+    Args:
+        hidden: ``[B, L, D]`` the input of ``layer`` (``hidden_states[i]`` of the model for layer ``i``).
+        layer: the decoder layer whose attention is read.
+        position_embeddings: RoPE ``(cos, sin)``, each ``[B or 1, L, head_dim]``.
+        queries: long ``[B, Q]`` positions that predict an answer; -1 pads.
+        evidence: bool ``[B, Q, V]`` which of the ``V`` visual tokens are that question's evidence.
+        visual_start: long ``[B]`` position of the first visual token of each row.
+
+    Returns:
+        The mean over the valid (query, evidence) pairs; 0 when there is none.
+    """
+    attn = layer.self_attn
+    b, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    valid = (queries >= 0) & evidence.any(-1)  # [B, Q]
+    if not valid.any():
+        return hidden.new_zeros(())
+    x = layer.input_layernorm(hidden).float()  # [B, L, D]
+    weight_q, weight_k = attn.q_proj.weight.float(), attn.k_proj.weight.float()
+    safe = queries.clamp(min=0)  # [B, Q]
+    xq = x.gather(1, safe[..., None].expand(-1, -1, x.shape[-1]))  # [B, Q, D]
+    q = (xq @ weight_q.T).view(b, -1, attn.config.num_attention_heads, head_dim).transpose(1, 2)  # [B, H, Q, hd]
+    k = (x @ weight_k.T).view(b, length, -1, head_dim).transpose(1, 2)  # [B, KV, L, hd]
+    cos, sin = (t.float().expand(b, -1, -1) for t in position_embeddings)  # [B, L, hd]
+    cos_q = cos.gather(1, safe[..., None].expand(-1, -1, head_dim))  # [B, Q, hd]
+    sin_q = sin.gather(1, safe[..., None].expand(-1, -1, head_dim))
+    q, _ = apply_rotary_pos_emb(q, q, cos_q, sin_q)
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query: each KV head serves H / KV heads
+    logits = q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # [B, H, Q, L]
+    causal = torch.arange(length, device=hidden.device)[None, None, :] > safe[..., None]  # [B, Q, L]
+    logits = logits.masked_fill(causal[:, None], float("-inf"))
+    probs = logits.softmax(-1).mean(1)  # [B, Q, L], mean over heads
+    visual = visual_start[:, None] + torch.arange(evidence.shape[-1], device=hidden.device)[None]  # [B, V]
+    on_visual = probs.gather(2, visual[:, None, :].expand(-1, probs.shape[1], -1))  # [B, Q, V]
+    mass = (on_visual * evidence).sum(-1)  # [B, Q]
+    return -(mass[valid] + 1e-6).log().mean()

@@ -1,0 +1,91 @@
+"""The looking loss reads the attention the model runs: checked against transformers' eager attention weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsevlm.tiny.batches import SequenceBuilder, collate
+from sparsevlm.tiny.hard_qa import make_hard_sample
+from sparsevlm.tiny.heads import PatchHeads
+from sparsevlm.tiny.looking import evidence_attention_loss
+from sparsevlm.tiny.model import TinyModelConfig, build_model
+from sparsevlm.tiny.tokenizer import build_tokenizer
+from sparsevlm.tiny.train import TrainConfig, train_step
+
+SMALL = TinyModelConfig(num_frames=6, text_layers=3)
+
+
+def test_the_loss_is_minus_log_the_eager_attention_mass_on_the_evidence() -> None:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(SMALL, tokenizer)
+    model.set_attn_implementation("eager")
+    samples = [make_hard_sample("train", i, num_frames=6) for i in range(3)]  # ragged: 3 rows, padded
+    batch = collate(SequenceBuilder(tokenizer), samples, np.random.default_rng(0))
+    with torch.no_grad():
+        out = model(
+            input_ids=batch.input_ids,
+            pixel_values_videos=batch.pixel_values_videos,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+    lm = model.model.language_model
+    rope = lm.rotary_emb(out.hidden_states[0], position_ids=torch.arange(batch.input_ids.shape[1])[None])
+    for layer in (1, 2):
+        loss = evidence_attention_loss(
+            out.hidden_states[layer],
+            lm.layers[layer],
+            rope,
+            batch.answer_positions,
+            batch.answer_evidence,
+            batch.visual_start,
+        )
+        probs = out.attentions[layer].mean(1)  # [B, L, L], mean over heads
+        masses = []
+        for b in range(len(samples)):
+            for q, pos in enumerate(batch.answer_positions[b].tolist()):
+                tokens = batch.answer_evidence[b, q].nonzero().flatten() + batch.visual_start[b]
+                if pos >= 0 and len(tokens):
+                    masses.append(float(probs[b, pos, tokens].sum()))
+        assert len(masses) >= 6
+        assert float(loss) == pytest.approx(-np.mean(np.log(np.asarray(masses) + 1e-6)), rel=1e-4)
+
+
+def test_answer_positions_predict_the_answer_words() -> None:
+    tokenizer = build_tokenizer()
+    builder = SequenceBuilder(tokenizer)
+    samples = [make_hard_sample("train", i, num_frames=6) for i in range(2)]
+    batch = collate(builder, samples, np.random.default_rng(1))
+    for b in range(2):
+        for q, pos in enumerate(batch.answer_positions[b].tolist()):
+            if pos >= 0:
+                word = tokenizer.decode([int(batch.labels[b, pos])]).strip()
+                assert word in {"yes", "no", "one", "two", "three", "left", "right", "up", "down"}
+                assert batch.answer_evidence[b, q].sum() <= 60
+
+
+def test_training_with_the_looking_loss_lowers_it() -> None:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_model(SMALL, tokenizer).train()
+    heads = PatchHeads(SMALL.text_hidden, tokenizer)
+    batch = collate(
+        SequenceBuilder(tokenizer),
+        [make_hard_sample("train", i, num_frames=6) for i in range(2)],
+        np.random.default_rng(0),
+    )
+    cfg = TrainConfig(motion_layer=1, bf16=False, text_layers=3, look_weight=1.0, look_layers="1,2")
+    params = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    history = []
+    for _ in range(8):
+        losses = train_step(model, heads, batch, cfg)
+        optimizer.zero_grad()
+        losses["total"].backward()
+        optimizer.step()
+        history.append(float(losses["look"]))
+    assert history[-1] < 0.8 * history[0]
+    with pytest.raises(ValueError, match="--look-layers"):
+        TrainConfig(text_layers=3, look_layers="1,5")
