@@ -220,7 +220,8 @@ def test_credentials_never_reach_rows_markers_manifests_or_logs(
     Ledger(*config.output_filesystem()).compact(entries[:1])  # one marker folded into the index, one left
     argv = ["--input", "s3://creds/in", "--output", "s3://creds/out", "--model", str(pipeline_model_dir)]
     argv += ["--question", QUESTION, "--segment-seconds", "0", "--frames", "1", "--max-new-tokens", "2"]
-    run_cli(lambda: caption.main([*argv, "--s3-endpoint-url", s3_server, "--run-id", "cli-rerun"]))
+    rerun = [*argv, "--s3-endpoint-url", s3_server, "--run-id", "cli-rerun", "--log-format", "json"]
+    run_cli(lambda: caption.main(rerun))
     with_options = config.replace(run_id="api-rerun", s3_options={"key": CANARY_KEY, "secret": CANARY_SECRET})
     assert run_pipeline(with_options).skipped == 2  # credentials passed as options: the manifest must not show them
 
