@@ -150,8 +150,11 @@ def run_fidelity(
         (f"withdraw-after-{layer}", None, f"{layer}:1", None, withdrawal_config(layer)) for layer in withdraw_after
     ]
     results = []
+    done: dict[str, _Run] = {}  # a configuration asked for twice (a preset's baselines are another's) runs once
     for method, budget, schedule, preset_name, config in runs:
-        run = _run(model, tokenizer, items, config, batch_size)
+        same = config.replace(name="")
+        run = done.get(same.to_json()) or _run(model, tokenizer, items, config, batch_size)
+        done[same.to_json()] = run
         row = _row(method, budget, schedule, preset_name, run, dense, items, truth if trained else None, dense_acc)
         results.append(asdict(row))
     return {
