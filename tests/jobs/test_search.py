@@ -124,6 +124,23 @@ def test_text_output_names_video_time_range_and_text(tmp_path: Path, capsys: pyt
     assert capsys.readouterr().out.strip() == "no match for 'zebra' in 6 answers"
 
 
+def test_the_nightly_jobs_dt_partitions_are_all_searched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for day, video in (("dt=2026-12-01", "a"), ("dt=2026-12-02", "b")):
+        ledger = Ledger(pa.fs.LocalFileSystem(), str(tmp_path / "out"), partition=day)
+        for index, (caption, answer) in enumerate(VIDEOS[video]):
+            ledger.write_rows(_rows(video, index, caption, answer, index == len(VIDEOS[video]) - 1), "r1")
+    assert sorted(p.parent.name for p in (tmp_path / "out").rglob("part-*.parquet")) == [
+        "dt=2026-12-01",
+        "dt=2026-12-02",
+    ]
+    hits = _json_hits(capsys, [str(tmp_path / "out"), "red"])
+    assert {(h["source_uri"], h["task"]) for h in hits} == {
+        ("/videos/a.mp4", "caption"),
+        ("/videos/a.mp4", "qa"),
+        ("/videos/b.mp4", "caption"),
+    }
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
