@@ -280,7 +280,12 @@ class VideoQAEngine:
 
     @torch.no_grad()
     def answer(
-        self, segments: list[np.ndarray], prompts: list[str], max_new_tokens: int = 64, repeat_stop: int = 0
+        self,
+        segments: list[np.ndarray],
+        prompts: list[str],
+        max_new_tokens: int = 64,
+        repeat_stop: int = 0,
+        sparse: SparseConfig | None = None,
     ) -> list[EngineAnswer]:
         """Answer one prompt per segment with ONE batched greedy ``generate``.
 
@@ -290,6 +295,9 @@ class VideoQAEngine:
             max_new_tokens: generation budget per answer.
             repeat_stop: when > 0, a row stops once its answer ends with the same 1 to ``repeat_stop`` tokens
                 twice in a row, and keeps the first copy (sparsevlm/repetition.py); 0 generates on.
+            sparse: run this call under another SparseConfig on the same weights (e.g. ``dense``, to compare
+                a sample of answers with the unpruned model's without loading it twice); the engine's own
+                config is back in place when the call returns, whatever happens. None: the engine's own.
 
         Returns:
             B answers in input order, each with its row's prefill statistics.
@@ -311,19 +319,25 @@ class VideoQAEngine:
         pixels = self._pixels(segments, device)  # [B, T, 3, S, S] in the model's dtype, on the device
         start = time.perf_counter()
         model: Any = self.model  # transformers types generate() for its mixin, not for the model class
-        out = model.generate(
-            input_ids=to_device(input_ids, device),
-            attention_mask=to_device(attention_mask, device),
-            pixel_values_videos=pixels,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=StoppingCriteriaList(
-                [RepeatStop(input_ids.shape[1], repeat_stop)] if repeat_stop else []
-            ),
-        )  # [B, L + new]
-        latency_ms = (time.perf_counter() - start) * 1000
-        stats = last_stats(self.model)
+        if sparse is not None:
+            apply_patch(self.model, sparse)  # replaces the patched model's config: no copy of the weights
+        try:
+            out = model.generate(
+                input_ids=to_device(input_ids, device),
+                attention_mask=to_device(attention_mask, device),
+                pixel_values_videos=pixels,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList(
+                    [RepeatStop(input_ids.shape[1], repeat_stop)] if repeat_stop else []
+                ),
+            )  # [B, L + new]
+            latency_ms = (time.perf_counter() - start) * 1000
+            stats = last_stats(self.model)
+        finally:
+            if sparse is not None:
+                apply_patch(self.model, self.sparse)
         ends = [t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if t is not None]
         rows = [
             trim_repeat(r, repeat_stop, ends) if repeat_stop else (r, False)

@@ -94,6 +94,24 @@ def test_stats_follow_the_sparse_config(tiny: Tiny) -> None:
     }
 
 
+def test_a_call_under_another_config_uses_the_same_weights_and_restores_the_engines(tiny: Tiny) -> None:
+    frames, prompts = segments(2, num_frames=2), PROMPTS[:2]
+    reference = VideoQAEngine.from_model(*tiny, sparse="dense").answer(frames, prompts, max_new_tokens=3)
+    engine = VideoQAEngine.from_model(*tiny, sparse="video-5")  # the same model object, patched to video-5
+    before = engine.answer(frames, prompts, max_new_tokens=3)
+    dense = engine.answer(frames, prompts, max_new_tokens=3, sparse=SparseConfig.preset("dense"))
+    after = engine.answer(frames, prompts, max_new_tokens=3)
+    for ref, answer in zip(reference, dense, strict=True):
+        assert answer.text == ref.text  # the dense preset is the unpruned model
+        assert answer.stats.visual_tokens_per_layer == ref.stats.visual_tokens_per_layer
+        assert answer.stats.equivalent_tokens == answer.stats.visual_tokens_in  # nothing pruned
+        assert answer.stats.prefill_flops == pytest.approx(answer.stats.dense_prefill_flops)
+    for first, last in zip(before, after, strict=True):
+        assert (last.text, last.stats.visual_tokens_per_layer) == (first.text, first.stats.visual_tokens_per_layer)
+        assert last.stats.equivalent_tokens == pytest.approx(0.05 * last.stats.visual_tokens_in)  # video-5 again
+    assert engine.describe()["sparse_preset"] == "video-5"
+
+
 def test_prompt_and_pixels_match_the_tiny_training_inputs(tiny: Tiny) -> None:
     engine = VideoQAEngine.from_model(*tiny)
     frames = segments(1, num_frames=3)[0]
