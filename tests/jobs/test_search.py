@@ -171,7 +171,11 @@ def test_a_bad_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert "argument --limit: expected an int >= 1, got '0'" in capsys.readouterr().err
 
 
-def test_an_unreachable_store_is_a_run_failure(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_store_is_a_run_failure(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # credentials present: what fails is the connection
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with pytest.raises(SystemExit) as exited:  # nothing listens on port 9 of loopback
         search.main(["s3://bucket/out", "red", "--s3-endpoint-url", "http://127.0.0.1:9"])
     assert exited.value.code == 1
