@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 Positions = Literal["original", "compact"]
 Method = Literal["sparsevlm", "sparsevlm-text", "fastv", "random"]
 RecyclePosition = Literal["centre", "earliest"]
+Repeats = Literal["last", "never"]
 METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
 
 # Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
@@ -76,6 +77,9 @@ class SparseConfig:
             is at most this is a duplicate and ranks below every distinct token, so the same keep count buys
             distinct content first; a changed patch (a moving object) is never a duplicate. None turns it off.
             See :mod:`sparsevlm.repeats`.
+        repeats: with ``static_threshold``, what the first pruning step does with duplicates: ``"last"`` ranks
+            them below every distinct token (the same budget, spent where frames differ); ``"never"`` also
+            keeps none of them, so that step keeps at most the distinct tokens and a static video costs less.
         segment_threshold: consecutive frames less similar than this (mean same-position cosine) start a new
             segment; temporal merging never crosses a segment boundary.
         recycle_time_weight: weight of the frame distance in the recycling clusters' distance (0: features only,
@@ -105,6 +109,7 @@ class SparseConfig:
     temporal_merge: float | None = None
     merge_floor: float | None = None
     static_threshold: float | None = None
+    repeats: Repeats = "last"
     segment_threshold: float = 0.8
     recycle_time_weight: float = 0.0
     recycle_position: RecyclePosition = "centre"
@@ -170,6 +175,8 @@ class SparseConfig:
             math.isfinite(self.static_threshold) and self.static_threshold >= 0
         ):
             raise ValueError(f"static_threshold must be a finite value >= 0 or None, got {self.static_threshold!r}")
+        if self.repeats not in ("last", "never"):
+            raise ValueError(f"repeats must be 'last' or 'never', got {self.repeats!r}")
         if not -1.0 <= self.segment_threshold <= 1.0:
             raise ValueError(f"segment_threshold must be in [-1, 1], got {self.segment_threshold!r}")
         if self.recycle_time_weight < 0:

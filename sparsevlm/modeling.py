@@ -289,7 +289,8 @@ class SparseLlamaModel(LlamaModel):
 
         ``duplicate`` (``[B, max Lv]`` by visual index): tokens whose patch repeats the previous frame rank below
         every other visual token, so the keep count goes to distinct content first
-        (:func:`sparsevlm.repeats.distinct_first`); deleted duplicates are recycled like any deleted token.
+        (:func:`sparsevlm.repeats.distinct_first`), and with ``repeats="never"`` the step keeps at most the
+        distinct ones; deleted duplicates are recycled like any deleted token.
         """
         rt = self._sparse_runtime
         cfg = rt.config
@@ -315,10 +316,11 @@ class SparseLlamaModel(LlamaModel):
         present = layout.visual  # [B, L]
         if cfg.method == "random":  # the same draw for a row alone or in a batch
             scores = random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
+        repeats = None
         if duplicate is not None:
             index = layout.visual_index
-            repeats = duplicate.gather(1, index.clamp(0, duplicate.shape[1] - 1)) & (index >= 0)  # [B, L]
-            scores = distinct_first(scores, repeats & present)
+            repeats = duplicate.gather(1, index.clamp(0, duplicate.shape[1] - 1)) & (index >= 0) & present  # [B, L]
+            scores = distinct_first(scores, repeats)
         pruned = [layer_idx in schedule for schedule in schedules]
         keep = [schedule.get(layer_idx) for schedule in schedules]
         if any(p and k is None for p, k in zip(pruned, keep, strict=True)):
@@ -332,6 +334,9 @@ class SparseLlamaModel(LlamaModel):
                 rater_visual, counts, to_device(layout.n_visual, device), cfg.rank_scale, cfg.rank_bias
             )
             keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
+        if repeats is not None and cfg.repeats == "never":  # a repeat costs nothing (one host read)
+            distinct = (present & ~repeats).sum(1).tolist()
+            keep = [k if k is None else max(1, min(k, d)) for k, d in zip(keep, distinct, strict=True)]
         keep_n = [
             min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, layout.n_visual, strict=True)
         ]

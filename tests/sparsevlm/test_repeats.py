@@ -147,3 +147,24 @@ def test_a_partly_static_batch_equals_each_row_alone() -> None:
     for b in range(2):
         torch.testing.assert_close(batch[b], alone[b], atol=1e-5, rtol=1e-5)
     assert torch.equal(stats[1].kept_indices[1], alone_stats[0].kept_indices[1])
+
+
+def test_never_keeping_repeats_makes_a_static_video_cheaper_and_changes_nothing_else() -> None:
+    model = build_model()
+    inputs = build_inputs(model, [5, 9])
+    inputs["pixel_values_videos"][1] = inputs["pixel_values_videos"][1, :1]  # row 1: every frame is frame 0
+    tpf = tokens_per_frame(model)
+    distinct = set(range(tpf)) | {f * tpf for f in range(8)}  # frame 0 and every CLS: 24 tokens
+    config = XF.replace(keep_tokens=(30,))
+    with torch.no_grad():
+        apply_patch(model, config)
+        last = model(**inputs).logits
+        last_stats_ = last_stats(model)
+        apply_patch(model, config.replace(repeats="never"))
+        never = model(**inputs).logits
+        never_stats = last_stats(model)
+    assert len(last_stats_[1].kept_indices[1]) == 30
+    assert set(never_stats[1].kept_indices[1].tolist()) == distinct
+    assert never_stats[1].equivalent_tokens < last_stats_[1].equivalent_tokens
+    # Row 0 (random frames) repeats nothing: the same answer, though row 1's shorter sequence changes its padding.
+    torch.testing.assert_close(never[0, -1], last[0, -1], atol=1e-5, rtol=1e-5)
