@@ -25,16 +25,7 @@ from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices, make_sample
 
 BUDGETS = (0.50, 0.25, 0.10, 0.05)
-FIDELITY_METHODS = (
-    "sparsevlm",
-    "sparsevlm-text",
-    "sparsevlm-xf",
-    "sparsevlm-xf-text",
-    "sparsevlm-premerge-text",
-    "fastv",
-    "random",
-    "pool",
-)
+FIDELITY_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random", "pool")
 
 
 @dataclass(frozen=True)

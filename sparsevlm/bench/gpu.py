@@ -13,8 +13,8 @@ batch size it measures, after one untimed warm-up of the same shape:
 * peak device memory of that ``generate`` call (CUDA only) and the KV-cache bytes right after the prefill.
 
 Random frames differ everywhere, so cross-frame reduction (``video-xf-25``) finds no repeats here: it runs
-as the plain method plus the per-patch pixel comparison. With ``tiny=True`` (or without CUDA) the same loop runs at a tiny width on CPU in float32, to
-prove the command; those numbers measure nothing.
+as the plain method plus the per-patch pixel comparison. With ``tiny=True`` (or without CUDA) the same loop
+runs at a tiny width on CPU in float32, to prove the command; those numbers measure nothing.
 """
 
 from __future__ import annotations
