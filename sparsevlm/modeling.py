@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_po
 from sparsevlm.config import SparseConfig
 from sparsevlm.plan import check_context, frame_reduction, random_scores, rater_counts, row_schedules
 from sparsevlm.recycle import recycle_rows
-from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, static_patches
+from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, settled_patches, static_patches
 from sparsevlm.scoring import (
     keep_mask,
     rank_keep_counts,
@@ -105,7 +105,7 @@ class SparseRuntime:
         if threshold is not None and videos is not None and videos.shape[1] > 1:
             static = static_patches(videos, module.config.vision_config.patch_size, threshold)  # [N, T, P]
             if static.shape[-1] == self.tokens_per_frame:
-                self.static_mask = place_on_tokens(static, kinds[0])
+                self.static_mask = place_on_tokens(settled_patches(static), kinds[0])
 
     def take_static_mask(self, shape: torch.Size) -> torch.Tensor | None:
         mask, self.static_mask = self.static_mask, None

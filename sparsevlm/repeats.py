@@ -34,6 +34,17 @@ def static_patches(videos: torch.Tensor, patch_size: int, threshold: float) -> t
     return static
 
 
+def settled_patches(static: torch.Tensor) -> torch.Tensor:
+    """``[N, T, P]`` bool: the duplicates among ``static`` patches (:func:`static_patches`): static since the
+    previous frame *and* into the next one (the last frame: static suffices). The frame just before a patch
+    changes stays distinct, because the model reads motion and appearance by comparing a patch with the same
+    position a frame earlier (chosen on the dev seed: 5 % budget 0.977 against 0.961 without it).
+    """
+    into_next = torch.ones_like(static)
+    into_next[:, :-1] = static[:, 1:]
+    return static & into_next
+
+
 def place_on_tokens(flags: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool: per-video-token ``flags`` written at the video-token positions of a batch, in the order
     the model scatters the video features into them (row-major over the batch; the model checks that the

@@ -7,7 +7,7 @@ import torch
 from tiny_models import build_inputs, build_model, row_inputs, tokens_per_frame
 
 from sparsevlm import SparseConfig, apply_patch, last_stats
-from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, static_patches
+from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, settled_patches, static_patches
 from sparsevlm.scoring import keep_mask
 
 
@@ -53,6 +53,16 @@ def test_a_moving_object_is_never_a_duplicate_and_a_static_one_is() -> None:
             assert bool(static[f, 0, col]) != touched  # a patch the square entered or left is not a duplicate
     assert static[1:, 2:, 2:].all()  # the green square and the background repeat
     assert static[1:, 1:, :].sum() == (frames - 1) * 12
+
+
+def test_a_duplicate_stays_static_into_the_next_frame() -> None:
+    static = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(4)) > 0.3
+    got = settled_patches(static)
+    for n in range(3):
+        for t in range(5):
+            for p in range(7):
+                expected = bool(static[n, t, p]) and (t == 4 or bool(static[n, t + 1, p]))
+                assert bool(got[n, t, p]) == expected
 
 
 def test_flags_follow_the_video_tokens_of_a_ragged_batch() -> None:
