@@ -11,9 +11,12 @@ Every method is a :class:`SparseConfig`, so it runs through the same patched dec
 * ``random``    -- uniformly random visual tokens at the same layer; no recycling.
 * ``pool``      -- uniform spatial average pooling of every frame before the LLM (text-agnostic); the
   fraction applies to each frame's tokens, so every layer sees the pooled count.
-* ``sparsevlm-xf`` -- ours with cross-frame recycling: static tokens merge across frames before the LLM,
-  then text-guided pruning and time-aware recycling share the rest of the same budget.
+* ``sparsevlm-xf`` -- ours with cross-frame redundancy removed inside the LLM: at the first pruning layer,
+  patches static since the previous frame rank below distinct ones, so the same budget goes where frames
+  differ (:mod:`sparsevlm.repeats`); time-aware recycling.
 * ``sparsevlm-xf-text`` -- ``sparsevlm-xf`` with the raters of ``sparsevlm-text``.
+* ``sparsevlm-premerge`` / ``sparsevlm-premerge-text`` -- the earlier cross-frame variant: same-position
+  tokens merge before the LLM, blind to the question (folds moving objects; kept for comparison).
 
 Budgets are target fractions of the visual tokens in equivalent tokens, so every method is solved for the
 same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedule`).
@@ -21,10 +24,10 @@ same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedu
 
 from __future__ import annotations
 
-from sparsevlm.config import SparseConfig
+from sparsevlm.config import PREMERGE, SparseConfig
 
 METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random", "pool")
-CROSS_FRAME_METHODS = ("sparsevlm-xf", "sparsevlm-xf-text")
+CROSS_FRAME_METHODS = ("sparsevlm-xf", "sparsevlm-xf-text", "sparsevlm-premerge", "sparsevlm-premerge-text")
 ALL_METHODS = (*METHODS, *CROSS_FRAME_METHODS)
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
@@ -47,9 +50,12 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             name=f"{method}-{fraction:g}",
         )
     if method in CROSS_FRAME_METHODS:
-        return SparseConfig.preset("video-xf-25").replace(
+        base = SparseConfig.preset("video-xf-25")
+        if method.startswith("sparsevlm-premerge"):  # the floor of twice the target, as its presets had
+            base = SparseConfig(prune_layers=(1,), target_fraction=0.25, merge_floor=2.0, **PREMERGE)
+        return base.replace(
             target_fraction=fraction,
-            method="sparsevlm-text" if method == "sparsevlm-xf-text" else "sparsevlm",
+            method="sparsevlm-text" if method.endswith("-text") else "sparsevlm",
             seed=seed,
             name=f"{method}-{fraction:g}",
         )

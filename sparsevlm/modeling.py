@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_po
 from sparsevlm.config import SparseConfig
 from sparsevlm.plan import check_context, frame_reduction, random_scores, rater_counts, row_schedules
 from sparsevlm.recycle import recycle_rows
+from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, settled_patches, static_patches
 from sparsevlm.scoring import (
     keep_mask,
     rank_keep_counts,
@@ -76,6 +77,7 @@ class SparseRuntime:
     def __init__(self, config: SparseConfig) -> None:
         self.config = config
         self.visual_mask: torch.Tensor | None = None  # [B, L] of the current call, set by the input hook
+        self.static_mask: torch.Tensor | None = None  # [B, L]: visual tokens whose patch repeats the last frame
         self.prompt_len: int | None = None  # set while generate() runs: later tokens are never raters
         self.max_new_tokens: int | None = None  # set while generate() runs: positions they will take
         self.generating = False  # True while generate() runs: it appends valid (all-ones) mask columns
@@ -89,17 +91,28 @@ class SparseRuntime:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         config = module.config
         token_ids = [config.video_token_id, config.image_token_id]
+        self.static_mask = None
         if input_ids is not None:
             # Compared with Python ints: no tensor of the ids is built on the host, so no pageable copy to the
             # device (and no stream sync) at every decoding step.
-            self.visual_mask = (input_ids == token_ids[0]) | (input_ids == token_ids[1])
-            return
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
+            kinds = torch.stack([input_ids == token for token in token_ids])  # [2, B, L]: video, image
+        elif kwargs.get("inputs_embeds") is not None:
+            table = module.get_input_embeddings().weight[token_ids]  # [2, D]
+            kinds = (kwargs["inputs_embeds"][None] == table[:, None, None]).all(-1)  # [2, B, L]
+        else:
             self.visual_mask = None
             return
-        table = module.get_input_embeddings().weight[token_ids]  # [2, D]
-        self.visual_mask = (embeds[:, :, None, :] == table[None, None]).all(-1).any(-1)
+        self.visual_mask = kinds.any(0)
+        videos = kwargs.get("pixel_values_videos")
+        threshold = self.config.static_threshold
+        if threshold is not None and videos is not None and videos.shape[1] > 1:
+            static = static_patches(videos, module.config.vision_config.patch_size, threshold)  # [N, T, P]
+            if static.shape[-1] == self.tokens_per_frame:
+                self.static_mask = place_on_tokens(settled_patches(static), kinds[0])
+
+    def take_static_mask(self, shape: torch.Size) -> torch.Tensor | None:
+        mask, self.static_mask = self.static_mask, None
+        return mask if mask is not None and mask.shape == shape else None
 
     def take_visual_mask(self, shape: torch.Size) -> torch.Tensor | None:
         mask, self.visual_mask = self.visual_mask, None
@@ -136,6 +149,7 @@ class SparseLlamaModel(LlamaModel):
         rt = self._sparse_runtime
         shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # type: ignore[union-attr]
         visual = rt.take_visual_mask(shape)
+        static = rt.take_static_mask(shape)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         use_cache = self.config.use_cache if use_cache is None else use_cache
         sparse_call = past_len == 0 and visual is not None and bool(visual.any()) and shape[1] > 1
@@ -175,7 +189,7 @@ class SparseLlamaModel(LlamaModel):
             hidden = self._continue(inputs_embeds, attention_mask, position_ids, cache, kwargs)
         else:
             assert visual is not None
-            hidden = self._sparse_prefill(inputs_embeds, attention_mask, position_ids, visual, cache, kwargs)
+            hidden = self._sparse_prefill(inputs_embeds, attention_mask, position_ids, visual, static, cache, kwargs)
         out = BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
         return out if return_dict else out.to_tuple()
 
@@ -187,6 +201,7 @@ class SparseLlamaModel(LlamaModel):
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         visual: torch.Tensor,
+        static: torch.Tensor | None,
         cache: DynamicCache | None,
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
@@ -208,6 +223,8 @@ class SparseLlamaModel(LlamaModel):
         visual_index = torch.where(visual, visual.long().cumsum(1) - 1, TEXT)
         raters = select_rater_tokens(embeds, candidates, visual, cfg.method, max(n_text), max(n_visual))
         layout = Layout(embeds, positions, valid, visual_index, raters, tuple(n_valid), tuple(n_visual))
+        # [B, max Lv]: duplicates by visual index (patch static since the previous frame), or None
+        duplicate = by_visual_index(static, visual, max(n_visual)) if static is not None else None
         last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
         original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
 
@@ -247,7 +264,8 @@ class SparseLlamaModel(LlamaModel):
             if i not in prune_at:
                 continue
             keys = layer_cache.layers[i].keys if cache is not None else layer_cache.keys
-            new_layout = self._prune(i, layer, hidden_in, keys, layout, schedules, record)
+            dup = duplicate if i == prune_at[0] else None  # cross-frame redundancy at the first step only
+            new_layout = self._prune(i, layer, hidden_in, keys, layout, schedules, record, dup)
             if new_layout is not None:
                 layout = new_layout
                 shift = original_last_pos - layout.position_ids[:, -1]
@@ -268,8 +286,15 @@ class SparseLlamaModel(LlamaModel):
         layout: Layout,
         schedules: list[dict[int, int | None]],
         record: PrefillRecorder,
+        duplicate: torch.Tensor | None = None,
     ) -> Layout | None:
-        """Score, select and recycle at one pruning layer, all rows at once; None when no row changes."""
+        """Score, select and recycle at one pruning layer, all rows at once; None when no row changes.
+
+        ``duplicate`` (``[B, max Lv]`` by visual index): tokens whose patch repeats the previous frame rank below
+        every other visual token, so the keep count goes to distinct content first
+        (:func:`sparsevlm.repeats.distinct_first`), and with ``repeats="never"`` the step keeps at most the
+        distinct ones; deleted duplicates are recycled like any deleted token.
+        """
         rt = self._sparse_runtime
         cfg = rt.config
         b = layout.hidden.shape[0]
@@ -294,6 +319,11 @@ class SparseLlamaModel(LlamaModel):
         present = layout.visual  # [B, L]
         if cfg.method == "random":  # the same draw for a row alone or in a batch
             scores = random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
+        repeats = None
+        if duplicate is not None:
+            index = layout.visual_index
+            repeats = duplicate.gather(1, index.clamp(0, duplicate.shape[1] - 1)) & (index >= 0) & present  # [B, L]
+            scores = distinct_first(scores, repeats)
         pruned = [layer_idx in schedule for schedule in schedules]
         keep = [schedule.get(layer_idx) for schedule in schedules]
         if any(p and k is None for p, k in zip(pruned, keep, strict=True)):
@@ -307,6 +337,9 @@ class SparseLlamaModel(LlamaModel):
                 rater_visual, counts, to_device(layout.n_visual, device), cfg.rank_scale, cfg.rank_bias
             )
             keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
+        if repeats is not None and cfg.repeats == "never":  # a repeat costs nothing (one host read)
+            distinct = (present & ~repeats).sum(1).tolist()
+            keep = [k if k is None else max(1, min(k, d)) for k, d in zip(keep, distinct, strict=True)]
         keep_n = [
             min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, layout.n_visual, strict=True)
         ]

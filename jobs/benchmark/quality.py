@@ -16,7 +16,7 @@ from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from pipeline.decode import decode_segments
 from sparsevlm import apply_patch, last_stats
-from sparsevlm.baselines import METHODS, method_config, parse_schedule
+from sparsevlm.baselines import ALL_METHODS, METHODS, method_config, parse_schedule
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
@@ -287,7 +287,11 @@ def add_commands(sub: Any) -> None:
     )
     fidelity.add_argument("--batch-size", type=int, default=8)
     fidelity.add_argument(
-        "--methods", nargs="+", choices=FIDELITY_METHODS, default=list(FIDELITY_METHODS), help="default: all"
+        "--methods",
+        nargs="+",
+        choices=ALL_METHODS,
+        default=list(FIDELITY_METHODS),
+        help=f"default: {' '.join(FIDELITY_METHODS)} (the sparsevlm-premerge* baselines only when named)",
     )
     fidelity.add_argument(
         "--budgets", type=float, nargs="*", default=[0.5, 0.25, 0.10, 0.05], help="none: the schedules only"

@@ -20,9 +20,9 @@ Each time is the median of the repeats, with ``*_spread`` = (max - min) / median
 (the model and the patch), and in ``generate``'s own loop. The report names the torch, CUDA, cuDNN, driver and
 transformers versions.
 
-Random frames differ everywhere, so cross-frame merging (``video-xf-25``) merges little here: its numbers are
-its worst case. With ``tiny=True`` (or without CUDA) the same loop runs at a tiny width on CPU in float32, to
-prove the command; those numbers measure nothing.
+Random frames differ everywhere, so cross-frame reduction (``video-xf-25``) finds no repeats here: it runs
+as the plain method plus the per-patch pixel comparison. With ``tiny=True`` (or without CUDA) the same loop
+runs at a tiny width on CPU in float32, to prove the command; those numbers measure nothing.
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ import torch
 from tiny_models import VIDEO_TOKEN, build_inputs, build_model, row_inputs
 
 from sparsevlm import apply_patch, last_stats
-from sparsevlm.baselines import METHODS, SCHEDULE_METHODS, method_config, parse_schedule, schedule_config
+from sparsevlm.baselines import (
+    CROSS_FRAME_METHODS,
+    METHODS,
+    SCHEDULE_METHODS,
+    method_config,
+    parse_schedule,
+    schedule_config,
+)
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.10])
@@ -119,8 +126,11 @@ def test_pool_cannot_run_a_fixed_schedule() -> None:
 
 def test_the_cross_frame_variants_differ_only_in_their_raters() -> None:
     xf, xf_text = method_config("sparsevlm-xf", 0.1), method_config("sparsevlm-xf-text", 0.1)
-    assert xf.temporal_merge is not None and xf.method == "sparsevlm"
+    assert xf.static_threshold is not None and xf.temporal_merge is None and xf.method == "sparsevlm"
     assert xf.replace(method="sparsevlm-text", name=xf_text.name) == xf_text
+    pre, pre_text = method_config("sparsevlm-premerge", 0.1), method_config("sparsevlm-premerge-text", 0.1)
+    assert pre.temporal_merge == 0.9 and pre.merge_floor == 2.0 and pre.static_threshold is None
+    assert pre.replace(method="sparsevlm-text", name=pre_text.name) == pre_text
 
 
 def test_a_shared_target_gives_every_method_the_same_budget_over_the_same_layers() -> None:
@@ -139,9 +149,9 @@ def test_a_shared_target_gives_every_method_the_same_budget_over_the_same_layers
 def test_the_cross_frame_variants_run_a_shared_target_but_not_fixed_counts() -> None:
     model = build_model(layers=6, image_size=64)
     inputs = build_inputs(model, [6, 9], frames=4)
-    for method in ("sparsevlm-xf", "sparsevlm-xf-text"):
+    for method in CROSS_FRAME_METHODS:
         config = schedule_config(method, "1,3@0.2")
-        assert config.prune_layers == (1, 3) and config.target_fraction == 0.2 and config.temporal_merge is not None
+        assert config.prune_layers == (1, 3) and config.target_fraction == 0.2
         assert config.replace(prune_layers=(1,), name=method_config(method, 0.2).name) == method_config(method, 0.2)
         with torch.no_grad():
             apply_patch(model, config)
