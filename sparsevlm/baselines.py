@@ -50,7 +50,9 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
             name=f"{method}-{fraction:g}",
         )
     if method in CROSS_FRAME_METHODS:
-        base = SparseConfig.preset("video-xf-25")
+        # One step after layer 1, as ``sparsevlm`` above: the method as the paper's video setting runs it (the
+        # product presets prune progressively; ``--presets`` and ``LAYERS@FRACTION`` schedules compare those).
+        base = SparseConfig.preset("video-xf-25").replace(prune_layers=(1,), layers_of=None)
         if method.startswith("sparsevlm-premerge"):  # the floor of twice the target, as its presets had
             base = SparseConfig(prune_layers=(1,), target_fraction=0.25, merge_floor=2.0, **PREMERGE)
         return base.replace(
@@ -137,7 +139,7 @@ def schedule_config(method: str, schedule: str, seed: int = 0) -> SparseConfig:
     name = f"{method}-{schedule}"
     if method in CROSS_FRAME_METHODS:
         assert isinstance(budget, float)  # schedule_methods admits them only for a shared target
-        return method_config(method, budget, seed).replace(prune_layers=layers, name=name)
+        return method_config(method, budget, seed).replace(prune_layers=layers, layers_of=None, name=name)
     if isinstance(budget, float):
         config = SparseConfig(prune_layers=layers, target_fraction=budget, seed=seed, name=name)
     else:
