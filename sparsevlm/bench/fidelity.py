@@ -177,7 +177,9 @@ def preset_configs(preset: str) -> list[tuple[str, SparseConfig]]:
     config = SparseConfig.preset(preset)
     if config.target_fraction is None or not config.prune_layers:
         raise ValueError(f"preset {preset!r} has no equivalent-token target to compare baselines at")
-    plain = config.replace(temporal_merge=None, merge_floor=None, static_threshold=None, recycle_ratio=0.0)
+    plain = config.replace(
+        temporal_merge=None, merge_floor=None, static_threshold=None, recycle_ratio=0.0, recycle_time_weight=0.0
+    )
     return [
         (config.method, config),
         ("fastv", plain.replace(method="fastv", name=f"fastv@{preset}")),
