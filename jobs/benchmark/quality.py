@@ -163,9 +163,10 @@ def _plot_fidelity(reports: list[dict[str, Any]], path: str) -> None:
         curves: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             curves.setdefault(str(r["method"]), []).append((float(r["equivalent_tokens"]), float(r[metric])))
-        for r in report["results"]:  # presets: one curve per method over the preset family
+        for r in report["results"]:  # presets: one curve per preset family (video-, video-xf-) and method
             if r.get("preset") is not None:
-                curves.setdefault(f"{r['method']} (presets)", []).append(
+                family = str(r["preset"]).rsplit("-", 1)[0]
+                curves.setdefault(f"{family}-*: {r['method']}", []).append(
                     (float(r["equivalent_tokens"]), float(r[metric]))
                 )
         for name, points in curves.items():
