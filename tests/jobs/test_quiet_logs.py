@@ -52,12 +52,16 @@ def test_info_leaves_out_what_an_operator_cannot_act_on(capsys: pytest.CaptureFi
 
 def test_debug_shows_everything(capsys: pytest.CaptureFixture[str]) -> None:
     logging.getLogger().handlers.clear()
-    configure_logging("text", "debug")
-    logging.captureWarnings(True)
-    try:
-        _emit_noise_and_a_real_warning()
-    finally:
-        logging.captureWarnings(False)
+    with warnings.catch_warnings():
+        # Start from Python's own filters: a module imported while the whole suite is collected may have added
+        # one (the info level's filter is process-wide), and debug must add none of its own.
+        warnings.resetwarnings()
+        configure_logging("text", "debug")
+        logging.captureWarnings(True)
+        try:
+            _emit_noise_and_a_real_warning()
+        finally:
+            logging.captureWarnings(False)
     err = capsys.readouterr().err
     assert all(message in err for _, _, message in NOISE) and "maximum number of concurrent" in err
 
