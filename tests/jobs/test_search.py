@@ -16,6 +16,7 @@ import pytest
 
 from jobs import search
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.s3_keys import LiteralKeyS3FileSystem
 from pipeline.schema import RESULT_SCHEMA, make_rows
 from tests.pipeline.ledgers import CONFIG_KEY, make_ledger
 
@@ -176,6 +177,9 @@ def test_an_unreachable_store_is_a_run_failure(
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # credentials present: what fails is the connection
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # s3fs caches a file system per endpoint and options: another test's client for this endpoint, made without
+    # credentials, would answer instead of one that reads the variables above.
+    LiteralKeyS3FileSystem.clear_instance_cache()
     with pytest.raises(SystemExit) as exited:  # nothing listens on port 9 of loopback
         search.main(["s3://bucket/out", "red", "--s3-endpoint-url", "http://127.0.0.1:9"])
     assert exited.value.code == 1
