@@ -11,7 +11,7 @@ caption, or "square" in "what colour is the square?", needs the text to look at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -73,6 +73,10 @@ class TrainBatch:
     answer_positions: torch.Tensor
     answer_evidence: torch.Tensor
     visual_start: torch.Tensor
+
+    def to(self, device: torch.device) -> TrainBatch:
+        """The same batch with every tensor on ``device`` (a no-op on the CPU)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 class SequenceBuilder:

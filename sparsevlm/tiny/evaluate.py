@@ -40,7 +40,8 @@ def predict_first_tokens(
         B token ids.
     """
     enc = encode_prompts(tokenizer, questions, frames, patch, padding_side="left")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(**enc, logits_to_keep=1).logits  # [B, 1, V]
     return logits[:, -1].argmax(dim=-1).tolist()
 

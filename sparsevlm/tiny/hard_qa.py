@@ -58,6 +58,7 @@ _DIRECTION_FRAMES = 3
 _BRIEF_FRAMES = 2
 _COUNT_FRAMES = 3
 _STRIPED_FRAMES = 3
+MIN_FRAMES = 6  # two brief events in order, with frames around them
 _HARD_STREAM = 1  # second word of the generator's seed: hard samples never share a stream with easy ones
 
 
@@ -85,8 +86,10 @@ def make_hard_sample(split: str, index: int, num_frames: int = 8, size: int = 64
     Returns:
         The rendered :class:`VideoSample`; ``objects`` holds the named objects first, then the distractors.
     """
-    if num_frames < 6:
-        raise ValueError(f"the hard split needs num_frames >= 6 for two brief events in order, got {num_frames}")
+    if num_frames < MIN_FRAMES:
+        raise ValueError(
+            f"the hard split needs num_frames >= {MIN_FRAMES} for two brief events in order, got {num_frames}"
+        )
     if size < 48 or size % patch != 0:
         raise ValueError(f"size must be >= 48 and a multiple of patch; got size={size}, patch={patch}")
     seed = sample_seed(split, index)

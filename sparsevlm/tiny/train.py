@@ -14,7 +14,10 @@ the saved checkpoint is a plain Video-LLaVA. ``--text-loss-weight`` adds a capti
 language-model loss on all of its text, not only on the answers (batches.py), so that the prompt's words
 learn to look at the objects they name. ``--text-layers`` sets the LLM depth (a deeper model starts from
 ``python -m jobs.grow_tiny``). The checkpoint, metrics.json and curve are saved at every evaluation, so a
-stopped run can be continued with ``--init``.
+stopped run can be continued with ``--init``. ``--device cuda`` trains on a GPU, where the model's step is
+short enough that building the synthetic videos would dominate: ``--loader-workers N`` builds the batches in
+N processes ahead of use. Batch ``i`` is the same whichever builds it (its questions come from a generator
+seeded by ``(seed, first video of the batch)``), so a run does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import shlex
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +41,7 @@ from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGenera
 
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
-from sparsevlm.tiny.hard_qa import QuestionSplit, make_task_sample
+from sparsevlm.tiny.hard_qa import MIN_FRAMES, QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
 from sparsevlm.tiny.looking import evidence_attention_loss
 from sparsevlm.tiny.model import TinyModelConfig, build_model
@@ -92,6 +98,9 @@ class TrainConfig:
         hard_fraction: share of each batch's videos drawn from the hard question split
             (:mod:`sparsevlm.tiny.hard_qa`); the rest come from the easy one, so that it does not regress.
             With a positive share, every evaluation reports both splits.
+        device: where the model trains: "cpu", or "cuda" / "cuda:N" for a GPU (bf16 autocast on either).
+        loader_workers: processes that build batches ahead of the step; 0 builds each in the training process
+            (right on a 2-core CPU, where the step dominates; on a GPU about 4 keep it fed).
     """
 
     out: str = str(DEFAULT_OUT)
@@ -123,6 +132,8 @@ class TrainConfig:
     hard_fraction: float = 0.0
     look_weight: float = 0.0
     look_layers: str = "1,2"
+    device: str = "cpu"
+    loader_workers: int = 0
 
     @property
     def look_layer_list(self) -> list[int]:
@@ -157,8 +168,26 @@ class TrainConfig:
             raise ValueError(
                 f"--motion-layer must be in [1, --text-layers={self.text_layers}], got {self.motion_layer}"
             )
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {self.device}: torch {torch.__version__} sees no CUDA GPU here; train with --device cpu "
+                "or install a CUDA build of torch that matches the driver (docs/install.md)"
+            )
+        if self.loader_workers < 0:
+            raise ValueError(f"--loader-workers must be >= 0, got {self.loader_workers}")
         if not 4 <= self.warm_frames <= self.num_frames:
             raise ValueError(f"warm_frames must be in [4, num_frames={self.num_frames}], got {self.warm_frames}")
+        if self.hard_fraction > 0 and min(self.num_frames, self.warm_frames if self.warm_fraction else 99) < MIN_FRAMES:
+            raise ValueError(
+                f"--hard-fraction {self.hard_fraction} needs videos of at least {MIN_FRAMES} frames: give "
+                f"--num-frames and --warm-frames >= {MIN_FRAMES} (or --warm-fraction 0)"
+            )
 
 
 def train_step(
@@ -168,7 +197,7 @@ def train_step(
     captured: list[torch.Tensor] = []
     hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.append(o))
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             # No attention mask: padding is on the right and attention is causal, so real tokens never
             # see padding, and without a mask sdpa takes its fast causal path.
             out = model(
@@ -194,7 +223,7 @@ def train_step(
         losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
     if cfg.look_weight > 0:
         lm = model.model.language_model
-        positions = torch.arange(batch.input_ids.shape[1])[None]
+        positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None]
         rope = lm.rotary_emb(out.hidden_states[0], position_ids=positions)
         looks = [
             evidence_attention_loss(
@@ -222,63 +251,130 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def make_batch(builder: SequenceBuilder, cfg: TrainConfig, first_video: int, num_frames: int) -> TrainBatch:
+    """The training batch that starts at train-split video ``first_video``, on the CPU.
+
+    Which split each video comes from (``hard_fraction``) and which questions it asks are drawn from a generator
+    seeded by ``(cfg.seed, first_video)``: the batch depends on nothing else, so it can be built anywhere.
+    """
+    rng = np.random.default_rng([cfg.seed, first_video])
+    kinds: list[QuestionSplit] = ["hard" if rng.random() < cfg.hard_fraction else "easy" for _ in range(cfg.batch_size)]
+    samples = [make_task_sample(kind, "train", first_video + k, num_frames=num_frames) for k, kind in enumerate(kinds)]
+    return collate(builder, samples, rng, cfg.questions_per_family, caption=cfg.text_loss_weight > 0)
+
+
+_worker_builder: SequenceBuilder | None = None
+
+
+def _worker_batch(cfg: TrainConfig, first_video: int, num_frames: int) -> TrainBatch:
+    """:func:`make_batch` in a loader process (its tokenizer is built once per process)."""
+    global _worker_builder
+    if _worker_builder is None:
+        torch.set_num_threads(1)
+        _worker_builder = SequenceBuilder(build_tokenizer())
+    return make_batch(_worker_builder, cfg, first_video, num_frames)
+
+
+class BatchStream:
+    """Training batches in order, built in ``cfg.loader_workers`` processes ahead of use (or inline with 0).
+
+    Args:
+        cfg: the run's settings (seed, batch size, split mix, questions, caption turn, workers).
+        builder: the sequence builder used inline.
+    """
+
+    def __init__(self, cfg: TrainConfig, builder: SequenceBuilder) -> None:
+        self.cfg, self.builder = cfg, builder
+        self.ahead = 2 * cfg.loader_workers
+        # spawn, not fork: the training process may hold CUDA state that a forked child cannot use.
+        self.pool = (
+            ProcessPoolExecutor(cfg.loader_workers, mp_context=multiprocessing.get_context("spawn"))
+            if cfg.loader_workers
+            else None
+        )
+        self.queued: deque[tuple[int, int, Future[TrainBatch]]] = deque()
+
+    def get(self, first_video: int, num_frames: int) -> TrainBatch:
+        """The batch starting at video ``first_video`` with ``num_frames`` frames; queues the ones after it."""
+        if self.pool is None:
+            return make_batch(self.builder, self.cfg, first_video, num_frames)
+        if self.queued and self.queued[0][:2] != (first_video, num_frames):
+            for *_, pending in self.queued:  # the frame count changed: what was built ahead is not wanted
+                pending.cancel()
+            self.queued.clear()
+        step = self.cfg.batch_size
+        start = self.queued[-1][0] + step if self.queued else first_video
+        while len(self.queued) < self.ahead:
+            self.queued.append((start, num_frames, self.pool.submit(_worker_batch, self.cfg, start, num_frames)))
+            start += step
+        return self.queued.popleft()[2].result()
+
+    def close(self) -> None:
+        """Stop the loader processes (batches still queued are dropped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def main(cfg: TrainConfig) -> dict[str, object]:
     """Run the training and write the checkpoint; returns the metrics written to metrics.json."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    device = torch.device(cfg.device)
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     curve_path = Path(cfg.curve) if cfg.curve else out_dir / "curve.jsonl"
     curve_path.write_text("")
     tokenizer = build_tokenizer()
     model_cfg = TinyModelConfig(num_frames=cfg.num_frames, text_layers=cfg.text_layers)
-    model = _initial_model(cfg, model_cfg, tokenizer).train()
-    heads = PatchHeads(model_cfg.text_hidden, tokenizer)
+    model = _initial_model(cfg, model_cfg, tokenizer)
+    nn.Module.to(model, device).train()  # (transformers types its own `to` for dtype moves only)
+    heads = PatchHeads(model_cfg.text_hidden, tokenizer).to(device)
     params = [*model.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    builder = SequenceBuilder(tokenizer)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )
+    stream = BatchStream(cfg, SequenceBuilder(tokenizer))
     budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     start, cpu_start = time.time(), time.process_time()
     next_eval = cfg.eval_every_minutes * 60
     step, index = 0, cfg.first_video
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}  # moving averages of the loss terms, on the device (no sync per step)
 
     def run_metrics(val: dict[str, float]) -> dict[str, object]:
         """metrics.json as of now (the final one adds the test accuracy)."""
         return _metrics(cfg, model_cfg, model, val, step, index, time.time() - start, time.process_time() - cpu_start)
 
-    while True:
-        elapsed = time.time() - start
-        progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
-        if progress >= 1.0:
-            break
-        frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
-        kinds: list[QuestionSplit] = [
-            "hard" if rng.random() < cfg.hard_fraction else "easy" for _ in range(cfg.batch_size)
-        ]
-        samples = [make_task_sample(kind, "train", index + k, num_frames=frames) for k, kind in enumerate(kinds)]
-        index += cfg.batch_size
-        batch = collate(builder, samples, rng, cfg.questions_per_family, caption=cfg.text_loss_weight > 0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, progress)
-        losses = train_step(model, heads, batch, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        step += 1
-        for k, v in losses.items():
-            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
-        if step % 50 == 0:
-            terms = " ".join(f"{k}={v:.3f}" for k, v in running.items())
-            lr = learning_rate(cfg, step, progress)
-            logger.info("step %d frames %d %.1f min lr %.2e %s", step, frames, elapsed / 60, lr, terms)
-        if time.time() - start >= next_eval:
-            next_eval += cfg.eval_every_minutes * 60
-            val = _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
-            save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
-            logger.info("saved step %d in %s", step, out_dir)
+    try:
+        while True:
+            elapsed = time.time() - start
+            progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
+            if progress >= 1.0:
+                break
+            frames = cfg.warm_frames if progress < cfg.warm_fraction else cfg.num_frames
+            batch = stream.get(index, frames).to(device)
+            index += cfg.batch_size
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step, progress)
+            losses = train_step(model, heads, batch, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            step += 1
+            for k, v in losses.items():
+                v = v.detach().float()
+                running[k] = 0.98 * running[k] + 0.02 * v if k in running else v
+            if step % 50 == 0:
+                terms = " ".join(f"{k}={v.item():.3f}" for k, v in running.items())
+                lr = learning_rate(cfg, step, progress)
+                logger.info("step %d frames %d %.1f min lr %.2e %s", step, frames, elapsed / 60, lr, terms)
+            if time.time() - start >= next_eval:
+                next_eval += cfg.eval_every_minutes * 60
+                val = _log_eval(model, tokenizer, cfg, curve_path, step, time.time() - start, running)
+                save_checkpoint(model, tokenizer, out_dir, {"final": False, **run_metrics(val)}, curve_path)
+                logger.info("saved step %d in %s", step, out_dir)
+    finally:
+        stream.close()
     wall = time.time() - start
     model.eval()
     val = _log_eval(model, tokenizer, cfg, curve_path, step, wall, running)
@@ -361,7 +457,7 @@ def _log_eval(
     curve_path: Path,
     step: int,
     elapsed: float,
-    running: dict[str, float],
+    running: dict[str, torch.Tensor],
 ) -> dict[str, float]:
     """Validation accuracy per family, printed and appended to the learning curve."""
     model.eval()
@@ -372,7 +468,8 @@ def _log_eval(
         )
         val |= {f"hard_{k}": v for k, v in hard.items()}
     model.train()
-    record = {"step": step, "minutes": round(elapsed / 60, 2), "val": val, "loss": running}
+    loss = {k: v.item() for k, v in running.items()}
+    record = {"step": step, "minutes": round(elapsed / 60, 2), "val": val, "loss": loss}
     with curve_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
     logger.info("eval step %d %.1f min val %s", step, elapsed / 60, _rounded(val))

@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
-from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, collate
+from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.heads import PatchHeads
 from sparsevlm.tiny.inputs import CLIP_MEAN, CLIP_STD, build_prompt, encode_prompts, normalize_frames
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
-from sparsevlm.tiny.train import TrainConfig, main, train_step
+from sparsevlm.tiny.train import BatchStream, TrainConfig, main, make_batch, train_step
 from sparsevlm.tiny.video_qa import ANSWER_WORDS, COLOURS, VideoSample, make_sample
 
 # 48 px frames, 16 px patches: 9 patches + CLS = 10 tokens per frame, 40 for a 4-frame video.
@@ -309,9 +309,49 @@ def test_text_loss_weight_and_motion_layer_are_checked() -> None:
 def test_the_training_command_line_names_a_bad_flag(capsys: pytest.CaptureFixture[str]) -> None:
     from jobs.train_tiny import parse_args
 
-    cfg = parse_args(["--max-steps", "3", "--minutes", "0", "--hard-fraction", "0.5"])
+    cfg = parse_args(["--max-steps", "3", "--minutes", "0", "--hard-fraction", "0.5", "--warm-fraction", "0"])
     assert isinstance(cfg, TrainConfig) and cfg.max_steps == 3 and cfg.hard_fraction == 0.5
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--hard-fraction", "2"])
     assert exit_info.value.code == 2
     assert "--hard-fraction must be in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def _assert_same_batch(a: TrainBatch, b: TrainBatch) -> None:
+    for field in dataclasses.fields(TrainBatch):
+        assert torch.equal(getattr(a, field.name), getattr(b, field.name)), field.name
+
+
+def test_batches_built_in_loader_processes_are_the_ones_built_inline(tokenizer: PreTrainedTokenizerBase) -> None:
+    cfg = TrainConfig(batch_size=2, hard_fraction=0.5, text_loss_weight=1.0, seed=3, warm_fraction=0)
+    builder = SequenceBuilder(tokenizer)
+    inline = BatchStream(cfg, builder)
+    workers = BatchStream(dataclasses.replace(cfg, loader_workers=1), builder)
+    try:
+        # 100, 102, then a change of frame count (what was queued is dropped), then on from 104.
+        for first, frames in [(100, 6), (102, 6), (104, 8), (106, 8)]:
+            got = workers.get(first, frames)
+            assert got.pixel_values_videos.shape[1] == frames
+            _assert_same_batch(got, inline.get(first, frames))
+    finally:
+        workers.close()
+    # the batch depends on the seed and its first video only, not on what was built before it
+    _assert_same_batch(make_batch(builder, cfg, 104, 8), inline.get(104, 8))
+    assert not torch.equal(make_batch(builder, cfg, 106, 8).input_ids, make_batch(builder, cfg, 104, 8).input_ids)
+
+
+def test_device_and_loader_workers_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'gpu0'"):
+        TrainConfig(device="gpu0")
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'meta'"):
+        TrainConfig(device="meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"--device cuda: torch .* sees no CUDA GPU here; train with --device cpu"):
+        TrainConfig(device="cuda")
+    with pytest.raises(ValueError, match="--loader-workers must be >= 0, got -1"):
+        TrainConfig(loader_workers=-1)
+    with pytest.raises(ValueError, match=r"--hard-fraction 0\.5 needs videos of at least 6 frames"):
+        TrainConfig(hard_fraction=0.5, warm_frames=4, warm_fraction=0.5)
+    assert TrainConfig(hard_fraction=0.5, warm_frames=4, warm_fraction=0).hard_fraction == 0.5
+    batch = collate(SequenceBuilder(build_tokenizer()), [small_sample(0)], np.random.default_rng(0))
+    _assert_same_batch(batch.to(torch.device("cpu")), batch)
