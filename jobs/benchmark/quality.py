@@ -14,7 +14,6 @@ import torch
 
 from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
-from pipeline.decode import decode_segments
 from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import ALL_METHODS, METHODS, method_config, parse_schedule
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
@@ -65,10 +64,13 @@ def run_fidelity_command(ns: argparse.Namespace) -> None:
     seeds = ns.seeds or [ns.seed]
     for seed in seeds:
         _check_fidelity_seed(seed, ns.samples)
+    if ns.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {ns.device}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
     try:
         model, tokenizer, trained = load_tiny(ns.model)
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from None
+    torch.nn.Module.to(model, torch.device(ns.device))
     label = ns.model or "bundled tiny Video-LLaVA"
     if not trained:
         label = "untrained random tiny Video-LLaVA (no checkpoint)"
@@ -96,7 +98,7 @@ def run_fidelity_command(ns: argparse.Namespace) -> None:
             report["chance_bounds"] = chance_bounds(items, (0.25, 0.10, 0.05), seed)
         per_seed.append({"seed": seed, **report})
     merged = _over_seeds(per_seed, ns.samples)
-    report = {"model": label, "trained": trained, "split": ns.split, "seed": seeds[0], **merged}
+    report = {"model": label, "trained": trained, "split": ns.split, "seed": seeds[0], "device": ns.device, **merged}
     dense = report["dense"]["accuracy"]
     print(f"model: {label}; {ns.split} split; {ns.samples} questions x seeds {seeds}; dense accuracy: {dense}")
     shown = [{**r, "budget": r["budget"] if r["schedule"] is None else r["schedule"]} for r in report["results"]]
@@ -192,6 +194,10 @@ def run_show(ns: argparse.Namespace) -> None:
     if ns.video:
         if not ns.question:
             raise SystemExit("--question is required with --video")
+        # Here, not at the top: the decoder needs av and decord, and the fidelity benchmark runs without them
+        # (on a bare GPU image, docs/gpu.md).
+        from pipeline.decode import decode_segments
+
         _, segments = decode_segments(ns.video, frames_per_segment=ns.frames, segment_seconds=None, size=size)
         frames, question = next(iter(segments)).frames, ns.question
     else:
@@ -287,6 +293,12 @@ def add_commands(sub: Any) -> None:
         "--samples", type=positive(int), default=512, help="questions, one per video (512: about +-2 points)"
     )
     fidelity.add_argument("--batch-size", type=int, default=8)
+    fidelity.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where the model runs (float32 either way: the answers match within rounding)",
+    )
     fidelity.add_argument(
         "--methods",
         nargs="+",

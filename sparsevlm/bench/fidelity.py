@@ -97,9 +97,10 @@ def _run(
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         enc = encode_prompts(tokenizer, [q.qa.question for q in batch], [q.sample.frames for q in batch], patch)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         began = time.perf_counter()
         with torch.no_grad():
-            logits = model(**enc, logits_to_keep=1).logits[:, -1].float()  # [B, V]
+            logits = model(**enc, logits_to_keep=1).logits[:, -1].float().cpu()  # [B, V]; .cpu() waits for it
         ms.append(1000 * (time.perf_counter() - began) / len(batch))
         log_probs.append(logits.log_softmax(-1))
         for stats in last_stats(model):
