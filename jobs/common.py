@@ -26,7 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
-from sparsevlm.config import PRESETS, SparseConfig
+from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES
 from sparsevlm.tiny import BUNDLED_LABELS, BUNDLED_REPEAT_STOP, bundled_label
 
@@ -108,7 +108,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="Video-LLaVA checkpoint dir or hub id, e.g. LanguageBind/Video-LLaVA-7B-hf; "
         f"{' and '.join(BUNDLED_LABELS)} are bundled toy models that know only synthetic coloured shapes",
     )
-    parser.add_argument("--preset", default="video-25", help=f"SparseVLM preset: {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"SparseVLM preset: {', '.join(PRESETS)}")
     parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
     parser.add_argument(

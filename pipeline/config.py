@@ -25,7 +25,7 @@ from pipeline.sources import check_scheme
 from pipeline.standin import StandInCost
 from pipeline.storage import arrow_filesystem, s3_filesystem
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
-from sparsevlm.config import PRESETS, SparseConfig
+from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
 from sparsevlm.prompt_text import CAPTION_PROMPT
 from sparsevlm.tiny import bundled_label, resolve_model
@@ -131,7 +131,7 @@ class PipelineConfig:
     max_new_tokens: int = 64
     repeat_stop: int = 0
     dtype: DtypeName = "auto"
-    sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset("video-25"))
+    sparse: SparseConfig = field(default_factory=lambda: SparseConfig.preset(DEFAULT_PRESET))
     workers: int = 1
     num_gpus_per_worker: float | None = 0.0
     cpus_per_worker: float = 1.0

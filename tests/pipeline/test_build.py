@@ -57,7 +57,11 @@ def test_end_to_end_local_then_a_rerun_writes_nothing(
         assert len(ts) == 2 and row["segment_start_s"] <= ts[0] < ts[1] <= row["segment_end_s"] <= row["duration_s"]
         assert row["visual_tokens_in"] == 2 * 65 and 0 < row["equivalent_tokens"] < row["visual_tokens_in"]
         assert 0 < row["prefill_flops"] < row["dense_prefill_flops"] and row["latency_ms"] > 0
-        assert (row["run_id"], row["sparse_preset"], row["model_id"]) == (config.run_id, "video-25", config.model)
+        assert (row["run_id"], row["sparse_preset"], row["model_id"]) == (
+            config.run_id,
+            config.sparse.name,
+            config.model,
+        )
     output = tmp_path / "out"
     before = {p: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
     assert len(before) == 4 and (output / "_runs" / f"{config.run_id}.json").exists()

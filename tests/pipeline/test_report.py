@@ -18,6 +18,7 @@ from pipeline.ledger import Ledger
 from pipeline.ledger_index import LedgerEntry
 from pipeline.report import ErrorExample, ReportData, VideoSample, render_report, throughput
 from pipeline.report_data import pick_samples, report_path, write_report
+from sparsevlm.config import DEFAULT_PRESET
 from tests.pipeline import browser
 from tests.pipeline.runs import make_config, read_rows
 
@@ -157,7 +158,7 @@ def test_a_real_runs_page_in_chromium_shows_its_parquet_rows(
     assert shown.sources and all(s.startswith("data:image/jpeg;base64,") for s in shown.sources)
     assert shown.by_id["run-status"] == "ok" and "run-error" not in shown.by_id
     # the header says what produced the rows, before any figure
-    assert shown.by_id["run-model"] == config.model_label and shown.by_id["run-preset"] == "video-25"
+    assert shown.by_id["run-model"] == config.model_label and shown.by_id["run-preset"] == DEFAULT_PRESET
     assert shown.by_id["run-revision"] == config.model_revision
     for prompt in (config.caption_prompt, *config.questions):
         assert prompt in shown.by_id["run-questions"]

@@ -11,6 +11,7 @@ from jobs import caption
 from jobs.common import config_from_args
 from pipeline.config import PipelineConfig
 from pipeline.run_record import summarise
+from sparsevlm.config import DEFAULT_PRESET
 from sparsevlm.tiny import (
     BUNDLED_LABELS,
     BUNDLED_REPEAT_STOP,
@@ -47,7 +48,7 @@ def test_the_summary_says_which_model_preset_and_prompts_answered(tmp_path: Path
         input_uri=str(tmp_path), output_uri=str(tmp_path / "o"), model=str(CHECKPOINT_DIR), questions=("what?",)
     )
     summary = summarise(config, seen=0, pending=0, entries=[], wall=0.0)
-    assert (summary.model, summary.preset) == ("bundled:tiny-synthetic", "video-25")
+    assert (summary.model, summary.preset) == ("bundled:tiny-synthetic", DEFAULT_PRESET)
     assert summary.model_revision == config.model_revision and summary.model_revision
     assert summary.questions == [config.caption_prompt, "what?"]
 
