@@ -1,13 +1,19 @@
-"""Memory of a process tree over time, for load runs: is a long run's memory flat?
+"""Memory and CPU time of a process tree over time, for load runs: is a long run's memory flat, and what does
+the whole job cost in CPU seconds?
 
 A local Ray started by the driver (``ray.init()``) runs its raylet, object store and every worker below the
 driver process, so the tree under the driver is the whole job. Sizes are PSS (``/proc/PID/smaps_rollup``):
 shared pages, such as the object store's mapping, are split between the processes that map them instead of
-being counted once per process as RSS would.
+being counted once per process as RSS would. CPU time is each process's own user + system time
+(``/proc/PID/stat``), counted from the first sample for the processes already running then: CPU seconds, unlike
+wall time, do not grow when other tenants share the machine. A process that ends between two samples loses its
+time since the last one (a sampling period of a second loses little: Ray's workers and daemons live for the run).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 PROC = Path("/proc")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(root: int) -> list[int]:
@@ -35,6 +42,17 @@ def process_tree(root: int) -> list[int]:
     return found
 
 
+def cpu_ticks(pid: int) -> tuple[int, int] | None:
+    """``(start time, user + system time)`` of one process in clock ticks, or None when it has ended. The start
+    time tells a process from a later one that reuses its id."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state (index 0), ..., utime (11), stime (12), ..., starttime (19).
+    return int(fields[19]), int(fields[11]) + int(fields[12])
+
+
 def pss_bytes(pid: int) -> int:
     """Proportional set size of one process; 0 when it has ended or cannot be read."""
     try:
@@ -48,14 +66,16 @@ def pss_bytes(pid: int) -> int:
 
 @dataclass(frozen=True)
 class MemorySample:
-    """One look at the tree: seconds since sampling began, total PSS, process count, largest process, and
-    the root process's own PSS (the driver's, when the root is a job's driver)."""
+    """One look at the tree: seconds since sampling began, total PSS, process count, largest process, the root
+    process's own PSS (the driver's, when the root is a job's driver), and the CPU seconds the tree has used
+    since sampling began (every process that was in it at any sample)."""
 
     t_s: float
     total_bytes: int
     processes: int
     largest_bytes: int
     root_bytes: int = 0
+    cpu_s: float = 0.0
 
 
 @dataclass
@@ -74,6 +94,7 @@ class TreeMemorySampler:
     period_s: float = 2.0
     read: Callable[[int], int] = pss_bytes
     samples: list[MemorySample] = field(default_factory=list, init=False)
+    started_at: float = field(default=0.0, init=False)  # wall clock (time.time) of t_s = 0
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _error: BaseException | None = field(default=None, init=False, repr=False)
@@ -83,14 +104,34 @@ class TreeMemorySampler:
             raise ValueError(f"period_s must be positive, got {self.period_s}")
         self._stop.clear()
         began = time.monotonic()
+        self.started_at = time.time()
+        first: dict[tuple[int, int], int] = {}  # (pid, start) -> CPU ticks at the first sample that saw it
+        last: dict[tuple[int, int], int] = {}  # the same at the latest sample that saw it
+        initial: set[tuple[int, int]] = set()  # the processes running at the first sample
+        looks = [0]  # samples taken in this block (the list of samples may hold an earlier block's)
+
+        def take() -> None:
+            tree = process_tree(self.root)  # the root first
+            sizes = [self.read(pid) for pid in tree]
+            for pid in tree:
+                ticks = cpu_ticks(pid)
+                if ticks is not None:
+                    key = (pid, ticks[0])
+                    if looks[0] == 0:
+                        initial.add(key)
+                    first.setdefault(key, ticks[1] if key in initial else 0)
+                    last[key] = ticks[1]
+            looks[0] += 1
+            cpu = sum(last[k] - first[k] for k in last) / TICKS_PER_S
+            at = time.monotonic() - began
+            self.samples.append(MemorySample(at, sum(sizes), len(sizes), max(sizes), sizes[0], cpu))
 
         def loop() -> None:
             try:
                 while True:
-                    sizes = [self.read(pid) for pid in process_tree(self.root)]  # the root first
-                    at = time.monotonic() - began
-                    self.samples.append(MemorySample(at, sum(sizes), len(sizes), max(sizes), sizes[0]))
+                    take()
                     if self._stop.wait(self.period_s):
+                        take()  # the last look, when the block ends: the run's whole CPU time
                         return
             except BaseException as err:  # re-raised by __exit__: a sampler that died must not pass silently
                 self._error = err
@@ -109,6 +150,29 @@ class TreeMemorySampler:
                 raise RuntimeError("the memory sampler did not stop within 60 s (a /proc read hung?)")
         if self._error is not None and error is None:
             raise self._error
+
+
+def cpu_seconds_between(samples: list[MemorySample], start_s: float, end_s: float) -> float:
+    """The tree's CPU seconds between two times (seconds since sampling began), read linearly between the
+    samples around each time (clamped to the first and last sample).
+
+    Raises:
+        ValueError: fewer than 2 samples, or ``end_s < start_s``.
+    """
+    if len(samples) < 2 or end_s < start_s:
+        raise ValueError(f"need 2 or more samples and start_s <= end_s, got {len(samples)} and {start_s}..{end_s}")
+
+    def at(t: float) -> float:
+        if t <= samples[0].t_s:
+            return samples[0].cpu_s
+        for before, after in itertools.pairwise(samples):
+            if t <= after.t_s:
+                span = after.t_s - before.t_s
+                share = (t - before.t_s) / span if span > 0 else 1.0
+                return before.cpu_s + share * (after.cpu_s - before.cpu_s)
+        return samples[-1].cpu_s
+
+    return at(end_s) - at(start_s)
 
 
 def growth(samples: list[MemorySample], warm_fraction: float = 0.25) -> float:

@@ -10,6 +10,12 @@ unit each and no CPU, and sleep for ``--stand-in-ms-per-segment`` per segment. R
   decord on the same inputs (measured in this process before the runs) × the CPUs the decoders have;
 * ``busy``: each accelerator's busy fraction over the steady state;
 * ``first_batch_s``: from Ray being up to the first batch's start;
+* ``cpu_s_per_segment``: CPU seconds of the whole job's process tree (driver, Ray's daemons and workers) over the
+  run, per segment, and ``of_raw_decode``: that over raw decord's CPU seconds per segment on the same inputs
+  (the pipeline's own cost: decoding, resizing, Ray, the ledger; the stand-in model actors sleep); the same
+  over the steady window only (``steady_cpu_s_per_segment``, ``steady_of_raw_decode``), which leaves out the
+  start-up (Ray's workers importing their modules, the model actors loading) and the tail. CPU seconds do not
+  grow when other tenants share the machine, so these ratios hold under load where the rates do not;
 * memory: the driver's and the workers' PSS over time (the whole job's process tree).
 """
 
@@ -32,7 +38,7 @@ from jobs.benchmark.table import print_table, write_report
 from pipeline.benchmark import read_rows
 from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig
-from pipeline.memory import MemorySample, TreeMemorySampler, growth
+from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth
 from pipeline.ray_env import local_ray
 from pipeline.standin import STAND_IN_ANSWER, STAND_IN_RESOURCE, StandInCost
 from pipeline.utilisation import RawDecode, batches, raw_decode, steady_state
@@ -115,12 +121,21 @@ def run_standin_benchmark(ns: argparse.Namespace) -> None:
             "segments": raw.segments,
             "cpu_s": round(raw.cpu_s, 3),
             "segments_per_cpu_s": round(raw.segments_per_cpu_s, 3),
+            "cpu_s_per_segment": round(1 / raw.segments_per_cpu_s, 4),
             "decord_cannot_open": raw.failed,
         },
         "runs": runs,
     }
     columns = ["accelerators", "segments_per_s_steady", "bound", "of_bound", "busy_min", "first_batch_s"]
-    columns += ["wall_s", "duplicates", "driver_mib_last", "workers_mib_last"]
+    columns += [
+        "cpu_s_per_segment",
+        "of_raw_decode",
+        "steady_of_raw_decode",
+        "wall_s",
+        "duplicates",
+        "driver_mib_last",
+        "workers_mib_last",
+    ]
     print_table([{**r, **r["memory"]} for r in runs], columns)
     write_report(report, ns.out)
 
@@ -159,6 +174,12 @@ def _one_run(base: PipelineConfig, work: Path, count: int, ns: argparse.Namespac
     accelerator_capacity = count * config.stand_in.segments_per_s(config.batch_size)
     decode_capacity = raw.segments_per_cpu_s * ns.cpus
     bound = min(accelerator_capacity, decode_capacity)
+    cpu_per_segment = sampler.samples[-1].cpu_s / segments
+    in_window = steady.segments_per_s * steady.window_s
+    steady_cpu = cpu_seconds_between(
+        sampler.samples, steady.start - sampler.started_at, steady.end - sampler.started_at
+    )
+    steady_per_segment = steady_cpu / in_window if in_window > 0 else float("nan")
     return {
         "accelerators": count,
         "videos": summary.processed,
@@ -181,6 +202,11 @@ def _one_run(base: PipelineConfig, work: Path, count: int, ns: argparse.Namespac
         "decode_bound": decode_capacity < accelerator_capacity,
         "busy": {w: round(b, 3) for w, b in steady.busy.items()},
         "busy_min": round(min(steady.busy.values()), 3),
+        "cpu_s": round(sampler.samples[-1].cpu_s, 2),
+        "cpu_s_per_segment": round(cpu_per_segment, 4),
+        "of_raw_decode": round(cpu_per_segment * raw.segments_per_cpu_s, 2),
+        "steady_cpu_s_per_segment": round(steady_per_segment, 4),
+        "steady_of_raw_decode": round(steady_per_segment * raw.segments_per_cpu_s, 2),
         "memory": _memory(sampler.samples, ns.sample_seconds),
     }
 
@@ -198,9 +224,15 @@ def _memory(samples: list[MemorySample], period_s: float) -> dict[str, Any]:
         "driver_mib_last": round(samples[-1].root_bytes / MIB, 1),
         "workers_mib_peak": round(max(s.total_bytes - s.root_bytes for s in samples) / MIB, 1),
         "workers_mib_last": round((samples[-1].total_bytes - samples[-1].root_bytes) / MIB, 1),
-        # [seconds, driver MiB, workers MiB, processes]
+        # [seconds, driver MiB, workers MiB, processes, the tree's CPU seconds so far]
         "samples": [
-            [round(s.t_s, 1), round(s.root_bytes / MIB, 1), round((s.total_bytes - s.root_bytes) / MIB, 1), s.processes]
+            [
+                round(s.t_s, 1),
+                round(s.root_bytes / MIB, 1),
+                round((s.total_bytes - s.root_bytes) / MIB, 1),
+                s.processes,
+                round(s.cpu_s, 2),
+            ]
             for s in samples
         ],
     }

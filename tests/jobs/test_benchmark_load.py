@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from jobs.benchmark import main
-from pipeline.memory import MemorySample, TreeMemorySampler, growth, process_tree, pss_bytes
+from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth, process_tree, pss_bytes
 
 
 def test_the_tree_holds_children_and_grandchildren() -> None:
@@ -45,6 +46,14 @@ def test_growth_compares_after_warm_up_with_the_end() -> None:
     assert growth(_samples([100] * 16)) == 0.0
 
 
+def test_cpu_seconds_between_two_times_reads_between_the_samples() -> None:
+    samples = [MemorySample(t, 1, 1, 1, cpu_s=cpu) for t, cpu in [(0.0, 0.0), (1.0, 2.0), (3.0, 3.0)]]
+    assert cpu_seconds_between(samples, 0.5, 2.0) == pytest.approx(2.5 - 1.0)  # 1.0 at 0.5 s, 2.5 at 2 s
+    assert cpu_seconds_between(samples, -5.0, 10.0) == 3.0  # clamped to the first and the last sample
+    with pytest.raises(ValueError, match="start_s <= end_s"):
+        cpu_seconds_between(samples, 2.0, 1.0)
+
+
 def test_growth_needs_a_trend_worth_the_name() -> None:
     with pytest.raises(ValueError, match="at least 8"):
         growth(_samples([1, 2, 3]))
@@ -69,6 +78,34 @@ def test_the_sampler_records_until_the_block_ends() -> None:
     assert count >= 3 and all(s.total_bytes > 0 and s.processes >= 1 for s in sampler.samples)
     with pytest.raises(ValueError, match="period_s"), TreeMemorySampler(os.getpid(), period_s=0):
         pass
+
+
+def test_the_sampler_counts_the_cpu_time_of_the_tree_during_the_block() -> None:
+    # This process burns 1 CPU-second before the block (not to be counted); in the block a child burns 0.4, says
+    # so and sleeps: the block's last look (taken when it ends) counts the child's burn and this process's share.
+    began = time.process_time()
+    while time.process_time() - began < 1.0:
+        pass
+    burn = "\n".join(
+        [
+            "import time",
+            "t = time.process_time()",
+            "while time.process_time() - t < 0.4: pass",
+            "print('done', flush=True)",
+            "time.sleep(60)",
+        ]
+    )
+    before = time.process_time()
+    with TreeMemorySampler(os.getpid(), period_s=0.05) as sampler:
+        child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+    ours = time.process_time() - before  # this process in the block, the sampler's thread included
+    child.kill()
+    child.wait()
+    cpu = sampler.samples[-1].cpu_s
+    assert cpu >= 0.4  # the child's burn (and its start-up)
+    assert cpu <= 0.4 + ours + 0.5  # its start-up is well under 0.5 s of CPU; the second before the block is out
+    assert [s.cpu_s for s in sampler.samples] == sorted(s.cpu_s for s in sampler.samples)
 
 
 @pytest.mark.usefixtures("pipeline_ray")

@@ -30,5 +30,8 @@ def test_stand_in_benchmark_reports_throughput_bound_busy_and_memory(tmp_path: P
         assert 1 <= len(run["busy"]) <= run["accelerators"]
         assert all(0 < busy <= 1 for busy in run["busy"].values())
         assert 0 < run["first_batch_s"] < run["wall_s"]
+        assert run["cpu_s"] > 0 and run["cpu_s_per_segment"] == pytest.approx(run["cpu_s"] / 7, abs=1e-3)
+        assert run["of_raw_decode"] == pytest.approx(run["cpu_s_per_segment"] / raw["cpu_s_per_segment"], rel=0.01)
+        assert run["steady_cpu_s_per_segment"] > 0 and run["steady_of_raw_decode"] > 0
         memory = run["memory"]
         assert memory["samples"] and memory["driver_mib_peak"] > 0 and memory["workers_mib_peak"] > 0
