@@ -53,6 +53,28 @@ def cpu_ticks(pid: int) -> tuple[int, int] | None:
     return int(fields[19]), int(fields[11]) + int(fields[12])
 
 
+def process_name(pid: int) -> str:
+    """What a process is, for attributing its CPU time: a Ray worker's title (``ray::IDLE``,
+    ``ray::MapWorker(MapBatches(Predictor))``), a Python program's script or module, else the program's name;
+    "" once it has ended."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return ""
+    program = Path(argv[0]).name
+    if argv[0].startswith("ray::"):
+        return argv[0].split(" ")[0]
+    if program.startswith("python"):
+        args = [a for a in argv[1:] if a]
+        if "-m" in args[:-1]:
+            return args[args.index("-m") + 1]
+        if "-c" in args:
+            return f"{program} -c"
+        rest = [a for a in args if not a.startswith("-")]
+        return Path(rest[0]).name if rest else program
+    return program
+
+
 def pss_bytes(pid: int) -> int:
     """Proportional set size of one process; 0 when it has ended or cannot be read."""
     try:
@@ -95,6 +117,9 @@ class TreeMemorySampler:
     read: Callable[[int], int] = pss_bytes
     samples: list[MemorySample] = field(default_factory=list, init=False)
     started_at: float = field(default=0.0, init=False)  # wall clock (time.time) of t_s = 0
+    # CPU seconds per kind of process (process_name; a Ray worker under the last title other than ray::IDLE it
+    # had), over the last block.
+    cpu_by_name: dict[str, float] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _error: BaseException | None = field(default=None, init=False, repr=False)
@@ -109,6 +134,7 @@ class TreeMemorySampler:
         last: dict[tuple[int, int], int] = {}  # the same at the latest sample that saw it
         initial: set[tuple[int, int]] = set()  # the processes running at the first sample
         looks = [0]  # samples taken in this block (the list of samples may hold an earlier block's)
+        names: dict[tuple[int, int], str] = {}
 
         def take() -> None:
             tree = process_tree(self.root)  # the root first
@@ -121,8 +147,15 @@ class TreeMemorySampler:
                         initial.add(key)
                     first.setdefault(key, ticks[1] if key in initial else 0)
                     last[key] = ticks[1]
+                    name = process_name(pid)
+                    if name and (name != "ray::IDLE" or key not in names):
+                        names[key] = name
             looks[0] += 1
             cpu = sum(last[k] - first[k] for k in last) / TICKS_PER_S
+            by_name: dict[str, float] = {}
+            for k in last:
+                by_name[names.get(k, "?")] = by_name.get(names.get(k, "?"), 0.0) + (last[k] - first[k]) / TICKS_PER_S
+            self.cpu_by_name = by_name
             at = time.monotonic() - began
             self.samples.append(MemorySample(at, sum(sizes), len(sizes), max(sizes), sizes[0], cpu))
 

@@ -207,6 +207,10 @@ def _one_run(base: PipelineConfig, work: Path, count: int, ns: argparse.Namespac
         "of_raw_decode": round(cpu_per_segment * raw.segments_per_cpu_s, 2),
         "steady_cpu_s_per_segment": round(steady_per_segment, 4),
         "steady_of_raw_decode": round(steady_per_segment * raw.segments_per_cpu_s, 2),
+        # the run's CPU seconds by kind of process, largest first: which stage costs what
+        "cpu_s_by_process": {
+            name: round(cpu, 2) for name, cpu in sorted(sampler.cpu_by_name.items(), key=lambda kv: -kv[1]) if cpu > 0
+        },
         "memory": _memory(sampler.samples, ns.sample_seconds),
     }
 

@@ -106,6 +106,9 @@ def test_the_sampler_counts_the_cpu_time_of_the_tree_during_the_block() -> None:
     assert cpu >= 0.4  # the child's burn (and its start-up)
     assert cpu <= 0.4 + ours + 0.5  # its start-up is well under 0.5 s of CPU; the second before the block is out
     assert [s.cpu_s for s in sampler.samples] == sorted(s.cpu_s for s in sampler.samples)
+    # by kind of process: the child is "python... -c"
+    assert sum(sampler.cpu_by_name.values()) == pytest.approx(cpu)
+    assert [name for name, used in sampler.cpu_by_name.items() if used >= 0.4 and name.endswith(" -c")]
 
 
 @pytest.mark.usefixtures("pipeline_ray")
