@@ -165,6 +165,7 @@ def decode_cost(path: Path, config: PipelineConfig, frame_size: int, repeats: in
                 path,
                 frames_per_segment=config.frames_per_segment,
                 segment_seconds=config.segment_seconds,
+                shots=config.shots,
                 size=frame_size,
                 max_duration_s=None,
                 max_bytes=None,

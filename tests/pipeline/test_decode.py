@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import s3fs
 
+from pipeline.config import PipelineConfig
 from pipeline.decode import (
     CorruptMedia,
     DecodeError,
@@ -23,12 +24,17 @@ from pipeline.decode import (
     TooLarge,
     UnsupportedMedia,
     VideoInfo,
+    decode_rows,
     decode_segments,
     open_local_copy,
     plan_frames,
     plan_segments,
+    source_row,
 )
+from pipeline.ledger import LAST_SEGMENT
 from pipeline.shots import ShotSegmenting
+from pipeline.sources import list_sources
+from pipeline.split import split_items
 from sparsevlm.preprocess import resize_and_crop_uint8
 from tests.pipeline.media import SHOT_COLOURS, encode, shot_frames
 
@@ -350,6 +356,23 @@ def test_shots_merge_a_short_shot_and_split_a_long_one(tmp_path: Path) -> None:
     bounds = [(s.start_s, s.end_s) for s in segments]
     assert len(bounds) == 4 and 25 / 15 <= bounds[1][0] <= 25 / 15 + TICK  # 0-1.75, then three equal parts
     assert [round(end - start, 6) for start, end in bounds[1:]] == [round((11.0 - bounds[1][0]) / 3, 6)] * 3
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_decode_rows_carry_the_shot_boundaries(cut_clip: Path, tmp_path: Path, parts: int) -> None:
+    config = PipelineConfig(
+        str(cut_clip.parent), str(tmp_path / "out"), "bundled:tiny-synthetic", shots=SHOTS, frames_per_segment=2
+    )
+    (source,) = list_sources(config.input_uri)
+    item = source_row(source, config)
+    tasks = split_items([item], None if parts == 1 else -(-item["source_size"] // parts))
+    assert len(tasks) == parts  # each part detects the shots of the whole video, and decodes its share
+    rows = [row for task in tasks for row in decode_rows(task, config, frame_size=SIZE)]
+    _, segments = decode_all(cut_clip, shots=SHOTS, frames_per_segment=2)
+    assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in rows] == [
+        (s.index, s.start_s, s.end_s) for s in segments
+    ]
+    assert [r[LAST_SEGMENT] for r in rows] == [False, False, True] and all(r["error_class"] is None for r in rows)
 
 
 def test_shot_detection_is_skipped_for_the_first_frame_check(cut_clip: Path) -> None:
