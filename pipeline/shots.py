@@ -119,8 +119,9 @@ def shrink(frame: np.ndarray, side: int = DETECT_SIDE) -> np.ndarray:
     """
     factor = max(1, max(frame.shape[0], frame.shape[1]) // side)
     h, w = frame.shape[0] // factor, frame.shape[1] // factor
-    blocks = frame[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)  # [h, f, w, f, 3]
-    sums = blocks.sum(axis=(1, 3), dtype=np.int64)  # [h, w, 3]
+    # Rows first, then columns: two sums over contiguous runs, several times faster than one over both axes.
+    rows = frame[: h * factor, : w * factor].reshape(h, factor, w * factor * 3).sum(axis=1, dtype=np.uint32)
+    sums = rows.reshape(h, w, factor, 3).sum(axis=2, dtype=np.uint32)  # [h, w, 3]
     return ((sums + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
