@@ -66,5 +66,5 @@ def test_shots_key_their_mode_and_every_parameter(tmp_path: Path) -> None:
 
 
 def test_a_config_refuses_shots_of_another_type(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="shots must be a pipeline.shots.ShotSegmenting or None"):
+    with pytest.raises(ValueError, match=r"shots must be a pipeline\.shots\.ShotSegmenting or None"):
         config(tmp_path, shots={"threshold": 30})
