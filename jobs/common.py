@@ -25,6 +25,7 @@ from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, js
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
 from pipeline.ray_env import use_local_ray_env
+from pipeline.shots import SEGMENT_BY, ShotSegmenting
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES
@@ -73,6 +74,12 @@ CONFIG_FLAGS: dict[str, str] = {
     "preflight_videos": "preflight_videos",
     "run_id": "run_id",
 }
+# ShotSegmenting field -> the flag that sets it (``--segment-by shots``; the field names its errors).
+SHOT_FLAGS: dict[str, str] = {
+    "threshold": "shot_threshold",
+    "min_segment_seconds": "min_segment_seconds",
+    "max_segment_seconds": "max_segment_seconds",
+}
 # Fields where the config's None (no segmenting, no limit) is the flag's 0.
 _ZERO_IS_NONE = ("segment_seconds", "max_decode_seconds")
 
@@ -109,7 +116,34 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         f"{' and '.join(BUNDLED_LABELS)} are bundled toy models that know only synthetic coloured shapes",
     )
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"SparseVLM preset: {', '.join(PRESETS)}")
-    parser.add_argument("--segment-seconds", type=float, default=10.0, help="segment length; 0 = whole video")
+    parser.add_argument(
+        "--segment-by",
+        choices=SEGMENT_BY,
+        default="fixed",
+        help="fixed = segments of --segment-seconds; shots = cut at detected shot boundaries, short shots merged "
+        "and long ones split (--min-segment-seconds, --max-segment-seconds)",
+    )
+    parser.add_argument(
+        "--segment-seconds", type=float, default=10.0, help="segment length with --segment-by fixed; 0 = whole video"
+    )
+    shots = ShotSegmenting()
+    parser.add_argument(
+        "--min-segment-seconds",
+        type=float,
+        help=f"--segment-by shots: shorter shots join their neighbours (default: {shots.min_segment_seconds:g})",
+    )
+    parser.add_argument(
+        "--max-segment-seconds",
+        type=float,
+        help="--segment-by shots: longer shots are split into equal parts, at least twice the minimum "
+        f"(default: {shots.max_segment_seconds:g})",
+    )
+    parser.add_argument(
+        "--shot-threshold",
+        type=float,
+        help="--segment-by shots: mean HSV change (0-255) between frames sampled "
+        f"{shots.sample_fps:g} times a second that makes a cut; lower finds more cuts (default: {shots.threshold:g})",
+    )
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
     parser.add_argument(
         "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"
@@ -281,8 +315,13 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> PipelineConfig:
         fields["repeat_stop"] = BUNDLED_REPEAT_STOP if bundled_label(ns.model) else 0
     if not ns.run_id:
         del fields["run_id"]
+    shot_flags = {name: getattr(ns, dest) for name, dest in SHOT_FLAGS.items() if getattr(ns, dest) is not None}
+    if ns.segment_by == "fixed" and shot_flags:
+        given = ", ".join("--" + SHOT_FLAGS[name].replace("_", "-") for name in shot_flags)
+        raise ValueError(f"{given} apply to --segment-by shots only; add --segment-by shots or leave them out")
     try:
         fields["sparse"] = SparseConfig.preset(ns.preset)
+        fields["shots"] = ShotSegmenting(**shot_flags) if ns.segment_by == "shots" else None
         config = PipelineConfig(**fields, **extra)
     except ValueError as err:
         raise ValueError(flag_message(str(err))) from err
@@ -331,7 +370,7 @@ def flag_message(message: str) -> str:
     placeholder in the message (``_runs/<run_id>.json``) stays as it is. Where the flag's 0 is the config's
     None, the message says 0.
     """
-    for name, dest in CONFIG_FLAGS.items():
+    for name, dest in (CONFIG_FLAGS | SHOT_FLAGS).items():
         flag = "--" + dest.replace("_", "-")
         rewritten = re.sub(rf"^(unknown )?({name}|{dest})(?= )", rf"\g<1>{flag}", message)
         if rewritten != message:

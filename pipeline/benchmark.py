@@ -13,6 +13,9 @@ one process. For each:
 Plus the decode cost per segment in process CPU time: our decode stage (probe, plan, decode, resize and crop to
 model resolution), the same stage on PyAV (the fallback), and raw decord ``get_batch`` of the same frames at
 their stored resolution.
+
+And the cost of segmenting by shots (:func:`segmenting_cost`): the decode stage's process CPU time on one video
+with fixed segments and with shots (the detection pass over a few frames a second, then the segments' frames).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from pipeline.config import PipelineConfig
 from pipeline.decode import decode_rows, decode_segments, source_row
 from pipeline.ledger import Ledger
 from pipeline.predictor import Predictor
+from pipeline.shots import ShotSegmenting
 from pipeline.sources import list_sources
 from pipeline.utilisation import raw_decode
 
-__all__ = ["DecodeCost", "RunMeasure", "decode_cost", "measure_rows", "plain_loop"]
+__all__ = ["DecodeCost", "RunMeasure", "SegmentingCost", "decode_cost", "measure_rows", "plain_loop", "segmenting_cost"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ def decode_cost(path: Path, config: PipelineConfig, frame_size: int, repeats: in
                 path,
                 frames_per_segment=config.frames_per_segment,
                 segment_seconds=config.segment_seconds,
+                shots=config.shots,
                 size=frame_size,
                 max_duration_s=None,
                 max_bytes=None,
@@ -178,3 +183,61 @@ def decode_cost(path: Path, config: PipelineConfig, frame_size: int, repeats: in
             raw.append(measured.cpu_s)
     per = 1000 / max(segments, 1)
     return DecodeCost(path.name, segments, decoder, per * min(ours), per * min(pyav), per * min(raw) if raw else None)
+
+
+@dataclass(frozen=True)
+class SegmentingCost:
+    """Process CPU seconds of decoding every segment of one video (the least over the repeats), with fixed
+    segments and with shots, on the decoder the pipeline picks (``decoder``)."""
+
+    video: str
+    decoder: str
+    duration_s: float
+    fixed_segments: int
+    shot_segments: int
+    fixed_cpu_s: float
+    shots_cpu_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Shots over fixed."""
+        return self.shots_cpu_s / self.fixed_cpu_s
+
+    @property
+    def extra_cpu_s_per_minute(self) -> float:
+        """What shots add per minute of video."""
+        return (self.shots_cpu_s - self.fixed_cpu_s) * 60 / self.duration_s
+
+
+def segmenting_cost(
+    path: Path,
+    shots: ShotSegmenting,
+    *,
+    segment_seconds: float = 10.0,
+    frames_per_segment: int = 8,
+    frame_size: int = 224,
+    repeats: int = 3,
+) -> SegmentingCost:
+    """The least process CPU time over ``repeats`` (another tenant of the machine only ever adds time) of
+    :func:`~pipeline.decode.decode_segments` on ``path`` with ``segment_seconds`` and with ``shots``."""
+    cpu: dict[str, list[float]] = {"fixed": [], "shots": []}
+    counts: dict[str, int] = {}
+    decoder, duration = "", 0.0
+    for _ in range(repeats):
+        for mode, by_shots in (("fixed", None), ("shots", shots)):
+            began = time.process_time()
+            info, segments = decode_segments(
+                path,
+                frames_per_segment=frames_per_segment,
+                segment_seconds=segment_seconds,
+                shots=by_shots,
+                size=frame_size,
+                max_duration_s=None,
+                max_bytes=None,
+            )
+            counts[mode] = sum(1 for _ in segments)
+            cpu[mode].append(time.process_time() - began)
+            decoder, duration = info.decoder, info.duration_s
+    return SegmentingCost(
+        path.name, decoder, duration, counts["fixed"], counts["shots"], min(cpu["fixed"]), min(cpu["shots"])
+    )

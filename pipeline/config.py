@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 from pipeline.ledger_files import PARTITION
 from pipeline.revision import model_revision
 from pipeline.schema import SCHEMA_VERSION
+from pipeline.shots import SegmentBy, ShotSegmenting
 from pipeline.sources import check_scheme
 from pipeline.standin import StandInCost
 from pipeline.storage import arrow_filesystem, s3_filesystem
@@ -65,7 +66,9 @@ class PipelineConfig:
             the label and the path give the same config key. Results name the model :attr:`model_label`.
         questions: asked about every segment, after the caption; manifests may add per-video questions.
         caption_prompt: the instruction of the caption task.
-        segment_seconds: segment length; None treats each video as one segment.
+        segment_seconds: segment length; None treats each video as one segment. Not used with ``shots``.
+        shots: segment each video at its shots instead (:class:`pipeline.shots.ShotSegmenting`: cut detection,
+            shortest and longest segment); None (the default) keeps ``segment_seconds``' fixed segments.
         frames_per_segment: frames sampled per segment (the model's T).
         max_new_tokens: generation budget per answer.
         repeat_stop: when > 0, an answer stops once it ends with the same 1 to ``repeat_stop`` tokens twice
@@ -127,6 +130,7 @@ class PipelineConfig:
     questions: tuple[str, ...] = ()
     caption_prompt: str = CAPTION_PROMPT
     segment_seconds: float | None = 10.0
+    shots: ShotSegmenting | None = None
     frames_per_segment: int = 8
     max_new_tokens: int = 64
     repeat_stop: int = 0
@@ -188,6 +192,8 @@ class PipelineConfig:
             raise ValueError("caption_prompt must not be empty")
         if self.segment_seconds is not None and not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be > 0 or None (whole video), got {self.segment_seconds!r}")
+        if self.shots is not None and not isinstance(self.shots, ShotSegmenting):
+            raise ValueError(f"shots must be a pipeline.shots.ShotSegmenting or None, got {self.shots!r}")
         positive_ints = ("frames_per_segment", "max_new_tokens", "workers", "batch_size")
         for name in positive_ints:
             value = getattr(self, name)
@@ -235,6 +241,11 @@ class PipelineConfig:
         return bundled_label(self.model) or self.model
 
     @property
+    def segment_by(self) -> SegmentBy:
+        """How videos are segmented: ``fixed`` (``segment_seconds``) or ``shots`` (``shots``)."""
+        return "fixed" if self.shots is None else "shots"
+
+    @property
     def device(self) -> str:
         """Where the model runs: "cuda" when workers get GPUs, else "cpu"."""
         return "cuda" if (self.num_gpus_per_worker or 0) > 0 else "cpu"
@@ -253,7 +264,8 @@ class PipelineConfig:
         weights from another checkout or image skip what they already did (keys made before this rule, which
         hashed the path too, differ: such outputs are reprocessed once). ``auto`` is keyed as written: it
         resolves per GPU (bf16, or fp16 without native bf16), so a cluster that mixes such GPUs should name the
-        dtype.
+        dtype. Segmenting by shots keys the mode and its parameters in place of ``segment_seconds``; fixed
+        segments key exactly what they keyed before shots existed, so their outputs are not reprocessed.
         """
         # The model by its content: the same weights from another path or image reuse the rows; the name
         # keys only a model whose revision cannot be known (rows keep model_id as given either way).
@@ -273,6 +285,10 @@ class PipelineConfig:
             material["repeat_stop"] = self.repeat_stop
         if self.stand_in is not None:  # only then: real runs keep their keys
             material["stand_in"] = dataclasses.asdict(self.stand_in)
+        if self.shots is not None:  # only then: fixed-length runs keep their keys, and segment_seconds is unused
+            del material["segment_seconds"]
+            material["segment_by"] = self.segment_by
+            material["shots"] = dataclasses.asdict(self.shots)
         return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     def fsspec_filesystem(self, uri: str) -> Any:

@@ -10,6 +10,10 @@ matrices are handled by neither. Deterministic per-video failures raise `DecodeE
 pipeline writes error rows), including a storage's permanent answers (`AccessDenied`, `MissingMedia`,
 `StorageRefused`); transient storage failures raise `pipeline.storage.TransientIOError` (Ray retries the task).
 
+Segments are fixed windows of `segment_seconds` (`plan_segments`), or with `shots` the clips between a video's
+detected shot cuts (`detect_shots`: one pass over a few frames a second through the reader already open, then
+the pure steps of `pipeline.shots`); `plan_frames` picks each segment's frames either way.
+
 The errors and data types live in `pipeline.video`, the decoders in `pipeline.readers`, the bounded local
 copy of an object in `pipeline.storage`; this module plans segments and runs the checks and the decoder.
 
@@ -41,6 +45,15 @@ from pipeline import readers
 from pipeline.config import PipelineConfig
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
 from pipeline.metrics import record_decode
+from pipeline.shots import (
+    ShotSegmenting,
+    clip_bounds,
+    content_sum,
+    cut_times,
+    hsv_frame,
+    sample_indices,
+    shrink,
+)
 from pipeline.sources import VideoSource, check_scheme
 from pipeline.split import share_bounds
 from pipeline.storage import TransientIOError, open_local_copy, storage_failure
@@ -95,7 +108,9 @@ __all__ = [
     "deadline_after",
     "decode_rows",
     "decode_segments",
+    "detect_shots",
     "open_local_copy",
+    "plan_frames",
     "plan_segments",
     "source_row",
 ]
@@ -111,13 +126,11 @@ def plan_segments(
     frames_per_segment: int,
     segment_seconds: float | None,
 ) -> list[SegmentPlan]:
-    """Split a video into segments and pick `frames_per_segment` frames in each.
+    """Split a video into fixed-length segments and pick `frames_per_segment` frames in each.
 
     Segments are `[k * segment_seconds, (k + 1) * segment_seconds)`; a final remainder shorter than half a
-    segment is merged into the previous one (a 10.4 s clip is one segment, not two). Within a segment the
-    frames starting inside it are split into N equal runs and the centre of each run is taken
-    (`np.linspace` centres); with fewer than N frames some repeat. A segment in which no frame starts (a gap
-    in variable-frame-rate video) takes the frame on screen at its start.
+    segment is merged into the previous one (a 10.4 s clip is one segment, not two). Frames are picked by
+    :func:`plan_frames`.
 
     Args:
         timestamps_s: Frame start times in seconds, `[F]`, non-decreasing, starting near 0.
@@ -128,9 +141,6 @@ def plan_segments(
     Returns:
         The segment plans in time order.
     """
-    ts = np.asarray(timestamps_s, dtype=np.float64)
-    if ts.ndim != 1 or ts.size == 0:
-        raise ValueError(f"timestamps_s must be a non-empty 1-D array, got shape {ts.shape}")
     if segment_seconds is None:
         bounds = [(0.0, duration_s)]
     else:
@@ -138,6 +148,30 @@ def plan_segments(
         bounds = [(k * segment_seconds, min((k + 1) * segment_seconds, duration_s)) for k in range(count)]
         if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < segment_seconds / 2:
             bounds[-2:] = [(bounds[-2][0], duration_s)]
+    return plan_frames(timestamps_s, bounds, frames_per_segment)
+
+
+def plan_frames(
+    timestamps_s: np.ndarray, bounds: list[tuple[float, float]], frames_per_segment: int
+) -> list[SegmentPlan]:
+    """Pick `frames_per_segment` frames in each of the segments ``bounds`` (fixed or from shots).
+
+    Within a segment the frames starting inside it are split into N equal runs and the centre of each run is
+    taken (`np.linspace` centres); with fewer than N frames some repeat. A segment in which no frame starts (a
+    gap in variable-frame-rate video) takes the frame on screen at its start. The last segment takes every frame
+    from its start on.
+
+    Args:
+        timestamps_s: Frame start times in seconds, `[F]`, non-decreasing, starting near 0.
+        bounds: ``(start_s, end_s)`` of each segment, in time order, tiling the video.
+        frames_per_segment: N, frames sampled per segment.
+
+    Returns:
+        The segment plans in time order.
+    """
+    ts = np.asarray(timestamps_s, dtype=np.float64)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"timestamps_s must be a non-empty 1-D array, got shape {ts.shape}")
     plans = []
     for k, (start, end) in enumerate(bounds):
         first = int(np.searchsorted(ts, start, side="left"))
@@ -149,6 +183,27 @@ def plan_segments(
         centres = np.floor((edges[:-1] + edges[1:]) / 2).astype(np.int64)
         plans.append(SegmentPlan(k, float(start), float(end), np.clip(centres, first, stop - 1)))
     return plans
+
+
+def detect_shots(reader: readers.DecordReader | readers.PyAVReader, shots: ShotSegmenting) -> list[tuple[float, float]]:
+    """The clips of ``shots`` for an open video: one pass over its sampled frames, then the pure steps of
+    :mod:`pipeline.shots` (scores -> cuts -> clips with bounded lengths).
+
+    Returns:
+        ``(start_s, end_s)`` of each clip, in time order, tiling ``[0, reader.duration_s]``.
+    """
+    times = reader.timestamps_s
+    wanted = sample_indices(times, reader.duration_s, shots.sample_fps)  # [K]
+    previous: np.ndarray | None = None
+    sums = []
+    for frame in reader.iter_frames(wanted):  # [H, W, 3] uint8, one at a time
+        current = hsv_frame(shrink(frame))  # [h, w, 3]
+        if previous is not None:
+            sums.append(content_sum(previous, current))
+        previous = current
+    elements = previous.size if previous is not None else 1
+    cuts = cut_times(times[wanted], np.asarray(sums, dtype=np.int64), elements, shots.threshold, shots.min_shot_seconds)
+    return clip_bounds(cuts, reader.duration_s, shots.min_segment_seconds, shots.max_segment_seconds)
 
 
 def decode_segments(
@@ -165,6 +220,7 @@ def decode_segments(
     first_frame_only: bool = False,
     decoder: DecoderName = "auto",
     share: tuple[int, int] = (0, 1),
+    shots: ShotSegmenting | None = None,
 ) -> tuple[VideoInfo, Iterator[Segment]]:
     """Open a local video once and stream its segments.
 
@@ -176,7 +232,8 @@ def decode_segments(
     Args:
         path: Local file (use `open_local_copy` for s3:// and other remote URIs).
         frames_per_segment: Frames sampled per segment (the model's T).
-        segment_seconds: Segment length in seconds; None decodes the whole video as one segment.
+        segment_seconds: Segment length in seconds; None decodes the whole video as one segment. Ignored with
+            ``shots``.
         size: Model resolution; frames come out `[N, size, size, 3]` uint8.
         max_duration_s: Reject longer videos with `TooLarge` (None disables).
         max_bytes: Reject larger files with `TooLarge` (None disables).
@@ -188,6 +245,8 @@ def decode_segments(
         decoder: "auto" (decord, PyAV fallback), or force "decord" / "pyav".
         share: ``(part, parts)``: plan the whole video, decode only part ``part`` of ``parts`` of its segments
             (:func:`pipeline.split.share_bounds`); ``info.segments`` is the whole plan's count.
+        shots: segment by shots instead (:mod:`pipeline.shots`): a pass over a few frames a second finds the
+            cuts before the first segment is decoded (every part of a split video makes that pass).
 
     Returns:
         `(info, segments)`: the video's metadata and an iterator of `Segment`s in time order.
@@ -226,6 +285,8 @@ def decode_segments(
 
     if first_frame_only:
         plans = [SegmentPlan(0, 0.0, reader.duration_s, np.zeros(1, dtype=np.int64))]
+    elif shots is not None:
+        plans = plan_frames(reader.timestamps_s, detect_shots(reader, shots), frames_per_segment)
     else:
         plans = plan_segments(reader.timestamps_s, reader.duration_s, frames_per_segment, segment_seconds)
     info = VideoInfo(
@@ -337,6 +398,7 @@ def decode_rows(
                 deadline=deadline,
                 first_frame_only=first_frame_only,
                 share=(part, parts),
+                shots=config.shots,
             )
             if pinned:  # the header just read is the listed version's
                 _check_unchanged(uri, local, row)

@@ -3,6 +3,7 @@
 decord (`num_threads=1`: VP9 bug dmlc/decord#246) seeks to the planned frames; PyAV decodes forward once and
 takes what decord cannot open or decode at its first frame (AV1, VP9 without a duration, small quarter-turned
 frames). decord 0.6.0 applies the display-matrix rotation itself; the PyAV path rotates with `np.rot90`.
+Both also read a list of frames forward (`iter_frames`, the shot detection's samples).
 Both check the wall-clock deadline between steps; PyAV's one demux pass keeps 16 bytes per packet in typed
 arrays and stops at the frame cap.
 """
@@ -35,6 +36,7 @@ from sparsevlm.resize import resize_and_crop_uint8
 logger = logging.getLogger(__name__)
 
 _DEADLINE_EVERY = 256  # demuxed packets between two deadline checks
+_FRAMES_PER_READ = 4  # full-size frames per decord read when scanning for shots: 4 4K frames are ~100 MB
 # decord raises RuntimeError when it cannot open a file, DECORDError (not a RuntimeError) on failed checks,
 # and AssertionError for a zero frame count.
 DECORD_ERRORS = (RuntimeError, decord.DECORDError, AssertionError)
@@ -151,6 +153,18 @@ class DecordReader:
             small = np.stack([resize_and_crop_uint8(frame, size) for frame in batch])  # [U, S, S, 3]
             yield _segment(plan, small[inverse], self.timestamps_s[plan.frame_indices])
 
+    def iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """The frames ``indices`` (increasing) as decoded, `[H, W, 3]` uint8 RGB one at a time, read forward in
+        small batches (decord skips from one to the next without seeking back)."""
+        for at in range(0, len(indices), _FRAMES_PER_READ):
+            check_deadline(self._path, self._deadline)
+            chunk = indices[at : at + _FRAMES_PER_READ].tolist()
+            try:
+                batch = self._vr.get_batch(chunk).asnumpy()  # [C, H, W, 3]
+            except DECORD_ERRORS as err:
+                raise CorruptMedia(f"{self._path}: decord failed at frame {chunk[0]} ({short_error(err)})") from err
+            yield from batch
+
 
 class PyAVReader:
     """Forward-only PyAV decoding: one demux pass for timestamps, one sequential decode pass for frames."""
@@ -243,6 +257,35 @@ class PyAVReader:
                 picked.setdefault(index, self._small(prev, size))
             yield self._emit(plan, picked)
             plan = next(remaining, None)
+
+    def iter_frames(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """The frames ``indices`` (increasing) as stored (not rotated), `[H, W, 3]` uint8 RGB one at a time, from
+        one forward decode that stops after the last; a frame the decoder dropped is the one on screen then."""
+        wanted = iter(indices.tolist())
+        index = next(wanted, None)
+        prev: av.VideoFrame | None = None
+        try:
+            with av.open(self._path) as container:
+                stream = _video_stream(container, self._probe.stream_index)
+                stream.codec_context.thread_count = 1
+                frames = (f for packet in container.demux(stream) for f in stream.decode(packet))
+                for count, frame in enumerate(frames):
+                    check_deadline(self._path, self._deadline)
+                    position = self._position(frame, count)
+                    while index is not None and index <= position:
+                        on_screen = frame if index == position or prev is None else prev
+                        yield on_screen.to_ndarray(format="rgb24")
+                        index = next(wanted, None)
+                    if index is None:
+                        return
+                    prev = frame
+        except av.error.FFmpegError as err:
+            raise CorruptMedia(f"{self._path}: PyAV decoding failed ({short_error(err)})") from err
+        if prev is None:
+            raise CorruptMedia(f"{self._path}: PyAV decoded no frames")
+        while index is not None:  # past the last decoded frame: it stays on screen
+            yield prev.to_ndarray(format="rgb24")
+            index = next(wanted, None)
 
     def _position(self, frame: av.VideoFrame, count: int) -> int:
         """Index of a decoded frame in display order (by pts when the stream has them)."""

@@ -221,6 +221,7 @@ def sample_picture(
             path,
             frames_per_segment=config.frames_per_segment,
             segment_seconds=config.segment_seconds,
+            shots=config.shots,
             size=frame_size,
             max_duration_s=config.max_duration_s,
             max_bytes=config.max_video_bytes,

@@ -13,7 +13,7 @@ formulas as the rows' ``equivalent_tokens`` and ``prefill_flops``): per prompt, 
 segment (frames x tokens per frame), the equivalent tokens the SparseConfig keeps, and the prefill FLOPs with
 and without pruning on the checkpoint's layer count and widths; per segment, the sum over the prompts (the
 caption and each question). The number of segments is known only once a video is decoded (``duration /
-segment_seconds``), so run totals are given only when each video is one segment. Pooling or temporal
+segment_seconds``, or its shots), so run totals are given only when each video is one segment. Pooling or temporal
 merging before the language model is not modelled, and rank mode assumes rank(P) = 10.
 
 Planning reads the model's config and tokenizer files, lists the input and reads the ledger; it starts no Ray,
@@ -104,6 +104,16 @@ def _states(config: PipelineConfig, items: list[dict[str, Any]]) -> list[Planned
     return videos
 
 
+def _segments_per_video(config: PipelineConfig) -> int | str:
+    """How many segments a video gives, as far as the plan can tell before decoding."""
+    if config.shots is not None:
+        shots = config.shots
+        return f"one per shot, {shots.min_segment_seconds:g} to {shots.max_segment_seconds:g} s (known once decoded)"
+    if config.segment_seconds is None:
+        return 1
+    return f"duration / {config.segment_seconds:g} s (known once decoded)"
+
+
 def text_tokens(tokenizer_file: Path, question: str) -> int:
     """How many text tokens the engine sends around the video for ``question``: the head with ``<s>``, then the
     tail without special tokens, as :func:`sparsevlm.prompt.encode_text` tokenizes them."""
@@ -133,7 +143,7 @@ def _estimate(config: PipelineConfig, checkpoint: CheckpointInfo, to_process: li
         costs.append(config_cost(sparse, layout))
     segment_flops = sum(c.prefill_flops for c in costs)
     dense_flops = sum(c.dense_prefill_flops for c in costs)
-    whole_videos = config.segment_seconds is None
+    whole_videos = config.segment_seconds is None and config.shots is None
     # Each prompt of a segment keeps the same tokens; a manifest's extra questions cost what the caption does.
     prompts_to_run = sum(1 + v.questions for v in to_process)
     per_prompt = segment_flops / len(costs)
@@ -147,7 +157,7 @@ def _estimate(config: PipelineConfig, checkpoint: CheckpointInfo, to_process: li
         "prefill_flops_per_segment": segment_flops,
         "dense_prefill_flops_per_segment": dense_flops,
         "flops_ratio": round(segment_flops / dense_flops, 4) if dense_flops else 1.0,
-        "segments_per_video": 1 if whole_videos else f"duration / {config.segment_seconds:g} s (known once decoded)",
+        "segments_per_video": _segments_per_video(config),
         "prompts_to_run": prompts_to_run if whole_videos else None,
         "prefill_flops_to_run": prompts_to_run * per_prompt if whole_videos else None,
         "note": "; ".join(

@@ -27,9 +27,11 @@ syncs --out FILE.json [--batches 1 2 8 32]
 load --out FILE.json [--videos 1000]
     many short videos in one Ray run: completes exactly once, memory (PSS of the whole job's process tree)
     over time and its growth after warm-up, throughput, and the time of a rerun that skips everything.
+shots --out FILE.json [--real 6] [--repeats 3]
+    process CPU seconds of the decode stage with --segment-by shots vs fixed 10 s segments on the real clips.
 
 One module per family: ``cost`` (presets, speed, syncs, gpu), ``quality`` (fidelity, show, long), ``throughput``
-(pipeline, load); ``table`` prints every table; ``cli`` holds the parser.
+(pipeline, load, shots); ``table`` prints every table; ``cli`` holds the parser.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import jobs.benchmark
 FAMILIES: dict[str, tuple[str, ...]] = {
     "jobs.benchmark.cost": ("presets", "speed", "speed-probe", "gpu", "syncs"),
     "jobs.benchmark.quality": ("fidelity", "show", "long"),
-    "jobs.benchmark.throughput": ("pipeline", "split", "load"),
+    "jobs.benchmark.throughput": ("pipeline", "split", "load", "shots"),
 }
 
 

@@ -1,5 +1,5 @@
-"""The pipeline under load: ``pipeline`` (Ray vs a plain loop on the same videos) and ``load`` (many short
-videos in one Ray run: exactly once, memory over time)."""
+"""The pipeline under load: ``pipeline`` (Ray vs a plain loop on the same videos), ``load`` (many short
+videos in one Ray run: exactly once, memory over time) and ``shots`` (the decode cost of segmenting by shots)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from jobs.benchmark.accelerators import add_split_command, real_clips, run_stand
 from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
-from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows
+from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows, segmenting_cost
 from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import TreeMemorySampler, growth
 from pipeline.ray_env import local_ray
+from pipeline.shots import ShotSegmenting
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import inspect_checkpoint
 from sparsevlm.tiny import CHECKPOINT_DIR
@@ -150,6 +151,22 @@ def memory_report(sampler: TreeMemorySampler) -> dict[str, Any]:
     }
 
 
+def run_shots_benchmark(ns: argparse.Namespace) -> None:
+    shots = ShotSegmenting()
+    costs = [segmenting_cost(clip, shots, frame_size=ns.frame_size, repeats=ns.repeats) for clip in real_clips(ns.real)]
+    rows = [{**asdict(c), "ratio": c.ratio, "extra_cpu_s_per_minute": c.extra_cpu_s_per_minute} for c in costs]
+    fixed, by_shots = sum(c.fixed_cpu_s for c in costs), sum(c.shots_cpu_s for c in costs)
+    minutes = sum(c.duration_s for c in costs) / 60
+    total = {"fixed_cpu_s": fixed, "shots_cpu_s": by_shots, "ratio": by_shots / fixed, "minutes": minutes}
+    columns = ["video", "decoder", "duration_s", "fixed_segments", "shot_segments", "fixed_cpu_s", "shots_cpu_s"]
+    print_table(rows, [*columns, "ratio", "extra_cpu_s_per_minute"])
+    print(
+        f"all {len(costs)} clips ({minutes:.2f} min): fixed {fixed:.2f} s, shots {by_shots:.2f} s of CPU "
+        f"({total['ratio']:.2f}x; {(by_shots - fixed) / minutes:.2f} s more per minute of video)"
+    )
+    write_report({"shots": asdict(shots), "frame_size": ns.frame_size, "clips": rows, "total": total}, ns.out)
+
+
 def pipeline_config(ns: argparse.Namespace, videos: Path, output: Path, questions: tuple[str, ...]) -> PipelineConfig:
     """The :class:`~pipeline.config.PipelineConfig` of a benchmark run from its flags (one model worker)."""
     return PipelineConfig(
@@ -196,3 +213,10 @@ def add_commands(sub: Any) -> None:
     load.add_argument("--sample-seconds", type=positive(float), default=2.0, help="memory sampling period")
     pipeline_flags(load, batch_size=8, max_new_tokens=8, decode_cpus=0.5)
     load.set_defaults(run=run_load_benchmark)
+
+    shots = sub.add_parser("shots", help="decode CPU time of --segment-by shots vs fixed on the real clips")
+    shots.add_argument("--out", required=True)
+    shots.add_argument("--real", type=positive(int), default=6, help="real clips from tests/assets")
+    shots.add_argument("--repeats", type=positive(int), default=3, help="the least CPU time of this many is kept")
+    shots.add_argument("--frame-size", type=positive(int), default=224, help="model resolution (Video-LLaVA: 224)")
+    shots.set_defaults(run=run_shots_benchmark)

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from jobs import caption, index_archive
-from jobs.common import CONFIG_FLAGS, RUN_FAILED, USAGE_ERROR, HelpFormatter, run_cli
+from jobs.common import CONFIG_FLAGS, RUN_FAILED, USAGE_ERROR, HelpFormatter, config_from_args, run_cli
 from jobs.logs import configure_logging
 from pipeline.build import PipelineError
 from pipeline.config import PipelineConfig
 from pipeline.lease import LeaseHeld
+from pipeline.shots import ShotSegmenting
 from sparsevlm.engine import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,15 @@ def test_every_config_flag_exists_and_sets_its_field() -> None:
     assert set(CONFIG_FLAGS) <= {f for f in PipelineConfig.__dataclass_fields__}
 
 
+def test_segment_flags_set_the_config(tmp_path: Path) -> None:
+    base = ["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--ray-address", "127.0.0.1:1", "--dry-run"]
+    parser = caption.build_parser()
+    fixed = config_from_args(parser.parse_args(base))
+    assert fixed.shots is None and fixed.segment_seconds == 10.0
+    shots = config_from_args(parser.parse_args([*base, "--segment-by", "shots", "--max-segment-seconds", "20"]))
+    assert shots.shots == ShotSegmenting(max_segment_seconds=20.0) and shots.segment_by == "shots"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -64,6 +74,12 @@ def test_every_config_flag_exists_and_sets_its_field() -> None:
         (["--preset", "video-11"], "unknown --preset 'video-11'; known presets: dense,"),
         (["--run-id", "a/b"], "--run-id names the file _runs/<run_id>.json"),
         (["--question", "a", "--question", " "], "--question must be non-empty strings"),
+        (["--segment-by", "shots", "--shot-threshold", "0"], "--shot-threshold must be a number > 0, got 0.0"),
+        (
+            ["--segment-by", "shots", "--min-segment-seconds", "4", "--max-segment-seconds", "6"],
+            "--max-segment-seconds must be at least twice min_segment_seconds (4.0), got 6.0",
+        ),
+        (["--min-segment-seconds", "4"], "--min-segment-seconds apply to --segment-by shots only"),
     ],
 )
 def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(

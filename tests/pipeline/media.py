@@ -36,3 +36,24 @@ def encode(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+SHOT_COLOURS = ((200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40), (40, 200, 200))
+
+
+def shot_frames(cuts: list[int], count: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """`[count, H, W, 3]` uint8 frames whose picture changes completely at each frame index in ``cuts``: shot k
+    is a checkerboard of :data:`SHOT_COLOURS` ``[k % 5]`` and its shade at a third, squares of ``4 + 4 * (k % 5)``
+    pixels, with a grey bar moving one pixel a frame (motion inside a shot scores far below a cut)."""
+    shot = np.searchsorted(np.asarray(cuts), np.arange(count), side="right")  # [T], the shot of each frame
+    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+    pictures = []
+    for k, colour in enumerate(SHOT_COLOURS):
+        square = 4 + 4 * k
+        light = ((rows // square + cols // square) % 2 == 0)[:, :, None]  # [H, W, 1]
+        full = np.asarray(colour, dtype=np.float64)
+        pictures.append(np.where(light, full, full / 3).astype(np.uint8))  # [H, W, 3]
+    frames = np.stack([pictures[k % len(SHOT_COLOURS)] for k in shot])  # [T, H, W, 3]
+    for t in range(count):
+        frames[t, :, (t % (width - 4)) : (t % (width - 4)) + 4] = 128
+    return frames

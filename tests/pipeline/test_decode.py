@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import s3fs
 
+from pipeline.config import PipelineConfig
 from pipeline.decode import (
     CorruptMedia,
     DecodeError,
@@ -23,12 +24,19 @@ from pipeline.decode import (
     TooLarge,
     UnsupportedMedia,
     VideoInfo,
+    decode_rows,
     decode_segments,
     open_local_copy,
+    plan_frames,
     plan_segments,
+    source_row,
 )
+from pipeline.ledger import LAST_SEGMENT
+from pipeline.shots import ShotSegmenting
+from pipeline.sources import list_sources
+from pipeline.split import split_items
 from sparsevlm.preprocess import resize_and_crop_uint8
-from tests.pipeline.media import encode
+from tests.pipeline.media import SHOT_COLOURS, encode, shot_frames
 
 SIZE = 64  # model resolution used in these tests (smaller than 224 keeps them fast)
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials
@@ -125,6 +133,19 @@ def test_plan_gap_in_variable_frame_rate_takes_the_frame_on_screen() -> None:
     ts = np.array([0.0, 0.1, 0.2, 15.0, 15.1])
     plans = plan_segments(ts, 15.2, 2, 5.0)
     assert [p.frame_indices.tolist() for p in plans] == [[0, 2], [2, 2], [3, 4]]
+
+
+def test_plan_frames_in_given_bounds_takes_frames_inside_each() -> None:
+    ts = np.arange(150) / 15
+    plans = plan_frames(ts, [(0.0, 3.4), (3.4, 7.0), (7.0, 10.0)], 4)
+    assert [(p.start_s, p.end_s) for p in plans] == [(0.0, 3.4), (3.4, 7.0), (7.0, 10.0)]
+    for plan in plans:
+        times = ts[plan.frame_indices]
+        assert np.all((times >= plan.start_s) & (times < plan.end_s))
+    assert (
+        plan_frames(ts, [(0.0, 10.0)], 4)[0].frame_indices.tolist()
+        == plan_segments(ts, 10.0, 4, None)[0].frame_indices.tolist()
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,6 +316,92 @@ def test_guards_raise_too_large(clips: dict[str, Path], limit: dict[str, float],
 def test_bad_arguments_raise_value_error(clips: dict[str, Path], kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         decode_segments(clips["h264"], **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmenting by shots
+
+SHOTS = ShotSegmenting()
+TICK = 1 / SHOTS.sample_fps  # a detected cut lies within one sample interval after the true one
+
+
+@pytest.fixture(scope="module")
+def cut_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 s at 15 fps with hard cuts at frames 50 and 107 (3.33 s and 7.13 s, between sampling ticks)."""
+    return encode(tmp_path_factory.mktemp("shots") / "cuts.mp4", shot_frames([50, 107], 150))
+
+
+def shot_of(frame: np.ndarray) -> int:
+    """The index in SHOT_COLOURS of a decoded frame's colour (the moving bar covers a sliver of it)."""
+    colour = np.median(frame.reshape(-1, 3), axis=0)
+    return int(np.argmin([np.abs(colour - c).sum() for c in SHOT_COLOURS]))
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_shots_cut_a_video_at_its_known_cuts(cut_clip: Path, decoder: str) -> None:
+    info, segments = decode_all(cut_clip, decoder=decoder, shots=SHOTS, frames_per_segment=4)
+    assert info.segments == len(segments) == 3
+    assert segments[0].start_s == 0 and segments[-1].end_s == pytest.approx(info.duration_s)
+    for true_cut, (before, after) in zip([50 / 15, 107 / 15], itertools.pairwise(segments), strict=False):
+        assert before.end_s == after.start_s and true_cut <= after.start_s <= true_cut + TICK
+    for k, segment in enumerate(segments):  # every sampled frame is of its own shot
+        assert [shot_of(frame) for frame in segment.frames] == [k] * 4
+        assert all(segment.start_s <= t < segment.end_s for t in segment.timestamps_s)
+
+
+def test_shots_merge_a_short_shot_and_split_a_long_one(tmp_path: Path) -> None:
+    # Shots of 0.67 s (0-10), 1 s (10-25) and 9.3 s (25-165) at 15 fps: the two short ones become one clip.
+    path = encode(tmp_path / "short_long.mp4", shot_frames([10, 25], 165))
+    _, segments = decode_all(path, shots=ShotSegmenting(min_segment_seconds=1.5, max_segment_seconds=4.0))
+    bounds = [(s.start_s, s.end_s) for s in segments]
+    assert len(bounds) == 4 and 25 / 15 <= bounds[1][0] <= 25 / 15 + TICK  # 0-1.75, then three equal parts
+    assert [round(end - start, 6) for start, end in bounds[1:]] == [round((11.0 - bounds[1][0]) / 3, 6)] * 3
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_decode_rows_carry_the_shot_boundaries(cut_clip: Path, tmp_path: Path, parts: int) -> None:
+    config = PipelineConfig(
+        str(cut_clip.parent), str(tmp_path / "out"), "bundled:tiny-synthetic", shots=SHOTS, frames_per_segment=2
+    )
+    (source,) = list_sources(config.input_uri)
+    item = source_row(source, config)
+    tasks = split_items([item], None if parts == 1 else -(-item["source_size"] // parts))
+    assert len(tasks) == parts  # each part detects the shots of the whole video, and decodes its share
+    rows = [row for task in tasks for row in decode_rows(task, config, frame_size=SIZE)]
+    _, segments = decode_all(cut_clip, shots=SHOTS, frames_per_segment=2)
+    assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in rows] == [
+        (s.index, s.start_s, s.end_s) for s in segments
+    ]
+    assert [r[LAST_SEGMENT] for r in rows] == [False, False, True] and all(r["error_class"] is None for r in rows)
+
+
+def test_shot_detection_is_skipped_for_the_first_frame_check(cut_clip: Path) -> None:
+    info, (segment,) = decode_all(cut_clip, shots=SHOTS, first_frame_only=True)
+    assert info.segments == 1 and segment.frames.shape == (1, SIZE, SIZE, 3)
+
+
+def test_real_clips_without_cuts_are_one_shot(assets: Path) -> None:
+    # A pancake tossed in one take, eye make-up in close-up, the Earth turning: no cuts, each shorter than 30 s.
+    for name in ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm"):
+        info, segments = decode_all(assets / name, shots=SHOTS, frames_per_segment=2)
+        assert [(s.start_s, s.end_s) for s in segments] == [(0.0, info.duration_s)], name
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_the_nasa_clip_is_cut_where_its_camera_cuts(assets: Path, decoder: str) -> None:
+    # The picture changes at once between frames 240 and 241 (8.01 s: the frame-to-frame score jumps from 2 to
+    # 69), from the close-up of the lift to a wide shot; a dissolve from the wide cleanroom ends near 5.1 s.
+    _, segments = decode_all(assets / "torchcodec_nasa_13013.mp4", decoder=decoder, shots=SHOTS)
+    starts = [s.start_s for s in segments]
+    assert any(8.0 <= t <= 8.01 + TICK for t in starts), starts
+    assert any(5.0 <= t <= 5.3 for t in starts), starts
+    assert all(SHOTS.min_segment_seconds <= s.end_s - s.start_s <= SHOTS.max_segment_seconds for s in segments)
+
+
+def test_a_long_take_is_split_within_the_maximum(assets: Path) -> None:
+    info, segments = decode_all(assets / "videollava_sample_demo_22.mp4", shots=SHOTS, frames_per_segment=2)
+    assert info.duration_s > SHOTS.max_segment_seconds and len(segments) >= 2
+    assert all(SHOTS.min_segment_seconds <= s.end_s - s.start_s <= SHOTS.max_segment_seconds for s in segments)
 
 
 # ---------------------------------------------------------------------------------------------------------
