@@ -9,7 +9,23 @@ shape the next tensors are kept on the host (:class:`sparsevlm.sequence.Layout`)
 device a fixed number of times whatever the batch size (``jobs.benchmark syncs``). Later calls on the same
 cache (decoding) use per-layer-group masks and positions so ``generate`` continues exactly as without the
 cache. Everything else goes to the original forward unchanged. The outer classes are in
-:mod:`sparsevlm.video_llava`, the pure planning functions in :mod:`sparsevlm.plan`.
+:mod:`sparsevlm.video_llava`, the pure planning functions in :mod:`sparsevlm.plan`, the scoring maths in
+:mod:`sparsevlm.scoring`: this module only calls them and the layers.
+
+Mirrored code (checked against transformers 5.23.0, ``models/llama/modeling_llama.py: LlamaModel.forward``, the
+version ``pyproject.toml`` pins): ``_sparse_prefill`` and ``_continue`` run the same steps as that forward
+(embeddings, DynamicCache, positions, causal mask, RoPE, each decoder layer with the same arguments, final
+norm in ``forward``). What differs:
+
+1. the mask comes from :func:`sparsevlm.sequence.build_attention_mask` of the current layout, not
+   ``create_causal_mask``, and mask and RoPE are rebuilt after every pruning layer (the sequence is shorter);
+2. at a pruning layer the layer's keys are read from its cache entry (or captured without a cache) to score the
+   visual tokens, and the hidden states are rebuilt (kept, recycled, deleted tokens);
+3. decoding on a pruned cache runs the layers in groups, each with its own mask and position shift;
+4. the prefill does not return attentions or hidden states (a warning says so), and
+   ``merge_with_config_defaults`` / ``capture_outputs`` do not wrap it.
+
+A new transformers version needs this list re-checked against its ``LlamaModel.forward`` before the pin moves.
 """
 
 from __future__ import annotations
@@ -33,7 +49,10 @@ from sparsevlm.scoring import (
     rank_keep_counts,
     rater_attention,
     rater_candidates,
+    rater_key_mask,
+    rater_rows,
     select_rater_tokens,
+    visual_columns,
     visual_scores,
 )
 from sparsevlm.sequence import (
@@ -301,18 +320,14 @@ class SparseLlamaModel(LlamaModel):
         device = layout.hidden.device
         counts = layout.rater.sum(1)
         n_raters = max(1, max(rater_counts(layout, record)))
-        # Rater rows, right-padded to the longest: their positions in the (padded) sequence.
-        order = torch.sort(layout.rater.long(), dim=1, descending=True, stable=True).indices[:, :n_raters]
-        rater_valid = torch.arange(n_raters, device=device)[None] < counts[:, None]  # [B, R]
+        order, rater_valid = rater_rows(layout.rater, n_raters)  # [B, R] positions in the (padded) sequence
         rater_hidden = hidden_in.gather(1, order[..., None].expand(-1, -1, hidden_in.shape[-1]))  # [B, R, D]
         attn_module = layer.self_attn
         q = attn_module.q_proj(layer.input_layernorm(rater_hidden))
         q = q.view(b, n_raters, -1, attn_module.head_dim).transpose(1, 2)  # [B, H, R, hd]
         cos, sin = self.rotary_emb(rater_hidden, layout.position_ids.gather(1, order))
         q, _ = apply_rotary_pos_emb(q, q, cos, sin)
-        key_at = torch.arange(keys.shape[2], device=device)
-        allowed = layout.valid[:, None, :] & (key_at[None, None, :] <= order[:, :, None])  # [B, R, K]
-        allowed |= key_at[None, None, :] == order[:, :, None]  # padded rater rows are never fully masked
+        allowed = rater_key_mask(layout.valid, order)  # [B, R, K]: the keys are this layer's whole sequence
         attention = rater_attention(q, keys, allowed, attn_module.scaling)  # [B, R, K]
         scores = visual_scores(attention, rater_valid)  # [B, K]
 
@@ -328,14 +343,9 @@ class SparseLlamaModel(LlamaModel):
         keep = [schedule.get(layer_idx) for schedule in schedules]
         if any(p and k is None for p, k in zip(pruned, keep, strict=True)):
             assert cfg.rank_scale is not None
-            width = max(layout.n_visual)
-            visual_at = (~present).to(torch.int8).argsort(dim=1, stable=True)[:, :width]  # [B, V]
-            rater_visual = attention.gather(2, visual_at[:, None, :].expand(-1, n_raters, -1))  # [B, R, V]
-            slot_ok = torch.arange(width, device=device)[None, :] < to_device(layout.n_visual, device)[:, None]
-            rater_visual = rater_visual * (rater_valid[:, :, None] & slot_ok[:, None, :])
-            ranks = rank_keep_counts(
-                rater_visual, counts, to_device(layout.n_visual, device), cfg.rank_scale, cfg.rank_bias
-            )
+            n_visual = to_device(layout.n_visual, device)
+            rater_visual = visual_columns(attention, present, n_visual, max(layout.n_visual), rater_valid)  # [B, R, V]
+            ranks = rank_keep_counts(rater_visual, counts, n_visual, cfg.rank_scale, cfg.rank_bias)
             keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
         if repeats is not None and cfg.repeats == "never":  # a repeat costs nothing (one host read)
             distinct = (present & ~repeats).sum(1).tolist()

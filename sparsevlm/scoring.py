@@ -8,6 +8,60 @@ from __future__ import annotations
 import torch
 
 
+def rater_rows(rater: torch.Tensor, n_raters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's rater positions in sequence order, right-padded to ``n_raters`` slots.
+
+    Args:
+        rater: ``[B, L]`` bool, the rater tokens.
+        n_raters: slots per row, at least the largest rater count of any row.
+
+    Returns:
+        ``order`` long ``[B, R]``, the raters' positions (a padding slot holds some non-rater position), and
+        ``valid`` bool ``[B, R]``, which slots hold a rater.
+    """
+    order = torch.sort(rater.long(), dim=1, descending=True, stable=True).indices[:, :n_raters]  # [B, R]
+    valid = torch.arange(n_raters, device=rater.device)[None] < rater.sum(1)[:, None]  # [B, R]
+    return order, valid
+
+
+def rater_key_mask(valid: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Which keys each rater row attends to in a causal layer: the real keys up to its own position.
+
+    Args:
+        valid: ``[B, K]`` bool, the keys that are real tokens (not padding).
+        order: ``[B, R]`` the rater rows' positions (:func:`rater_rows`).
+
+    Returns:
+        ``[B, R, K]`` bool. A row always sees its own position, so a padding slot's row is never fully masked
+        (its softmax stays finite; :func:`visual_scores` ignores it).
+    """
+    key_at = torch.arange(valid.shape[1], device=valid.device)
+    allowed = valid[:, None, :] & (key_at[None, None, :] <= order[:, :, None])  # [B, R, K]
+    return allowed | (key_at[None, None, :] == order[:, :, None])
+
+
+def visual_columns(
+    attention: torch.Tensor, present: torch.Tensor, n_visual: torch.Tensor, width: int, rater_valid: torch.Tensor
+) -> torch.Tensor:
+    """Each rater row's attention on its row's visual tokens, in sequence order, for the rank count.
+
+    Args:
+        attention: ``[B, R, K]`` rater-row attention (:func:`rater_attention`), ``K`` the sequence length.
+        present: ``[B, K]`` bool, the visual tokens.
+        n_visual: ``[B]`` visual tokens per row (``present.sum(1)``), on the attention's device.
+        width: ``max(n_visual)``, known on the host (it shapes the result).
+        rater_valid: ``[B, R]`` bool, the rater slots that hold a rater.
+
+    Returns:
+        ``[B, R, width]``: column ``j`` is the row's ``j``-th visual token; 0 on a row's columns past its own
+        count and on padding rater slots.
+    """
+    visual_at = (~present).to(torch.int8).argsort(dim=1, stable=True)[:, :width]  # [B, V], visual positions first
+    columns = attention.gather(2, visual_at[:, None, :].expand(-1, attention.shape[1], -1))  # [B, R, V]
+    slot_ok = torch.arange(width, device=attention.device)[None, :] < n_visual[:, None]  # [B, V]
+    return columns * (rater_valid[:, :, None] & slot_ok[:, None, :])
+
+
 def rater_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
