@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jobs.flags import auto_or_count, non_negative
 from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
@@ -150,7 +151,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeat-stop",
-        type=_repeat_stop,
+        type=auto_or_count,
         default="auto",
         metavar="N",
         help="stop an answer once it ends with the same 1 to N tokens twice in a row, keeping the first copy; "
@@ -220,7 +221,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-for-lease",
-        type=_seconds,
+        type=non_negative(float),
         default=0.0,
         metavar="SECONDS",
         help="wait this long for another run on the same output to finish (default: 0, exit at once with code "
@@ -259,30 +260,6 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="info leaves out Ray's and transformers' notes an operator cannot act on; debug shows them and every "
         "library's debug records",
     )
-
-
-def _repeat_stop(text: str) -> str | int:
-    """argparse type of ``--repeat-stop``: ``auto`` or an int >= 0."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """argparse type of a duration in seconds: a number >= 0 (argparse names the flag in its error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
 
 
 def parse_run_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

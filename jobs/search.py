@@ -14,6 +14,7 @@ import json
 import os
 
 from jobs.common import RUN_FAILED, USAGE_ERROR, HelpFormatter, fail
+from jobs.flags import positive
 
 FORMATS = ("text", "json")
 NO_CREDENTIALS = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role"
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("output", metavar="OUTPUT", help="results folder or s3://bucket/prefix (a run's --output)")
     parser.add_argument("query", metavar="QUERY", help="words to search for in the captions and answers")
-    parser.add_argument("--limit", type=_positive, default=10, help="hits to print at most")
+    parser.add_argument("--limit", type=positive(int), default=10, help="hits to print at most")
     parser.add_argument("--video", metavar="URI", help="search only this video's rows (its source_uri as in the rows)")
     parser.add_argument(
         "--format", choices=FORMATS, default="text", help="text for people, json for programs (a JSON list of hits)"
@@ -42,17 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         "AWS sources (environment, ~/.aws, instance roles)",
     )
     return parser
-
-
-def _positive(text: str) -> int:
-    """argparse type of ``--limit``: an int >= 1 (argparse names the flag in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

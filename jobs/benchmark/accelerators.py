@@ -33,8 +33,8 @@ from typing import Any
 import av
 import numpy as np
 
-from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
+from jobs.flags import positive
 from pipeline.benchmark import read_rows
 from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig

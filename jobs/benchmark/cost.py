@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
+from jobs.flags import positive
 from sparsevlm.bench.gpu import GpuBenchSetup, run_gpu_benchmark
 from sparsevlm.bench.presets import Layout, preset_table
 from sparsevlm.bench.speed import SpeedLayout, layout_dict, measure, peak_rss_probe

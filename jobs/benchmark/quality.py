@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
+from jobs.flags import int_list, positive
 from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import ALL_METHODS, METHODS, method_config, parse_schedule
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
@@ -38,17 +38,6 @@ def _schedule(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
-
-
-def _seed_list(text: str) -> list[int]:
-    """argparse type of a comma-separated list of non-negative integers (``--seeds``, ``--withdraw``)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 3,4,5") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must list integers >= 0, e.g. 3,4,5")
-    return values
 
 
 def _check_fidelity_seed(seed: int, samples: int) -> None:
@@ -266,7 +255,7 @@ def add_commands(sub: Any) -> None:
     fidelity.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
     fidelity.add_argument(
         "--seeds",
-        type=_seed_list,
+        type=int_list,
         help="several seeds, e.g. 3,4,5: rows report the mean and the spread (overrides --seed)",
     )
     fidelity.add_argument(
@@ -285,7 +274,7 @@ def add_commands(sub: Any) -> None:
     )
     fidelity.add_argument(
         "--withdraw",
-        type=_seed_list,
+        type=int_list,
         default=[],
         help="layers L, e.g. 0,2,4,8,16: accuracy with one random visual token kept after layer L",
     )

@@ -15,9 +15,9 @@ from typing import Any
 
 from jobs.benchmark.accelerators import add_flags as add_stand_in_flags
 from jobs.benchmark.accelerators import add_split_command, real_clips, run_standin_benchmark
-from jobs.benchmark.flags import positive
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
+from jobs.flags import positive
 from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows, segmenting_cost
 from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig

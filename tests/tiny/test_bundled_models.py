@@ -43,7 +43,7 @@ def test_the_last_seed_has_its_videos() -> None:
 def test_samples_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fidelity", "--samples", "0", "--out", "unused.json"])
-    assert "must be positive, got 0" in capsys.readouterr().err
+    assert "argument --samples: expected an int >= 1, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (DEEP_CHECKPOINT_DIR / "config.json").is_file(), reason="no tiny-deep checkpoint here")
