@@ -16,9 +16,21 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, apply_rotary_pos_emb
 
-__all__ = ["evidence_attention_loss"]
+__all__ = ["evidence_attention_loss", "sequence_rope"]
+
+
+def sequence_rope(lm: LlamaModel, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE ``(cos, sin)`` of positions ``0 .. L-1``, each ``[1, L, head_dim]``: what the layers ran with on a
+    batch of unpadded (or right-padded) rows; the ``position_embeddings`` of :func:`evidence_attention_loss`.
+
+    Args:
+        lm: the language model whose ``rotary_emb`` is used.
+        hidden: ``[B, L, D]`` any of its hidden states (its length, device and dtype are used).
+    """
+    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]  # [1, L]
+    return lm.rotary_emb(hidden, position_ids=positions)
 
 
 def evidence_attention_loss(

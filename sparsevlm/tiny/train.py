@@ -43,7 +43,7 @@ from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
 from sparsevlm.tiny.hard_qa import MIN_FRAMES, QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.looking import evidence_attention_loss
+from sparsevlm.tiny.looking import evidence_attention_loss, sequence_rope
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
@@ -223,8 +223,7 @@ def train_step(
         losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
     if cfg.look_weight > 0:
         lm = model.model.language_model
-        positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device)[None]
-        rope = lm.rotary_emb(out.hidden_states[0], position_ids=positions)
+        rope = sequence_rope(lm, out.hidden_states[0])
         looks = [
             evidence_attention_loss(
                 out.hidden_states[layer],

@@ -9,7 +9,7 @@ import torch
 from sparsevlm.tiny.batches import SequenceBuilder, collate
 from sparsevlm.tiny.hard_qa import make_hard_sample
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.looking import evidence_attention_loss
+from sparsevlm.tiny.looking import evidence_attention_loss, sequence_rope
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import build_tokenizer
 from sparsevlm.tiny.train import TrainConfig, train_step
@@ -32,7 +32,7 @@ def test_the_loss_is_minus_log_the_eager_attention_mass_on_the_evidence() -> Non
             output_attentions=True,
         )
     lm = model.model.language_model
-    rope = lm.rotary_emb(out.hidden_states[0], position_ids=torch.arange(batch.input_ids.shape[1])[None])
+    rope = sequence_rope(lm, out.hidden_states[0])
     for layer in (1, 2):
         loss = evidence_attention_loss(
             out.hidden_states[layer],
