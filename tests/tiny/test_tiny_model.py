@@ -19,6 +19,7 @@ from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
 from sparsevlm.tiny.train import BatchStream, TrainConfig, main, make_batch, train_step
 from sparsevlm.tiny.video_qa import ANSWER_WORDS, COLOURS, VideoSample, make_sample
+from tests.tiny.steps import train_steps
 
 # 48 px frames, 16 px patches: 9 patches + CLS = 10 tokens per frame, 40 for a 4-frame video.
 SMALL = TinyModelConfig(
@@ -149,15 +150,7 @@ def test_a_few_training_steps_reduce_the_loss(tokenizer: PreTrainedTokenizerBase
     heads = PatchHeads(SMALL.text_hidden, tokenizer)
     cfg = TrainConfig(motion_layer=1, bf16=False)
     batch = collate(SequenceBuilder(tokenizer), [small_sample(i) for i in range(2)], np.random.default_rng(0))
-    params = [*model.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=3e-3)
-    history = []
-    for _ in range(8):
-        losses = train_step(model, heads, batch, cfg)
-        optimizer.zero_grad()
-        losses["total"].backward()
-        optimizer.step()
-        history.append({k: v.item() for k, v in losses.items()})
+    history = train_steps(model, heads, batch, cfg)
     assert set(history[0]) == {
         "answer",
         "colour",
