@@ -163,6 +163,16 @@ def make_config(root: Path, **changes: Any) -> PipelineConfig:
     return PipelineConfig(input_uri=str(root), output_uri=str(root / "out"), model="unused", **settings)
 
 
+def s3_input(root: Path, s3_server: str, input_uri: str) -> tuple[PipelineConfig, Any]:
+    """A config that reads ``input_uri`` (``s3://bucket/prefix``) from the moto server, and its file system with
+    the bucket made."""
+    config = make_config(root, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
+    config = config.replace(input_uri=input_uri)
+    fs = config.fsspec_filesystem(input_uri)
+    fs.mkdir(input_uri.removeprefix("s3://").split("/")[0])
+    return config, fs
+
+
 def local_row(path: Path, config: PipelineConfig, questions: list[str] | None = None) -> dict[str, Any]:
     """The decode stage's work item for a local file (which need not exist or look like a video)."""
     stat = path.stat() if path.exists() else None
@@ -459,10 +469,7 @@ def test_local_file_deleted_after_listing(media: dict[str, Path], tmp_path: Path
 
 
 def test_s3_object_deleted_after_listing(s3_server: str, media: dict[str, Path], tmp_path: Path) -> None:
-    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
-    config = config.replace(input_uri="s3://bad-input-vanish/in")
-    fs = config.fsspec_filesystem(config.input_uri)
-    fs.mkdir("bad-input-vanish")
+    config, fs = s3_input(tmp_path, s3_server, "s3://bad-input-vanish/in")
     for name in ("a.mp4", "b.mp4"):
         fs.put_file(str(media["good"]), f"bad-input-vanish/in/{name}")
     sources = list_sources(config.input_uri, fs)
@@ -496,10 +503,7 @@ def test_a_local_file_changed_after_listing_is_a_source_changed_row(media: dict[
 def test_an_s3_object_overwritten_after_listing_is_a_source_changed_row(
     s3_server: str, media: dict[str, Path], tmp_path: Path
 ) -> None:
-    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
-    config = config.replace(input_uri="s3://bad-input-changed/in")
-    fs = config.fsspec_filesystem(config.input_uri)
-    fs.mkdir("bad-input-changed")
+    config, fs = s3_input(tmp_path, s3_server, "s3://bad-input-changed/in")
     for name in ("a.mp4", "b.mp4"):
         fs.put_file(str(media["good"]), f"bad-input-changed/in/{name}")
     sources = list_sources(config.input_uri, fs)
@@ -513,10 +517,7 @@ def test_s3_keys_with_query_and_fragment_characters_are_read_literally(
     s3_server: str, media: dict[str, Path], tmp_path: Path
 ) -> None:
     """``?versionId=`` in a key is key text: s3fs alone would read the object ``names/x`` instead."""
-    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
-    config = config.replace(input_uri="s3://bad-input-literal/names")
-    fs = config.fsspec_filesystem(config.input_uri)
-    fs.mkdir("bad-input-literal")
+    config, fs = s3_input(tmp_path, s3_server, "s3://bad-input-literal/names")
     fs.pipe_file("bad-input-literal/names/x", b"not the listed video")  # what a cut key would read
     for name in ("x?versionId=1.mp4", "a#b?c.mp4"):
         fs.put_file(str(media["good"]), f"bad-input-literal/names/{name}")
@@ -528,10 +529,7 @@ def test_s3_keys_with_query_and_fragment_characters_are_read_literally(
 
 def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: Path) -> None:
     """Objects are decoded from a temporary local copy; the error row names the object, not the copy."""
-    config = make_config(tmp_path, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
-    config = config.replace(input_uri="s3://bad-input-named/in")
-    fs = config.fsspec_filesystem(config.input_uri)
-    fs.mkdir("bad-input-named")
+    config, fs = s3_input(tmp_path, s3_server, "s3://bad-input-named/in")
     fs.pipe_file("bad-input-named/in/noise.mp4", np.random.default_rng(1).bytes(5000))
     (source,) = list_sources(config.input_uri, fs)
     (row,) = decode(source_row(source, config), config)
