@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,9 +15,8 @@ from jobs import search
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
 from pipeline.s3_keys import LiteralKeyS3FileSystem
 from pipeline.schema import RESULT_SCHEMA, make_rows
+from tests.jobs.imports import imported_packages
 from tests.pipeline.ledgers import CONFIG_KEY, make_ledger
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # video -> per segment: (caption, answer to "what colour?"); segments are 10 s long.
 VIDEOS = {
@@ -189,17 +185,8 @@ def test_an_unreachable_store_is_a_run_failure(
 def test_the_command_imports_no_model_library_and_no_ray(tmp_path: Path) -> None:
     ledger = Ledger(pa.fs.LocalFileSystem(), str(tmp_path / "out"))
     _write_output(ledger)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "jobs.search", ledger.base, "blue square", "--format", "json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done, modules = imported_packages("jobs.search", [ledger.base, "blue square", "--format", "json"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)[0]["answer"] == "a blue square stays still"
-    modules = {m.group(1).split(".")[0] for m in re.finditer(r"^import time:.*\|\s+(\S+)$", done.stderr, re.M)}
     assert "pyarrow" in modules  # the probe sees imports at all
     assert not modules & {"torch", "transformers", "ray"}, sorted(modules & {"torch", "transformers", "ray"})

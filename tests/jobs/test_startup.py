@@ -8,44 +8,28 @@ only a run that loads the model may import them. Each command runs in a fresh in
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from tests.jobs.imports import imported_packages
 from tests.pipeline.media import encode
 
-ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers")
 
 
-def imported_modules(args: list[str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """Run ``python -X importtime -m jobs.caption ARGS``; return the process and the top-level packages it imported."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "jobs.caption", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    found = {m.group(1).split(".")[0] for m in re.finditer(r"^import time:.*\|\s+(\S+)$", done.stderr, re.M)}
-    return done, found
-
-
 def test_help_imports_no_model_library_and_no_ray() -> None:
-    done, modules = imported_modules(["--help"])
+    done, modules = imported_packages("jobs.caption", ["--help"])
     assert done.returncode == 0 and "--repeat-stop" in done.stdout
     assert not modules & {*HEAVY, "ray"}, sorted(modules & {*HEAVY, "ray"})
     assert "argparse" in modules  # the probe sees imports at all
 
 
 def test_a_usage_error_imports_no_model_library_and_no_ray(tmp_path: Path) -> None:
-    done, modules = imported_modules(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--preset", "x"])
+    done, modules = imported_packages(
+        "jobs.caption", ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--preset", "x"]
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: unknown --preset 'x'")
     assert not modules & {*HEAVY, "ray"}, sorted(modules & {*HEAVY, "ray"})
@@ -56,7 +40,9 @@ def test_dry_run_imports_no_model_library_and_prints_a_table(tmp_path: Path) -> 
     videos = tmp_path / "videos"
     videos.mkdir()
     encode(videos / "clip.mp4", np.zeros((8, 32, 32, 3), dtype=np.uint8), fps=8)
-    done, modules = imported_modules(["--input", str(videos), "--output", str(tmp_path / "o"), "--dry-run"])
+    done, modules = imported_packages(
+        "jobs.caption", ["--input", str(videos), "--output", str(tmp_path / "o"), "--dry-run"]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
     lines = done.stdout.strip().splitlines()
@@ -71,7 +57,7 @@ def test_dry_run_under_json_logs_prints_its_plan_as_json(tmp_path: Path) -> None
     videos.mkdir()
     encode(videos / "clip.mp4", np.zeros((8, 32, 32, 3), dtype=np.uint8), fps=8)
     args = ["--input", str(videos), "--output", str(tmp_path / "o"), "--dry-run", "--log-format", "json"]
-    done, modules = imported_modules(args)
+    done, modules = imported_packages("jobs.caption", args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
     plan = json.loads(done.stdout.strip().splitlines()[-1])
