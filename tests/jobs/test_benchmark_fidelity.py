@@ -13,6 +13,7 @@ from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import build_tokenizer
 
 
+@pytest.mark.slow  # 5 s here (2 cores): every method on an untrained tiny model
 def test_fidelity_rows_on_an_untrained_model() -> None:
     tokenizer = build_tokenizer()
     model = build_model(TinyModelConfig(num_frames=8), tokenizer).eval()
@@ -30,6 +31,7 @@ def test_fidelity_rows_on_an_untrained_model() -> None:
         assert r["evidence_recall"] is None or 0.0 <= r["evidence_recall"] <= 1.0
 
 
+@pytest.mark.slow  # 7 s here (2 cores): the fidelity command end to end
 def test_fidelity_command_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, plot = tmp_path / "fidelity.json", tmp_path / "fidelity.png"
     main(
@@ -62,6 +64,7 @@ def test_a_bad_schedule_exits_2_naming_it(capsys: pytest.CaptureFixture[str]) ->
     assert "'0,1:52' has 2 layers but 1 keep counts" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 29 s here (2 cores): fidelity on the hard split, two seeds, presets and withdrawal
 def test_presets_withdrawal_and_seeds_on_the_hard_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     easy, out, alone, plot = (tmp_path / name for name in ("easy.json", "hard.json", "seed4.json", "both.png"))
     main(["fidelity", "--samples", "2", "--methods", "random", "--budgets", "0.1", "--out", str(easy)])

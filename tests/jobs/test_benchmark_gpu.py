@@ -85,6 +85,7 @@ def test_the_setup_refuses_what_it_cannot_measure() -> None:
         count_decode_syncs(None, GpuBenchSetup.tiny(), "dense", 1)
 
 
+@pytest.mark.slow  # 5 s here (2 cores): the GPU benchmark at its tiny size on CPU
 def test_the_report_so_far_is_handed_over_after_every_row() -> None:
     import dataclasses
 

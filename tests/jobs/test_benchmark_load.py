@@ -115,6 +115,7 @@ def test_the_sampler_counts_the_cpu_time_of_the_tree_during_the_block() -> None:
     assert name.endswith(" -c") and used == pytest.approx(cpu)  # a Python program run with -c
 
 
+@pytest.mark.slow  # 21 s here (2 cores): a Ray run of 12 videos and its rerun
 @pytest.mark.usefixtures("pipeline_ray")
 def test_load_benchmark_command(tmp_path: Path) -> None:
     out = tmp_path / "load.json"

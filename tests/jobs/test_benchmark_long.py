@@ -26,6 +26,7 @@ def test_the_uniform_run_gets_the_long_presets_budget() -> None:
         long_runs("video-rank")
 
 
+@pytest.mark.slow  # 9 s here (2 cores): the long-video benchmark at its tiny size
 def test_long_command(tmp_path: Path) -> None:
     out = tmp_path / "long.json"
     main(["long", "--out", str(out), "--videos", "2", "--batch-size", "4"])

@@ -50,6 +50,7 @@ def test_a_run_without_model_batches_is_refused() -> None:
         measure_rows("loop", table, wall_s=1.0)
 
 
+@pytest.mark.slow  # 10 s here (2 cores): the plain loop and a Ray run
 @pytest.mark.usefixtures("pipeline_ray")
 def test_pipeline_benchmark_command(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jobs.benchmark import main
 from sparsevlm.bench.speed import SpeedLayout, block_sizes, full_depth_config, reduced_config
 from sparsevlm.config import SparseConfig
@@ -20,6 +22,7 @@ def test_presets_run_their_full_depth_schedule_at_reduced_depth() -> None:
     assert one_step.prune_layers == (1,) and one_step.keep_tokens == (86,)
 
 
+@pytest.mark.slow  # 9 s here (2 cores): prefills in fresh processes
 def test_speed_command_tiny(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     main(["speed", "--tiny", "--repeats", "1", "--dtypes", "float32", "--presets", "video-10", "--out", str(out)])

@@ -10,6 +10,7 @@ import pytest
 from jobs.benchmark import main
 
 
+@pytest.mark.slow  # 16 s here (2 cores): stand-in Ray runs at 1 and 2 accelerators
 @pytest.mark.usefixtures("pipeline_ray")
 def test_stand_in_benchmark_reports_throughput_bound_busy_and_memory(tmp_path: Path) -> None:
     out = tmp_path / "standin.json"

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jobs.benchmark import main
 
 
+@pytest.mark.slow  # 6 s here (2 cores): two presets at two batch sizes
 def test_syncs_command_counts_each_preset_and_batch(tmp_path: Path) -> None:
     out = tmp_path / "syncs.json"
     main(["syncs", "--out", str(out), "--batches", "2", "3", "--presets", "dense", "video-25"])

@@ -14,6 +14,7 @@ from sparsevlm.tiny.video_qa import FAMILIES
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 10 s here (2 cores): the demo's Ray run and comparison
 @pytest.mark.usefixtures("pipeline_ray")
 def test_demo_runs_the_pipeline_and_the_comparison(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

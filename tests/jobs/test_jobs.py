@@ -29,6 +29,7 @@ def _videos(assets: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # 5 s here (2 cores): a run of the job and its rerun
 @pytest.mark.usefixtures("pipeline_ray")
 def test_caption_writes_rows_then_skips_on_rerun(assets: Path, pipeline_model_dir: Path, tmp_path: Path) -> None:
     videos, out = _videos(assets, tmp_path / "in"), tmp_path / "out"
@@ -57,6 +58,7 @@ def test_caption_writes_rows_then_skips_on_rerun(assets: Path, pipeline_model_di
     assert ds.dataset(out, format="parquet").to_table().num_rows == 4  # a dry run writes nothing
 
 
+@pytest.mark.slow  # 12 s here (2 cores): three nightly runs of the job
 @pytest.mark.usefixtures("pipeline_ray")
 def test_index_archive_processes_only_new_or_changed_videos(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path

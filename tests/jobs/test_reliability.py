@@ -69,6 +69,7 @@ def test_the_reconcile_deletes_only_what_this_pipeline_wrote(pipeline_model_dir:
     assert [p for p in kept if not p.exists()] == []
 
 
+@pytest.mark.slow  # 9 s here (2 cores): five caption jobs in subprocesses
 def test_local_paths_are_paths_not_uris(pipeline_model_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "in #1 ?x %41 é"
     empty.mkdir()
@@ -120,6 +121,7 @@ def test_manifest_confinement_follows_symlinks(pipeline_model_dir: Path, assets:
         assert done.returncode == 2 and "outside the manifest's own folder" in done.stderr, (entry, done.stderr)
 
 
+@pytest.mark.slow  # 25 s here (2 cores): a caption job in a subprocess
 def test_the_preflight_never_stops_a_run_that_has_a_decodable_video(
     pipeline_model_dir: Path, assets: Path, tmp_path: Path
 ) -> None:
@@ -147,6 +149,7 @@ def test_the_preflight_never_stops_a_run_that_has_a_decodable_video(
     assert (summary["processed"], summary["failed"]) == (8, 7), summary
 
 
+@pytest.mark.slow  # 10 s each here (2 cores): a job in a subprocess, stopped
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_an_interrupted_run_records_releases_and_says_one_line(
     pipeline_model_dir: Path, assets: Path, tmp_path: Path, signum: int, code: int
@@ -179,6 +182,7 @@ def test_an_interrupted_run_records_releases_and_says_one_line(
     assert not (out / "_lease").exists()
 
 
+@pytest.mark.slow  # 25 s here (2 cores): two caption jobs in subprocesses
 def test_the_same_model_from_another_path_skips_what_it_did(
     pipeline_model_dir: Path, assets: Path, tmp_path: Path
 ) -> None:

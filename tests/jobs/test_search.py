@@ -168,6 +168,7 @@ def test_a_bad_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert "argument --limit: expected an int >= 1, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 11 s here (2 cores): the S3 client's retries against a closed port
 def test_an_unreachable_store_is_a_run_failure(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

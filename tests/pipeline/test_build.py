@@ -38,6 +38,7 @@ def assert_exactly_once(rows: list[dict[str, Any]]) -> None:
     assert per_clip == {**{name: 2 * n for name, n in SEGMENTS.items()}, BROKEN_CLIP: 1}
 
 
+@pytest.mark.slow  # 8 s with its fixture here (2 cores): two Ray runs
 def test_end_to_end_local_then_a_rerun_writes_nothing(
     pipeline_ray: None, pipeline_videos: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -71,6 +72,7 @@ def test_end_to_end_local_then_a_rerun_writes_nothing(
     assert {p: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")} == before
 
 
+@pytest.mark.slow  # 6 s here (2 cores): interrupted and resumed Ray runs on S3
 def test_s3_in_s3_out_resumes_an_interrupted_run_exactly_once(
     pipeline_ray: None, pipeline_videos: Path, pipeline_model_dir: Path, s3_server: str
 ) -> None:
@@ -202,6 +204,7 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     assert err.startswith(f"error: the output {output} is not writable (") and "choose another --output" in err
 
 
+@pytest.mark.slow  # 8 s here (2 cores): two Ray runs
 def test_a_video_retried_into_another_partition_replaces_its_old_rows(
     pipeline_ray: None, pipeline_videos: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:

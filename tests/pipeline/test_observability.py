@@ -160,6 +160,7 @@ def _totals(text: str) -> dict[str, float]:
     return totals
 
 
+@pytest.mark.slow  # 15 s here (2 cores): a Ray run scraped while it runs
 def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
     pipeline_ray: None, assets: Path, pipeline_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -141,6 +141,7 @@ def test_chromium_logs_console_messages_where_the_test_looks() -> None:
     assert any("report-console-check" in m for m in messages), messages
 
 
+@pytest.mark.slow  # 9 s here (2 cores): a Ray run, then Chromium
 def test_a_real_runs_page_in_chromium_shows_its_parquet_rows(
     pipeline_ray: None, pipeline_videos: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:

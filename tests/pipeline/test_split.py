@@ -118,6 +118,7 @@ def test_a_failing_middle_part_gives_every_segment_a_row_and_commits_once(
     assert Counter(r["segment_index"] for r in read_rows(config)) == {i: 1 if i in (4, 5) else 2 for i in range(9)}
 
 
+@pytest.mark.slow  # 10 s here (2 cores): split and unsplit Ray runs
 @pytest.mark.usefixtures("pipeline_ray")
 def test_a_split_run_commits_the_rows_of_an_unsplit_run_once(
     long_video: Path, tmp_path: Path, pipeline_model_dir: Path

@@ -83,6 +83,7 @@ def test_predictor_rows_are_marked_and_keyed_apart(pipeline_model_dir: Path, tmp
         assert json.loads(result["sparse_config_json"])[STAND_IN]["ms_per_segment"] == 40.0
 
 
+@pytest.mark.slow  # 7 s here (2 cores): a Ray run
 @pytest.mark.usefixtures("pipeline_ray")
 def test_a_ray_run_on_stand_ins_commits_every_segment_once(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path

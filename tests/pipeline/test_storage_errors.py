@@ -99,6 +99,7 @@ def test_a_transient_failure_is_retried_with_backoff_then_raised(
     assert [r["error_class"] for r in decode_rows(source_row(source, config), config, 32)] == [None]
 
 
+@pytest.mark.slow  # 12 s here (2 cores): Ray runs against a failing S3 proxy
 def test_ray_retries_transient_failures_and_the_run_completes_past_a_refused_object(
     pipeline_ray: None, proxy: FaultyS3, s3_server: str, assets: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -160,6 +161,7 @@ def test_an_output_that_refuses_writes_or_deletes_fails_before_anything_else(
     assert permission in str(caught.value) and "choose another --output" in str(caught.value)
 
 
+@pytest.mark.slow  # 26 s here (2 cores): Ray runs against a failing S3 proxy
 def test_writes_are_retried_boundedly_and_a_retried_write_task_never_duplicates(
     pipeline_ray: None, proxy: FaultyS3, s3_server: str, assets: Path, pipeline_model_dir: Path
 ) -> None:

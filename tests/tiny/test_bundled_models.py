@@ -46,6 +46,7 @@ def test_samples_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert "argument --samples: expected an int >= 1, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 91 s here (2 cores): fidelity on the 16-layer tiny-deep model
 @pytest.mark.skipif(not (DEEP_CHECKPOINT_DIR / "config.json").is_file(), reason="no tiny-deep checkpoint here")
 def test_fidelity_runs_on_the_deep_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "deep.json"
@@ -63,6 +64,7 @@ def test_fidelity_runs_on_the_deep_model(tmp_path: Path, capsys: pytest.CaptureF
     assert "tiny-deep; easy split; 16 questions" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 40 s here (2 cores): fidelity on tiny-deep, hard split
 @pytest.mark.skipif(not (DEEP_CHECKPOINT_DIR / "config.json").is_file(), reason="no tiny-deep checkpoint here")
 def test_fidelity_runs_on_the_deep_model_on_the_hard_split(tmp_path: Path) -> None:
     out = tmp_path / "hard.json"

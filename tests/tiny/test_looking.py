@@ -67,6 +67,7 @@ def test_answer_positions_predict_the_answer_words() -> None:
                 assert batch.answer_evidence[b, q].sum() <= 60
 
 
+@pytest.mark.slow  # 13-16 s here (2 cores): 8 training steps with the looking loss
 def test_training_with_the_looking_loss_lowers_it() -> None:
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

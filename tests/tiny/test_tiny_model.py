@@ -315,6 +315,7 @@ def _assert_same_batch(a: TrainBatch, b: TrainBatch) -> None:
         assert torch.equal(getattr(a, field.name), getattr(b, field.name)), field.name
 
 
+@pytest.mark.slow  # 4 s here (2 cores): loader processes
 def test_batches_built_in_loader_processes_are_the_ones_built_inline(tokenizer: PreTrainedTokenizerBase) -> None:
     cfg = TrainConfig(batch_size=2, hard_fraction=0.5, text_loss_weight=1.0, seed=3, warm_fraction=0)
     builder = SequenceBuilder(tokenizer)
