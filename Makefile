@@ -21,7 +21,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser test lint typecheck pytest demo lock clean
+.PHONY: install browser test test-fast lint typecheck pytest pytest-fast demo lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +65,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The whole suite (CI's, through .ci/run), slowest tests listed at the end so that one growing slower shows.
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
+
+# The lane to run while working: the same without the tests marked slow (Ray jobs, training, the deep model),
+# under 3 minutes on a 2-core machine; `make test` still runs them all.
+pytest-fast: install
+	$(BIN)/pytest -q --durations=25 -m "not gpu and not slow"
 
 test: lint typecheck pytest
+
+test-fast: lint typecheck pytest-fast
 
 demo: install
 	$(BIN)/python -m jobs.demo
