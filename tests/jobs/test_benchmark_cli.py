@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from jobs.benchmark.cli import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +37,7 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # 4-6 s here (2 cores): imports the model stack in a fresh interpreter
 def test_the_gpu_command_starts_without_the_pipeline_packages() -> None:
     result = run_blocked(
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from jobs.benchmark import main
@@ -37,6 +38,7 @@ def test_pool_pixels_average_each_cell() -> None:
     assert (pool_pixels(frames, grid=2, rows=2, cols=2) == frames).all()  # one patch per cell: unchanged
 
 
+@pytest.mark.slow  # 2-6 s here (2 cores): every method's keep grid on a synthetic video, rendered
 def test_show_command_on_a_synthetic_video(tmp_path: Path) -> None:
     out = tmp_path / "show.png"
     main(["show", "--synthetic", "0", "--budget", "0.25", "--out", str(out)])

@@ -221,6 +221,7 @@ for _ in range(target + 10):  # PIDs of a new namespace count up from 1
 """
 
 
+@pytest.mark.slow  # 2-5 s here (2 cores): a lease holder in its own PID namespace, then a job
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_a_live_lease_in_another_pid_namespace_is_not_taken_over(pipeline_model_dir: Path, tmp_path: Path) -> None:
     out, empty = tmp_path / "out", tmp_path / "empty"
