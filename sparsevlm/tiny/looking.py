@@ -14,23 +14,14 @@ Questions without evidence (a "no" presence question) are left out.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel, apply_rotary_pos_emb
 
-__all__ = ["evidence_attention_loss", "sequence_rope"]
+from sparsevlm.tiny.batches import TrainBatch
 
-
-def sequence_rope(lm: LlamaModel, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE ``(cos, sin)`` of positions ``0 .. L-1``, each ``[1, L, head_dim]``: what the layers ran with on a
-    batch of unpadded (or right-padded) rows; the ``position_embeddings`` of :func:`evidence_attention_loss`.
-
-    Args:
-        lm: the language model whose ``rotary_emb`` is used.
-        hidden: ``[B, L, D]`` any of its hidden states (its length, device and dtype are used).
-    """
-    positions = torch.arange(hidden.shape[1], device=hidden.device)[None]  # [1, L]
-    return lm.rotary_emb(hidden, position_ids=positions)
+__all__ = ["evidence_attention_loss", "looking_losses"]
 
 
 def evidence_attention_loss(
@@ -80,3 +71,32 @@ def evidence_attention_loss(
     on_visual = probs.gather(2, visual[:, None, :].expand(-1, probs.shape[1], -1))  # [B, Q, V]
     mass = (on_visual * evidence).sum(-1)  # [B, Q]
     return -(mass[valid] + 1e-6).log().mean()
+
+
+def looking_losses(
+    lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
+) -> list[torch.Tensor]:
+    """The looking loss (:func:`evidence_attention_loss`) at each of ``layers`` of one forward of ``batch``.
+
+    The rows must be unpadded or right-padded, as the trainer runs them (no attention mask): the layers then ran
+    with RoPE positions ``0 .. L-1``, which is what the loss is given.
+
+    Args:
+        lm: the language model that produced ``hidden_states``.
+        hidden_states: its ``output_hidden_states``, each ``[B, L, D]``; index ``i`` is the input of layer ``i``.
+        layers: the decoder layers to read.
+        batch: the batch of that forward (its answer positions, their evidence, where its visual tokens start).
+    """
+    first = hidden_states[0]  # [B, L, D]
+    positions = torch.arange(first.shape[1], device=first.device)[None]  # [1, L]
+    rope = lm.rotary_emb(first, position_ids=positions)  # (cos, sin), each [1, L, head_dim]
+    losses = []
+    for index in layers:
+        layer = lm.layers[index]
+        assert isinstance(layer, LlamaDecoderLayer)
+        losses.append(
+            evidence_attention_loss(
+                hidden_states[index], layer, rope, batch.answer_positions, batch.answer_evidence, batch.visual_start
+            )
+        )
+    return losses

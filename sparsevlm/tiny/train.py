@@ -43,7 +43,7 @@ from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
 from sparsevlm.tiny.hard_qa import MIN_FRAMES, QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.looking import evidence_attention_loss, sequence_rope
+from sparsevlm.tiny.looking import looking_losses
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
@@ -222,19 +222,7 @@ def train_step(
     if cfg.naming_weight > 0:
         losses["total"] = losses["total"] + cfg.naming_weight * losses["naming"]
     if cfg.look_weight > 0:
-        lm = model.model.language_model
-        rope = sequence_rope(lm, out.hidden_states[0])
-        looks = [
-            evidence_attention_loss(
-                out.hidden_states[layer],
-                lm.layers[layer],
-                rope,
-                batch.answer_positions,
-                batch.answer_evidence,
-                batch.visual_start,
-            )
-            for layer in cfg.look_layer_list
-        ]
+        looks = looking_losses(model.model.language_model, out.hidden_states, cfg.look_layer_list, batch)
         losses["look"] = torch.stack(looks).mean()
         losses["total"] = losses["total"] + cfg.look_weight * losses["look"]
     if cfg.text_loss_weight > 0:

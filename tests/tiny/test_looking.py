@@ -9,7 +9,7 @@ import torch
 from sparsevlm.tiny.batches import SequenceBuilder, collate
 from sparsevlm.tiny.hard_qa import make_hard_sample
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.looking import evidence_attention_loss, sequence_rope
+from sparsevlm.tiny.looking import looking_losses
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import build_tokenizer
 from sparsevlm.tiny.train import TrainConfig
@@ -32,17 +32,8 @@ def test_the_loss_is_minus_log_the_eager_attention_mass_on_the_evidence() -> Non
             output_hidden_states=True,
             output_attentions=True,
         )
-    lm = model.model.language_model
-    rope = sequence_rope(lm, out.hidden_states[0])
-    for layer in (1, 2):
-        loss = evidence_attention_loss(
-            out.hidden_states[layer],
-            lm.layers[layer],
-            rope,
-            batch.answer_positions,
-            batch.answer_evidence,
-            batch.visual_start,
-        )
+    losses = looking_losses(model.model.language_model, out.hidden_states, [1, 2], batch)
+    for layer, loss in zip([1, 2], losses, strict=True):
         probs = out.attentions[layer].mean(1)  # [B, L, L], mean over heads
         masses = []
         for b in range(len(samples)):
