@@ -6,7 +6,7 @@
 # into OUT_DIR/runs.tar.gz.NN (15 MiB pieces: `cat runs.tar.gz.* | tar -xz` rebuilds runs/a and runs/b).
 # A run that outlives MINUTES + 2 is stopped, and what it saved last (it saves at every evaluation) is packed.
 # TRAIN_DEVICE=cpu runs the same on a CPU (to check the script). Wheels of missing packages in $GPU_CHECK_WHEELS (default .whl) are installed first into a private folder.
-set -uo pipefail
+set -euo pipefail
 
 cd "$(dirname "$0")/.."
 out="$1" init="$2" minutes="$3" flags_a="$4" flags_b="$5"
