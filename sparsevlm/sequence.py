@@ -83,7 +83,8 @@ def rebuild(
 
     Args:
         layout: the batch.
-        deleted: ``[B, L]`` bool, the tokens to drop (real tokens only); ``n_deleted`` their count per row.
+        deleted: ``[B, L]`` bool, the tokens to drop: visual tokens only (the new ``n_visual`` counts them out);
+            ``n_deleted`` their count per row.
         inserted: merged tokens to insert, or None.
         compact: renumber each row's positions consecutively from its first position (paper v1 code).
 
