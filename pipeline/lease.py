@@ -265,11 +265,8 @@ def check_fence(files: PrefixFiles, token: str) -> None:
     """Raise :class:`LeaseLost` unless the lease under ``files``' prefix carries ``token`` (a writer's check
     before each commit: its run still holds the output)."""
     path = files.path(LEASE_NAME)
-    try:
-        with files.fs.open_input_stream(path) as f:  # a storage error raises: it says nothing about the lease
-            current = _decode(f.read())
-    except FileNotFoundError:
-        current = None
+    found = lease_store(files.fs, path).read()  # uncached; a storage error raises: it says nothing about the lease
+    current = None if found is None else _decode(found[0])
     if current is None or current.token != token:
         raise LeaseLost(
             f"the output lease {path} is no longer this run's ({_named(current)}); this write task stops "

@@ -68,7 +68,7 @@ import pyarrow.fs as pafs
 from pipeline.crash import crash_point
 from pipeline.lease import check_fence
 from pipeline.ledger_files import PARTITION, PrefixFiles
-from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
+from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, epoch_of, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class Ledger:
         partition: a hive partition folder (``dt=2026-11-22``) for the part files written now; the markers
             stay under ``<base>/_ledger`` so every partition shares one ledger (nightly increments).
         lease_token: the token of the run's output lease (pipeline/lease.py); when given, every commit first
-            checks that the lease still carries it and raises ``LeaseLost`` otherwise (fencing).
+            checks that the lease still carries it and raises ``LeaseLost`` otherwise, and its marker carries
+            the lease's epoch, so a commit that lands after another run took over never counts (fencing).
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class Ledger:
     ) -> None:
         self.files = PrefixFiles(filesystem, base)
         self.lease_token = lease_token
-        self.record = CommitRecord(self.files)
+        self.record = CommitRecord(self.files, None if lease_token is None else epoch_of(lease_token))
         self.fs = filesystem
         self.base = self.files.base
         self.partition = partition
@@ -174,6 +175,11 @@ class Ledger:
     def run_entries(self, run_id: str) -> list[LedgerEntry]:
         """The commit records one run wrote, from the index and the loose markers (never the part files)."""
         return self.record.run_entries(run_id)
+
+    def result_files(self) -> list[str]:
+        """The part file of every committed key's newest record: the results, each (video version, config key,
+        segment, task) once at any time, without the part files a killed writer or a superseded epoch left."""
+        return sorted(self.files.path(e.file) for e in self.entries(self.committed()).values())
 
     def part_files(self) -> list[str]:
         """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
@@ -206,17 +212,25 @@ class Ledger:
             found += [i.path for i in infos if i.type == pafs.FileType.File and _PART.fullmatch(i.base_name)]
         return sorted(found)
 
-    def reconcile(self) -> list[str]:
-        """Delete what dead writers left: all of ``_staging/``, and orphan part files (see "Reconcile").
+    def reconcile(self, lease_token: str | None = None) -> list[str]:
+        """Open the run's epoch, then delete what dead or superseded writers left: all of ``_staging/``, orphan
+        part files and superseded markers (see "Reconcile").
 
         Only files this pipeline provably wrote are deleted: :meth:`own_part_files` whose key is either staged
         but not committed (the writer died between its part file and its marker: every commit stages its rows
-        first), or committed with its newest record naming another file. A file of the part-file pattern
-        that neither the staging area nor the ledger knows is left alone (another tool's, or a copy).
+        first), or committed with its newest record naming another file, or named by a superseded marker (a
+        commit that landed after its run lost the lease) and by no record that counts. A file of the part-file
+        pattern that neither the staging area nor the ledger knows is left alone (another tool's, or a copy).
 
-        Call it only while holding the output's lease, before the run writes. Returns the deleted part files,
-        relative to the prefix.
+        Call it only while holding the output's lease, before the run writes, with the lease's token: its epoch
+        becomes the one whose markers count (pipeline/ledger_index.py, "Epochs"). Without a token the epoch
+        stays as it is. Returns the deleted part files, relative to the prefix.
         """
+        if lease_token is not None:
+            superseded = self.record.open_epoch(epoch_of(lease_token))
+        else:
+            counted = set(self.record.markers())
+            superseded = [m for m in self.record.all_markers() if m not in counted]
         staging = self.files.path(STAGING_DIR)
         staged = {
             i.base_name
@@ -233,12 +247,22 @@ class Ledger:
         several = {key: paths for key, paths in by_key.items() if key in done and len(paths) > 1}
         for key, entry in self.entries(several).items():
             orphans += [p for p in several[key] if p != self.files.path(entry.file)]
+        late = self.record.read_markers(superseded)  # what commits that never counted wrote
+        newest = self.entries({e.key for e in late})
+        for entry in late:
+            path = self.files.path(entry.file)
+            if path in by_key.get(entry.key, []) and (entry.key not in newest or newest[entry.key].file != entry.file):
+                orphans.append(path)
+        orphans = sorted(set(orphans))
         self.files.delete_files(orphans)
+        self.files.delete_files([m.path for m in superseded])  # after their part files, for the same reason
         self.files.delete_dir(staging)  # after the orphans: a crash in between leaves their keys known
         removed = sorted(posixpath.relpath(p, self.base) for p in orphans)
         if removed:
             logger.warning(
-                "deleted %d part files that no commit names (left by killed writers): %s", len(removed), removed
+                "deleted %d part files that no commit names (left by killed writers or commits that never counted): %s",
+                len(removed),
+                removed,
             )
         return removed
 
@@ -345,6 +369,7 @@ class Ledger:
     def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
         if self.lease_token is not None:  # the run lost the output to another: commit nothing more
             check_fence(self.files, self.lease_token)
+        crash_point("fenced")  # a pause here is the window the marker's epoch closes
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self.files.write_parquet(rows, self.files.path(name))  # data first ...
         crash_point("part")
@@ -371,6 +396,8 @@ class Ledger:
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         crash_point("marker")
+        if self.lease_token is not None:  # taken over meanwhile: the marker may not count; delete nothing
+            check_fence(self.files, self.lease_token)
         if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
             self.files.delete_file(self.files.path(replaces))
             crash_point("replaced")

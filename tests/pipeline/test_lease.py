@@ -151,3 +151,51 @@ def test_a_holder_taken_over_unawares_releases_nothing(output: tuple[pafs.FileSy
         if not isinstance(fs, pafs.LocalFileSystem):  # the conditional delete alone refuses it too
             stalled._store.delete(stalled._version)
             assert lease_document(fs, base) == vars(taker.holder)
+
+
+def test_a_commit_that_lands_after_a_takeover_never_counts(
+    output: tuple[pafs.FileSystem, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fencing window: a writer passes its lease check and stalls; meanwhile its lease expires, another run
+    takes it over, opens its epoch and commits the same video into the next partition. Then the stalled writer
+    lands its part file and marker. The marker's epoch is superseded: the ledger names the taker's file only, the
+    writer's second check stops it before it deletes anything, and the next reconcile removes the late file."""
+    fs, base = output
+    stalled = OutputLease(fs, base, "stalled").acquire()
+    stalled._stop.set()  # paused: no renewal
+    Ledger(fs, base).reconcile(stalled.token)
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+    taken: list[OutputLease] = []
+
+    def take_over_while_stalled(step: str) -> None:  # runs where the stalled writer sits after its check
+        if step != "fenced" or taken:
+            return
+        expired = {**(lease_document(fs, base) or {}), "expires_at": "2000-01-01T00:00:00+00:00"}  # its TTL passed
+        with fs.open_output_stream(f"{base}/_lease") as f:
+            f.write(json.dumps(expired).encode())
+        taker = OutputLease(fs, base, "taker").acquire()
+        taken.append(taker)
+        assert Ledger(fs, base).reconcile(taker.token) == []
+        Ledger(fs, base, "dt=2026-11-22", lease_token=taker.token).write_rows(segment("v", 0, last=True), "taker")
+
+    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_while_stalled)
+    writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
+    with pytest.raises(LeaseLost, match="no longer this run's"):
+        writer.write_rows(segment("v", 0, last=True), "stalled")
+    (taker,) = taken
+    try:
+        ledger = Ledger(fs, base)
+        late, current = (f"{base}/dt=2026-11-2{night}/part-{key}.parquet" for night in (1, 2))
+        assert ledger.part_files() == [late, current]  # it landed: a glob reads the video twice until a reconcile
+        assert [m.epoch for m in ledger.record.all_markers()] != [m.epoch for m in ledger.record.markers()]
+        entry = ledger.entry(key)
+        assert entry is not None and (entry.run_id, entry.file) == ("taker", f"dt=2026-11-22/part-{key}.parquet")
+        assert ledger.result_files() == [current] and ledger.run_entries("stalled") == []
+        ledger.compact([entry])  # the taker's compaction folds its own marker, never the late one
+        assert ledger.committed() == {key: "ok"} and ledger.result_files() == [current]
+        assert ledger.reconcile(taker.token) == [f"dt=2026-11-21/part-{key}.parquet"]  # the next run's
+        assert ledger.part_files() == [current] and ledger.record.all_markers() == []
+        assert ledger.entry(key) == entry
+    finally:
+        taker.release()
+        stalled.release()
