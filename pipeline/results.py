@@ -11,11 +11,12 @@ so it never reads a video twice or in part, even then.
 from __future__ import annotations
 
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from pipeline.ledger import Ledger
 from pipeline.storage import arrow_filesystem, s3_filesystem
 
-__all__ = ["open_results"]
+__all__ = ["open_results", "results_dataset"]
 
 
 def open_results(output_uri: str, s3_endpoint_url: str | None = None) -> pads.Dataset:
@@ -32,6 +33,10 @@ def open_results(output_uri: str, s3_endpoint_url: str | None = None) -> pads.Da
         ``duckdb.sql("... FROM dataset")``); an empty one when nothing is committed.
     """
     s3 = s3_filesystem(s3_endpoint_url, {}) if output_uri.startswith("s3://") else None
-    filesystem, base = arrow_filesystem(output_uri, s3)
+    return results_dataset(*arrow_filesystem(output_uri, s3))
+
+
+def results_dataset(filesystem: pafs.FileSystem, base: str) -> pads.Dataset:
+    """:func:`open_results` for an output prefix given as a pyarrow filesystem and a path of it."""
     files = Ledger(filesystem, base).result_files()
     return pads.dataset(files, format="parquet", filesystem=filesystem, partitioning="hive", partition_base_dir=base)
