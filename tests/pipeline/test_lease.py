@@ -199,3 +199,42 @@ def test_a_commit_that_lands_after_a_takeover_never_counts(
     finally:
         taker.release()
         stalled.release()
+
+
+def test_a_writer_that_loses_its_lease_after_its_marker_deletes_nothing(
+    output: tuple[pafs.FileSystem, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried video's commit whose lease is taken over right after its marker: its second check stops it
+    before it deletes the old part file or its staging. Its marker landed before the taker listed the markers,
+    so it counts (as a commit just before the takeover would), and the taker's reconcile deletes the old file."""
+    fs, base = output
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+    (old,) = Ledger(fs, base, "dt=2026-11-20").write_rows(segment("v", None, last=True, error=True), "r0")
+    stalled = OutputLease(fs, base, "stalled").acquire()
+    stalled._stop.set()
+    Ledger(fs, base).reconcile(stalled.token)
+    taken: list[OutputLease] = []
+
+    def take_over_after_the_marker(step: str) -> None:
+        if step == "marker" and not taken:
+            expired = {**(lease_document(fs, base) or {}), "expires_at": "2000-01-01T00:00:00+00:00"}
+            with fs.open_output_stream(f"{base}/_lease") as f:
+                f.write(json.dumps(expired).encode())
+            taken.append(OutputLease(fs, base, "taker").acquire())
+
+    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_after_the_marker)
+    writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
+    with pytest.raises(LeaseLost, match="no longer this run's"):
+        writer.write_rows(segment("v", 0, last=True), "stalled", replaces={key: old.file})
+    (taker,) = taken
+    try:
+        ledger = Ledger(fs, base)
+        assert fs.get_file_info(f"{base}/{old.file}").type == pafs.FileType.File  # not deleted after the loss
+        assert ledger.files.list_files(f"{base}/_staging/{key}", recursive=True) != []
+        assert ledger.reconcile(taker.token) == [old.file]  # the taker's: the marker counts, the old file goes
+        entry = ledger.entry(key)
+        assert entry is not None and (entry.run_id, entry.status) == ("stalled", "ok")
+        assert ledger.result_files() == ledger.part_files() == [f"{base}/dt=2026-11-21/part-{key}.parquet"]
+    finally:
+        taker.release()
+        stalled.release()
