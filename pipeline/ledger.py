@@ -2,11 +2,12 @@
 
 Layout under the output prefix (local folder or S3, through one pyarrow filesystem)::
 
-    [<partition>/]part-<key>.parquet   all result rows of one video for one config key, sorted by segment
-    _ledger/<key>.<status>.json        commit marker, written after the part file is durable (ok|partial|error)
-    _ledger/_index/<seq>-<8 hex>.arrow compacted markers (pipeline/ledger_index.py)
+    [<partition>/]part-<key>.parquet     all result rows of one video for one config key, sorted by segment
+    _ledger/<key>.<status>.<epoch>.json  commit marker, written after the part file is durable (ok|partial|error)
+    _ledger/_index/<seq>-<8 hex>.arrow   compacted markers (pipeline/ledger_index.py)
+    _ledger/_epoch                       the lease epoch whose markers count (pipeline/ledger_index.py, "Epochs")
     _staging/<key>/<run_id>/seg-<i>[-last].arrow   rows of single segments until the whole video is there
-    _lease                             the running driver's lease on the prefix (pipeline/lease.py)
+    _lease                               the running driver's lease on the prefix (pipeline/lease.py)
 
 where ``<key> = <video_id>-<16 hex>`` (:func:`ledger_key`): the video version (its id hashes uri, size and
 ETag/mtime) plus everything that changes its rows (model, SparseConfig, segmenting, prompts, schema). A key is
@@ -14,41 +15,60 @@ one path component of letters, digits, ``-`` and ``_`` (checked on every write),
 outside the prefix. The only ``.parquet`` names are part files: internal tables are Arrow IPC (``.arrow``)
 and local temporary files end in ``.tmp``, so a recursive glob (DuckDB, Polars) reads results only.
 
-Commit protocol. One driver at a time holds the prefix's lease; it reconciles at its start (below), and only
-it compacts; its write tasks check before each commit that the lease is still the run's (``lease_token``).
+Commit protocol. One driver at a time holds the prefix's lease; it opens its epoch and reconciles at its start
+(below), and only it compacts; its write tasks check before each commit that the lease is still the run's
+(``lease_token``), and their markers carry the lease's epoch, so a commit that passed its check and landed after
+another run took the output over never counts (its marker names a superseded epoch; fencing, below).
 Segments of one video reach the writers in any order and in different write tasks. Each task stages every
 segment it receives under its run's folder, named by index (a retried segment overwrites itself); the decode
 stage flags the video's final segment (``-last``). The task then lists that run folder; when it holds
 ``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond it (a staged
 segment past ``L`` means another attempt of the video got further: wait for its own last), it concatenates
 them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then writes the
-marker and deletes the key's markers of other statuses, then deletes a replaced part file (a retry into
-another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of another
-run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
+marker and deletes the key's markers of other statuses, checks the lease again (a writer that lost it stops
+here and deletes nothing), then deletes a replaced part file (a retry into another partition), then deletes
+``_staging/<key>/`` (leftovers of every run included). Segments of another run never enter a commit, so a
+stale ``-last`` row from an earlier attempt cannot truncate a video.
 
-Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes every orphan
-part file, then ``_staging/`` (nothing is in flight). It deletes only what this pipeline provably wrote: a file
-named ``part-<key>.parquet`` (the key's full pattern and the extension) directly under the prefix or under a
-``name=value`` partition folder, whose key the staging area knows but no marker commits (its writer died
-before the marker; every commit stages its rows first, a whole-video failure as ``whole.arrow``), or whose
-committed key's newest record names another file (an old file a dead writer did not get to delete). Nothing
-else is touched: other tools' tables (Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the
-output is also the input, and a pipeline output nested below this one (a folder with its own ``_ledger/``,
-which is left alone, not refused) keep their files. It costs a listing of the prefix's top level and of each
-partition folder (a LIST request per 1,000 names) and a marker read per key that has more than one part file.
+Fencing. A check and the writes after it are separate requests, and no storage request can make the PUT of
+a part file depend on another object, so a write task stopped between its check and its commit (a slow upload,
+a paused VM) can land its part file after a takeover, even in another ``dt=`` partition. What makes a commit
+count is its marker, and a marker counts only while its epoch is the one ``_ledger/_epoch`` names. The new
+holder lists the markers that count, folds them into the index and only then switches the epoch (a
+conditional write): once it is switched, a late marker that the listing missed never counts for this module,
+the compaction, the index or :func:`pipeline.results.open_results`, whatever its ``committed_at``; one that
+the listing found counts, as if it had landed before the takeover (the new run skips its video). A late part file stays
+visible to a glob of the prefix until the next reconcile deletes it.
+
+Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: opens the run's epoch,
+deletes every orphan part file, then the superseded markers, then ``_staging/`` (nothing of this run is in
+flight). It deletes only what this pipeline provably wrote: a file named ``part-<key>.parquet`` (the key's
+full pattern and the extension) directly under the prefix or under a ``name=value`` partition folder, whose
+key the staging area knows but no marker commits (its writer died before the marker; every commit stages its
+rows first, a whole-video failure as ``whole.arrow``), or whose committed key's newest record names another
+file (an old file a dead writer did not get to delete), or that a superseded marker names and no record that
+counts does (a commit that landed after its run lost the lease). Nothing else is touched: other tools' tables
+(Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the output is also the input, and a pipeline
+output nested below this one (a folder with its own ``_ledger/``, which is left alone, not refused) keep their
+files. It costs a listing of the prefix's top level and of each partition folder (a LIST request per 1,000
+names), a marker read per key that has more than one part file and per superseded or folded marker.
 
 What readers may rely on:
 
+* :func:`pipeline.results.open_results` (the part files the ledger names) sees every committed (video version,
+  config key, segment, task) exactly once, whole videos only, at any moment.
 * ``pyarrow.dataset.dataset(output, format="parquet")``, ``duckdb.read_parquet('output/**/*.parquet')`` and
-  ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run that completed (or
-  any run's reconcile) every (video version, config key, segment, task) exactly once, whole videos only,
-  however often earlier runs were killed. Rows of different config keys (another model or SparseConfig) are
-  different rows; filter on ``model_id`` / ``sparse_config_json``. A changed video has a new ``video_id``.
+  ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run's reconcile every
+  (video version, config key, segment, task) exactly once, whole videos only, however often earlier runs
+  were killed, unless a writer of a superseded epoch landed a commit after that reconcile (see "Fencing").
+* Rows of different config keys (another model or SparseConfig) are different rows; filter on ``model_id`` /
+  ``sparse_config_json``. A changed video has a new ``video_id``.
 * A marker or index row exists only after its part file is complete; a key's status is that of its newest
   record by ``committed_at``. Runs skip committed videos before decoding (``error`` ones only with
   ``retry_errors``).
-* Between a killed writer and the next run's reconcile, a reader may see a video that no marker names yet
-  (whole, once) or, for a video retried into another partition, its old error rows beside the new ones.
+* Between a killed writer and the next run's reconcile, a glob may see a video that no marker names yet
+  (whole, once) or, for a video retried into another partition, its old error rows beside the new ones; and
+  after a superseded writer's late commit, that video twice (its part file in the writer's partition).
 """
 
 from __future__ import annotations

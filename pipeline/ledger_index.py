@@ -32,12 +32,15 @@ Epochs (the fence of a commit). A marker's name carries the epoch of the lease u
 none and always counts). ``_ledger/_epoch`` names the one epoch whose markers count; a marker of any other epoch
 is *superseded*: no reading here sees it (:meth:`CommitRecord.markers`), and the next reconcile deletes it and
 its part file. Each run that holds the lease opens its epoch before it writes (:meth:`CommitRecord.open_epoch`):
-it folds every marker that counts into a new index file, then switches ``_ledger/_epoch`` to its own epoch
-(a conditional write), and only then computes what to reconcile. So a write task that passed its lease check,
-stalled, and wrote its marker after another run had taken the lease over and opened its epoch commits nothing
-that any reader of the ledger sees: the switch is the point after which a lost lease's markers never count,
-whatever the time of the writer's clock. Until any run opens an epoch (no ``_ledger/_epoch``), every marker
-counts.
+it lists the markers that count and folds them into a new index file, then switches ``_ledger/_epoch`` to its
+own epoch (a conditional write), and only then computes what to reconcile and writes. So a write task that
+passed its lease check, stalled, and wrote its marker after another run had taken the lease over and listed the
+markers to fold commits nothing that counts once the epoch is switched, whatever the writer's clock says (a
+marker that lands between that listing and the switch is seen by readers until the switch, once: the new run
+writes nothing before it). Readers read ``_ledger/_epoch`` before they list the markers, so a reader racing
+the switch finds the folded markers in the index or as markers of the epoch it read. Until any run opens an
+epoch (no ``_ledger/_epoch``), every marker counts. Index rows have no epoch: only a lease holder writes them,
+from markers that counted.
 """
 
 from __future__ import annotations
