@@ -60,6 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.crash import crash_point
+from pipeline.lease import LeaseLost
 from pipeline.lease_store import lease_store
 from pipeline.ledger_files import PrefixFiles
 
@@ -285,7 +286,7 @@ class CommitRecord:
             them and the part files they name.
 
         Raises:
-            LedgerError: another run switched the epoch meanwhile (it holds the lease now).
+            LeaseLost: another run switched the epoch meanwhile (it holds the output's lease now).
         """
         store = lease_store(self.files.fs, self.files.path(EPOCH_FILE))
         found = store.read()  # before the listing, as readers do
@@ -297,7 +298,10 @@ class CommitRecord:
             self._write_index(list(entries.values()), self.index_files())  # durable before the switch
         data = json.dumps({"epoch": epoch, "opened_at": now_iso()}, indent=1).encode()
         if (store.create(data) if found is None else store.replace(data, found[1])) is None:
-            raise LedgerError(f"{self.files.path(EPOCH_FILE)} changed while this run opened epoch {epoch}")
+            raise LeaseLost(
+                f"{self.files.path(EPOCH_FILE)} changed while this run opened its epoch {epoch}: another run "
+                "took the output's lease over and opened its own"
+            )
         self.files.delete_files([m.path for m in counted])  # in the index now, and no longer of the epoch
         return [m for m in listed if m not in counted]
 

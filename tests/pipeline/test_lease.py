@@ -19,6 +19,7 @@ from jobs.common import run_cli
 from pipeline.build import run_pipeline
 from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger
+from pipeline.ledger_index import Marker
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, segment
 from tests.pipeline.runs import make_config
 
@@ -238,3 +239,21 @@ def test_a_writer_that_loses_its_lease_after_its_marker_deletes_nothing(
     finally:
         taker.release()
         stalled.release()
+
+
+def test_an_epoch_is_switched_only_from_the_one_read(output: tuple[pafs.FileSystem, str]) -> None:
+    """Of two runs that read the same epoch and switch away from it, the second fails (If-Match on S3, the
+    content's hash under flock locally) and the first one's epoch stays."""
+    fs, base = output
+    record = Ledger(fs, base).record
+    record.open_epoch("0" * 16)
+    listing = record.all_markers
+
+    def listing_while_another_run_switches() -> list[Marker]:
+        Ledger(fs, base).record.open_epoch("1" * 16)
+        return listing()
+
+    record.all_markers = listing_while_another_run_switches  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost, match="changed while this run opened its epoch 2222222222222222"):
+        record.open_epoch("2" * 16)
+    assert Ledger(fs, base).record.current_epoch() == "1" * 16
