@@ -223,7 +223,7 @@ def run_pipeline(
         probe_output(config, ledger)
         record: dict[str, Any] = {}
         try:
-            ledger.reconcile()
+            ledger.reconcile(lease.token)  # opens the run's epoch: a superseded run's late commits never count
             crash_point("reconciled")
             return _run(config, ledger, lease, record, start, progress, metrics_export_port)
         except BaseException as err:  # interrupts too: every run that got this far leaves a record

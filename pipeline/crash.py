@@ -1,4 +1,5 @@
-"""A test hook: SIGKILL a process at a named step of the commit protocol. Inert unless the variable is set.
+"""A test hook: SIGKILL (or SIGSTOP) a process at a named step of the commit protocol. Inert unless the variable
+is set.
 
 The crash tests (tests/pipeline/test_crash_processes.py) run the real jobs as subprocesses and need them to
 die at one exact point, as a machine or a process really dies: no ``finally``, no ``atexit``, a lease left
@@ -14,17 +15,20 @@ and sends SIGKILL to
 - ``job``: the job's driver, then itself: the driver is the leader of the process's session (start the job
   with ``start_new_session``), and is killed only if it carries the variable too (never a shell or pytest).
   A local Ray that the driver started goes down with it (Ray's reaper and the raylet follow their parent).
+- ``pause``: as ``job``, but SIGSTOP instead of SIGKILL: the driver and the process stand still (a stopped VM,
+  a driver and a write task paused past the lease's TTL) until the test sends them SIGCONT; the flag file
+  names the process, and the driver is the session's leader. The rest of the job's Ray keeps running.
 
 The variable is read once, at import; unset, :func:`crash_point` is one comparison with ``None``. Ray workers
 of a local Ray inherit it from the driver that started that Ray. Never set it in production, nor in a
 process that shares its process group with anything else (``job`` would kill that too).
 
 Steps (:data:`STEPS`): in the writer (``pipeline/ledger.py``), ``staged`` (a segment written to staging),
-``part`` (a part file written, no marker yet), ``marker`` (the marker written and the key's other markers
-deleted), ``replaced`` (a retried video's old part file deleted), ``committed`` (the key's staging deleted:
-the commit is complete); in the driver, ``reconciled`` (after the reconcile), ``summary`` (the run record
-written), ``indexed`` (compaction: the new index file written, the markers not yet deleted), ``compacted``
-(the markers deleted).
+``fenced`` (the commit's lease check passed, nothing of it written yet), ``part`` (a part file written, no
+marker yet), ``marker`` (the marker written and the key's other markers deleted), ``replaced`` (a retried
+video's old part file deleted), ``committed`` (the key's staging deleted: the commit is complete); in the
+driver, ``reconciled`` (after the reconcile), ``summary`` (the run record written), ``indexed`` (compaction:
+the new index file written, the markers not yet deleted), ``compacted`` (the markers deleted).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import signal
 __all__ = ["ENV", "STEPS", "crash_point"]
 
 ENV = "PIPELINE_CRASH_AT"
-STEPS = ("staged", "part", "marker", "replaced", "committed", "reconciled", "summary", "indexed", "compacted")
-SCOPES = ("process", "job")
+STEPS = ("staged", "fenced", "part", "marker", "replaced", "committed", "reconciled", "summary", "indexed", "compacted")
+SCOPES = ("process", "job", "pause")
 
 
 def _parse(value: str | None) -> tuple[str, str, str] | None:
@@ -56,8 +60,8 @@ _ARMED = _parse(os.environ.get(ENV))
 
 
 def crash_point(step: str) -> None:
-    """SIGKILL this process (or its process group) here if :data:`ENV` names ``step`` and no process of the
-    job has crashed yet; otherwise do nothing."""
+    """SIGKILL (``pause``: SIGSTOP) this process, and for ``job`` and ``pause`` the job's driver, here if
+    :data:`ENV` names ``step`` and no process of the job has reached it yet; otherwise do nothing."""
     if _ARMED is None or _ARMED[0] != step:
         return
     _, scope, flag = _ARMED
@@ -69,9 +73,10 @@ def crash_point(step: str) -> None:
     os.fsync(fd)
     os.close(fd)
     leader = os.getsid(0)
-    if scope == "job" and leader != os.getpid() and _armed_process(leader):
-        os.kill(leader, signal.SIGKILL)
-    os.kill(os.getpid(), signal.SIGKILL)
+    sent = signal.SIGSTOP if scope == "pause" else signal.SIGKILL
+    if scope != "process" and leader != os.getpid() and _armed_process(leader):
+        os.kill(leader, sent)
+    os.kill(os.getpid(), sent)
 
 
 def _armed_process(pid: int) -> bool:

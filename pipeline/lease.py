@@ -22,9 +22,11 @@ paused run's writers are still staging. So a holder re-reads the lease before ev
 another run's work, and stops with :class:`LeaseLost` unless the lease still carries its own ``token``:
 :meth:`OutputLease.check` in the driver (before it deletes replaced part files and before it compacts), and
 :func:`check_fence` in every write task before each commit (the ledger's ``lease_token``; one small GET per
-committed video). The check and the write are two requests, not one conditional write, so a takeover that
-lands between them lets that one commit through (a commit of whole rows that the next run's reconcile keeps
-or deletes, never a duplicate: see pipeline/ledger.py); the window is one commit, not the rest of a run.
+committed video, and another after its marker). The check and the write are two requests, not one
+conditional write, so a writer stopped between them can still write after a takeover; its commit never counts,
+because its marker carries this lease's epoch, which the new holder superseded before writing
+(pipeline/ledger_index.py, "Epochs"). The driver's own checks are two requests as well: a driver stopped
+between its check and its deletes or compaction can still act after a takeover (docs/reliability.md).
 
 S3's conditions. ``If-None-Match: *`` and ``If-Match`` on PutObject (AWS, since 2024) make creation and
 renewal atomic. Release deletes with ``If-Match`` on DeleteObject, which AWS S3 evaluates too ("conditional
@@ -265,11 +267,8 @@ def check_fence(files: PrefixFiles, token: str) -> None:
     """Raise :class:`LeaseLost` unless the lease under ``files``' prefix carries ``token`` (a writer's check
     before each commit: its run still holds the output)."""
     path = files.path(LEASE_NAME)
-    try:
-        with files.fs.open_input_stream(path) as f:  # a storage error raises: it says nothing about the lease
-            current = _decode(f.read())
-    except FileNotFoundError:
-        current = None
+    found = lease_store(files.fs, path).read()  # uncached; a storage error raises: it says nothing about the lease
+    current = None if found is None else _decode(found[0])
     if current is None or current.token != token:
         raise LeaseLost(
             f"the output lease {path} is no longer this run's ({_named(current)}); this write task stops "

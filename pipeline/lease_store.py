@@ -1,10 +1,11 @@
 """Where a lease lives: one object with versioned, conditional writes, on local disk or S3. No Ray.
 
-:class:`Store` is what pipeline/lease.py needs: read (content and version), create if absent, replace if
-still at a version, delete if still at a version; a failed condition answers ``None`` (or, for delete,
-leaves the object). Locally every operation holds an ``flock`` of the output folder and the version is the
-content's SHA-256; on S3 they are conditional requests (``If-None-Match: *``, ``If-Match`` on PutObject and
-DeleteObject) and the version is the ETag.
+:class:`Store` is what pipeline/lease.py needs, and the ledger's ``_ledger/_epoch`` (pipeline/ledger_index.py):
+read (content and version, never from a client's cache), create if absent, replace if still at a version,
+delete if still at a version; a failed condition answers ``None`` (or, for delete, leaves the object). Locally
+every write holds an ``flock`` of the object's folder and the version is the content's SHA-256; on S3 they are
+conditional requests (``If-None-Match: *``, ``If-Match`` on PutObject and DeleteObject) and the version is the
+ETag.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def lease_store(filesystem: pafs.FileSystem, path: str) -> Store:
 
 
 class _LocalLease:
-    """The lease as a local file; every operation holds an ``flock`` of its folder."""
+    """The lease as a local file; every write holds an ``flock`` of its folder."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -75,8 +76,7 @@ class _LocalLease:
             os.close(fd)  # releases the flock
 
     def read(self) -> tuple[bytes, str] | None:
-        with self._locked():
-            return self._read()
+        return self._read()  # no lock: writes replace or link whole files, so a read sees one version whole
 
     def _read(self) -> tuple[bytes, str] | None:
         try:

@@ -2,11 +2,12 @@
 
 Layout under the output prefix (local folder or S3, through one pyarrow filesystem)::
 
-    [<partition>/]part-<key>.parquet   all result rows of one video for one config key, sorted by segment
-    _ledger/<key>.<status>.json        commit marker, written after the part file is durable (ok|partial|error)
-    _ledger/_index/<seq>-<8 hex>.arrow compacted markers (pipeline/ledger_index.py)
+    [<partition>/]part-<key>.parquet     all result rows of one video for one config key, sorted by segment
+    _ledger/<key>.<status>.<epoch>.json  commit marker, written after the part file is durable (ok|partial|error)
+    _ledger/_index/<seq>-<8 hex>.arrow   compacted markers (pipeline/ledger_index.py)
+    _ledger/_epoch                       the lease epoch whose markers count (pipeline/ledger_index.py, "Epochs")
     _staging/<key>/<run_id>/seg-<i>[-last].arrow   rows of single segments until the whole video is there
-    _lease                             the running driver's lease on the prefix (pipeline/lease.py)
+    _lease                               the running driver's lease on the prefix (pipeline/lease.py)
 
 where ``<key> = <video_id>-<16 hex>`` (:func:`ledger_key`): the video version (its id hashes uri, size and
 ETag/mtime) plus everything that changes its rows (model, SparseConfig, segmenting, prompts, schema). A key is
@@ -14,41 +15,60 @@ one path component of letters, digits, ``-`` and ``_`` (checked on every write),
 outside the prefix. The only ``.parquet`` names are part files: internal tables are Arrow IPC (``.arrow``)
 and local temporary files end in ``.tmp``, so a recursive glob (DuckDB, Polars) reads results only.
 
-Commit protocol. One driver at a time holds the prefix's lease; it reconciles at its start (below), and only
-it compacts; its write tasks check before each commit that the lease is still the run's (``lease_token``).
+Commit protocol. One driver at a time holds the prefix's lease; it opens its epoch and reconciles at its start
+(below), and only it compacts; its write tasks check before each commit that the lease is still the run's
+(``lease_token``), and their markers carry the lease's epoch, so a commit that passed its check and landed after
+another run took the output over never counts (its marker names a superseded epoch; fencing, below).
 Segments of one video reach the writers in any order and in different write tasks. Each task stages every
 segment it receives under its run's folder, named by index (a retried segment overwrites itself); the decode
 stage flags the video's final segment (``-last``). The task then lists that run folder; when it holds
 ``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond it (a staged
 segment past ``L`` means another attempt of the video got further: wait for its own last), it concatenates
 them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then writes the
-marker and deletes the key's markers of other statuses, then deletes a replaced part file (a retry into
-another partition), then deletes ``_staging/<key>/`` (leftovers of every run included). Segments of another
-run never enter a commit, so a stale ``-last`` row from an earlier attempt cannot truncate a video.
+marker and deletes the key's markers of other statuses, checks the lease again (a writer that lost it stops
+here and deletes nothing), then deletes a replaced part file (a retry into another partition), then deletes
+``_staging/<key>/`` (leftovers of every run included). Segments of another run never enter a commit, so a
+stale ``-last`` row from an earlier attempt cannot truncate a video.
 
-Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: deletes every orphan
-part file, then ``_staging/`` (nothing is in flight). It deletes only what this pipeline provably wrote: a file
-named ``part-<key>.parquet`` (the key's full pattern and the extension) directly under the prefix or under a
-``name=value`` partition folder, whose key the staging area knows but no marker commits (its writer died
-before the marker; every commit stages its rows first, a whole-video failure as ``whole.arrow``), or whose
-committed key's newest record names another file (an old file a dead writer did not get to delete). Nothing
-else is touched: other tools' tables (Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the
-output is also the input, and a pipeline output nested below this one (a folder with its own ``_ledger/``,
-which is left alone, not refused) keep their files. It costs a listing of the prefix's top level and of each
-partition folder (a LIST request per 1,000 names) and a marker read per key that has more than one part file.
+Fencing. A check and the writes after it are separate requests, and no storage request can make the PUT of
+a part file depend on another object, so a write task stopped between its check and its commit (a slow upload,
+a paused VM) can land its part file after a takeover, even in another ``dt=`` partition. What makes a commit
+count is its marker, and a marker counts only while its epoch is the one ``_ledger/_epoch`` names. The new
+holder lists the markers that count, folds them into the index and only then switches the epoch (a
+conditional write): once it is switched, a late marker that the listing missed never counts for this module,
+the compaction, the index or :func:`pipeline.results.open_results`, whatever its ``committed_at``; one that
+the listing found counts, as if it had landed before the takeover (the new run skips its video). A late part file stays
+visible to a glob of the prefix until the next reconcile deletes it.
+
+Reconcile (:meth:`Ledger.reconcile`), by the driver under the lease before it writes: opens the run's epoch,
+deletes every orphan part file, then the superseded markers, then ``_staging/`` (nothing of this run is in
+flight). It deletes only what this pipeline provably wrote: a file named ``part-<key>.parquet`` (the key's
+full pattern and the extension) directly under the prefix or under a ``name=value`` partition folder, whose
+key the staging area knows but no marker commits (its writer died before the marker; every commit stages its
+rows first, a whole-video failure as ``whole.arrow``), or whose committed key's newest record names another
+file (an old file a dead writer did not get to delete), or that a superseded marker names and no record that
+counts does (a commit that landed after its run lost the lease). Nothing else is touched: other tools' tables
+(Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the output is also the input, and a pipeline
+output nested below this one (a folder with its own ``_ledger/``, which is left alone, not refused) keep their
+files. It costs a listing of the prefix's top level and of each partition folder (a LIST request per 1,000
+names), a marker read per key that has more than one part file and per superseded or folded marker.
 
 What readers may rely on:
 
+* :func:`pipeline.results.open_results` (the part files the ledger names) sees every committed (video version,
+  config key, segment, task) exactly once, whole videos only, at any moment.
 * ``pyarrow.dataset.dataset(output, format="parquet")``, ``duckdb.read_parquet('output/**/*.parquet')`` and
-  ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run that completed (or
-  any run's reconcile) every (video version, config key, segment, task) exactly once, whole videos only,
-  however often earlier runs were killed. Rows of different config keys (another model or SparseConfig) are
-  different rows; filter on ``model_id`` / ``sparse_config_json``. A changed video has a new ``video_id``.
+  ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run's reconcile every
+  (video version, config key, segment, task) exactly once, whole videos only, however often earlier runs
+  were killed, unless a writer of a superseded epoch landed a commit after that reconcile (see "Fencing").
+* Rows of different config keys (another model or SparseConfig) are different rows; filter on ``model_id`` /
+  ``sparse_config_json``. A changed video has a new ``video_id``.
 * A marker or index row exists only after its part file is complete; a key's status is that of its newest
   record by ``committed_at``. Runs skip committed videos before decoding (``error`` ones only with
   ``retry_errors``).
-* Between a killed writer and the next run's reconcile, a reader may see a video that no marker names yet
-  (whole, once) or, for a video retried into another partition, its old error rows beside the new ones.
+* Between a killed writer and the next run's reconcile, a glob may see a video that no marker names yet
+  (whole, once) or, for a video retried into another partition, its old error rows beside the new ones; and
+  after a superseded writer's late commit, that video twice (its part file in the writer's partition).
 """
 
 from __future__ import annotations
@@ -68,7 +88,7 @@ import pyarrow.fs as pafs
 from pipeline.crash import crash_point
 from pipeline.lease import check_fence
 from pipeline.ledger_files import PARTITION, PrefixFiles
-from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, now_iso
+from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, epoch_of, now_iso
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -137,7 +157,8 @@ class Ledger:
         partition: a hive partition folder (``dt=2026-11-22``) for the part files written now; the markers
             stay under ``<base>/_ledger`` so every partition shares one ledger (nightly increments).
         lease_token: the token of the run's output lease (pipeline/lease.py); when given, every commit first
-            checks that the lease still carries it and raises ``LeaseLost`` otherwise (fencing).
+            checks that the lease still carries it and raises ``LeaseLost`` otherwise, and its marker carries
+            the lease's epoch, so a commit that lands after another run took over never counts (fencing).
     """
 
     def __init__(
@@ -145,7 +166,7 @@ class Ledger:
     ) -> None:
         self.files = PrefixFiles(filesystem, base)
         self.lease_token = lease_token
-        self.record = CommitRecord(self.files)
+        self.record = CommitRecord(self.files, None if lease_token is None else epoch_of(lease_token))
         self.fs = filesystem
         self.base = self.files.base
         self.partition = partition
@@ -174,6 +195,11 @@ class Ledger:
     def run_entries(self, run_id: str) -> list[LedgerEntry]:
         """The commit records one run wrote, from the index and the loose markers (never the part files)."""
         return self.record.run_entries(run_id)
+
+    def result_files(self) -> list[str]:
+        """The part file of every committed key's newest record: the results, each (video version, config key,
+        segment, task) once at any time, without the part files a killed writer or a superseded epoch left."""
+        return sorted(self.files.path(e.file) for e in self.entries(self.committed()).values())
 
     def part_files(self) -> list[str]:
         """Paths of all part files under the prefix (what a dataset reader of the prefix sees)."""
@@ -206,17 +232,25 @@ class Ledger:
             found += [i.path for i in infos if i.type == pafs.FileType.File and _PART.fullmatch(i.base_name)]
         return sorted(found)
 
-    def reconcile(self) -> list[str]:
-        """Delete what dead writers left: all of ``_staging/``, and orphan part files (see "Reconcile").
+    def reconcile(self, lease_token: str | None = None) -> list[str]:
+        """Open the run's epoch, then delete what dead or superseded writers left: all of ``_staging/``, orphan
+        part files and superseded markers (see "Reconcile").
 
         Only files this pipeline provably wrote are deleted: :meth:`own_part_files` whose key is either staged
         but not committed (the writer died between its part file and its marker: every commit stages its rows
-        first), or committed with its newest record naming another file. A file of the part-file pattern
-        that neither the staging area nor the ledger knows is left alone (another tool's, or a copy).
+        first), or committed with its newest record naming another file, or named by a superseded marker (a
+        commit that landed after its run lost the lease) and by no record that counts. A file of the part-file
+        pattern that neither the staging area nor the ledger knows is left alone (another tool's, or a copy).
 
-        Call it only while holding the output's lease, before the run writes. Returns the deleted part files,
-        relative to the prefix.
+        Call it only while holding the output's lease, before the run writes, with the lease's token: its epoch
+        becomes the one whose markers count (pipeline/ledger_index.py, "Epochs"). Without a token the epoch
+        stays as it is. Returns the deleted part files, relative to the prefix.
         """
+        if lease_token is not None:
+            superseded = self.record.open_epoch(epoch_of(lease_token))
+        else:
+            counted = set(self.record.markers())
+            superseded = [m for m in self.record.all_markers() if m not in counted]
         staging = self.files.path(STAGING_DIR)
         staged = {
             i.base_name
@@ -233,12 +267,22 @@ class Ledger:
         several = {key: paths for key, paths in by_key.items() if key in done and len(paths) > 1}
         for key, entry in self.entries(several).items():
             orphans += [p for p in several[key] if p != self.files.path(entry.file)]
+        late = self.record.read_markers(superseded)  # what commits that never counted wrote
+        newest = self.entries({e.key for e in late})
+        for entry in late:
+            path = self.files.path(entry.file)
+            if path in by_key.get(entry.key, []) and (entry.key not in newest or newest[entry.key].file != entry.file):
+                orphans.append(path)
+        orphans = sorted(set(orphans))
         self.files.delete_files(orphans)
+        self.files.delete_files([m.path for m in superseded])  # after their part files, for the same reason
         self.files.delete_dir(staging)  # after the orphans: a crash in between leaves their keys known
         removed = sorted(posixpath.relpath(p, self.base) for p in orphans)
         if removed:
             logger.warning(
-                "deleted %d part files that no commit names (left by killed writers): %s", len(removed), removed
+                "deleted %d part files that no commit names (left by killed writers or commits that never counted): %s",
+                len(removed),
+                removed,
             )
         return removed
 
@@ -345,6 +389,7 @@ class Ledger:
     def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
         if self.lease_token is not None:  # the run lost the output to another: commit nothing more
             check_fence(self.files, self.lease_token)
+        crash_point("fenced")  # a pause here is the window the marker's epoch closes
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self.files.write_parquet(rows, self.files.path(name))  # data first ...
         crash_point("part")
@@ -371,6 +416,8 @@ class Ledger:
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         crash_point("marker")
+        if self.lease_token is not None:  # taken over meanwhile: the marker may not count; delete nothing
+            check_fence(self.files, self.lease_token)
         if replaces is not None and replaces != name:  # the retried video's old rows, now superseded
             self.files.delete_file(self.files.path(replaces))
             crash_point("replaced")

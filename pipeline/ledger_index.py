@@ -2,8 +2,9 @@
 
 Layout under the output prefix::
 
-    _ledger/<key>.<status>.json          commit marker (status ok|partial|error): a LedgerEntry as JSON
+    _ledger/<key>.<status>.<epoch>.json  commit marker (status ok|partial|error): a LedgerEntry as JSON
     _ledger/_index/<seq>-<8 hex>.arrow   compacted markers: an Arrow IPC file, one row per key
+    _ledger/_epoch                       the lease epoch whose markers count (JSON: epoch, opened_at)
 
 A key's record is its newest marker or index row by ``committed_at`` (ISO 8601 UTC with microseconds, so the
 strings sort in time order), never the order of a listing or of the index files. Most keys have exactly one
@@ -25,6 +26,21 @@ calls :meth:`CommitRecord.compact` with the entries the run committed, which
 Every step deletes only what an earlier durable write already holds, so a crash at any point leaves every key
 with its newest record (at worst in two places with the same ``committed_at``). A reader whose listed index
 file or marker is deleted by a compaction meanwhile lists again.
+
+Epochs (the fence of a commit). A marker's name carries the epoch of the lease under which it was written
+(:func:`epoch_of`: 16 hex digits of the lease's token; a marker written without a lease, or before epochs, has
+none and always counts). ``_ledger/_epoch`` names the one epoch whose markers count; a marker of any other epoch
+is *superseded*: no reading here sees it (:meth:`CommitRecord.markers`), and the next reconcile deletes it and
+its part file. Each run that holds the lease opens its epoch before it writes (:meth:`CommitRecord.open_epoch`):
+it lists the markers that count and folds them into a new index file, then switches ``_ledger/_epoch`` to its
+own epoch (a conditional write), and only then computes what to reconcile and writes. So a write task that
+passed its lease check, stalled, and wrote its marker after another run had taken the lease over and listed the
+markers to fold commits nothing that counts once the epoch is switched, whatever the writer's clock says (a
+marker that lands between that listing and the switch is seen by readers until the switch, once: the new run
+writes nothing before it). Readers read ``_ledger/_epoch`` before they list the markers, so a reader racing
+the switch finds the folded markers in the index or as markers of the epoch it read. Until any run opens an
+epoch (no ``_ledger/_epoch``), every marker counts. Index rows have no epoch: only a lease holder writes them,
+from markers that counted.
 """
 
 from __future__ import annotations
@@ -37,18 +53,21 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.crash import crash_point
+from pipeline.lease import LeaseLost
+from pipeline.lease_store import lease_store
 from pipeline.ledger_files import PrefixFiles
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EPOCH_FILE",
     "INDEX_DIR",
     "MAX_INDEX_FILES",
     "MAX_LOOSE_MARKERS",
@@ -56,12 +75,16 @@ __all__ = [
     "CommitRecord",
     "LedgerEntry",
     "LedgerError",
+    "Marker",
+    "epoch_of",
     "now_iso",
 ]
 
 STATUSES = ("ok", "partial", "error")
 MARKER_DIR = "_ledger"
 INDEX_DIR = "_ledger/_index"
+EPOCH_FILE = "_ledger/_epoch"
+_EPOCH = re.compile(r"[0-9a-f]{16}")  # epoch_of() a lease token
 MAX_INDEX_FILES = 4  # a reader reads every index file (a few requests each); a merge makes them one
 MAX_LOOSE_MARKERS = 1000  # one LIST page; past it a compaction folds markers of runs that never compacted
 _INDEX_NAME = re.compile(r"\d{8}-[0-9a-f]{8}\.arrow")  # <seq>-<8 hex>.arrow
@@ -113,6 +136,23 @@ class LedgerEntry:
     visual_tokens_in: int | None = None  # summed over the ok rows
 
 
+class Marker(NamedTuple):
+    """One listed commit marker: whose key, which status, written under which lease epoch (None: no lease)."""
+
+    key: str
+    status: str
+    epoch: str | None
+    path: str
+
+
+def epoch_of(lease_token: str) -> str:
+    """The epoch a lease token commits under: its first 16 hex digits (a uuid4's; a marker name stays short)."""
+    epoch = lease_token[:16]
+    if not _EPOCH.fullmatch(epoch):
+        raise LedgerError(f"lease token {lease_token!r} cannot name an epoch; expected 32 hex digits (uuid4().hex)")
+    return epoch
+
+
 def now_iso() -> str:
     """The current time as ``committed_at``: fixed width, so later times sort later as strings."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
@@ -123,10 +163,16 @@ class _Moved(Exception):
 
 
 class CommitRecord:
-    """Markers and index files under one output prefix (see the module docstring)."""
+    """Markers and index files under one output prefix (see the module docstring).
 
-    def __init__(self, files: PrefixFiles) -> None:
+    Args:
+        files: the output prefix.
+        epoch: the lease epoch this writer's markers carry (:func:`epoch_of`); None writes markers without one.
+    """
+
+    def __init__(self, files: PrefixFiles, epoch: str | None = None) -> None:
         self.files = files
+        self.epoch = epoch
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -143,7 +189,7 @@ class CommitRecord:
             found = dict(zip(keys, table.column("status").to_pylist(), strict=True))
             listed: dict[str, str] = {}
             unclear: set[str] = set()  # keys with several records: compare their committed_at
-            for key, status in markers:
+            for key, status, _, _ in markers:
                 if key in listed or key in found:
                     unclear.add(key)
                 listed[key] = status
@@ -152,7 +198,7 @@ class CommitRecord:
                 rows = table.filter(pc.is_in(table["key"], pa.array(sorted(unclear), pa.string())))
                 columns = (rows.column(c).to_pylist() for c in ("key", "committed_at", "status"))
                 newest = {k: (at, status) for k, at, status in zip(*columns, strict=True)}  # the newest row last
-                for entry in self._read_markers([(k, s) for k, s in markers if k in unclear]):
+                for entry in self._read_markers([m for m in markers if m.key in unclear]):
                     if entry.committed_at >= newest.get(entry.key, ("",))[0]:
                         newest[entry.key] = (entry.committed_at, entry.status)
                 found.update((k, status) for k, (_, status) in newest.items())
@@ -167,7 +213,7 @@ class CommitRecord:
             return {}
 
         def attempt() -> dict[str, LedgerEntry]:
-            markers = [(k, s) for k, s in self.markers() if k in wanted]
+            markers = [m for m in self.markers() if m.key in wanted]
             rows = [LedgerEntry(**r) for r in self._index(keys=sorted(wanted)).to_pylist()]
             return newest_entries([*rows, *self._read_markers(markers)])
 
@@ -186,17 +232,32 @@ class CommitRecord:
 
         return self._listing_again(attempt)
 
-    def markers(self) -> list[tuple[str, str]]:
-        """(key, status) of every commit marker, from one listing of ``_ledger/``."""
+    def markers(self) -> list[Marker]:
+        """The commit markers that count: those of the current epoch and those without one (one read of
+        ``_ledger/_epoch``, then one listing of ``_ledger/``; in this order, as :meth:`open_epoch` folds them
+        before it switches the epoch)."""
+        current = self.current_epoch()
+        return [m for m in self.all_markers() if current is None or m.epoch in (None, current)]
+
+    def all_markers(self) -> list[Marker]:
+        """Every commit marker, superseded ones included, from one listing of ``_ledger/``."""
         found = []
         for info in self.files.list_files(self.files.path(MARKER_DIR)):
-            stem, _, status = info.base_name.removesuffix(".json").rpartition(".")
-            if info.base_name.endswith(".json") and status in STATUSES and not stem.startswith("."):
-                found.append((stem, status))
+            if not info.base_name.endswith(".json") or info.base_name.startswith("."):
+                continue
+            key, status, *epoch = info.base_name.removesuffix(".json").split(".")
+            if status in STATUSES and (not epoch or (len(epoch) == 1 and _EPOCH.fullmatch(epoch[0]))):
+                found.append(Marker(key, status, epoch[0] if epoch else None, info.path))
         return found
 
-    def marker(self, key: str, status: str) -> str:
-        return self.files.path(MARKER_DIR, f"{key}.{status}.json")
+    def marker(self, key: str, status: str, epoch: str | None = None) -> str:
+        name = f"{key}.{status}.json" if epoch is None else f"{key}.{status}.{epoch}.json"
+        return self.files.path(MARKER_DIR, name)
+
+    def current_epoch(self) -> str | None:
+        """The epoch whose markers count, or None if no run has opened one (then every marker counts)."""
+        found = lease_store(self.files.fs, self.files.path(EPOCH_FILE)).read()  # uncached: switched by others
+        return None if found is None else _epoch_named(found[0])
 
     def index_files(self) -> list[str]:
         """The index files (and legacy Parquet ones), by sequence number."""
@@ -207,10 +268,46 @@ class CommitRecord:
     # -- writing ------------------------------------------------------------------------------------------
 
     def write_marker(self, entry: LedgerEntry) -> None:
-        """Write ``entry``'s marker, then delete the key's markers of other statuses (one marker per key)."""
+        """Write ``entry``'s marker under this writer's epoch, then delete the key's markers of other statuses
+        in that epoch (one marker per key)."""
         data = json.dumps({name: getattr(entry, name) for name in _INDEX_SCHEMA.names}, indent=1).encode()
-        self.files.write_bytes(data, self.marker(entry.key, entry.status))
-        self.files.delete_files([self.marker(entry.key, s) for s in STATUSES if s != entry.status])
+        self.files.write_bytes(data, self.marker(entry.key, entry.status, self.epoch))
+        self.files.delete_files([self.marker(entry.key, s, self.epoch) for s in STATUSES if s != entry.status])
+
+    def open_epoch(self, epoch: str) -> list[Marker]:
+        """Make ``epoch`` the one whose markers count (see "Epochs"); call it under the lease, before writing.
+
+        Every marker that counts until now (a killed run's, committed before this point) is folded into a new
+        index file first, then ``_ledger/_epoch`` is switched with a conditional write, then the folded markers
+        are deleted. A marker of the old epoch written after the listing here never counts.
+
+        Returns:
+            The superseded markers listed here (of epochs switched away from earlier): the reconcile deletes
+            them and the part files they name.
+
+        Raises:
+            LeaseLost: another run switched the epoch meanwhile (it holds the output's lease now).
+        """
+        store = lease_store(self.files.fs, self.files.path(EPOCH_FILE))
+        found = store.read()  # before the listing, as readers do
+        current = None if found is None else _epoch_named(found[0])
+        listed = self.all_markers()
+        counted = [m for m in listed if current is None or m.epoch in (None, current)]
+        if counted:
+            entries = newest_entries(self._read_markers(counted, missing_ok=True))
+            self._write_index(list(entries.values()), self.index_files())  # durable before the switch
+        data = json.dumps({"epoch": epoch, "opened_at": now_iso()}, indent=1).encode()
+        if (store.create(data) if found is None else store.replace(data, found[1])) is None:
+            raise LeaseLost(
+                f"{self.files.path(EPOCH_FILE)} changed while this run opened its epoch {epoch}: another run "
+                "took the output's lease over and opened its own"
+            )
+        self.files.delete_files([m.path for m in counted])  # in the index now, and no longer of the epoch
+        return [m for m in listed if m not in counted]
+
+    def read_markers(self, markers: list[Marker]) -> list[LedgerEntry]:
+        """The content of those of ``markers`` that still exist."""
+        return self._read_markers(markers, missing_ok=True)
 
     def write_json(self, relative: str, payload: dict[str, Any]) -> None:
         self.files.write_bytes(json.dumps(payload, indent=1).encode(), self.files.path(relative))
@@ -221,34 +318,34 @@ class CommitRecord:
         Call it only while holding the output's lease, after the run's writes (no writer runs alongside).
         """
         markers = self.markers()  # listed before the index files, as readers do
-        listed = set(markers)
+        listed = {(m.key, m.status) for m in markers}
         statuses: dict[str, int] = {}
-        for key, _ in markers:
-            statuses[key] = statuses.get(key, 0) + 1
+        for m in markers:
+            statuses[m.key] = statuses.get(m.key, 0) + 1
         fold = {e.key: e for e in newest_entries(entries).values() if (e.key, e.status) in listed}
-        several = [(k, s) for k, s in markers if k in fold and statuses[k] > 1]
+        several = [m for m in markers if m.key in fold and statuses[m.key] > 1]
         fold.update(newest_entries([*fold.values(), *self._read_markers(several, missing_ok=True)]))
         files = self.index_files()
         if fold:
             self._write_index(list(fold.values()), files)  # durable first ...
             crash_point("indexed")
-            self.files.delete_files([self.marker(k, s) for k, s in markers if k in fold])  # ... markers after
+            self.files.delete_files([m.path for m in markers if m.key in fold])  # ... markers after
             crash_point("compacted")
-            markers = [(k, s) for k, s in markers if k not in fold]
+            markers = [m for m in markers if m.key not in fold]
             files = self.index_files()
         legacy = any(f.endswith(".parquet") for f in files)
         if len(files) > MAX_INDEX_FILES or legacy or len(markers) > MAX_LOOSE_MARKERS:
             self.merge(files, markers)
         logger.debug("compacted %d markers into %s", len(fold), self.files.path(INDEX_DIR))
 
-    def merge(self, files: list[str], markers: list[tuple[str, str]]) -> None:
+    def merge(self, files: list[str], markers: list[Marker]) -> None:
         """Write the newest record of every key in ``files`` and ``markers`` into one new index file, then
         delete what it now holds."""
         rows = [LedgerEntry(**r) for r in self._read_index(files).to_pylist()]
         merged = newest_entries([*rows, *self._read_markers(markers, missing_ok=True)])
         self._write_index(list(merged.values()), files)
         self.files.delete_files(files)
-        self.files.delete_files([self.marker(k, s) for k, s in markers])
+        self.files.delete_files([m.path for m in markers])
         logger.info(
             "merged %d index files and %d markers into one index of %d keys", len(files), len(markers), len(merged)
         )
@@ -263,8 +360,8 @@ class CommitRecord:
                 continue
         raise LedgerError(f"the ledger under {self.files.path(MARKER_DIR)} changed during three reads in a row")
 
-    def _read_markers(self, markers: list[tuple[str, str]], missing_ok: bool = False) -> list[LedgerEntry]:
-        paths = [self.marker(k, s) for k, s in markers]
+    def _read_markers(self, markers: list[Marker], missing_ok: bool = False) -> list[LedgerEntry]:
+        paths = [m.path for m in markers]
         contents = self.files.read_files(paths)
         if len(contents) < len(paths) and not missing_ok:
             raise _Moved
@@ -299,6 +396,15 @@ class CommitRecord:
         rows = [{name: getattr(e, name) for name in _INDEX_SCHEMA.names} for e in entries]  # asdict is 100x slower
         table = pa.Table.from_pylist(rows, schema=_INDEX_SCHEMA).sort_by("key")
         self.files.write_arrow(table, self.files.path(INDEX_DIR, f"{seq:08d}-{uuid.uuid4().hex[:8]}.arrow"))
+
+
+def _epoch_named(data: bytes) -> str | None:
+    """The epoch in a ``_ledger/_epoch`` document (None if it names none: then every marker counts)."""
+    try:
+        epoch = json.loads(data).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, str) and _EPOCH.fullmatch(epoch) else None
 
 
 def _with_figures(table: pa.Table) -> pa.Table:

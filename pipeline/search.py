@@ -1,10 +1,10 @@
 """Full-text search over a results folder or bucket: read the answers, rank them with BM25. No Ray.
 
-The results are read as any user reads them (``docs/pipeline.md``): ``pyarrow.dataset`` over the output
-prefix with hive partitioning (the nightly job's ``dt=YYYY-MM-DD/`` folders), which skips every name that
-starts with ``_`` or ``.``, so the internal ``_ledger/``, ``_runs/``, ``_staging/`` files and the lease are never
-read, and only the ``part-*.parquet`` result files are. Of those, only rows with ``status == "ok"`` and an
-answer are searched: the captions (task ``caption``) and the answers to questions (task ``qa``).
+The results are read as the README's recipe reads them (pipeline/results.py): the part files the ledger names,
+as a ``pyarrow.dataset`` with hive partitioning (the nightly job's ``dt=YYYY-MM-DD/`` folders), so no internal
+file, no part file a killed writer left and no commit of a superseded lease epoch is ever read. Of those, only
+rows with ``status == "ok"`` and an answer are searched: the captions (task ``caption``) and the answers to
+questions (task ``qa``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipeline.bm25 import BM25Index, tokenize
+from pipeline.results import results_dataset
 from pipeline.storage import arrow_filesystem, s3_filesystem
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def read_answers(output_uri: str, s3_endpoint_url: str | None = None, video: str
     info = filesystem.get_file_info(base)
     if info.type != pafs.FileType.Directory:
         raise SearchError(f"no results folder at {output_uri}: give the --output of a caption or index_archive run")
-    dataset = pads.dataset(base, format="parquet", partitioning="hive", filesystem=filesystem)
+    dataset = results_dataset(filesystem, base)
     if not dataset.files:
         raise SearchError(f"{output_uri} holds no result files (part-*.parquet): has a run committed any video?")
     missing = [c for c in (*SEARCH_COLUMNS, "status") if c not in dataset.schema.names]

@@ -146,9 +146,10 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
 
 
 def only_the_run_record(output: Path, run_id: str) -> dict[str, Any]:
-    """The run record, after checking that it and its page are the only files under ``output``."""
+    """The run record, after checking that it, its page and the run's lease epoch (opened by the reconcile under
+    the lease, before anything else: pipeline/ledger_index.py) are the only files under ``output``."""
     files = sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file())
-    assert files == [Path(f"_runs/{run_id}.html"), Path(f"_runs/{run_id}.json")]
+    assert files == [Path("_ledger/_epoch"), Path(f"_runs/{run_id}.html"), Path(f"_runs/{run_id}.json")]
     return json.loads((output / "_runs" / f"{run_id}.json").read_text())
 
 

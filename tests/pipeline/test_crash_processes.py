@@ -14,7 +14,9 @@ which test_ledger_crash.py crashes on S3 at every step; an S3 server here would 
 Then three jobs on one output at once: the lease lets one run, refuses one with exit code 1 (a run failure)
 and the holder's name, and makes one that was told to wait (``--wait-for-lease``) skip everything the first
 committed. And a
-run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more.
+run whose lease expires and is taken over mid-run (fencing): it commits, deletes and compacts nothing more;
+and the fencing window itself: a job stopped right after a write task's lease check, taken over, and resumed
+after the taker completed, lands a commit that never counts.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -40,7 +45,16 @@ from pipeline.build import PipelineError, run_pipeline
 from pipeline.lease import LeaseLost, OutputLease, host_identity
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import now_iso
-from tests.pipeline.crash_jobs import check_reader_invariant, copy_clips, finish, job_args, start_job
+from pipeline.results import open_results
+from tests.pipeline.crash_jobs import (
+    CLIPS,
+    check_reader_invariant,
+    copy_clips,
+    finish,
+    job_args,
+    start_job,
+    stopped,
+)
 from tests.pipeline.runs import MODEL_ACTOR_TITLE, pids_titled
 
 pytestmark = pytest.mark.slow  # each case: one job with its own Ray (~45-90 s here), one rerun (~30-60 s)
@@ -182,6 +196,85 @@ def test_a_run_whose_lease_expires_and_is_taken_over_commits_and_compacts_nothin
     after = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[0], "after"), tmp_path / "after.log")
     assert finish(after) == 0, (tmp_path / "after.log").read_text()[-3000:]
     check_reader_invariant(output)
+
+
+def test_a_commit_paused_after_its_lease_check_and_landing_after_a_takeover_never_counts(
+    assets: Path, pipeline_model_dir: Path, tmp_path: Path
+) -> None:
+    """The fencing window (issue #25, item 7), with real jobs: the first job stands still right after a write
+    task passed its lease check (``PIPELINE_CRASH_AT=fenced:pause``: SIGSTOP of that Ray worker and of the
+    driver, as a stopped VM), its lease expires, a second job takes the output over and completes every video
+    into the next night's partition. Then the paused writer resumes and lands its part file and marker in the
+    first night's partition. Its marker carries the superseded epoch: the ledger, the index and the results
+    reader (pipeline/results.py) see each video once, from the second job only; the paused job fails with
+    the lease named; the next run's reconcile deletes the late part file, after which every reader is exact."""
+    videos, output, flag = copy_clips(assets, tmp_path / "in"), tmp_path / "out", tmp_path / "paused"
+    paused = start_job(
+        job_args(videos, output, pipeline_model_dir, NIGHTS[0], "paused"),
+        tmp_path / "paused.log",
+        crash_at=f"fenced:pause:{flag}",
+    )
+    try:
+        _wait_for(lambda: flag.exists() and len(flag.read_text().split()) == 2, paused, tmp_path / "paused.log")
+        writer = int(flag.read_text().split()[1])
+        _wait_for(lambda: stopped(writer) and stopped(paused.pid), paused, tmp_path / "paused.log")
+        # No renewal comes from a stopped driver: its lease expires (rewritten as past its TTL, without a wait).
+        lease = output / "_lease"
+        lease.write_text(json.dumps({**json.loads(lease.read_text()), "expires_at": "2000-01-01T00:00:00.000+00:00"}))
+        taker = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[1], "taker"), tmp_path / "taker.log")
+        assert finish(taker) == 0, (tmp_path / "taker.log").read_text()[-3000:]
+        taken = json.loads((output / "_runs" / "taker.json").read_text())
+        assert taken["processed"] >= 1 and taken["uncommitted"] == 0, taken  # the paused video among them
+
+        os.kill(writer, signal.SIGCONT)  # the write task goes on from its passed check: part file, marker
+        _wait_for(lambda: bool(_markers_of(output, "paused")), paused, tmp_path / "paused.log")
+        os.kill(paused.pid, signal.SIGCONT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(paused.pid, signal.SIGCONT)
+        code = finish(paused)
+    log = (tmp_path / "paused.log").read_text(errors="replace")
+    assert code == 1 and "lease" in log, log[-3000:]
+
+    ((marker, late),) = _markers_of(output, "paused")
+    late_file = output / late["file"]
+    assert late["file"].startswith(f"dt={NIGHTS[0]}/") and late_file.exists()  # the late commit did land
+    fs = pafs.LocalFileSystem()
+    ledger = Ledger(fs, str(output))
+    newest = ledger.entries(ledger.committed())
+    assert len(newest) == len(CLIPS)
+    assert newest[late["key"]].run_id == "taker" and newest[late["key"]].file.startswith(f"dt={NIGHTS[1]}/")
+    assert str(late_file) not in ledger.result_files()
+    rows = open_results(str(output)).to_table().to_pylist()
+    keys = Counter((Path(r["source_uri"]).name, r["segment_index"], r["task"]) for r in rows)
+    assert set(keys) == {(name, i, task) for name, n in CLIPS.items() for i in range(n) for task in ("caption", "qa")}
+    assert set(keys.values()) == {1}
+    assert late["key"] not in {e.key for e in ledger.run_entries("paused")}
+    assert (output / "_runs" / "paused.json").exists()
+
+    after = start_job(job_args(videos, output, pipeline_model_dir, NIGHTS[1], "after"), tmp_path / "after.log")
+    assert finish(after) == 0, (tmp_path / "after.log").read_text()[-3000:]
+    assert not late_file.exists() and not marker.exists()  # the reconcile deleted what never counted
+    check_reader_invariant(output)
+
+
+def _markers_of(output: Path, run_id: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The loose commit markers ``run_id`` wrote, with their content."""
+    found = []
+    for path in (output / "_ledger").glob("*.json"):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            content = json.loads(path.read_text())
+            if content.get("run_id") == run_id:
+                found.append((path, content))
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], job: subprocess.Popen[bytes], log: Path, timeout_s: float = 300) -> None:
+    """Wait until ``condition`` holds, failing with the job's log if the job ends first or it takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert job.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.05)
 
 
 def _end_the_failed_runs_actors(timeout_s: float = 60) -> None:

@@ -19,6 +19,7 @@ from jobs.common import run_cli
 from pipeline.build import run_pipeline
 from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger
+from pipeline.ledger_index import Marker
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, segment
 from tests.pipeline.runs import make_config
 
@@ -151,3 +152,108 @@ def test_a_holder_taken_over_unawares_releases_nothing(output: tuple[pafs.FileSy
         if not isinstance(fs, pafs.LocalFileSystem):  # the conditional delete alone refuses it too
             stalled._store.delete(stalled._version)
             assert lease_document(fs, base) == vars(taker.holder)
+
+
+def test_a_commit_that_lands_after_a_takeover_never_counts(
+    output: tuple[pafs.FileSystem, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fencing window: a writer passes its lease check and stalls; meanwhile its lease expires, another run
+    takes it over, opens its epoch and commits the same video into the next partition. Then the stalled writer
+    lands its part file and marker. The marker's epoch is superseded: the ledger names the taker's file only, the
+    writer's second check stops it before it deletes anything, and the next reconcile removes the late file."""
+    fs, base = output
+    stalled = OutputLease(fs, base, "stalled").acquire()
+    stalled._stop.set()  # paused: no renewal
+    Ledger(fs, base).reconcile(stalled.token)
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+    taken: list[OutputLease] = []
+
+    def take_over_while_stalled(step: str) -> None:  # runs where the stalled writer sits after its check
+        if step != "fenced" or taken:
+            return
+        expired = {**(lease_document(fs, base) or {}), "expires_at": "2000-01-01T00:00:00+00:00"}  # its TTL passed
+        with fs.open_output_stream(f"{base}/_lease") as f:
+            f.write(json.dumps(expired).encode())
+        taker = OutputLease(fs, base, "taker").acquire()
+        taken.append(taker)
+        assert Ledger(fs, base).reconcile(taker.token) == []
+        Ledger(fs, base, "dt=2026-11-22", lease_token=taker.token).write_rows(segment("v", 0, last=True), "taker")
+
+    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_while_stalled)
+    writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
+    with pytest.raises(LeaseLost, match="no longer this run's"):
+        writer.write_rows(segment("v", 0, last=True), "stalled")
+    (taker,) = taken
+    try:
+        ledger = Ledger(fs, base)
+        late, current = (f"{base}/dt=2026-11-2{night}/part-{key}.parquet" for night in (1, 2))
+        assert ledger.part_files() == [late, current]  # it landed: a glob reads the video twice until a reconcile
+        assert [m.epoch for m in ledger.record.all_markers()] != [m.epoch for m in ledger.record.markers()]
+        entry = ledger.entry(key)
+        assert entry is not None and (entry.run_id, entry.file) == ("taker", f"dt=2026-11-22/part-{key}.parquet")
+        assert ledger.result_files() == [current] and ledger.run_entries("stalled") == []
+        ledger.compact([entry])  # the taker's compaction folds its own marker, never the late one
+        assert ledger.committed() == {key: "ok"} and ledger.result_files() == [current]
+        assert ledger.reconcile(taker.token) == [f"dt=2026-11-21/part-{key}.parquet"]  # the next run's
+        assert ledger.part_files() == [current] and ledger.record.all_markers() == []
+        assert ledger.entry(key) == entry
+    finally:
+        taker.release()
+        stalled.release()
+
+
+def test_a_writer_that_loses_its_lease_after_its_marker_deletes_nothing(
+    output: tuple[pafs.FileSystem, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried video's commit whose lease is taken over right after its marker: its second check stops it
+    before it deletes the old part file or its staging. Its marker landed before the taker listed the markers,
+    so it counts (as a commit just before the takeover would), and the taker's reconcile deletes the old file."""
+    fs, base = output
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+    (old,) = Ledger(fs, base, "dt=2026-11-20").write_rows(segment("v", None, last=True, error=True), "r0")
+    stalled = OutputLease(fs, base, "stalled").acquire()
+    stalled._stop.set()
+    Ledger(fs, base).reconcile(stalled.token)
+    taken: list[OutputLease] = []
+
+    def take_over_after_the_marker(step: str) -> None:
+        if step == "marker" and not taken:
+            expired = {**(lease_document(fs, base) or {}), "expires_at": "2000-01-01T00:00:00+00:00"}
+            with fs.open_output_stream(f"{base}/_lease") as f:
+                f.write(json.dumps(expired).encode())
+            taken.append(OutputLease(fs, base, "taker").acquire())
+
+    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_after_the_marker)
+    writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
+    with pytest.raises(LeaseLost, match="no longer this run's"):
+        writer.write_rows(segment("v", 0, last=True), "stalled", replaces={key: old.file})
+    (taker,) = taken
+    try:
+        ledger = Ledger(fs, base)
+        assert fs.get_file_info(f"{base}/{old.file}").type == pafs.FileType.File  # not deleted after the loss
+        assert ledger.files.list_files(f"{base}/_staging/{key}", recursive=True) != []
+        assert ledger.reconcile(taker.token) == [old.file]  # the taker's: the marker counts, the old file goes
+        entry = ledger.entry(key)
+        assert entry is not None and (entry.run_id, entry.status) == ("stalled", "ok")
+        assert ledger.result_files() == ledger.part_files() == [f"{base}/dt=2026-11-21/part-{key}.parquet"]
+    finally:
+        taker.release()
+        stalled.release()
+
+
+def test_an_epoch_is_switched_only_from_the_one_read(output: tuple[pafs.FileSystem, str]) -> None:
+    """Of two runs that read the same epoch and switch away from it, the second fails (If-Match on S3, the
+    content's hash under flock locally) and the first one's epoch stays."""
+    fs, base = output
+    record = Ledger(fs, base).record
+    record.open_epoch("0" * 16)
+    listing = record.all_markers
+
+    def listing_while_another_run_switches() -> list[Marker]:
+        Ledger(fs, base).record.open_epoch("1" * 16)
+        return listing()
+
+    record.all_markers = listing_while_another_run_switches  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost, match="changed while this run opened its epoch 2222222222222222"):
+        record.open_epoch("2" * 16)
+    assert Ledger(fs, base).record.current_epoch() == "1" * 16
