@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from pipeline.run_plan import plan_run
 
         return plan_run(config)
-    from pipeline.build import run_pipeline
+    from pipeline.run import run_pipeline
 
     return dataclasses.asdict(run_pipeline(config, **run_options(ns)))
 

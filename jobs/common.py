@@ -333,7 +333,7 @@ def check_local_locations(input_location: str, output_location: str) -> None:
 
 
 def run_options(ns: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`pipeline.build.run_pipeline` that flags set besides the config."""
+    """The keyword arguments of :func:`pipeline.run.run_pipeline` that flags set besides the config."""
     progress = "log" if ns.log_format == "json" and ns.progress != "off" else ns.progress
     return {"lease_wait_s": ns.wait_for_lease, "progress": progress, "metrics_export_port": ns.metrics_port}
 
@@ -430,8 +430,8 @@ def _failure(err: Exception) -> tuple[str, int]:
         return _one_line(err), USAGE_ERROR
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from pipeline.build import PipelineError
     from pipeline.lease import LeaseHeld, LeaseLost
+    from pipeline.run import PipelineError
 
     if isinstance(err, NoCredentialsError):
         return (

@@ -104,9 +104,9 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> DemoRun:
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
-    from pipeline.build import run_pipeline
     from pipeline.config import PipelineConfig
     from pipeline.ray_env import local_ray
+    from pipeline.run import run_pipeline
     from sparsevlm.config import SparseConfig
 
     inputs = work / "videos"

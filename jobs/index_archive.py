@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from pipeline.run_plan import plan_run
 
         return plan_run(config)
-    from pipeline.build import run_pipeline
     from pipeline.ledger import Ledger
+    from pipeline.run import run_pipeline
 
     summary = dataclasses.asdict(run_pipeline(config, **run_options(ns)))
     manifest = {**summary, "partition": config.partition, **_run_metrics(config, summary)}

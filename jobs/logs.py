@@ -3,7 +3,7 @@
 ``--log-format json`` sends every log record (the job's, the pipeline's and Ray's Python loggers, Python
 warnings), the progress lines and a failing job's last error line to stderr as one JSON object each::
 
-    {"time": "2026-12-02T18:30:00.123Z", "level": "INFO", "logger": "pipeline.build", "message": "..."}
+    {"time": "2026-12-02T18:30:00.123Z", "level": "INFO", "logger": "pipeline.run", "message": "..."}
 
 with ``exc_info`` (the formatted traceback) when a record carries one, and any ``extra={"fields": {...}}``
 merged in (the progress lines carry their counts that way). What does not pass through Python's logging stays

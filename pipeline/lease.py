@@ -2,7 +2,7 @@
 
 Two drivers on one output (a caption run and the nightly run, a backfill, a night that overruns into the
 next) would both process every shared pending video, and one's compaction and reconcile would run while the
-other writes. So :func:`pipeline.build.run_pipeline` holds the output's lease from before it reads the
+other writes. So :func:`pipeline.run.run_pipeline` holds the output's lease from before it reads the
 ledger until its last write; the ledger's reconcile and compaction run only under it.
 
 The lease is a small JSON document (:class:`Holder`: run id, host, pid, a random token, ``acquired_at``,

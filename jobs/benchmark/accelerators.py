@@ -36,10 +36,10 @@ import numpy as np
 from jobs.benchmark.table import print_table, write_report
 from jobs.flags import positive
 from pipeline.benchmark import read_rows
-from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth
 from pipeline.ray_env import local_ray
+from pipeline.run import run_pipeline
 from pipeline.standin import STAND_IN_ANSWER, STAND_IN_RESOURCE, StandInCost
 from pipeline.utilisation import RawDecode, batches, raw_decode, steady_state
 from sparsevlm.tiny import CHECKPOINT_DIR

@@ -415,7 +415,7 @@ def test_the_preflight_decodes_one_frame_not_half_the_video(
     hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the PyAV path (decoding forward only) the old choice, the middle frame, decoded 1,800 frames here."""
-    from pipeline.build import _preflight
+    from pipeline.run import _preflight
 
     positions = []
     original = pipeline.readers.PyAVReader._position

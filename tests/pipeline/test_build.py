@@ -16,11 +16,12 @@ import s3fs
 
 from jobs import caption
 from jobs.common import run_cli
-from pipeline import build
-from pipeline.build import PipelineError, build_dataset, run_pipeline
+from pipeline import run
+from pipeline.build import build_dataset
 from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import Ledger
 from pipeline.predictor import Predictor
+from pipeline.run import PipelineError, run_pipeline
 from pipeline.sources import list_sources
 from tests.pipeline.runs import make_config, read_rows
 
@@ -165,7 +166,7 @@ def test_a_run_stopped_after_some_commits_records_them(
         Ledger(*config.output_filesystem()).write_rows(Predictor(config)(pa.Table.from_pylist(rows)), config.run_id)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "init_ray", commit_one_then_stop)
+    monkeypatch.setattr(run, "init_ray", commit_one_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config)
     record = json.loads((tmp_path / "out" / "_runs" / "stopped.json").read_text())
@@ -189,7 +190,7 @@ def test_an_unwritable_output_fails_in_seconds_before_ray(
     def no_ray(address: str | None, metrics_port: int | None) -> None:
         raise AssertionError("Ray must not start")
 
-    monkeypatch.setattr(build, "init_ray", no_ray)
+    monkeypatch.setattr(run, "init_ray", no_ray)
     argv = ["--input", str(pipeline_videos), "--model", str(pipeline_model_dir), "--frames", "1"]
     if where == "below-a-file":
         (tmp_path / "file").write_text("not a folder")

@@ -41,11 +41,11 @@ import pytest
 
 from jobs import index_archive
 from jobs.common import config_from_args
-from pipeline.build import PipelineError, run_pipeline
 from pipeline.lease import LeaseLost, OutputLease, host_identity
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import now_iso
 from pipeline.results import open_results
+from pipeline.run import PipelineError, run_pipeline
 from tests.pipeline.crash_jobs import (
     CLIPS,
     check_reader_invariant,

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.build import PipelineError, run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.memory import process_tree
+from pipeline.run import PipelineError, run_pipeline
 from tests.pipeline.runs import MODEL_ACTOR_TITLE, QUESTION, command_line, make_config, pids_titled, read_rows
 
 CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobs.caption import build_parser
-from pipeline.build import resolve_gpus
 from pipeline.config import PipelineConfig
+from pipeline.run import resolve_gpus
 from pipeline.standin import StandInCost
 from sparsevlm.tiny import CHECKPOINT_DIR
 
@@ -34,7 +34,7 @@ def test_the_jobs_leave_the_choice_to_the_cluster() -> None:
 
 
 def test_a_cluster_with_gpus_gives_each_actor_one(real_model: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+    with caplog.at_level(logging.INFO, logger="pipeline.run"):
         resolved = resolve_gpus(config(real_model, None), cluster_gpus=4.0)
     assert resolved.num_gpus_per_worker == 1.0 and resolved.device == "cuda"
     assert "4 GPUs: 1 per model actor" in caplog.text and "on the CPU" not in caplog.text
@@ -43,7 +43,7 @@ def test_a_cluster_with_gpus_gives_each_actor_one(real_model: str, caplog: pytes
 def test_without_gpus_a_real_checkpoint_runs_on_the_cpu_with_a_warning(
     real_model: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
         resolved = resolve_gpus(config(real_model, None), cluster_gpus=0.0)
     assert resolved.num_gpus_per_worker == 0.0 and resolved.device == "cpu"
     (record,) = caplog.records
@@ -52,7 +52,7 @@ def test_without_gpus_a_real_checkpoint_runs_on_the_cpu_with_a_warning(
 
 
 def test_an_explicit_count_stays_and_zero_still_warns(real_model: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
         assert resolve_gpus(config(real_model, 0.5), cluster_gpus=8.0).num_gpus_per_worker == 0.5
         assert not caplog.records
         assert resolve_gpus(config(real_model, 0.0), cluster_gpus=8.0).num_gpus_per_worker == 0.0
@@ -60,7 +60,7 @@ def test_an_explicit_count_stays_and_zero_still_warns(real_model: str, caplog: p
 
 
 def test_the_tiny_model_and_stand_ins_run_without_a_gpu_quietly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
         assert resolve_gpus(config(str(CHECKPOINT_DIR), None), cluster_gpus=0.0).num_gpus_per_worker == 0.0
         stand_in = config(str(CHECKPOINT_DIR), None, stand_in=StandInCost(ms_per_segment=10.0))
         assert resolve_gpus(stand_in, cluster_gpus=2.0).num_gpus_per_worker == 0.0  # a stand-in takes no GPU

@@ -33,6 +33,7 @@ LIGHT_MODULES = (
     "pipeline.report_data",
     "pipeline.utilisation",
     "pipeline.build",
+    "pipeline.run",
     "sparsevlm",
     "sparsevlm.config",
     "sparsevlm.resize",

@@ -16,10 +16,10 @@ import pytest
 
 from jobs import caption
 from jobs.common import run_cli
-from pipeline.build import run_pipeline
 from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.ledger import Ledger
 from pipeline.ledger_index import Marker
+from pipeline.run import run_pipeline
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, segment
 from tests.pipeline.runs import make_config
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.build import build_dataset, commit_stage, run_pipeline
+from pipeline.build import build_dataset, commit_stage
 from pipeline.ledger_index import LedgerEntry
 from pipeline.metrics import metrics_endpoints
 from pipeline.progress import CommitReport, RunProgress, commit_report
+from pipeline.run import run_pipeline
 from tests.pipeline.runs import make_config
 
 CLIPS = ("gradio_video_sample.webm", "mmaction2_test.avi")  # 5.0 s and 6.6 s: one 5 s segment each

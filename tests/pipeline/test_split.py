@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 
 from pipeline import readers
-from pipeline.build import run_pipeline
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_rows, decode_segments, source_row
 from pipeline.ledger import LAST_SEGMENT, Ledger
 from pipeline.predictor import Predictor
+from pipeline.run import run_pipeline
 from pipeline.sources import list_sources
 from pipeline.split import MAX_PARTS, share_bounds, split_items
 from pipeline.standin import StandInCost

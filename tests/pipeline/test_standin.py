@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.build import PipelineError, run_pipeline
 from pipeline.predictor import Predictor
+from pipeline.run import PipelineError, run_pipeline
 from pipeline.standin import STAND_IN, STAND_IN_ANSWER, StandInCost, StandInEngine
 from sparsevlm.engine import PromptError
 from tests.pipeline.runs import make_config, read_rows

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import s3fs
 
-from pipeline import build
-from pipeline.build import PipelineError, run_pipeline
+from pipeline import run
 from pipeline.config import PipelineConfig
 from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import Ledger
+from pipeline.run import PipelineError, run_pipeline
 from pipeline.sources import list_sources
 from pipeline.storage import TransientIOError, storage_failure
 from tests.pipeline.faulty_s3 import FaultyS3, faulty_s3
@@ -154,7 +154,7 @@ def test_an_output_that_refuses_writes_or_deletes_fails_before_anything_else(
     def no_work(*args: Any) -> None:
         raise AssertionError("the run went past the probe")
 
-    monkeypatch.setattr(build, "inspect_checkpoint", no_work)
+    monkeypatch.setattr(run, "inspect_checkpoint", no_work)
     output = f"s3://refusing-{method.lower()}/rows"
     with pytest.raises(PipelineError, match=rf"the output {output} is not writable \(PermissionError: ") as caught:
         run_pipeline(config)
