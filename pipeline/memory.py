@@ -161,14 +161,13 @@ class TreeMemorySampler:
 
         def loop() -> None:
             try:
-                while True:
+                while not self._stop.wait(self.period_s):
                     take()
-                    if self._stop.wait(self.period_s):
-                        take()  # the last look, when the block ends: the run's whole CPU time
-                        return
+                take()  # the last look, when the block ends: the run's whole CPU time
             except BaseException as err:  # re-raised by __exit__: a sampler that died must not pass silently
                 self._error = err
 
+        take()  # the first look before the block's body runs: the CPU time counts from here
         self._thread = threading.Thread(target=loop, name="memory-sampler", daemon=True)
         self._thread.start()
         return self
