@@ -130,32 +130,31 @@ class TreeMemorySampler:
         self._stop.clear()
         began = time.monotonic()
         self.started_at = time.time()
-        first: dict[tuple[int, int], int] = {}  # (pid, start) -> CPU ticks at the first sample that saw it
-        last: dict[tuple[int, int], int] = {}  # the same at the latest sample that saw it
-        initial: set[tuple[int, int]] = set()  # the processes running at the first sample
-        looks = [0]  # samples taken in this block (the list of samples may hold an earlier block's)
+        # (pid, start) -> CPU ticks when first seen (0 for a process born after the block's first look), and at
+        # the latest look; its name for attribution.
+        first: dict[tuple[int, int], int] = {}
+        last: dict[tuple[int, int], int] = {}
         names: dict[tuple[int, int], str] = {}
 
         def take() -> None:
+            opening = not last  # the block's first look: what the tree has used so far is not counted
             tree = process_tree(self.root)  # the root first
             sizes = [self.read(pid) for pid in tree]
             for pid in tree:
                 ticks = cpu_ticks(pid)
                 if ticks is not None:
                     key = (pid, ticks[0])
-                    if looks[0] == 0:
-                        initial.add(key)
-                    first.setdefault(key, ticks[1] if key in initial else 0)
+                    first.setdefault(key, ticks[1] if opening else 0)
                     last[key] = ticks[1]
                     name = process_name(pid)
                     if name and (name != "ray::IDLE" or key not in names):
                         names[key] = name
-            looks[0] += 1
-            cpu = sum(last[k] - first[k] for k in last) / TICKS_PER_S
             by_name: dict[str, float] = {}
-            for k in last:
-                by_name[names.get(k, "?")] = by_name.get(names.get(k, "?"), 0.0) + (last[k] - first[k]) / TICKS_PER_S
+            for key, ticks in last.items():
+                name = names.get(key, "?")
+                by_name[name] = by_name.get(name, 0.0) + (ticks - first[key]) / TICKS_PER_S
             self.cpu_by_name = by_name
+            cpu = sum(by_name.values())
             at = time.monotonic() - began
             self.samples.append(MemorySample(at, sum(sizes), len(sizes), max(sizes), sizes[0], cpu))
 
