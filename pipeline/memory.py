@@ -150,9 +150,9 @@ class TreeMemorySampler:
                     if name and (name != "ray::IDLE" or key not in names):
                         names[key] = name
             by_name: dict[str, float] = {}
-            for key, ticks in last.items():
+            for key, used in last.items():
                 name = names.get(key, "?")
-                by_name[name] = by_name.get(name, 0.0) + (ticks - first[key]) / TICKS_PER_S
+                by_name[name] = by_name.get(name, 0.0) + (used - first[key]) / TICKS_PER_S
             self.cpu_by_name = by_name
             cpu = sum(by_name.values())
             at = time.monotonic() - began
