@@ -68,12 +68,13 @@ class SparseConfig:
             :mod:`sparsevlm.baselines`).
         temporal_merge: cross-frame merging before the LLM: a token whose cosine similarity to the same
             position's surviving token of its segment is at least this merges into it (the earliest frame's
-            token survives and keeps its position); None turns it off. See :func:`sparsevlm.recycle.temporal_merge`.
+            token survives and keeps its position); None turns it off.
+            See :func:`sparsevlm.recycle.temporal_merge_batch`.
         merge_floor: target mode with ``temporal_merge``: merging stops once a video's visual tokens are down
             to this multiple of the target count (the most similar tokens merge first), so text-guided
             pruning still chooses among the rest and the video spends the same tokens as without merging;
             None lets merging go as far as the threshold allows (a static video can then undershoot the
-            target). See ``max_merged`` in :func:`sparsevlm.recycle.temporal_merge`.
+            target). See ``max_merged`` in :func:`sparsevlm.recycle.temporal_merge_batch`.
         static_threshold: cross-frame redundancy inside the LLM: at the first pruning layer, a video token whose
             patch's mean absolute pixel change since the previous frame (in the processor's normalised units)
             is at most this is a duplicate and ranks below every distinct token, so the same keep count buys

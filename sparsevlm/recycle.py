@@ -3,8 +3,8 @@
 The deleted visual tokens with the best scores are clustered by density-peak clustering over k nearest
 neighbours (DPC-KNN, as in the paper code's ``cluster_and_merge``; batched in :mod:`sparsevlm.cluster`) and
 each cluster becomes one token, the plain mean of its members (paper Sec. 3.3; the code averages, the paper
-text says "sum"). :func:`recycle_rows` does this for every row of a batch at once; the one-row functions
-(:func:`dpc_knn_cluster`, :func:`recycle_deleted`) are the same computation on a batch of one.
+text says "sum"). :func:`recycle_rows` does this for every row of a batch at once, and a row alone gets what it
+gets in any batch. Before the LLM, :func:`temporal_merge_batch` merges tokens that stay the same across frames.
 """
 
 from __future__ import annotations
@@ -13,122 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
+from sparsevlm.cluster import cluster_means, dpc_knn, tiebreak_keys
 from sparsevlm.token_counts import recycle_counts
 from sparsevlm.transfer import to_device
-
-
-def pairwise_distance(points: torch.Tensor) -> torch.Tensor:
-    """``[N, N]`` float32 Euclidean distances of ``[N, D]`` points, exactly 0 on the diagonal (see
-    :func:`sparsevlm.cluster.squared_distances` for the precision)."""
-    valid = torch.ones(1, points.shape[0], dtype=torch.bool, device=points.device)
-    return squared_distances(points[None], valid)[0].sqrt()
-
-
-def _keys(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator).to(device)[None]
-
-
-def dpc_knn_cluster(
-    points: torch.Tensor,
-    num_clusters: int,
-    generator: torch.Generator | None = None,
-    times: torch.Tensor | None = None,
-    time_weight: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density-peak clustering of one set of points (:func:`sparsevlm.cluster.dpc_knn` on a batch of one).
-
-    Args:
-        points: ``[N, D]`` features.
-        num_clusters: ``C`` with ``1 <= C <= N``.
-        generator: seeds the tie-break keys (CPU generator); None uses the global RNG.
-        times: ``[N]`` frame index of each point, for a distance that takes time into account.
-        time_weight: ``w`` in ``dist = sqrt(dist_features^2 + (w * |t_i - t_j|)^2)``; 0 ignores time.
-
-    Returns:
-        ``(assign, centres)``: ``[N]`` cluster id of each point, ``[C]`` index of each cluster's centre.
-    """
-    n = points.shape[0]
-    if not 1 <= num_clusters <= n:
-        raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
-    device = points.device
-    valid = torch.ones(1, n, dtype=torch.bool, device=device)
-    counts = torch.tensor([num_clusters], device=device)
-    out = dpc_knn(
-        points[None],
-        valid,
-        counts,
-        num_clusters,
-        _keys(n, generator, device),
-        times[None] if times is not None else None,
-        time_weight,
-    )
-    return out.assign[0], out.centres[0]
-
-
-def merge_clusters(points: torch.Tensor, assign: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """``[C, D]`` mean of each cluster's members of ``[N, D]`` points with ``[N]`` ids in ``[0, C)``."""
-    valid = torch.ones(1, points.shape[0], dtype=torch.bool, device=points.device)
-    return cluster_means(points[None], valid, assign[None], num_clusters)[0]
-
-
-@dataclass(frozen=True)
-class Recycled:
-    """The outcome of recycling one row's deleted tokens.
-
-    Attributes:
-        tokens: ``[C, D]`` merged tokens.
-        members: ``[n_r]`` indices (into the deleted set) of the recycled tokens.
-        assign: ``[n_r]`` cluster id of each recycled token.
-        centres: ``[C]`` index (into the deleted set) of each cluster's centre token (its density peak,
-            the most representative member).
-    """
-
-    tokens: torch.Tensor
-    members: torch.Tensor
-    assign: torch.Tensor
-    centres: torch.Tensor
-
-    def earliest(self, order: torch.Tensor) -> torch.Tensor:
-        """``[C]`` index (into the deleted set) of each cluster's member that comes first in ``order``.
-
-        Args:
-            order: ``[M]`` a sort key per deleted token (e.g. its position id).
-        """
-        key = order[self.members].float()  # [n_r]
-        clusters = torch.arange(self.tokens.shape[0], device=key.device)
-        masked = torch.where(self.assign[:, None] == clusters[None, :], key[:, None], float("inf"))  # [n_r, C]
-        return self.members[masked.argmin(dim=0)]
-
-
-def recycle_deleted(
-    deleted: torch.Tensor,
-    deleted_scores: torch.Tensor,
-    recycle_ratio: float,
-    cluster_ratio: float,
-    generator: torch.Generator | None = None,
-    times: torch.Tensor | None = None,
-    time_weight: float = 0.0,
-) -> Recycled | None:
-    """Recycle the best-scored deleted tokens of one row into a few merged tokens.
-
-    Args:
-        deleted: ``[M, D]`` features of the deleted tokens (the pruning layer's output hidden states).
-        deleted_scores: ``[M]`` their scores.
-        times: ``[M]`` frame index of each deleted token (cross-frame recycling), or None.
-        time_weight: weight of the frame distance in the clustering distance.
-
-    Returns:
-        The merged tokens and their provenance, or None when nothing is recycled.
-    """
-    n_recycled, n_clusters = recycle_counts(deleted.shape[0], recycle_ratio, cluster_ratio)
-    if n_recycled == 0:
-        return None
-    members = deleted_scores.topk(n_recycled).indices  # [n_r], best first
-    member_times = times[members] if times is not None else None
-    assign, centres = dpc_knn_cluster(deleted[members], n_clusters, generator, member_times, time_weight)
-    tokens = merge_clusters(deleted[members], assign, n_clusters)
-    return Recycled(tokens=tokens, members=members, assign=assign, centres=members[centres])
 
 
 @dataclass(frozen=True)
@@ -230,57 +117,11 @@ def frame_similarity(frames: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :, :] * x[..., :-1, :, :]).sum(-1).mean(-1)
 
 
-def segment_frames(similarity: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
-    """Split frames where consecutive frames are less similar than ``threshold`` (a shot change).
-
-    Returns:
-        ``[(start, end), ...]`` half-open frame ranges covering every frame.
-    """
-    cuts = [0] + [t + 1 for t in range(similarity.shape[0]) if float(similarity[t]) < threshold]
-    ends = [*cuts[1:], similarity.shape[0] + 1]
-    return list(zip(cuts, ends, strict=True))
-
-
 def segment_starts(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
     """``[..., T]`` bool: frames that start a segment (frame 0, and every frame less similar than ``threshold``
-    to the one before it); the tensor form of :func:`segment_frames`."""
+    to the one before it), from the ``[..., T - 1]`` similarities of :func:`frame_similarity`."""
     first = torch.ones(*similarity.shape[:-1], 1, dtype=torch.bool, device=similarity.device)
     return torch.cat([first, similarity < threshold], dim=-1)
-
-
-@dataclass(frozen=True)
-class TemporalMerge:
-    """The outcome of merging one video's static tokens across frames.
-
-    Attributes:
-        tokens: ``[T, P, D]`` features, survivors replaced by the mean of what merged into them.
-        keep: ``[T, P]`` bool, the tokens that survive.
-        weight: ``[T, P]`` how many original tokens each survivor stands for (0 for merged ones).
-        segments: the frame segments merging stayed inside.
-    """
-
-    tokens: torch.Tensor
-    keep: torch.Tensor
-    weight: torch.Tensor
-    segments: list[tuple[int, int]]
-
-
-def temporal_merge(
-    frames: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
-) -> TemporalMerge:
-    """Merge tokens that stay the same across frames into the earliest frame's token (one video; see
-    :func:`temporal_merge_batch`, which this runs on a batch of one).
-
-    Args:
-        frames: ``[T, P, D]`` visual tokens of one video.
-        segment_threshold: consecutive-frame similarity under which a new segment starts.
-        merge_threshold: token similarity at or above which a token merges into its survivor.
-        max_merged: at most this many tokens merge away (None: no cap).
-    """
-    tokens, keep, weight = temporal_merge_batch(frames[None], segment_threshold, merge_threshold, max_merged)
-    t = frames.shape[0]
-    segments = segment_frames(frame_similarity(frames), segment_threshold) if t > 1 else [(0, t)]
-    return TemporalMerge(tokens[0], keep[0], weight[0], segments)
 
 
 def temporal_merge_batch(
@@ -316,7 +157,9 @@ def temporal_merge_batch(
         min_merged: ``[G]`` at least this many tokens of each video merge away, if the segments allow it.
 
     Returns:
-        ``(tokens [G, T, P, D], keep [G, T, P] bool, weight [G, T, P])`` as in :class:`TemporalMerge`.
+        ``(tokens, keep, weight)``: ``[G, T, P, D]`` features, survivors replaced by the mean of what merged
+        into them; ``[G, T, P]`` bool, the tokens that survive; ``[G, T, P]`` how many original tokens each
+        survivor stands for (0 for merged ones).
     """
     if max_merged is not None and max_merged < 0:
         raise ValueError(f"max_merged must be >= 0 or None, got {max_merged}")

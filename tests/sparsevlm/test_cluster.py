@@ -1,4 +1,5 @@
-"""DPC-KNN's decisions do not depend on the dtype: bf16, fp16 and fp32 equal a float64 computation."""
+"""DPC-KNN clustering: its decisions on hand-made points, and that they do not depend on the dtype (bf16, fp16 and
+fp32 equal a float64 computation)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,74 @@ import torch
 
 from sparsevlm import SparseConfig
 from sparsevlm import recycle as recycle_module
-from sparsevlm.cluster import cluster_means, dpc_knn, tiebreak_keys
+from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
 from sparsevlm.engine import CAPTION_PROMPT, VideoQAEngine
 from sparsevlm.rows import distinct_rows
 from sparsevlm.tiny.loading import load_tiny
 from sparsevlm.tiny.video_qa import make_sample
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def cluster_one(points: torch.Tensor, num_clusters: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN on a batch of one: ``[N]`` cluster of each point and ``[C]`` index of each centre."""
+    valid = torch.ones(1, points.shape[0], dtype=torch.bool)
+    keys = tiebreak_keys([points.shape[0]], seed, points.device)
+    out = dpc_knn(points[None], valid, torch.tensor([num_clusters]), num_clusters, keys)
+    return out.assign[0], out.centres[0]
+
+
+def test_three_blobs_give_three_pure_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    blobs = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = torch.arange(3).repeat_interleave(torch.tensor([5, 4, 6]))
+    points = blobs[labels] + 0.3 * torch.randn(len(labels), 2, generator=gen)
+    assign, centres = cluster_one(points, 3, seed=1)
+    assert centres.shape == (3,)
+    assert sorted(assign.unique().tolist()) == [0, 1, 2]
+    for cluster in range(3):  # every cluster holds exactly one blob
+        members = labels[assign == cluster]
+        assert members.unique().numel() == 1
+    assert torch.equal(assign[centres], torch.arange(3))
+    merged = cluster_means(points[None], torch.ones(1, len(labels), dtype=torch.bool), assign[None], 3)[0]
+    for cluster in range(3):
+        assert torch.allclose(merged[cluster], points[assign == cluster].mean(0), atol=1e-6)
+
+
+def test_clustering_is_deterministic_under_a_seed() -> None:
+    points = torch.randn(60, 16, generator=torch.Generator().manual_seed(3))
+    runs = [cluster_one(points, 7, seed=5) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_time_weight_keeps_clusters_within_nearby_frames() -> None:
+    points = torch.zeros(1, 8, 4)  # identical features: only time separates them
+    times = torch.tensor([[0, 0, 0, 0, 7, 7, 7, 7]])
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    out = dpc_knn(points, valid, torch.tensor([2]), 2, tiebreak_keys([8], 0, points.device), times, time_weight=1.0)
+    assign = out.assign[0]
+    assert assign[:4].unique().numel() == 1 and assign[4:].unique().numel() == 1
+    assert assign[0] != assign[4]
+
+
+def test_distances_are_euclidean() -> None:
+    points = torch.randn(40, 16)
+    exact = (points[:, None] - points[None]).norm(dim=-1)
+    distances = squared_distances(points[None], torch.ones(1, 40, dtype=torch.bool))[0].sqrt()
+    assert torch.allclose(distances, exact, atol=1e-4)
+    assert torch.equal(distances.diagonal(), torch.zeros(40))
+
+
+def test_distances_in_bf16_survive_a_shared_massive_activation() -> None:
+    # LLaMA hidden states share a few huge components; the Gram form must not cancel them away.
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(64, 256, generator=gen)
+    points[:, 7] += 300.0
+    exact = (points[:, None] - points[None]).norm(dim=-1)
+    approx = squared_distances(points.to(torch.bfloat16)[None], torch.ones(1, 64, dtype=torch.bool))[0].sqrt()
+    off = ~torch.eye(64, dtype=torch.bool)
+    relative = ((approx - exact).abs() / exact)[off]
+    assert float(relative.max()) < 0.05
 
 
 def outlier_tokens(seed: int, n: int = 300, d: int = 1024) -> torch.Tensor:

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
 from tiny_models import IMAGE_TOKEN, VIDEO_TOKEN, build_inputs, build_model, row_inputs, tokens_per_frame
 
 from sparsevlm import SparseConfig, apply_patch, last_stats
-from sparsevlm.recycle import dpc_knn_cluster, recycle_deleted, segment_frames, temporal_merge
+from sparsevlm.recycle import frame_similarity, segment_starts, temporal_merge_batch
 
 XF = SparseConfig(prune_layers=(1,), keep_tokens=(30,), temporal_merge=0.9, segment_threshold=0.5)
 
 
 def _video(frames: int = 6, tokens: int = 5, dim: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(frames, tokens, dim, generator=torch.Generator().manual_seed(seed))
+
+
+class _Merged(NamedTuple):
+    tokens: torch.Tensor  # [T, P, D]
+    keep: torch.Tensor  # [T, P] bool
+    weight: torch.Tensor  # [T, P]
+
+
+def temporal_merge(
+    video: torch.Tensor, segment_threshold: float, merge_threshold: float, max_merged: int | None = None
+) -> _Merged:
+    """`temporal_merge_batch` on a batch of one ``[T, P, D]`` video."""
+    tokens, keep, weight = temporal_merge_batch(video[None], segment_threshold, merge_threshold, max_merged)
+    return _Merged(tokens[0], keep[0], weight[0])
 
 
 def test_static_video_collapses_to_one_frame() -> None:
@@ -39,10 +54,10 @@ def test_merging_never_crosses_a_segment_boundary() -> None:
     a, b = _video(1, seed=1)[0], _video(1, seed=2)[0]
     video = torch.stack([a, a, a, b, b, b])  # a shot change after frame 2
     result = temporal_merge(video, segment_threshold=0.5, merge_threshold=0.9)
-    assert result.segments == [(0, 3), (3, 6)]
+    assert segment_starts(frame_similarity(video), 0.5).tolist() == [True, False, False, True, False, False]
     assert result.keep[0].all() and result.keep[3].all()  # each segment keeps its own first frame
     assert not result.keep[[1, 2, 4, 5]].any()
-    assert segment_frames(torch.tensor([0.9, 0.2, 0.95]), 0.5) == [(0, 2), (2, 4)]
+    assert segment_starts(torch.tensor([0.9, 0.2, 0.95]), 0.5).tolist() == [True, False, True, False]
 
 
 def test_partly_static_frames_keep_only_what_changes() -> None:
@@ -94,25 +109,6 @@ def test_merge_floor_needs_merging_and_a_target() -> None:
         SparseConfig(prune_layers=(1,), target_fraction=0.25, merge_floor=2.0)
     with pytest.raises(ValueError, match="merge_floor"):
         SparseConfig(prune_layers=(1,), target_fraction=0.25, temporal_merge=0.9, merge_floor=0.5)
-
-
-def test_time_weight_keeps_clusters_within_nearby_frames() -> None:
-    points = torch.zeros(8, 4)  # identical features: only time separates them
-    times = torch.tensor([0, 0, 0, 0, 7, 7, 7, 7])
-    assign, _ = dpc_knn_cluster(points, 2, torch.Generator().manual_seed(0), times, time_weight=1.0)
-    assert assign[:4].unique().numel() == 1 and assign[4:].unique().numel() == 1
-    assert assign[0] != assign[4]
-
-
-def test_earliest_member_position() -> None:
-    deleted = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
-    out = recycle_deleted(deleted, torch.arange(20.0), 0.5, 0.3, torch.Generator().manual_seed(0))
-    assert out is not None
-    order = torch.arange(20) * 3
-    first = out.earliest(order)
-    for cluster in range(out.tokens.shape[0]):
-        members = out.members[out.assign == cluster]
-        assert first[cluster] == members.min()
 
 
 def test_static_video_in_the_model_keeps_one_frame_and_positions() -> None:
