@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from sparsevlm.token_counts import video_tokens_per_frame
+
 if TYPE_CHECKING:
     from sparsevlm.stats import SampleStats
 
@@ -49,7 +51,7 @@ class ModelSpec:
 
     @property
     def tokens_per_frame(self) -> int:
-        return 1 + (self.frame_size // self.patch_size) ** 2
+        return video_tokens_per_frame(self.frame_size, self.patch_size)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from transformers.models.video_llava.modeling_video_llava import VideoLlavaModel
 from sparsevlm.config import SparseConfig
 from sparsevlm.modeling import SparseLlamaModel, SparseRuntime
 from sparsevlm.stats import SampleStats
+from sparsevlm.token_counts import video_tokens_per_frame
 from sparsevlm.video_llava import SparseVideoLlavaForConditionalGeneration, SparseVideoLlavaModel
 
 # The decoder loop in sparsevlm/modeling.py overrides internals of exactly this release.
@@ -67,7 +68,7 @@ def apply_patch(
         return model
     runtime = SparseRuntime(cfg)
     vision: Any = model.config.vision_config
-    runtime.tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1  # the video path keeps CLS
+    runtime.tokens_per_frame = video_tokens_per_frame(vision.image_size, vision.patch_size)
     inner: Any = model.model
     runtime.hook = inner.register_forward_pre_hook(runtime.capture_inputs, with_kwargs=True)
     inner.__class__ = SparseVideoLlavaModel

@@ -19,8 +19,15 @@ __all__ = [
     "prefill_flops",
     "recycle_counts",
     "simulate_visual_counts",
+    "video_tokens_per_frame",
     "visual_after_pruning",
 ]
+
+
+def video_tokens_per_frame(image_size: int, patch_size: int) -> int:
+    """Visual tokens per frame on Video-LLaVA's video path: ``(image_size // patch_size) ** 2`` patches plus the
+    CLS token, which the video path keeps (257 for the 7B's 224 px frames in 14 px patches)."""
+    return (image_size // patch_size) ** 2 + 1
 
 
 def recycle_counts(n_deleted: int, recycle_ratio: float, cluster_ratio: float) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from sparsevlm.bench.speed import kv_cache_bytes
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.prompt import left_pad
+from sparsevlm.token_counts import video_tokens_per_frame
 
 __all__ = ["GPU_PRESETS", "TEXT_LENGTHS", "GpuBenchSetup", "count_decode_syncs", "run_gpu_benchmark", "versions"]
 
@@ -111,7 +112,7 @@ def make_inputs(setup: GpuBenchSetup, batch: int, seed: int = 0) -> dict[str, to
     """``batch`` left-padded rows of the prompt layout (question lengths from :data:`TEXT_LENGTHS`), each with
     its own random frames, on the device."""
     gen = torch.Generator().manual_seed(seed)
-    visual = FRAMES * (1 + (224 // 14) ** 2)
+    visual = FRAMES * video_tokens_per_frame(224, 14)
     rows = []
     for row in range(batch):
         question = torch.randint(100, 29000, (TEXT_LENGTHS[row % len(TEXT_LENGTHS)],), generator=gen).tolist()

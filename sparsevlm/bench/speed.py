@@ -23,7 +23,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoL
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
-from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
+from sparsevlm.token_counts import equivalent_tokens, prefill_flops, simulate_visual_counts, video_tokens_per_frame
 
 VIDEO_TOKEN, IMAGE_TOKEN = 31, 30
 
@@ -45,7 +45,7 @@ class SpeedLayout:
 
     @property
     def n_visual(self) -> int:
-        return self.frames * ((self.image_size // self.patch) ** 2 + 1)
+        return self.frames * video_tokens_per_frame(self.image_size, self.patch)
 
 
 def build_speed_model(layout: SpeedLayout, dtype: torch.dtype) -> VideoLlavaForConditionalGeneration:

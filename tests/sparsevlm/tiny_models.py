@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
+from sparsevlm.token_counts import video_tokens_per_frame
+
 VIDEO_TOKEN = 99
 IMAGE_TOKEN = 98
 PAD = 0
@@ -60,7 +62,7 @@ def build_model(
 
 def tokens_per_frame(model: VideoLlavaForConditionalGeneration) -> int:
     vision = model.config.vision_config
-    return (vision.image_size // vision.patch_size) ** 2 + 1
+    return video_tokens_per_frame(vision.image_size, vision.patch_size)
 
 
 def build_inputs(
