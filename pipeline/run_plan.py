@@ -35,7 +35,7 @@ from pipeline.config import PipelineConfig
 from pipeline.decode import source_row
 from pipeline.ledger import LEDGER_KEY, Ledger
 from pipeline.sources import list_sources
-from sparsevlm.bench.presets import Layout, config_cost
+from sparsevlm.bench.presets import CostLayout, config_cost
 from sparsevlm.checkpoint import CheckpointInfo, read_checkpoint
 from sparsevlm.prompt_text import PROMPT_HEAD, prompt_tail
 
@@ -133,7 +133,7 @@ def _estimate(config: PipelineConfig, checkpoint: CheckpointInfo, to_process: li
     prompts = [config.caption_prompt, *config.questions]
     costs = []
     for prompt in prompts:
-        layout = Layout(
+        layout = CostLayout(
             num_layers=checkpoint.num_layers,
             hidden=checkpoint.hidden_size,
             ffn=checkpoint.intermediate_size,

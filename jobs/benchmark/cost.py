@@ -16,7 +16,7 @@ import torch
 from jobs.benchmark.table import print_table, write_report
 from jobs.flags import positive
 from sparsevlm.bench.gpu import GpuBenchSetup, run_gpu_benchmark
-from sparsevlm.bench.presets import Layout, preset_table
+from sparsevlm.bench.presets import CostLayout, preset_table
 from sparsevlm.bench.speed import SpeedLayout, layout_dict, measure, peak_rss_probe
 from sparsevlm.bench.syncs import count_prefill_syncs
 
@@ -24,7 +24,7 @@ SPEED_PRESETS = ["video-50", "video-25", "video-10", "video-5"]
 
 
 def run_presets(ns: argparse.Namespace) -> None:
-    layout = Layout(ns.layers, ns.hidden, ns.ffn, ns.visual, ns.text)
+    layout = CostLayout(ns.layers, ns.hidden, ns.ffn, ns.visual, ns.text)
     rows = preset_table(layout)
     print(f"layout: {layout}")
     shown = [{**r, "% visual": f"{100 * float(r['fraction']):.1f}%"} for r in rows]  # type: ignore[arg-type]
@@ -97,11 +97,12 @@ def run_gpu(ns: argparse.Namespace) -> None:
 def add_commands(sub: Any) -> None:
     """Add this family's subcommands to ``sub`` (the main parser's subparsers)."""
     presets = sub.add_parser("presets", help="preset costs on a model layout (no model runs)")
-    presets.add_argument("--layers", type=int, default=32)
-    presets.add_argument("--hidden", type=int, default=4096)
-    presets.add_argument("--ffn", type=int, default=11008)
-    presets.add_argument("--visual", type=int, default=2056)
-    presets.add_argument("--text", type=int, default=40)
+    seven_b = CostLayout()
+    presets.add_argument("--layers", type=int, default=seven_b.num_layers)
+    presets.add_argument("--hidden", type=int, default=seven_b.hidden)
+    presets.add_argument("--ffn", type=int, default=seven_b.ffn)
+    presets.add_argument("--visual", type=int, default=seven_b.n_visual)
+    presets.add_argument("--text", type=int, default=seven_b.n_text)
     presets.add_argument("--out", help="write the rows as JSON here")
     presets.set_defaults(run=run_presets)
 

@@ -41,12 +41,20 @@ import torch
 import transformers
 from transformers import VideoLlavaForConditionalGeneration
 
-from sparsevlm.bench.layout import FRAMES, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN, Widths, video_llava_7b_config
+from sparsevlm.bench.layout import (
+    FRAMES,
+    IMAGE_SIZE,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    VIDEO_TOKEN,
+    VIDEO_TOKENS,
+    Widths,
+    video_llava_7b_config,
+)
 from sparsevlm.bench.speed import kv_cache_bytes
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.prompt import left_pad
-from sparsevlm.token_counts import video_tokens_per_frame
 
 __all__ = ["GPU_PRESETS", "TEXT_LENGTHS", "GpuBenchSetup", "count_decode_syncs", "run_gpu_benchmark", "versions"]
 
@@ -112,13 +120,13 @@ def make_inputs(setup: GpuBenchSetup, batch: int, seed: int = 0) -> dict[str, to
     """``batch`` left-padded rows of the prompt layout (question lengths from :data:`TEXT_LENGTHS`), each with
     its own random frames, on the device."""
     gen = torch.Generator().manual_seed(seed)
-    visual = FRAMES * video_tokens_per_frame(224, 14)
+    visual = VIDEO_TOKENS
     rows = []
     for row in range(batch):
         question = torch.randint(100, 29000, (TEXT_LENGTHS[row % len(TEXT_LENGTHS)],), generator=gen).tolist()
         rows.append([*_HEAD, *([VIDEO_TOKEN] * visual), *question])
     input_ids, mask = left_pad(rows, PAD_TOKEN)  # [B, L] each
-    pixels = torch.randn(batch, FRAMES, 3, 224, 224, generator=gen)  # [B, T, 3, S, S]
+    pixels = torch.randn(batch, FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)  # [B, T, 3, S, S]
     return {
         "input_ids": input_ids.to(setup.device),
         "attention_mask": mask.to(setup.device),

@@ -1,25 +1,48 @@
-"""The configuration of ``LanguageBind/Video-LLaVA-7B-hf``, at full size or with a narrower LLM / vision tower.
+"""The layout of ``LanguageBind/Video-LLaVA-7B-hf``: the one table of its sizes, and its configuration at full
+size or with a narrower LLM / vision tower.
 
 One source for the production layout's ``config.json`` values (see the project's reference notes on the
-production layout), used by the GPU benchmark (:mod:`sparsevlm.bench.gpu`, full size) and by the stand-in
+production layout), used by the preset cost table (:mod:`sparsevlm.bench.presets`), the CPU speed benchmark
+(:mod:`sparsevlm.bench.speed`), the GPU benchmark (:mod:`sparsevlm.bench.gpu`, full size) and the stand-in
 checkpoint of the tests (32 text layers at a small width). Only widths and depths can be changed; the token
 ids, the vocabulary, the patch geometry, the feature layer and the context stay those of the real checkpoint.
+Torch-free (transformers is imported where the configuration is built): the run plan of the pipeline's
+driver costs presets on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+from sparsevlm.token_counts import video_tokens_per_frame
 
-__all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "VIDEO_TOKEN", "VOCAB_SIZE", "Widths", "video_llava_7b_config"]
+if TYPE_CHECKING:
+    from transformers import VideoLlavaConfig
+
+__all__ = [
+    "FRAMES",
+    "IMAGE_SIZE",
+    "IMAGE_TOKEN",
+    "MAX_POSITIONS",
+    "PAD_TOKEN",
+    "PATCH_SIZE",
+    "VIDEO_TOKEN",
+    "VIDEO_TOKENS",
+    "VOCAB_SIZE",
+    "Widths",
+    "video_llava_7b_config",
+]
 
 IMAGE_TOKEN = 32000
 VIDEO_TOKEN = 32001
 PAD_TOKEN = 32002
 VOCAB_SIZE = 32064  # 32,000 LLaMA tokens + <image>, <video>, <pad>, rounded up to a multiple of 64
 MAX_POSITIONS = 4096
-FRAMES = 8  # what the checkpoint was trained with: 8 frames x 257 = 2,056 video tokens
+IMAGE_SIZE = 224  # CLIP ViT-L/14's input side in pixels
+PATCH_SIZE = 14
+FRAMES = 8  # what the checkpoint was trained with
+VIDEO_TOKENS = FRAMES * video_tokens_per_frame(IMAGE_SIZE, PATCH_SIZE)  # 8 frames x 257 = 2,056
 
 
 @dataclass(frozen=True)
@@ -49,13 +72,15 @@ def video_llava_7b_config(widths: Widths = Widths()) -> VideoLlavaConfig:
         path, CLS kept), feature layer -2, select strategy ``"default"``, image / video / pad tokens 32000 /
         32001 / 32002, vocabulary 32,064 and ``max_position_embeddings`` 4096.
     """
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
     vision = CLIPVisionConfig(
         hidden_size=widths.vision_hidden,
         intermediate_size=widths.vision_ffn,
         num_hidden_layers=widths.vision_layers,
         num_attention_heads=widths.vision_heads,
-        image_size=224,
-        patch_size=14,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
         projection_dim=768,
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,

@@ -1,26 +1,30 @@
 """What each preset costs on a given model layout, from the token arithmetic and the FLOPs formula.
 
 No model runs here: budget and target schedules are deterministic given the layout, so their equivalent
-tokens and prefill FLOPs follow from :mod:`sparsevlm.stats`. Rank mode depends on the attention at run time;
-its row assumes a rank (the paper's video setting has rank(P) close to the number of raters, about 10).
+tokens and prefill FLOPs follow from :mod:`sparsevlm.token_counts`. Rank mode depends on the attention at run
+time; its row assumes a rank (the paper's video setting has rank(P) close to the number of raters, about 10).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from sparsevlm.bench.layout import VIDEO_TOKENS, Widths
 from sparsevlm.config import PRESETS, SparseConfig
 from sparsevlm.token_counts import equivalent_tokens, prefill_flops, simulate_visual_counts
 
+_7B = Widths()
+
 
 @dataclass(frozen=True)
-class Layout:
-    """A Video-LLaVA language-model layout (defaults: Video-LLaVA-7B, 8 frames x 257 tokens)."""
+class CostLayout:
+    """What a prompt's prefill cost depends on: the language model's sizes and the prompt's token counts
+    (defaults: Video-LLaVA-7B, 8 frames x 257 tokens, a 40-token question)."""
 
-    num_layers: int = 32
-    hidden: int = 4096
-    ffn: int = 11008
-    n_visual: int = 2056
+    num_layers: int = _7B.layers
+    hidden: int = _7B.hidden
+    ffn: int = _7B.ffn
+    n_visual: int = VIDEO_TOKENS
     n_text: int = 40
 
 
@@ -38,12 +42,12 @@ class PresetCost:
     dense_prefill_flops: float = 0.0  # the same prompt without pruning
 
 
-def preset_cost(name: str, layout: Layout, assumed_rank: int = 10) -> PresetCost:
+def preset_cost(name: str, layout: CostLayout, assumed_rank: int = 10) -> PresetCost:
     """Equivalent tokens and prefill FLOPs ratio of one preset on ``layout``."""
     return config_cost(SparseConfig.preset(name), layout, assumed_rank)
 
 
-def config_cost(cfg: SparseConfig, layout: Layout, assumed_rank: int = 10) -> PresetCost:
+def config_cost(cfg: SparseConfig, layout: CostLayout, assumed_rank: int = 10) -> PresetCost:
     """Equivalent tokens and prefill FLOPs ratio of any SparseConfig on ``layout`` (named ``cfg.name``).
 
     Raises:
@@ -77,9 +81,9 @@ def config_cost(cfg: SparseConfig, layout: Layout, assumed_rank: int = 10) -> Pr
     )
 
 
-def preset_table(layout: Layout | None = None) -> list[dict[str, object]]:
+def preset_table(layout: CostLayout | None = None) -> list[dict[str, object]]:
     """One row per preset (see :data:`sparsevlm.config.PRESETS`) that fits the layout."""
-    layout = layout or Layout()
+    layout = layout or CostLayout()
     rows = []
     for name in PRESETS:
         try:

@@ -21,26 +21,28 @@ from typing import Any
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
+from sparsevlm.bench.layout import FRAMES, IMAGE_SIZE, MAX_POSITIONS, PATCH_SIZE, Widths
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.token_counts import equivalent_tokens, prefill_flops, simulate_visual_counts, video_tokens_per_frame
 
 VIDEO_TOKEN, IMAGE_TOKEN = 31, 30
+_7B = Widths()
 
 
 @dataclass(frozen=True)
 class SpeedLayout:
-    """Model and input sizes; the defaults are Video-LLaVA-7B's language model."""
+    """Model and input sizes; the defaults are Video-LLaVA-7B's language model and token layout."""
 
-    hidden: int = 4096
-    heads: int = 32
-    kv_heads: int = 32
-    ffn: int = 11008
+    hidden: int = _7B.hidden
+    heads: int = _7B.heads
+    kv_heads: int = _7B.heads  # LLaMA-7B has no grouped-query attention
+    ffn: int = _7B.ffn
     depth: int = 3
-    full_depth: int = 32
-    image_size: int = 224
-    patch: int = 14
-    frames: int = 8
+    full_depth: int = _7B.layers
+    image_size: int = IMAGE_SIZE
+    patch: int = PATCH_SIZE
+    frames: int = FRAMES
     text_tokens: int = 40
 
     @property
@@ -66,7 +68,7 @@ def build_speed_model(layout: SpeedLayout, dtype: torch.dtype) -> VideoLlavaForC
         num_hidden_layers=layout.depth,
         num_attention_heads=layout.heads,
         num_key_value_heads=layout.kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=MAX_POSITIONS,
     )
     config = VideoLlavaConfig(
         vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN
