@@ -24,11 +24,17 @@ same count on the model it runs on (:func:`sparsevlm.config.derive_target_schedu
 
 from __future__ import annotations
 
-from sparsevlm.config import PREMERGE, SparseConfig
+from typing import Literal, get_args
 
-METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random", "pool")
-CROSS_FRAME_METHODS = ("sparsevlm-xf", "sparsevlm-xf-text", "sparsevlm-premerge", "sparsevlm-premerge-text")
-ALL_METHODS = (*METHODS, *CROSS_FRAME_METHODS)
+from sparsevlm.config import METHODS, PREMERGE, Method, SparseConfig
+
+# SparseConfig's scoring methods (which prune inside the LLM) and pooling before it: no cross-frame reduction.
+PlainMethod = Literal[Method, "pool"]
+CrossFrameMethod = Literal["sparsevlm-xf", "sparsevlm-xf-text", "sparsevlm-premerge", "sparsevlm-premerge-text"]
+ComparedMethod = Literal[PlainMethod, CrossFrameMethod]
+PLAIN_METHODS: tuple[PlainMethod, ...] = get_args(PlainMethod)
+CROSS_FRAME_METHODS: tuple[CrossFrameMethod, ...] = get_args(CrossFrameMethod)
+ALL_METHODS: tuple[ComparedMethod, ...] = get_args(ComparedMethod)
 # FastV prunes after layer K = 2 in its paper; on shallow models the target derivation moves it earlier.
 FASTV_LAYER = 2
 
@@ -84,17 +90,16 @@ def method_config(method: str, fraction: float, seed: int = 0) -> SparseConfig:
     raise ValueError(f"unknown method {method!r}; known methods: {', '.join(ALL_METHODS)}")
 
 
-# The methods that prune inside the LLM, so they can share a fixed schedule (``pool`` acts before the LLM).
-SCHEDULE_METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
-# A shared target (``LAYERS@FRACTION``) also suits the cross-frame variants: their temporal merging spends part
-# of the same budget before the LLM, and the target is solved for what is left.
-TARGET_SCHEDULE_METHODS = (*SCHEDULE_METHODS[:2], *CROSS_FRAME_METHODS, *SCHEDULE_METHODS[2:])
+# A fixed schedule suits SparseConfig's scoring methods (:data:`sparsevlm.config.METHODS`): they prune inside
+# the LLM (``pool`` acts before it). A shared target (``LAYERS@FRACTION``) also suits the cross-frame variants:
+# their temporal merging spends part of the same budget before the LLM, and the target is solved for what is left.
+TARGET_SCHEDULE_METHODS: tuple[ComparedMethod, ...] = (*METHODS[:2], *CROSS_FRAME_METHODS, *METHODS[2:])
 
 
-def schedule_methods(schedule: str) -> tuple[str, ...]:
+def schedule_methods(schedule: str) -> tuple[ComparedMethod, ...]:
     """The methods that can run ``schedule``: all that prune inside the LLM for a shared target, the four
-    without temporal merging for fixed counts."""
-    return TARGET_SCHEDULE_METHODS if "@" in schedule else SCHEDULE_METHODS
+    without temporal merging (:data:`sparsevlm.config.METHODS`) for fixed counts."""
+    return TARGET_SCHEDULE_METHODS if "@" in schedule else METHODS
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...] | float]:

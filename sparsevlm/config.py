@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -35,7 +35,16 @@ Positions = Literal["original", "compact"]
 Method = Literal["sparsevlm", "sparsevlm-text", "fastv", "random"]
 RecyclePosition = Literal["centre", "earliest"]
 Repeats = Literal["last", "never"]
-METHODS = ("sparsevlm", "sparsevlm-text", "fastv", "random")
+POSITIONS: tuple[Positions, ...] = get_args(Positions)
+METHODS: tuple[Method, ...] = get_args(Method)
+RECYCLE_POSITIONS: tuple[RecyclePosition, ...] = get_args(RecyclePosition)
+REPEATS: tuple[Repeats, ...] = get_args(Repeats)
+
+
+def _either(values: tuple[str, ...]) -> str:
+    """``'a' or 'b'``: the allowed values of a two-valued field, for its error message."""
+    return " or ".join(repr(v) for v in values)
+
 
 # Tolerance of the target presets, as a fraction of the visual tokens (the preset contract is 0.02; a layer
 # is only taken when it gets this close, otherwise an earlier layer that gets closer is preferred).
@@ -164,8 +173,8 @@ class SparseConfig:
             raise ValueError(f"recycle_ratio must be in [0, 1], got {self.recycle_ratio!r}")
         if not 0.0 < self.cluster_ratio <= 1.0:
             raise ValueError(f"cluster_ratio must be in (0, 1], got {self.cluster_ratio!r}")
-        if self.positions not in ("original", "compact"):
-            raise ValueError(f"positions must be 'original' or 'compact', got {self.positions!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be {_either(POSITIONS)}, got {self.positions!r}")
         if self.temporal_merge is not None and not -1.0 <= self.temporal_merge <= 1.0:
             raise ValueError(
                 f"temporal_merge must be a cosine similarity in [-1, 1] or None, got {self.temporal_merge!r}"
@@ -183,14 +192,14 @@ class SparseConfig:
             math.isfinite(self.static_threshold) and self.static_threshold >= 0
         ):
             raise ValueError(f"static_threshold must be a finite value >= 0 or None, got {self.static_threshold!r}")
-        if self.repeats not in ("last", "never"):
-            raise ValueError(f"repeats must be 'last' or 'never', got {self.repeats!r}")
+        if self.repeats not in REPEATS:
+            raise ValueError(f"repeats must be {_either(REPEATS)}, got {self.repeats!r}")
         if not -1.0 <= self.segment_threshold <= 1.0:
             raise ValueError(f"segment_threshold must be in [-1, 1], got {self.segment_threshold!r}")
         if self.recycle_time_weight < 0:
             raise ValueError(f"recycle_time_weight must be >= 0, got {self.recycle_time_weight!r}")
-        if self.recycle_position not in ("centre", "earliest"):
-            raise ValueError(f"recycle_position must be 'centre' or 'earliest', got {self.recycle_position!r}")
+        if self.recycle_position not in RECYCLE_POSITIONS:
+            raise ValueError(f"recycle_position must be {_either(RECYCLE_POSITIONS)}, got {self.recycle_position!r}")
         if self.budget_frames is not None and (self.budget_frames < 1 or self.target_fraction is None):
             raise ValueError(
                 f"budget_frames must be >= 1 and needs target_fraction, got budget_frames={self.budget_frames!r}"

@@ -15,7 +15,7 @@ import torch
 from jobs.benchmark.table import print_table, write_report
 from jobs.flags import int_list, positive
 from sparsevlm import apply_patch, last_stats
-from sparsevlm.baselines import ALL_METHODS, METHODS, method_config, parse_schedule
+from sparsevlm.baselines import ALL_METHODS, PLAIN_METHODS, method_config, parse_schedule
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
@@ -196,7 +196,7 @@ def run_show(ns: argparse.Namespace) -> None:
     grid = size // patch
     enc = encode_prompts(tokenizer, [question], [frames], patch)
     rows = []
-    for method in METHODS:
+    for method in PLAIN_METHODS:
         config = method_config(method, ns.budget)
         apply_patch(model, config)
         with torch.no_grad():

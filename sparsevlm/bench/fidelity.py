@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
-from sparsevlm.baselines import method_config, schedule_config, schedule_methods
+from sparsevlm.baselines import ComparedMethod, method_config, schedule_config, schedule_methods
 from sparsevlm.config import SparseConfig
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.tiny.hard_qa import QuestionSplit, chance_bound, make_task_sample
@@ -27,7 +27,15 @@ from sparsevlm.tiny.inputs import encode_prompts
 from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices
 
 BUDGETS = (0.50, 0.25, 0.10, 0.05)
-FIDELITY_METHODS = ("sparsevlm", "sparsevlm-text", "sparsevlm-xf", "sparsevlm-xf-text", "fastv", "random", "pool")
+FIDELITY_METHODS: tuple[ComparedMethod, ...] = (
+    "sparsevlm",
+    "sparsevlm-text",
+    "sparsevlm-xf",
+    "sparsevlm-xf-text",
+    "fastv",
+    "random",
+    "pool",
+)
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from tiny_models import VIDEO_TOKEN, build_inputs, build_model, row_inputs
 from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import (
     CROSS_FRAME_METHODS,
-    METHODS,
-    SCHEDULE_METHODS,
+    PLAIN_METHODS,
     method_config,
     parse_schedule,
     schedule_config,
 )
+from sparsevlm.config import METHODS
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.10])
@@ -23,7 +23,7 @@ def test_methods_share_the_budget_and_fill_stats(fraction: float) -> None:
     inputs = build_inputs(model, [6, 9], frames=4)
     equivalents = {}
     with torch.no_grad():
-        for method in METHODS:
+        for method in PLAIN_METHODS:
             apply_patch(model, method_config(method, fraction))
             model(**inputs)
             stats = last_stats(model)
@@ -91,7 +91,7 @@ def test_fixed_schedules_prune_every_method_at_the_same_layers_and_counts() -> N
     inputs = build_inputs(model, [6, 9], frames=4)
     counts = {}
     with torch.no_grad():
-        for method in SCHEDULE_METHODS:
+        for method in METHODS:
             config = schedule_config(method, "1,3:60,20")
             assert (config.prune_layers, config.keep_tokens) == ((1, 3), (60, 20))
             apply_patch(model, config)
@@ -137,7 +137,7 @@ def test_a_shared_target_gives_every_method_the_same_budget_over_the_same_layers
     model = build_model(layers=6, image_size=64)
     inputs = build_inputs(model, [6, 9], frames=4)
     with torch.no_grad():
-        for method in SCHEDULE_METHODS:
+        for method in METHODS:
             apply_patch(model, schedule_config(method, "1,3@0.2"))
             model(**inputs)
             for stats in last_stats(model):
