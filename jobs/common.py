@@ -427,7 +427,7 @@ def _failure(err: Exception) -> tuple[str, int]:
 
     usage = (ValueError, SourceError, CheckpointError)
     if isinstance(err, usage):
-        return _one_line(err), USAGE_ERROR
+        return headline(err), USAGE_ERROR
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.lease import LeaseHeld, LeaseLost
@@ -439,15 +439,22 @@ def _failure(err: Exception) -> tuple[str, int]:
             RUN_FAILED,
         )
     if isinstance(err, PipelineError):  # the run wraps what it finds wrong with its input or model
-        return _one_line(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED
+        return headline(err), USAGE_ERROR if isinstance(err.__cause__, usage) else RUN_FAILED
     if isinstance(err, LeaseHeld | LeaseLost):
-        return _one_line(err), RUN_FAILED
+        return headline(err), RUN_FAILED
     if isinstance(err, BotoCoreError | ClientError | OSError):
-        return f"storage is not reachable or refused the request: {_one_line(err)}", RUN_FAILED
+        return storage_failure(err), RUN_FAILED
     logger.exception("the run failed")
-    return f"{type(err).__name__}: {_one_line(err)}", RUN_FAILED
+    return f"{type(err).__name__}: {headline(err)}", RUN_FAILED
 
 
-def _one_line(err: BaseException) -> str:
+def headline(err: BaseException) -> str:
+    """The first line of an error's message (what a job's one-line ending shows), or its class name when the
+    message is empty."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def storage_failure(err: BaseException) -> str:
+    """The one line that ends a job whose storage could not be reached or refused a request."""
+    return f"storage is not reachable or refused the request: {headline(err)}"

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from jobs.common import RUN_FAILED, USAGE_ERROR, HelpFormatter, fail
+from jobs.common import RUN_FAILED, USAGE_ERROR, HelpFormatter, fail, storage_failure
 from jobs.flags import positive
 
 FORMATS = ("text", "json")
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     except NoCredentialsError:
         fail(NO_CREDENTIALS, RUN_FAILED)
     except (BotoCoreError, ClientError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        fail(f"storage is not reachable or refused the request: {first}", RUN_FAILED)
+        fail(storage_failure(err), RUN_FAILED)
     if ns.format == "json":
         print(json.dumps([hit.to_dict() for hit in hits]))
         return
