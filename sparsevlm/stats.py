@@ -1,7 +1,7 @@
 """Per-sample statistics of a sparsified prefill.
 
 The token arithmetic they follow (equivalent tokens, prefill FLOPs, recycling counts) is in
-:mod:`sparsevlm.token_counts`, torch-free, and is re-exported here.
+:mod:`sparsevlm.token_counts`, torch-free.
 """
 
 from __future__ import annotations
@@ -12,25 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sparsevlm.token_counts import (
-    equivalent_tokens,
-    prefill_flops,
-    recycle_counts,
-    simulate_visual_counts,
-    visual_after_pruning,
-)
+from sparsevlm.token_counts import equivalent_tokens, prefill_flops
 
-__all__ = [
-    "PrefillRecorder",
-    "PruneRecord",
-    "SampleStats",
-    "dense_stats",
-    "equivalent_tokens",
-    "prefill_flops",
-    "recycle_counts",
-    "simulate_visual_counts",
-    "visual_after_pruning",
-]
+__all__ = ["PrefillRecorder", "PruneRecord", "SampleStats", "dense_stats"]
 
 if TYPE_CHECKING:
     from sparsevlm.sequence import Layout

@@ -8,8 +8,8 @@ The conventions are the paper code's (see ``shared/reference/sparsevlm-method.md
   the layer, ``d`` the hidden size and ``m`` the FFN width.
 
 :class:`~sparsevlm.config.SparseConfig` derives its target schedules with it, and every Ray worker imports the
-config (it travels with :class:`~pipeline.config.PipelineConfig`), decoders included; :mod:`sparsevlm.stats`,
-which records the tensors of a prefill, re-exports it.
+config (it travels with :class:`~pipeline.config.PipelineConfig`), decoders included; :mod:`sparsevlm.stats`
+records the tensors of a prefill by it.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class PresetCost:
     fraction: float
     flops_ratio: float
     note: str
-    prefill_flops: float = 0.0  # one prompt's prefill under the config (the stats.prefill_flops formula)
+    prefill_flops: float = 0.0  # one prompt's prefill under the config (token_counts.prefill_flops)
     dense_prefill_flops: float = 0.0  # the same prompt without pruning
 
 

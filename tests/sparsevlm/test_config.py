@@ -6,7 +6,7 @@ import pytest
 
 from sparsevlm import PRESETS, SparseConfig
 from sparsevlm.config import _closest_keep
-from sparsevlm.stats import equivalent_tokens, prefill_flops, simulate_visual_counts
+from sparsevlm.token_counts import equivalent_tokens, prefill_flops, simulate_visual_counts
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import torch
 from tiny_models import IMAGE_TOKEN, VIDEO_TOKEN, build_inputs, build_model, row_inputs
 
 from sparsevlm import SparseConfig, apply_patch, last_stats, remove_patch
-from sparsevlm.stats import equivalent_tokens
+from sparsevlm.token_counts import equivalent_tokens
 
 BUDGET = SparseConfig(prune_layers=(1, 2), keep_tokens=(40, 12))
 RANK = SparseConfig(prune_layers=(1,), rank_scale=2.0, rank_bias=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sparsevlm.recycle import recycle_rows
-from sparsevlm.stats import recycle_counts
+from sparsevlm.token_counts import recycle_counts
 
 
 def test_recycle_counts_follow_the_paper_code() -> None:
