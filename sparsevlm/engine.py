@@ -31,7 +31,6 @@ from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine_types import (
     DTYPE_NAMES,
-    CheckpointError,
     DtypeName,
     EngineAnswer,
     ModelSpec,
@@ -40,34 +39,14 @@ from sparsevlm.engine_types import (
 )
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.preprocess import normalize_uint8
-from sparsevlm.prompt import (
-    CAPTION_PROMPT,
-    PLACEHOLDERS,
-    PromptText,
-    build_prompt,
-    encode_text,
-    left_pad,
-    visual_positions,
-)
+from sparsevlm.prompt import PromptText, encode_text, left_pad, visual_positions
+from sparsevlm.prompt_text import PLACEHOLDERS, build_prompt
 from sparsevlm.repetition import RepeatStop, trim_repeat
 from sparsevlm.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CAPTION_PROMPT",
-    "DTYPE_NAMES",
-    "CheckpointError",
-    "DtypeName",
-    "EngineAnswer",
-    "ModelSpec",
-    "PromptError",
-    "PromptTooLong",
-    "VideoQAEngine",
-    "build_prompt",
-    "inspect_checkpoint",
-    "resolve_dtype",
-]
+__all__ = ["VideoQAEngine", "inspect_checkpoint", "resolve_dtype"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

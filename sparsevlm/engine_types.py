@@ -2,8 +2,8 @@
 errors, the checkpoint spec and the answer type.
 
 None of it needs torch or transformers, so the pipeline's config and its stand-in engine, which every Ray
-worker imports (decoders included), use it without loading the model libraries. :mod:`sparsevlm.engine`
-re-exports every name, so ``from sparsevlm.engine import PromptError`` keeps working, with the same classes.
+worker imports (decoders included), use it without loading the model libraries. This module is the one home of
+these names: import them from here, not through :mod:`sparsevlm.engine`.
 """
 
 from __future__ import annotations

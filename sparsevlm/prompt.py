@@ -11,8 +11,8 @@ placeholder, tokenizes each piece on its own and puts the video token between th
 in training. :func:`encode_text` therefore tokenizes the two pieces separately, as the original does, which gives
 the trained ids whatever the flag (tested on a tokenizer built from the real LLaMA vocabulary).
 
-The text alone (the constants and :func:`build_prompt`) is in :mod:`sparsevlm.prompt_text`, torch-free, and is
-re-exported here.
+The text alone (the constants and :func:`~sparsevlm.prompt_text.build_prompt`) is in
+:mod:`sparsevlm.prompt_text`, torch-free; import it from there.
 """
 
 from __future__ import annotations
@@ -24,26 +24,12 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import frame_grid, pool_grid
-from sparsevlm.prompt_text import (
-    CAPTION_PROMPT,
-    PLACEHOLDERS,
-    PROMPT_HEAD,
-    VIDEO_PLACEHOLDER,
-    build_prompt,
-    prompt_tail,
-)
 
-__all__ = [
-    "CAPTION_PROMPT",
-    "PLACEHOLDERS",
-    "PROMPT_HEAD",
-    "VIDEO_PLACEHOLDER",
-    "PromptText",
-    "build_prompt",
-    "encode_text",
-    "left_pad",
-    "visual_positions",
-]
+# TODO(issue #27): VIDEO_PLACEHOLDER and build_prompt are imported only for sparsevlm/tiny/inputs.py, which still
+# takes them from here; once it imports them from sparsevlm.prompt_text, they leave this line (and the noqa).
+from sparsevlm.prompt_text import PROMPT_HEAD, VIDEO_PLACEHOLDER, build_prompt, prompt_tail  # noqa: F401
+
+__all__ = ["PromptText", "encode_text", "left_pad", "visual_positions"]
 
 
 @dataclass(frozen=True)

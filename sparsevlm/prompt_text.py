@@ -2,8 +2,7 @@
 
 The pipeline's config (the default caption instruction) and its stand-in engine (which refuses the same
 placeholders as the real one) need only this, and every Ray worker imports them, decoders included; the token
-ids and the positions, which need torch and a tokenizer, are in :mod:`sparsevlm.prompt`, which re-exports
-every name here.
+ids and the positions, which need torch and a tokenizer, are in :mod:`sparsevlm.prompt`.
 """
 
 from __future__ import annotations

@@ -11,15 +11,10 @@ import torch
 from transformers import LlamaConfig, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
 from sparsevlm import SparseConfig
-from sparsevlm.engine import (
-    CAPTION_PROMPT,
-    CheckpointError,
-    PromptError,
-    PromptTooLong,
-    VideoQAEngine,
-    inspect_checkpoint,
-)
-from sparsevlm.tiny.inputs import build_prompt, normalize_frames
+from sparsevlm.engine import VideoQAEngine, inspect_checkpoint
+from sparsevlm.engine_types import CheckpointError, PromptError, PromptTooLong
+from sparsevlm.prompt_text import CAPTION_PROMPT, build_prompt
+from sparsevlm.tiny.inputs import normalize_frames
 from sparsevlm.tiny.loading import load_tiny
 
 Tiny = tuple[VideoLlavaForConditionalGeneration, PreTrainedTokenizerBase]

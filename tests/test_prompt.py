@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 
 from sparsevlm import SparseConfig
 from sparsevlm.engine import VideoQAEngine
-from sparsevlm.prompt import PROMPT_HEAD, build_prompt, encode_text, left_pad, visual_positions
+from sparsevlm.prompt import encode_text, left_pad, visual_positions
+from sparsevlm.prompt_text import PROMPT_HEAD, build_prompt
 from sparsevlm.tiny.loading import load_tiny
 from sparsevlm.tiny.video_qa import make_sample
 from tests.standin_7b import write_tokenizer

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.decode import decode_segments
-from sparsevlm.engine import CAPTION_PROMPT, VideoQAEngine
+from sparsevlm.engine import VideoQAEngine
+from sparsevlm.prompt_text import CAPTION_PROMPT
 from sparsevlm.repetition import RepeatStop, repeated_tail, trim_repeat
 from sparsevlm.tiny.loading import load_tiny
 

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from transformers import VideoLlavaForConditionalGeneration
 
 from jobs import caption
-from sparsevlm.engine import PromptTooLong, VideoQAEngine, resolve_dtype
+from sparsevlm.engine import VideoQAEngine, resolve_dtype
+from sparsevlm.engine_types import PromptTooLong
 from sparsevlm.preprocess import preprocess_frames
 from sparsevlm.prompt import encode_text, left_pad
 from tests.standin_7b import SHARDS, legacy_name

@@ -19,7 +19,7 @@ from pipeline.config import PipelineConfig
 from pipeline.lease import LeaseHeld
 from pipeline.run import PipelineError
 from pipeline.shots import ShotSegmenting
-from sparsevlm.engine import CheckpointError
+from sparsevlm.engine_types import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 

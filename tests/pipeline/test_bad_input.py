@@ -36,7 +36,8 @@ from pipeline.decode import DecoderName, Timeout, TooLarge, decode_rows, open_lo
 from pipeline.ledger import LAST_SEGMENT
 from pipeline.predictor import Predictor
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
-from sparsevlm.engine import PromptTooLong, VideoQAEngine
+from sparsevlm.engine import VideoQAEngine
+from sparsevlm.engine_types import PromptTooLong
 from sparsevlm.tiny.loading import load_tiny
 from tests.pipeline.media import encode
 

@@ -16,7 +16,8 @@ from pipeline.predictor import Predictor
 from pipeline.schema import COLUMNS, RESULT_SCHEMA, validate_table
 from pipeline.sources import list_sources
 from sparsevlm.config import SparseConfig
-from sparsevlm.engine import CAPTION_PROMPT, VideoQAEngine
+from sparsevlm.engine import VideoQAEngine
+from sparsevlm.prompt_text import CAPTION_PROMPT
 
 QUESTION = "What is happening?"
 BROKEN_CLIP = "broken_truncated.mp4"  # made by the pipeline_videos fixture

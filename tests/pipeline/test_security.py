@@ -41,7 +41,8 @@ from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.predictor import Predictor
 from pipeline.run import PipelineError, run_pipeline
 from pipeline.sources import SourceError, list_sources, read_manifest
-from sparsevlm.engine import CheckpointError, VideoQAEngine, inspect_checkpoint
+from sparsevlm.engine import VideoQAEngine, inspect_checkpoint
+from sparsevlm.engine_types import CheckpointError
 from sparsevlm.tiny.loading import load_tiny
 
 ROOT = Path(__file__).resolve().parents[2]

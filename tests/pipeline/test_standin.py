@@ -14,7 +14,7 @@ import pytest
 from pipeline.predictor import Predictor
 from pipeline.run import PipelineError, run_pipeline
 from pipeline.standin import STAND_IN, STAND_IN_ANSWER, StandInCost, StandInEngine
-from sparsevlm.engine import PromptError
+from sparsevlm.engine_types import PromptError
 from tests.pipeline.runs import make_config, read_rows
 
 COST = StandInCost(ms_per_segment=40.0, ms_per_batch=10.0)

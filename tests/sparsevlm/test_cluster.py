@@ -12,7 +12,8 @@ import torch
 from sparsevlm import SparseConfig
 from sparsevlm import recycle as recycle_module
 from sparsevlm.cluster import cluster_means, dpc_knn, squared_distances, tiebreak_keys
-from sparsevlm.engine import CAPTION_PROMPT, VideoQAEngine
+from sparsevlm.engine import VideoQAEngine
+from sparsevlm.prompt_text import CAPTION_PROMPT
 from sparsevlm.rows import distinct_rows
 from sparsevlm.tiny.loading import load_tiny
 from sparsevlm.tiny.video_qa import make_sample
