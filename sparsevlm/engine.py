@@ -231,7 +231,7 @@ class VideoQAEngine:
         if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
             raise ValueError(
                 f"expected uint8 frames [T, {size}, {size}, 3] at model resolution, got dtype={frames.dtype} "
-                f"shape={tuple(frames.shape)}; resize with sparsevlm.preprocess.resize_and_crop_uint8 first"
+                f"shape={tuple(frames.shape)}; resize with sparsevlm.resize.resize_and_crop_uint8 first"
             )
         return normalize_uint8(frames, out)
 

@@ -11,8 +11,8 @@
 
 The work is split in two so that the decode stage can ship model-resolution uint8 frames
 (`resize_and_crop_uint8`, 1 byte per value) and the model worker only normalises (`normalize_uint8`). The
-resize half is in `sparsevlm/resize.py` (numpy and PIL only, so the decode workers never import torch) and is
-re-exported here. Because PIL resizes uint8 images to uint8 in both transformers and here, the split is
+resize half is in `sparsevlm/resize.py` (numpy and PIL only, so the decode workers never import torch); import
+it from there. Because PIL resizes uint8 images to uint8 in both transformers and here, the split is
 lossless: `normalize_uint8(resize_and_crop_uint8(x))` is bit-identical to `preprocess_frames(x)`, and both match
 transformers' `VideoLlavaImageProcessor` exactly (max abs difference 0.0 in the tests).
 """
@@ -22,19 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparsevlm.resize import resize_and_crop_uint8, resized_shape
+from sparsevlm.resize import resize_and_crop_uint8
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "normalize_uint8",
-    "preprocess_frames",
-    "resize_and_crop_uint8",
-    "resized_shape",
-]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "normalize_uint8", "preprocess_frames"]
 
 
 def _normalize_table() -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The decode workers ship model-resolution uint8 frames (:func:`resize_and_crop_uint8`) and the model worker
 normalises them (:func:`sparsevlm.preprocess.normalize_uint8`). This half lives apart from the torch half so that
-a decode worker, which runs it on every frame, never imports torch (:mod:`sparsevlm.preprocess` re-exports it).
+a decode worker, which runs it on every frame, never imports torch.
 """
 
 from __future__ import annotations

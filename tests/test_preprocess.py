@@ -8,14 +8,8 @@ import torch
 from transformers import VideoLlavaImageProcessor
 from transformers.image_transforms import get_resize_output_image_size
 
-from sparsevlm.preprocess import (
-    CLIP_MEAN,
-    CLIP_STD,
-    normalize_uint8,
-    preprocess_frames,
-    resize_and_crop_uint8,
-    resized_shape,
-)
+from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD, normalize_uint8, preprocess_frames
+from sparsevlm.resize import resize_and_crop_uint8, resized_shape
 
 # (height, width, size): landscape, portrait, square, odd sizes, extreme aspect ratios, upscaling.
 SHAPES = [

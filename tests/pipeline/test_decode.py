@@ -35,7 +35,7 @@ from pipeline.ledger import LAST_SEGMENT
 from pipeline.shots import ShotSegmenting
 from pipeline.sources import list_sources
 from pipeline.split import split_items
-from sparsevlm.preprocess import resize_and_crop_uint8
+from sparsevlm.resize import resize_and_crop_uint8
 from tests.pipeline.media import SHOT_COLOURS, encode, shot_frames
 
 SIZE = 64  # model resolution used in these tests (smaller than 224 keeps them fast)
