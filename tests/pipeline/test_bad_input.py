@@ -32,10 +32,12 @@ import pipeline.decode
 import pipeline.readers
 import pipeline.video
 from pipeline.config import PipelineConfig
-from pipeline.decode import DecoderName, Timeout, TooLarge, decode_rows, open_local_copy, source_row
+from pipeline.decode import DecoderName, decode_rows, source_row
 from pipeline.ledger import LAST_SEGMENT
 from pipeline.predictor import Predictor
 from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
+from pipeline.storage import open_local_copy
+from pipeline.video import Timeout, TooLarge
 from sparsevlm.engine import VideoQAEngine
 from sparsevlm.engine_types import PromptTooLong
 from sparsevlm.tiny.loading import load_tiny

@@ -15,7 +15,13 @@ import pytest
 import s3fs
 
 from pipeline.config import PipelineConfig
-from pipeline.decode import (
+from pipeline.decode import decode_rows, decode_segments, plan_frames, plan_segments, source_row
+from pipeline.ledger import LAST_SEGMENT
+from pipeline.shots import ShotSegmenting
+from pipeline.sources import list_sources
+from pipeline.split import split_items
+from pipeline.storage import open_local_copy
+from pipeline.video import (
     CorruptMedia,
     DecodeError,
     MissingMedia,
@@ -24,17 +30,7 @@ from pipeline.decode import (
     TooLarge,
     UnsupportedMedia,
     VideoInfo,
-    decode_rows,
-    decode_segments,
-    open_local_copy,
-    plan_frames,
-    plan_segments,
-    source_row,
 )
-from pipeline.ledger import LAST_SEGMENT
-from pipeline.shots import ShotSegmenting
-from pipeline.sources import list_sources
-from pipeline.split import split_items
 from sparsevlm.resize import resize_and_crop_uint8
 from tests.pipeline.media import SHOT_COLOURS, encode, shot_frames
 
