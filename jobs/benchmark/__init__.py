@@ -39,9 +39,5 @@ from __future__ import annotations
 from pipeline.ray_env import use_local_ray_env
 
 # Ray reads its loopback setting once, at import: set the local-Ray environment before a module of this package
-# imports Ray (the pipeline commands start a Ray of their own).
+# imports Ray (the pipeline commands start a Ray of their own). The door is jobs.benchmark.cli.main.
 use_local_ray_env()
-
-from jobs.benchmark.cli import main  # noqa: E402
-
-__all__ = ["main"]

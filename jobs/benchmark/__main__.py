@@ -1,5 +1,5 @@
 """``python -m jobs.benchmark <command> ...``; the commands are listed in the package docstring."""
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 
 main()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, run_fidelity
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import build_tokenizer

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.gpu import (
     GPU_PRESETS,
     TEXT_LENGTHS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth, process_tree, pss_bytes
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.long import long_items, long_runs
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from pipeline.benchmark import measure_rows
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 
 
 def test_presets_table_on_the_video_llava_7b_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

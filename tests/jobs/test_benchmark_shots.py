@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 
 
 def test_the_shots_benchmark_reports_both_modes_per_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

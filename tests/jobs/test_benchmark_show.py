@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
 
 

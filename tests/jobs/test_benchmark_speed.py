@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.speed import SpeedLayout, block_sizes, full_depth_config, reduced_config
 from sparsevlm.config import SparseConfig
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 
 
 @pytest.mark.slow  # 16 s here (2 cores): stand-in Ray runs at 1 and 2 accelerators

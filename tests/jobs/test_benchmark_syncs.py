@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 
 
 @pytest.mark.slow  # 6 s here (2 cores): two presets at two batch sizes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.benchmark import main
+from jobs.benchmark.cli import main
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions
 from sparsevlm.tiny import BUNDLED_MODELS, CHECKPOINT_DIR, DEEP_CHECKPOINT_DIR
 from sparsevlm.tiny.loading import load_tiny
