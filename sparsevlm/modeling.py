@@ -41,9 +41,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
 
 from sparsevlm.config import SparseConfig
-from sparsevlm.plan import check_context, frame_reduction, random_scores, rater_counts, row_schedules
+from sparsevlm.plan import (
+    check_context,
+    frame_reduction,
+    keep_at_most_distinct,
+    layer_seed,
+    random_scores,
+    rater_counts,
+    row_schedules,
+    step_keep_counts,
+)
 from sparsevlm.recycle import recycle_rows
-from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, settled_patches, static_patches
+from sparsevlm.repeats import (
+    at_visual_index,
+    by_visual_index,
+    distinct_first,
+    place_on_tokens,
+    settled_patches,
+    static_patches,
+)
 from sparsevlm.scoring import (
     keep_mask,
     rank_keep_counts,
@@ -56,13 +72,14 @@ from sparsevlm.scoring import (
     visual_scores,
 )
 from sparsevlm.sequence import (
-    TEXT,
     Inserted,
     Layout,
     build_attention_mask,
     frame_index,
+    last_positions,
     rebuild,
     reduce_frames,
+    visual_indices,
 )
 from sparsevlm.stats import PrefillRecorder, PruneRecord, SampleStats, dense_stats
 from sparsevlm.transfer import to_device
@@ -239,13 +256,12 @@ class SparseLlamaModel(LlamaModel):
         visual = visual & valid
         candidates = rater_candidates(valid, visual, rt.prompt_len)
         n_valid, n_visual, n_text = torch.stack([valid.sum(1), visual.sum(1), candidates.sum(1)]).tolist()
-        visual_index = torch.where(visual, visual.long().cumsum(1) - 1, TEXT)
+        visual_index = visual_indices(visual)
         raters = select_rater_tokens(embeds, candidates, visual, cfg.method, max(n_text), max(n_visual))
         layout = Layout(embeds, positions, valid, visual_index, raters, tuple(n_valid), tuple(n_visual))
         # [B, max Lv]: duplicates by visual index (patch static since the previous frame), or None
         duplicate = by_visual_index(static, visual, max(n_visual)) if static is not None else None
-        last_valid = valid.long().cumsum(1).argmax(1)  # [B]: index of each row's last real token
-        original_last_pos = positions.gather(1, last_valid[:, None]).squeeze(1)
+        original_last_pos = last_positions(valid, positions)  # [B]
 
         num_layers = self.config.num_hidden_layers
         record = PrefillRecorder(b, raters, n_valid)
@@ -333,11 +349,10 @@ class SparseLlamaModel(LlamaModel):
 
         present = layout.visual  # [B, L]
         if cfg.method == "random":  # the same draw for a row alone or in a batch
-            scores = random_scores(present, layout.n_visual, cfg.seed * 1_000_003 + layer_idx)
+            scores = random_scores(present, layout.n_visual, layer_seed(cfg.seed, layer_idx))
         repeats = None
         if duplicate is not None:
-            index = layout.visual_index
-            repeats = duplicate.gather(1, index.clamp(0, duplicate.shape[1] - 1)) & (index >= 0) & present  # [B, L]
+            repeats = at_visual_index(duplicate, layout.visual_index) & present  # [B, L]
             scores = distinct_first(scores, repeats)
         pruned = [layer_idx in schedule for schedule in schedules]
         keep = [schedule.get(layer_idx) for schedule in schedules]
@@ -348,11 +363,8 @@ class SparseLlamaModel(LlamaModel):
             ranks = rank_keep_counts(rater_visual, counts, n_visual, cfg.rank_scale, cfg.rank_bias)
             keep = [r if k is None else k for r, k in zip(ranks, keep, strict=True)]
         if repeats is not None and cfg.repeats == "never":  # a repeat costs nothing (one host read)
-            distinct = (present & ~repeats).sum(1).tolist()
-            keep = [k if k is None else max(1, min(k, d)) for k, d in zip(keep, distinct, strict=True)]
-        keep_n = [
-            min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, layout.n_visual, strict=True)
-        ]
+            keep = keep_at_most_distinct(keep, (present & ~repeats).sum(1).tolist())
+        keep_n = step_keep_counts(pruned, keep, layout.n_visual)
         kept = keep_mask(scores, present, to_device(keep_n, device))
         deleted = present & ~kept
         n_deleted = [n - k for n, k in zip(layout.n_visual, keep_n, strict=True)]
@@ -366,14 +378,14 @@ class SparseLlamaModel(LlamaModel):
                 n_deleted,
                 cfg.recycle_ratio,
                 cfg.cluster_ratio,
-                cfg.seed * 1_000_003 + layer_idx,
+                layer_seed(cfg.seed, layer_idx),
                 times,
                 cfg.recycle_time_weight,
             )
         members = torch.zeros_like(present)
         inserted = None
         if recycled is not None:
-            members.scatter_(1, recycled.members, recycled.member_valid)
+            members = recycled.member_mask(present)
             anchor = recycled.centres if cfg.recycle_position == "centre" else recycled.earliest(layout.position_ids)
             merged_pos = layout.position_ids.gather(1, anchor)
             inserted = Inserted(recycled.tokens, merged_pos, recycled.counts)

@@ -81,6 +81,30 @@ def check_context(widest: int, context: int, reserve: int) -> None:
         )
 
 
+def layer_seed(seed: int, layer: int) -> int:
+    """The seed of one pruning layer's random draws (the ``random`` baseline's scores, the clustering's
+    tie-break keys): a prime stride keeps the (seed, layer) pairs of any realistic model apart."""
+    return seed * 1_000_003 + layer
+
+
+def step_keep_counts(pruned: list[bool], keep: list[int | None], n_visual: tuple[int, ...]) -> list[int]:
+    """Visual tokens each row keeps at one pruning step (host ints): its schedule's count, at most what it has,
+    where the step prunes the row; all of them where it does not.
+
+    Args:
+        pruned: per row, whether this layer is a pruning step of its schedule.
+        keep: per row, the schedule's count (None where the step does not prune the row).
+        n_visual: per row, the visual tokens present.
+    """
+    return [min(k, n) if p and k is not None else n for p, k, n in zip(pruned, keep, n_visual, strict=True)]
+
+
+def keep_at_most_distinct(keep: list[int | None], distinct: list[int]) -> list[int | None]:
+    """Keep counts capped by each row's distinct (non-repeating) visual tokens, at least 1 (``repeats="never"``:
+    a step keeps no repeat of the previous frame)."""
+    return [k if k is None else max(1, min(k, d)) for k, d in zip(keep, distinct, strict=True)]
+
+
 def rater_counts(layout: Layout, record: PrefillRecorder) -> list[int]:
     """Raters per row (host ints): fixed for the whole prefill, so counted once and kept by the recorder."""
     if record.rater_counts is None:

@@ -40,6 +40,10 @@ class RecycledRows:
     assign: torch.Tensor
     centres: torch.Tensor
 
+    def member_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` bool (the shape and device of ``like``): the sequence positions of the recycled tokens."""
+        return torch.zeros_like(like, dtype=torch.bool).scatter_(1, self.members, self.member_valid)
+
     def earliest(self, key: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` sequence position of each cluster's member with the smallest ``key`` (``[B, L]``)."""
         member_key = key.gather(1, self.members).float().masked_fill(~self.member_valid, float("inf"))  # [B, R]

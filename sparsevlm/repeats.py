@@ -67,6 +67,18 @@ def by_visual_index(placed: torch.Tensor, visual: torch.Tensor, width: int) -> t
     return table[:, :width]
 
 
+def at_visual_index(table: torch.Tensor, visual_index: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: a table by visual index (``[B, V]``, :func:`by_visual_index`) read at each token of a
+    sequence, the inverse of :func:`by_visual_index` after pruning and merging moved the tokens.
+
+    Args:
+        table: ``[B, V]`` bool, entry ``[b, j]`` for the ``j``-th original visual token of row ``b``.
+        visual_index: ``[B, L]`` long, each token's original visual index; negative (text, padding, a merged
+            token) reads False.
+    """
+    return table.gather(1, visual_index.clamp(0, table.shape[1] - 1)) & (visual_index >= 0)
+
+
 def distinct_first(scores: torch.Tensor, duplicate: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` scores that rank every duplicate below every other token of its row, keeping the order within
     each group, so a top-``k`` selection spends its ``k`` on distinct content first and takes a duplicate only

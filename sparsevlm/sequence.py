@@ -61,6 +61,19 @@ class Layout:
         return replace(self, hidden=hidden)
 
 
+def visual_indices(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` long: each visual token's index among its row's visual tokens (``0..n_b - 1``, in sequence
+    order), ``TEXT`` at every other token; ``visual`` is ``[B, L]`` bool."""
+    return torch.where(visual, visual.long().cumsum(1) - 1, TEXT)
+
+
+def last_positions(valid: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the position id of each row's last real token (``valid`` and ``position_ids`` are ``[B, L]``;
+    a row without real tokens gives its first column's)."""
+    last = valid.long().cumsum(1).argmax(1)  # [B]: the first column where the count of real tokens peaks
+    return position_ids.gather(1, last[:, None]).squeeze(1)
+
+
 @dataclass(frozen=True)
 class Inserted:
     """Tokens to insert into each row right after its last surviving visual token.

@@ -1,5 +1,5 @@
 """The prefill's plain decisions (plan.py): frame reduction, the merge cap, schedules, the context check, raters,
-random scores."""
+random scores, a pruning step's keep counts and seeds."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from sparsevlm.config import SparseConfig
 from sparsevlm.plan import (
     check_context,
     frame_reduction,
+    keep_at_most_distinct,
+    layer_seed,
     max_merged,
     random_scores,
     rater_counts,
     row_schedules,
+    step_keep_counts,
 )
 from sparsevlm.pooling import spatial_pool
 from sparsevlm.sequence import Layout
@@ -118,3 +121,20 @@ def test_random_scores_are_each_rows_own_seeded_draws_alone_or_in_a_batch() -> N
 def test_random_scores_without_visual_tokens_are_all_minus_infinity() -> None:
     present = torch.zeros(2, 4, dtype=torch.bool)
     assert torch.equal(random_scores(present, (0, 0), seed=0), torch.full((2, 4), float("-inf")))
+
+
+def test_a_step_keeps_its_count_where_it_prunes_and_everything_elsewhere() -> None:
+    pruned = [True, True, False, True]
+    keep: list[int | None] = [10, 50, 7, None]
+    n_visual = (30, 40, 20, 0)
+    assert step_keep_counts(pruned, keep, n_visual) == [10, 40, 20, 0]  # capped at 40; row 2 not pruned here
+
+
+def test_never_keeping_repeats_caps_each_count_by_the_distinct_tokens_but_keeps_one() -> None:
+    assert keep_at_most_distinct([10, 10, None, 3], [4, 0, 5, 9]) == [4, 1, None, 3]
+
+
+def test_layer_seeds_differ_for_every_seed_and_layer_of_a_deep_model() -> None:
+    seeds = {layer_seed(seed, layer) for seed in range(20) for layer in range(80)}
+    assert len(seeds) == 20 * 80
+    assert layer_seed(0, 3) == 3 and layer_seed(1, 0) == 1_000_003

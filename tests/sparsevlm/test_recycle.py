@@ -54,3 +54,18 @@ def test_earliest_member_position() -> None:
     first = out.earliest(torch.arange(20)[None] * 3)  # the key grows with the position
     for cluster in range(out.counts[0]):
         assert first[0, cluster] == out.members[0][out.assign[0] == cluster].min()
+
+
+def test_the_member_mask_marks_the_recycled_positions() -> None:
+    hidden = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(3))
+    deleted = torch.zeros(2, 12, dtype=torch.bool)
+    deleted[0, 2:10] = True
+    deleted[1, 5:8] = True
+    scores = torch.randn(2, 12, generator=torch.Generator().manual_seed(4))
+    out = recycle_rows(hidden, scores, deleted, [8, 3], 0.5, 0.5, seed=0)
+    assert out is not None
+    mask = out.member_mask(deleted)
+    for row in range(2):
+        members = set(out.members[row][out.member_valid[row]].tolist())
+        assert mask[row].nonzero().flatten().tolist() == sorted(members)
+        assert members <= set(deleted[row].nonzero().flatten().tolist())

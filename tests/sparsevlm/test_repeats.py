@@ -7,7 +7,14 @@ import torch
 from tiny_models import build_inputs, build_model, row_inputs, tokens_per_frame
 
 from sparsevlm import SparseConfig, apply_patch, last_stats
-from sparsevlm.repeats import by_visual_index, distinct_first, place_on_tokens, settled_patches, static_patches
+from sparsevlm.repeats import (
+    at_visual_index,
+    by_visual_index,
+    distinct_first,
+    place_on_tokens,
+    settled_patches,
+    static_patches,
+)
 from sparsevlm.scoring import keep_mask
 
 
@@ -91,6 +98,17 @@ def test_flags_follow_the_video_tokens_of_a_ragged_batch() -> None:
     for b in range(3):  # the j-th visual token of row b, image tokens included in the count
         positions = visual[b].nonzero().flatten().tolist()
         assert table[b].tolist() == [bool(placed[b, p]) for p in positions] + [False] * (5 - len(positions))
+
+
+def test_a_table_by_visual_index_reads_back_at_the_tokens_that_survive() -> None:
+    visual = torch.tensor([[False, True, True, True, False], [True, True, False, False, False]])
+    placed = torch.tensor([[True, True, False, True, True], [False, True, True, False, False]])
+    table = by_visual_index(placed, visual, 3)  # [B, 3]
+    assert table.tolist() == [[True, False, True], [False, True, False]]  # text flags dropped
+    # After pruning: row 0 kept visual 2 and 0 (in that order) with a merged token (-2) and text (-1) around.
+    visual_index = torch.tensor([[-1, 2, -2, 0], [1, -1, -1, 0]])
+    expected = [[bool(i >= 0 and table[b, i]) for i in row.tolist()] for b, row in enumerate(visual_index)]
+    assert at_visual_index(table, visual_index).tolist() == expected
 
 
 def test_distinct_first_spends_the_budget_on_distinct_tokens_first() -> None:

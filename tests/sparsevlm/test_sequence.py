@@ -7,7 +7,18 @@ import logging
 import pytest
 import torch
 
-from sparsevlm.sequence import MERGED, TEXT, Inserted, Layout, build_attention_mask, frame_index, rebuild, reduce_frames
+from sparsevlm.sequence import (
+    MERGED,
+    TEXT,
+    Inserted,
+    Layout,
+    build_attention_mask,
+    frame_index,
+    last_positions,
+    rebuild,
+    reduce_frames,
+    visual_indices,
+)
 
 # A token of one row, as the row-by-row model sees it: (hidden[0], position, visual_index, rater).
 Token = tuple[float, int, int, bool]
@@ -161,6 +172,24 @@ def test_sdpa_takes_its_own_causal_path_only_without_padding_and_for_one_or_all_
     assert build_attention_mask(kv_valid, 3, "sdpa", torch.float32, padded=False) is not None
     assert build_attention_mask(kv_valid, 5, "sdpa", torch.float32, padded=True) is not None
     assert build_attention_mask(kv_valid, 5, "eager", torch.float32, padded=False) is not None
+
+
+def test_visual_indices_count_each_rows_visual_tokens_in_order() -> None:
+    visual = torch.tensor([[False, True, True, False, True], [True, False, False, False, True]])
+    expected = []
+    for row in visual.tolist():
+        seen, out = 0, []
+        for v in row:
+            out.append(seen if v else TEXT)
+            seen += v
+        expected.append(out)
+    assert visual_indices(visual).tolist() == expected
+
+
+def test_last_positions_are_those_of_each_rows_last_real_token() -> None:
+    valid = torch.tensor([[False, False, True, True, True], [True, True, True, True, True], [False] * 5])
+    position_ids = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
+    assert last_positions(valid, position_ids).tolist() == [2, 4, 7]  # an empty row: its first column
 
 
 def test_frame_index_forward_fills_from_the_previous_visual_token() -> None:
