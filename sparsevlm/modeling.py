@@ -76,6 +76,7 @@ from sparsevlm.sequence import (
     Layout,
     build_attention_mask,
     frame_index,
+    gather_tokens,
     last_positions,
     rebuild,
     reduce_frames,
@@ -337,14 +338,9 @@ class SparseLlamaModel(LlamaModel):
         counts = layout.rater.sum(1)
         n_raters = max(1, max(rater_counts(layout, record)))
         order, rater_valid = rater_rows(layout.rater, n_raters)  # [B, R] positions in the (padded) sequence
-        rater_hidden = hidden_in.gather(1, order[..., None].expand(-1, -1, hidden_in.shape[-1]))  # [B, R, D]
-        attn_module = layer.self_attn
-        q = attn_module.q_proj(layer.input_layernorm(rater_hidden))
-        q = q.view(b, n_raters, -1, attn_module.head_dim).transpose(1, 2)  # [B, H, R, hd]
-        cos, sin = self.rotary_emb(rater_hidden, layout.position_ids.gather(1, order))
-        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        q = self._rater_queries(layer, hidden_in, order, layout.position_ids)  # [B, H, R, hd]
         allowed = rater_key_mask(layout.valid, order)  # [B, R, K]: the keys are this layer's whole sequence
-        attention = rater_attention(q, keys, allowed, attn_module.scaling)  # [B, R, K]
+        attention = rater_attention(q, keys, allowed, layer.self_attn.scaling)  # [B, R, K]
         scores = visual_scores(attention, rater_valid)  # [B, K]
 
         present = layout.visual  # [B, L]
@@ -396,6 +392,21 @@ class SparseLlamaModel(LlamaModel):
         if not any(n_deleted):
             return None
         return rebuild(layout, deleted, n_deleted, inserted, compact=cfg.positions == "compact")
+
+    def _rater_queries(
+        self, layer: Any, hidden_in: torch.Tensor, order: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, H, R, hd]``: the queries a pruning layer's attention computes for the rater rows, as it computes
+        them (input norm, ``q_proj``, RoPE at their positions), from its input ``hidden_in`` (``[B, L, D]``),
+        the raters' positions in the sequence ``order`` (``[B, R]``) and the layout's ``position_ids``
+        (``[B, L]``). Only the rater rows are projected: the layer itself already ran on the whole sequence."""
+        attn = layer.self_attn
+        rater_hidden = gather_tokens(hidden_in, order)  # [B, R, D]
+        q = attn.q_proj(layer.input_layernorm(rater_hidden))
+        q = q.view(*order.shape, -1, attn.head_dim).transpose(1, 2)  # [B, H, R, hd]
+        cos, sin = self.rotary_emb(rater_hidden, position_ids.gather(1, order))
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        return q
 
     # -- decoding on a pruned cache ---------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsevlm.cluster import cluster_means, dpc_knn, tiebreak_keys
+from sparsevlm.sequence import gather_tokens
 from sparsevlm.token_counts import recycle_counts
 from sparsevlm.transfer import to_device
 
@@ -85,7 +86,7 @@ def recycle_rows(
     order = scores.masked_fill(~deleted, float("-inf")).argsort(dim=1, descending=True, stable=True)
     members = order[:, :width]  # [B, R] best-scored deleted tokens first
     member_valid = torch.arange(width, device=device)[None, :] < to_device(n_members, device)[:, None]
-    points = hidden.gather(1, members[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, D]
+    points = gather_tokens(hidden, members)  # [B, R, D]
     member_times = times.gather(1, members) if times is not None else None
     clusters = dpc_knn(
         points,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsevlm.sequence import gather_tokens
+
 
 def rater_rows(rater: torch.Tensor, n_raters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's rater positions in sequence order, right-padded to ``n_raters`` slots.
@@ -180,14 +182,13 @@ def select_rater_tokens(
         return candidates & (at == last)
     if method == "sparsevlm-text" or text_width == 0 or visual_width == 0:
         return candidates
-    d = embeds.shape[-1]
     n_text, n_visual = candidates.sum(1), visual.sum(1)  # [B]
     text_at = (~candidates).to(torch.int8).argsort(dim=1, stable=True)[:, :text_width]  # candidates first
     visual_at = (~visual).to(torch.int8).argsort(dim=1, stable=True)[:, :visual_width]
     text_ok = torch.arange(text_width, device=embeds.device)[None, :] < n_text[:, None]  # [B, T]
     visual_ok = torch.arange(visual_width, device=embeds.device)[None, :] < n_visual[:, None]  # [B, V]
-    text = embeds.gather(1, text_at[..., None].expand(-1, -1, d)).float()  # [B, T, D]
-    vis = embeds.gather(1, visual_at[..., None].expand(-1, -1, d)).float()  # [B, V, D]
+    text = gather_tokens(embeds, text_at).float()  # [B, T, D]
+    vis = gather_tokens(embeds, visual_at).float()  # [B, V, D]
     relation = torch.bmm(vis, text.transpose(1, 2)).masked_fill(~text_ok[:, None, :], float("-inf"))  # [B, V, T]
     probs = relation.softmax(dim=-1).nan_to_num(0.0) * visual_ok[..., None]
     relevance = probs.sum(1) / n_visual.clamp_min(1)[:, None]  # [B, T]

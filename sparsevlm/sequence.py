@@ -61,6 +61,12 @@ class Layout:
         return replace(self, hidden=hidden)
 
 
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]``: the tokens of ``x`` (``[B, L, D]``) at the sequence positions ``index`` (``[B, N]`` long),
+    row by row."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def visual_indices(visual: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` long: each visual token's index among its row's visual tokens (``0..n_b - 1``, in sequence
     order), ``TEXT`` at every other token; ``visual`` is ``[B, L]`` bool."""

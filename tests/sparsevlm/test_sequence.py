@@ -14,6 +14,7 @@ from sparsevlm.sequence import (
     Layout,
     build_attention_mask,
     frame_index,
+    gather_tokens,
     last_positions,
     rebuild,
     reduce_frames,
@@ -172,6 +173,13 @@ def test_sdpa_takes_its_own_causal_path_only_without_padding_and_for_one_or_all_
     assert build_attention_mask(kv_valid, 3, "sdpa", torch.float32, padded=False) is not None
     assert build_attention_mask(kv_valid, 5, "sdpa", torch.float32, padded=True) is not None
     assert build_attention_mask(kv_valid, 5, "eager", torch.float32, padded=False) is not None
+
+
+def test_gather_tokens_takes_each_rows_own_positions() -> None:
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    index = torch.tensor([[4, 0], [1, 1]])
+    expected = torch.stack([torch.stack([x[b, i] for i in row]) for b, row in enumerate(index.tolist())])
+    assert torch.equal(gather_tokens(x, index), expected)
 
 
 def test_visual_indices_count_each_rows_visual_tokens_in_order() -> None:
