@@ -13,7 +13,7 @@ from sparsevlm.cluster import tiebreak_keys
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import spatial_pool
 from sparsevlm.recycle import temporal_merge_batch
-from sparsevlm.sequence import FrameReduction, Layout
+from sparsevlm.sequence import FrameReduction, Layout, visual_indices
 from sparsevlm.stats import PrefillRecorder
 
 
@@ -118,5 +118,5 @@ def random_scores(present: torch.Tensor, n_visual: tuple[int, ...], seed: int) -
     table = tiebreak_keys(list(n_visual), seed, present.device)  # [B, max n_visual]
     if table.shape[1] == 0:  # no visual token in any row
         return torch.full(present.shape, float("-inf"), device=present.device)
-    slot = (present.long().cumsum(1) - 1).clamp(0, table.shape[1] - 1)
+    slot = visual_indices(present).clamp(0, table.shape[1] - 1)  # [B, L]; non-visual slots are masked below
     return torch.where(present, table.gather(1, slot), float("-inf"))

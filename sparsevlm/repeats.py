@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsevlm.sequence import visual_indices
+
 
 def static_patches(videos: torch.Tensor, patch_size: int, threshold: float) -> torch.Tensor:
     """``[N, T, 1 + G]`` bool: which of each frame's tokens (CLS first, then the ``G`` patches row-major, as a
@@ -61,7 +63,7 @@ def place_on_tokens(flags: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
 def by_visual_index(placed: torch.Tensor, visual: torch.Tensor, width: int) -> torch.Tensor:
     """``[B, width]`` bool: ``placed`` (``[B, L]``) re-indexed by each row's visual-token index (the ``j``-th
     visual token of row ``b`` at ``[b, j]``), so it follows the tokens through pruning and merging."""
-    index = torch.where(visual, visual.long().cumsum(1) - 1, width)  # [B, L]; non-visual to a spare column
+    index = visual_indices(visual).masked_fill(~visual, width)  # [B, L]; non-visual to a spare column
     table = torch.zeros(visual.shape[0], width + 1, dtype=torch.bool, device=visual.device)
     table.scatter_(1, index, placed & visual)
     return table[:, :width]
