@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMod
 
 from sparsevlm.tiny.batches import TrainBatch
 
-__all__ = ["evidence_attention_loss", "looking_losses", "ranking_losses"]
+__all__ = ["evidence_attention_loss", "evidence_attention_mass", "evidence_shares", "looking_losses", "ranking_losses"]
 
 
 def evidence_attention_loss(
@@ -44,7 +44,26 @@ def evidence_attention_loss(
     visual_start: torch.Tensor,
     among_visual: bool = False,
 ) -> torch.Tensor:
-    """``-log`` of the attention mass (mean over heads) that each query position puts on its evidence.
+    """``-log`` of the attention mass (:func:`evidence_attention_mass`), averaged over the valid (query, evidence)
+    pairs; 0 when there is none. Arguments as for :func:`evidence_attention_mass`."""
+    mass, valid = evidence_attention_mass(
+        hidden, layer, position_embeddings, queries, evidence, visual_start, among_visual
+    )
+    if not valid.any():
+        return hidden.new_zeros(())
+    return -(mass[valid] + 1e-6).log().mean()
+
+
+def evidence_attention_mass(
+    hidden: torch.Tensor,
+    layer: LlamaDecoderLayer,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    evidence: torch.Tensor,
+    visual_start: torch.Tensor,
+    among_visual: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mass (mean over heads) that each query position puts on its evidence.
 
     Args:
         hidden: ``[B, L, D]`` the input of ``layer`` (``hidden_states[i]`` of the model for layer ``i``).
@@ -56,14 +75,12 @@ def evidence_attention_loss(
         among_visual: the evidence's share of the attention on visual tokens instead of on the whole sequence.
 
     Returns:
-        The mean over the valid (query, evidence) pairs; 0 when there is none.
+        ``mass`` float ``[B, Q]`` and ``valid`` bool ``[B, Q]``, the queries that are real and have evidence.
     """
     attn = layer.self_attn
     b, length, _ = hidden.shape
     head_dim = attn.head_dim
     valid = (queries >= 0) & evidence.any(-1)  # [B, Q]
-    if not valid.any():
-        return hidden.new_zeros(())
     x = layer.input_layernorm(hidden).float()  # [B, L, D]
     weight_q, weight_k = attn.q_proj.weight.float(), attn.k_proj.weight.float()
     safe = queries.clamp(min=0)  # [B, Q]
@@ -85,7 +102,7 @@ def evidence_attention_loss(
     mass = (on_visual * evidence).sum(-1)  # [B, Q]
     if among_visual:
         mass = mass / on_visual.sum(-1).clamp_min(1e-12)
-    return -(mass[valid] + 1e-6).log().mean()
+    return mass, valid
 
 
 def looking_losses(
@@ -140,3 +157,33 @@ def _layer_losses(
             evidence_attention_loss(hidden_states[index], layer, rope, queries, evidence, visual_start, among_visual)
         )
     return losses
+
+
+def evidence_shares(
+    lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
+) -> list[dict[str, float]]:
+    """Where the prompt looks, per layer: the evidence's share of the attention on visual tokens (mean over heads)
+    of the answer positions (FastV's rater) and of every prompt position of a question (SparseVLM's candidates),
+    each averaged over the questions that have evidence, and ``chance``, the share that attention spread evenly
+    over the visual tokens would give. Arguments as for :func:`looking_losses`."""
+    v = batch.answer_evidence.shape[2]
+    prompt_evidence = batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))
+    first = hidden_states[0]  # [B, L, D]
+    rope = lm.rotary_emb(first, position_ids=torch.arange(first.shape[1], device=first.device)[None])
+    answer_valid = (batch.answer_positions >= 0) & batch.answer_evidence.any(-1)  # [B, Q]
+    chance = float((batch.answer_evidence.sum(-1).float() / v)[answer_valid].mean())
+    rows = []
+    for index in layers:
+        layer = lm.layers[index]
+        assert isinstance(layer, LlamaDecoderLayer)
+        shares = {"layer": float(index), "chance": chance}
+        for name, queries, evidence in (
+            ("answer", batch.answer_positions, batch.answer_evidence),
+            ("prompt", batch.prompt_positions, prompt_evidence),
+        ):
+            mass, valid = evidence_attention_mass(
+                hidden_states[index], layer, rope, queries, evidence, batch.visual_start, among_visual=True
+            )
+            shares[name] = float(mass[valid].mean())
+        rows.append(shares)
+    return rows
