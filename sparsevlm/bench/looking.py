@@ -46,7 +46,7 @@ def looking_profile(
     totals = np.zeros((len(layers), 3))
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        samples = [replace(item.sample, questions=[item.qa]) for item in chunk]
+        samples = [replace(item.sample, questions=(item.qa,)) for item in chunk]
         batch = collate(builder, samples, np.random.default_rng(0), per_family=1).to(device)
         with torch.no_grad():
             out = model(

@@ -13,7 +13,9 @@ from sparsevlm.bench.fidelity import benchmark_questions
 
 def test_looking_reports_each_layers_evidence_shares_with_the_even_spread_as_chance(tmp_path: Path) -> None:
     out = tmp_path / "looking.json"
-    main(["looking", "--model", "tiny-deep", "--samples", "4", "--layers", "1,6", "--batch-size", "2", "--out", str(out)])
+    main(
+        ["looking", "--model", "tiny-deep", "--samples", "4", "--layers", "1,6", "--batch-size", "2", "--out", str(out)]
+    )
     report = json.loads(out.read_text())
     assert [row["layer"] for row in report["rows"]] == [1, 6]
     items = benchmark_questions(0, 4, question_split="hard")
