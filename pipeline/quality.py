@@ -32,6 +32,7 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -39,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "DEFAULT_SHADOW_FRACTION",
     "QUALITY_DIR",
     "QUALITY_SCHEMA",
     "QUALITY_SCHEMA_VERSION",
@@ -46,6 +48,8 @@ __all__ = [
     "SHADOW_PRESET",
     "TALLY_TYPE",
     "QualityTally",
+    "format_agreement",
+    "format_cost",
     "mean_interval",
     "normalise_answer",
     "quality_rows",
@@ -55,6 +59,7 @@ __all__ = [
 ]
 
 SHADOW_PRESET = "dense"  # the configuration the sample is answered with again
+DEFAULT_SHADOW_FRACTION = 0.02  # the jobs' --shadow-fraction (a library PipelineConfig defaults to 0: off)
 QUALITY_DIR = "_quality"  # under the output prefix; "_" so that dataset readers of the prefix skip it
 QUALITY_SCHEMA_VERSION = "1"
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile: two-sided 95 % intervals
@@ -233,10 +238,42 @@ class QualityTally:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def total(cls, tallies: Iterable[dict[str, Any] | None]) -> QualityTally:
+        """The sum of ledger records' tallies (``LedgerEntry.quality``; None in records without one)."""
+        found = cls()
+        for tally in tallies:
+            if tally is not None:
+                found += cls(**tally)
+        return found
+
 
 TALLY_TYPE = pa.struct(
     [(f.name, pa.int64() if f.type in ("int", int) else pa.float64()) for f in fields(QualityTally)]
 )  # the ledger index's column for a record's tally
+
+
+def format_agreement(agreement: Mapping[str, Mapping[str, Any]]) -> str:
+    """The quality line's text for :meth:`QualityTally.agreement` (the run record's ``quality``), e.g.
+    ``caption 0.93 [0.88, 0.97] n=12, qa 1.00 [0.79, 1.00] n=15``; empty when there are no samples."""
+    return ", ".join(
+        f"{task} {a['agreement']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}] n={a['samples']}"
+        for task, a in agreement.items()
+    )
+
+
+def format_cost(cost: Mapping[str, Any]) -> str:
+    """The sample's cost (the run record's ``shadow``) in words, e.g. ``27 dense prompts (2.1 % of the answers),
+    3.2 s, 4.0 % of the model's generate time``."""
+    share = cost.get("answers_share")
+    time_share = cost.get("model_time_share")
+    text = f"{cost.get('prompts', 0)} dense prompts"
+    text += f" ({100 * share:.1f} % of the answers)" if share is not None else ""
+    text += f", {cost.get('dense_s', 0.0):.1f} s"
+    text += f", {100 * time_share:.1f} % of the model's generate time" if time_share is not None else ""
+    if cost.get("failed"):
+        text += f", {cost['failed']} failed"
+    return text
 
 
 def _agreement(samples: int, agreement: float, low: float, high: float) -> dict[str, Any]:
