@@ -47,6 +47,7 @@ __all__ = [
     "SHADOW_COLUMNS",
     "SHADOW_PRESET",
     "TALLY_TYPE",
+    "Z_95",
     "QualityTally",
     "format_agreement",
     "format_cost",
