@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobs.flags import auto_or_count, non_negative
+from jobs.flags import auto_or_count, fraction, non_negative
 from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
 from pipeline.progress import PROGRESS_MODES
+from pipeline.quality import DEFAULT_SHADOW_FRACTION
 from pipeline.ray_env import use_local_ray_env
 from pipeline.shots import SEGMENT_BY, ShotSegmenting
 from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
@@ -74,6 +75,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "io_retries": "io_retries",
     "preflight_videos": "preflight_videos",
     "run_id": "run_id",
+    "shadow_fraction": "shadow_fraction",
 }
 # ShotSegmenting field -> the flag that sets it (``--segment-by shots``; the field names its errors).
 SHOT_FLAGS: dict[str, str] = {
@@ -146,6 +148,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         f"{shots.sample_fps:g} times a second that makes a cut; lower finds more cuts (default: {shots.threshold:g})",
     )
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per segment")
+    parser.add_argument(
+        "--shadow-fraction",
+        type=fraction,
+        default=DEFAULT_SHADOW_FRACTION,
+        metavar="F",
+        help="answer this share of the segments (picked by a hash of their key: a rerun picks the same) again "
+        "under the dense preset, in the same model actor, and report how often the answers agree, with a 95 %% "
+        "interval per task; the dense answers go to _quality/, never to the results; 0 = off",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"
     )

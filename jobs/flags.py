@@ -35,6 +35,11 @@ def non_negative(kind: type[Number]) -> Callable[[str], Number]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (not NaN), e.g. ``0.02`` (``--shadow-fraction``)."""
+    return _parse(float, text, "a number in [0, 1]", lambda value: 0 <= value <= 1)
+
+
 def auto_or_count(text: str) -> str | int:
     """An argparse type: ``auto`` or an int >= 0 (``--repeat-stop``)."""
     if text == "auto":

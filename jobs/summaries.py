@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.quality import format_agreement, format_cost
+
 __all__ = ["format_plan", "format_summary"]
 
 PLAN_VIDEOS_SHOWN = 20  # videos listed by name in a plan; the rest are counted
@@ -25,6 +27,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  rows     {summary.get('rows', 0)} written"
         + (f", {summary['video_hours']} video-hours" if summary.get("video_hours") else ""),
     ]
+    if summary.get("shadow"):
+        agreement = format_agreement(summary.get("quality") or {}) or "no sampled segment committed"
+        lines.append(f"  quality  agreement with dense: {agreement}")
+        lines.append(f"           sample cost: {format_cost(summary['shadow'])}")
     if summary.get("error_classes"):
         classes = ", ".join(f"{name} ({count})" for name, count in sorted(summary["error_classes"].items()))
         lines.append(f"  errors   videos with error rows by class: {classes}")

@@ -29,6 +29,7 @@ from pipeline.decode import decode_rows
 from pipeline.ledger import Ledger
 from pipeline.metrics import record_commit
 from pipeline.progress import CommitReport, commit_report
+from pipeline.quality import QualityTally
 from pipeline.split import split_items
 from pipeline.standin import STAND_IN_RESOURCE
 from pipeline.storage import TransientIOError, storage_failure
@@ -64,7 +65,7 @@ def commit_rows(
         if storage_failure(err) == "transient":
             raise TransientIOError(f"writing results to {config.output_uri}: {short_error(err)}") from err
         raise
-    record_commit([entry.status for entry in committed])
+    record_commit([entry.status for entry in committed], QualityTally.total(e.quality for e in committed))
     return commit_report(rows, committed).to_table()
 
 

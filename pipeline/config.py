@@ -107,6 +107,13 @@ class PipelineConfig:
             a dropped connection; :class:`pipeline.storage.TransientIOError`), each attempt with the storage
             client's own retries and backoff inside; also bounds retries after a lost worker. Permanent answers
             (403, 404) are error rows, never retried.
+        shadow_fraction: the share of segments (in [0, 1]) whose answered prompts the model answers again under
+            the ``dense`` preset, in the same actor, to measure how often the sparse answers agree with dense
+            ones (:mod:`pipeline.quality`); 0 (the default here; the jobs' ``--shadow-fraction`` defaults to
+            0.02) turns it off. A segment is sampled by a hash of its ledger key and index, so a rerun samples
+            the same. Not part of the config key: the result rows are the same with or without the sample (the
+            dense answers go to the quality table), so changing it never reprocesses a video; a video committed
+            earlier keeps the sample it was committed with.
         model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.revision.model_revision`:
             a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
             is made (also by ``replace``), carried as it is to the workers; part of the config key and of
@@ -156,6 +163,7 @@ class PipelineConfig:
     io_retries: int = 3
     split_video_bytes: int | None = 256 * 2**20
     stand_in: StandInCost | None = None
+    shadow_fraction: float = 0.0
     model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -215,6 +223,10 @@ class PipelineConfig:
             raise ValueError(f"repeat_stop must be an int >= 0 (0: off), got {self.repeat_stop!r}")
         if not isinstance(self.io_retries, int) or isinstance(self.io_retries, bool) or self.io_retries < 0:
             raise ValueError(f"io_retries must be an int >= 0, got {self.io_retries!r}")
+        if isinstance(self.shadow_fraction, bool) or not 0 <= self.shadow_fraction <= 1:
+            raise ValueError(
+                f"shadow_fraction must be a number in [0, 1] (0: no shadow dense sample), got {self.shadow_fraction!r}"
+            )
         if self.preflight_videos < 0:
             raise ValueError(f"preflight_videos must be >= 0, got {self.preflight_videos!r}")
         if not isinstance(self.sparse, SparseConfig):
@@ -262,7 +274,8 @@ class PipelineConfig:
         second skip it; any change here (the model's revision, or its name when it has none, its dtype,
         SparseConfig, segmenting, prompts, schema) reprocesses. The checkpoint's path is not keyed: the same
         weights from another checkout or image skip what they already did (keys made before this rule, which
-        hashed the path too, differ: such outputs are reprocessed once). ``auto`` is keyed as written: it
+        hashed the path too, differ: such outputs are reprocessed once). ``shadow_fraction`` is not keyed: the
+        sample changes no result row (see its attribute). ``auto`` is keyed as written: it
         resolves per GPU (bf16, or fp16 without native bf16), so a cluster that mixes such GPUs should name the
         dtype. Segmenting by shots keys the mode and its parameters in place of ``segment_seconds``; fixed
         segments key exactly what they keyed before shots existed, so their outputs are not reprocessed.

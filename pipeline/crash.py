@@ -24,7 +24,8 @@ of a local Ray inherit it from the driver that started that Ray. Never set it in
 process that shares its process group with anything else (``job`` would kill that too).
 
 Steps (:data:`STEPS`): in the writer (``pipeline/ledger.py``), ``staged`` (a segment written to staging),
-``fenced`` (the commit's lease check passed, nothing of it written yet), ``part`` (a part file written, no
+``fenced`` (the commit's lease check passed, nothing of it written yet), ``quality`` (the video's quality file
+written, no part file yet), ``part`` (a part file written, no
 marker yet), ``marker`` (the marker written and the key's other markers deleted), ``replaced`` (a retried
 video's old part file deleted), ``committed`` (the key's staging deleted: the commit is complete); in the
 driver, ``reconciled`` (after the reconcile), ``summary`` (the run record written), ``indexed`` (compaction:
@@ -39,7 +40,19 @@ import signal
 __all__ = ["ENV", "STEPS", "crash_point"]
 
 ENV = "PIPELINE_CRASH_AT"
-STEPS = ("staged", "fenced", "part", "marker", "replaced", "committed", "reconciled", "summary", "indexed", "compacted")
+STEPS = (
+    "staged",
+    "fenced",
+    "quality",
+    "part",
+    "marker",
+    "replaced",
+    "committed",
+    "reconciled",
+    "summary",
+    "indexed",
+    "compacted",
+)
 SCOPES = ("process", "job", "pause")
 
 

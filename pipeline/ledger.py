@@ -3,6 +3,7 @@
 Layout under the output prefix (local folder or S3, through one pyarrow filesystem)::
 
     [<partition>/]part-<key>.parquet     all result rows of one video for one config key, sorted by segment
+    _quality/<key>/<run_id>.arrow        the video's shadow dense sample (pipeline/quality.py), before its marker
     _ledger/<key>.<status>.<epoch>.json  commit marker, written after the part file is durable (ok|partial|error)
     _ledger/_index/<seq>-<8 hex>.arrow   compacted markers (pipeline/ledger_index.py)
     _ledger/_epoch                       the lease epoch whose markers count (pipeline/ledger_index.py, "Epochs")
@@ -24,9 +25,11 @@ segment it receives under its run's folder, named by index (a retried segment ov
 stage flags the video's final segment (``-last``). The task then lists that run folder; when it holds
 ``seg-<L>-last`` for the largest flagged ``L``, every ``seg-<i>`` below it, and nothing beyond it (a staged
 segment past ``L`` means another attempt of the video got further: wait for its own last), it concatenates
-them into ``part-<key>.parquet`` (one atomic object PUT on S3; write-then-rename locally), then writes the
-marker and deletes the key's markers of other statuses, checks the lease again (a writer that lost it stops
-here and deletes nothing), then deletes a replaced part file (a retry into another partition), then deletes
+them, writes the video's quality rows (the shadow dense sample, when it has any) to
+``_quality/<key>/<run_id>.arrow``, then the results to ``part-<key>.parquet`` (one atomic object PUT on S3;
+write-then-rename locally), then writes the marker, which names the quality file and carries its tally, and
+deletes the key's markers of other statuses, checks the lease again (a writer that lost it stops here and
+deletes nothing), then deletes a replaced part file (a retry into another partition), then deletes
 ``_staging/<key>/`` (leftovers of every run included). Segments of another run never enter a commit, so a
 stale ``-last`` row from an earlier attempt cannot truncate a video.
 
@@ -47,7 +50,9 @@ full pattern and the extension) directly under the prefix or under a ``name=valu
 key the staging area knows but no marker commits (its writer died before the marker; every commit stages its
 rows first, a whole-video failure as ``whole.arrow``), or whose committed key's newest record names another
 file (an old file a dead writer did not get to delete), or that a superseded marker names and no record that
-counts does (a commit that landed after its run lost the lease). Nothing else is touched: other tools' tables
+counts does (a commit that landed after its run lost the lease). Likewise every quality file under
+``_quality/<key>/`` that the key's newest record does not name (a writer that died before its marker, an
+earlier attempt of a retried video, a commit that never counted). Nothing else is touched: other tools' tables
 (Spark's ``part-00000-<uuid>.snappy.parquet``), input videos when the output is also the input, and a pipeline
 output nested below this one (a folder with its own ``_ledger/``, which is left alone, not refused) keep their
 files. It costs a listing of the prefix's top level and of each partition folder (a LIST request per 1,000
@@ -56,7 +61,8 @@ names), a marker read per key that has more than one part file and per supersede
 What readers may rely on:
 
 * :func:`pipeline.results.open_results` (the part files the ledger names) sees every committed (video version,
-  config key, segment, task) exactly once, whole videos only, at any moment.
+  config key, segment, task) exactly once, whole videos only, at any moment; :func:`pipeline.results.open_quality`
+  (the quality files the ledger names) sees the quality rows of exactly those videos, once.
 * ``pyarrow.dataset.dataset(output, format="parquet")``, ``duckdb.read_parquet('output/**/*.parquet')`` and
   ``polars.scan_parquet('output/**/*.parquet')`` see only part files, and after any run's reconcile every
   (video version, config key, segment, task) exactly once, whole videos only, however often earlier runs
@@ -89,6 +95,7 @@ from pipeline.crash import crash_point
 from pipeline.lease import check_fence
 from pipeline.ledger_files import PARTITION, PrefixFiles
 from pipeline.ledger_index import CommitRecord, LedgerEntry, LedgerError, epoch_of, now_iso
+from pipeline.quality import QUALITY_DIR, SHADOW_COLUMNS, QualityTally, quality_rows
 from pipeline.schema import COLUMNS, RESULT_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -109,6 +116,9 @@ LEDGER_KEY = "ledger_key"  # str: ledger_key() of the row's video
 LAST_SEGMENT = "last_segment"  # bool: no segment of this video follows this one
 SEGMENT_ROWS = "segment_rows"  # int: rows the model stage produced for this segment (a completeness check)
 INTERNAL_COLUMNS = (LEDGER_KEY, LAST_SEGMENT, SEGMENT_ROWS)
+# What a staged segment holds: the result columns and the shadow sample's internal columns (pipeline/quality.py;
+# filled with nulls when the rows lack them), which the commit splits into the part file and the quality file.
+STAGED_SCHEMA = pa.schema([*RESULT_SCHEMA, *(pa.field(name, type_) for name, type_ in SHADOW_COLUMNS)])
 STAGING_DIR = "_staging"
 # One path component that readers do not skip (no "/", "..", NUL or leading "_"/"."), short enough for any
 # filesystem with "part-" and ".parquet" around it. ledger_key() of a hex video id always matches.
@@ -117,6 +127,8 @@ _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # a run id, as Pipeline
 _SEGMENT = re.compile(r"seg-(\d{6,})(-last)?\.arrow")
 # The name of a part file this pipeline writes: ledger_key()'s "<video_id>-<16 hex>" inside "part-...parquet".
 _PART = re.compile(r"part-([A-Za-z0-9][A-Za-z0-9_-]{0,182}-[0-9a-f]{16})\.parquet")
+# A quality file this pipeline writes, relative to the prefix: _quality/<key>/<run_id>.arrow.
+_QUALITY = re.compile(QUALITY_DIR + r"/([A-Za-z0-9][A-Za-z0-9_-]{0,199})/[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\.arrow")
 WHOLE_VIDEO = "whole.arrow"  # the staged rows of a video that failed as a whole (no segment rows)
 
 
@@ -275,6 +287,7 @@ class Ledger:
                 orphans.append(path)
         orphans = sorted(set(orphans))
         self.files.delete_files(orphans)
+        self.files.delete_files(self._orphan_quality_files())
         self.files.delete_files([m.path for m in superseded])  # after their part files, for the same reason
         self.files.delete_dir(staging)  # after the orphans: a crash in between leaves their keys known
         removed = sorted(posixpath.relpath(p, self.base) for p in orphans)
@@ -285,6 +298,24 @@ class Ledger:
                 removed,
             )
         return removed
+
+    def _orphan_quality_files(self) -> list[str]:
+        """The quality files (one listing of ``_quality/``) that their key's newest record does not name."""
+        by_key: dict[str, list[str]] = {}
+        for info in self.files.list_files(self.files.path(QUALITY_DIR), recursive=True):
+            match = _QUALITY.fullmatch(posixpath.relpath(info.path, self.base))
+            if match:
+                by_key.setdefault(match[1], []).append(posixpath.relpath(info.path, self.base))
+        newest = self.entries(by_key)
+        orphans = [
+            self.files.path(name)
+            for key, names in by_key.items()
+            for name in names
+            if key not in newest or newest[key].quality_file != name
+        ]
+        if orphans:
+            logger.info("deleting %d quality files that no commit names", len(orphans))
+        return orphans
 
     def remove_replaced(self, previous: dict[str, LedgerEntry], committed: Iterable[LedgerEntry]) -> list[str]:
         """Delete the part files that new commits replaced with a file elsewhere, and return their paths.
@@ -340,8 +371,8 @@ class Ledger:
             if 0 < nulls < rows.num_rows:
                 raise LedgerError(f"{key}: rows about the whole video (no segment_index) mixed with segment rows")
             if nulls:  # the video failed as a whole: staged too, so a reconcile knows its key if the commit dies
-                self.files.write_arrow(_results(rows), self._staging(key, run_id, WHOLE_VIDEO))
-                committed.append(self._commit(key, _results(rows), run_id, replaces.get(key)))
+                self.files.write_arrow(_staged(rows), self._staging(key, run_id, WHOLE_VIDEO))
+                committed.append(self._commit(key, _staged(rows), run_id, replaces.get(key)))
                 continue
             for index in sorted(set(rows.column("segment_index").to_pylist())):
                 segment = rows.filter(pc.equal(rows["segment_index"], index))
@@ -353,7 +384,7 @@ class Ledger:
                     )
                 last = bool(segment.column(LAST_SEGMENT)[0].as_py())
                 name = f"seg-{index:06d}{'-last' if last else ''}.arrow"
-                self.files.write_arrow(_results(segment), self._staging(key, run_id, name))
+                self.files.write_arrow(_staged(segment), self._staging(key, run_id, name))
                 crash_point("staged")
             entry = self.commit_if_complete(key, run_id, replaces.get(key))
             if entry is not None:
@@ -384,12 +415,20 @@ class Ledger:
             if self.entry(key) is not None:  # another task committed it and removed the staging folder meanwhile
                 return None
             raise
-        return self._commit(key, pa.concat_tables(parts).cast(RESULT_SCHEMA), run_id, replaces)
+        return self._commit(key, pa.concat_tables(parts).cast(STAGED_SCHEMA), run_id, replaces)
 
-    def _commit(self, key: str, rows: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
+    def _commit(self, key: str, staged: pa.Table, run_id: str, replaces: str | None = None) -> LedgerEntry:
+        """Write the quality file (if any), the part file, then the marker that names both (see the module)."""
         if self.lease_token is not None:  # the run lost the output to another: commit nothing more
             check_fence(self.files, self.lease_token)
         crash_point("fenced")  # a pause here is the window the marker's epoch closes
+        rows = _results(staged)
+        quality = quality_rows(staged)
+        quality_file = None
+        if quality.num_rows:  # counts only once the marker names it, like the part file
+            quality_file = posixpath.join(QUALITY_DIR, key, f"{run_id}.arrow")
+            self.files.write_arrow(quality, self.files.path(quality_file))
+            crash_point("quality")
         name = posixpath.join(self.partition or "", f"part-{key}.parquet")
         self.files.write_parquet(rows, self.files.path(name))  # data first ...
         crash_point("part")
@@ -413,6 +452,8 @@ class Ledger:
             ok_rows=ok.num_rows,
             equivalent_tokens=float(pc.sum(ok["equivalent_tokens"]).as_py() or 0.0),
             visual_tokens_in=int(pc.sum(ok["visual_tokens_in"]).as_py() or 0),
+            quality_file=quality_file,
+            quality=QualityTally.from_rows(staged, quality).to_dict(),
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         crash_point("marker")
@@ -433,3 +474,11 @@ class Ledger:
 def _results(rows: pa.Table) -> pa.Table:
     """The Parquet content: exactly RESULT_SCHEMA (internal columns dropped, schema metadata kept)."""
     return rows.select(list(COLUMNS)).cast(RESULT_SCHEMA)
+
+
+def _staged(rows: pa.Table) -> pa.Table:
+    """A staged segment's content: exactly STAGED_SCHEMA (the shadow columns null when the rows lack them)."""
+    for name, type_ in SHADOW_COLUMNS:
+        if name not in rows.column_names:
+            rows = rows.append_column(name, pa.nulls(rows.num_rows, type_))
+    return rows.select(STAGED_SCHEMA.names).cast(STAGED_SCHEMA)

@@ -63,6 +63,7 @@ from pipeline.crash import crash_point
 from pipeline.lease import LeaseLost
 from pipeline.lease_store import lease_store
 from pipeline.ledger_files import PrefixFiles
+from pipeline.quality import TALLY_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,13 @@ _INDEX_SCHEMA = pa.schema(
         ("ok_rows", pa.int64()),
         ("equivalent_tokens", pa.float64()),
         ("visual_tokens_in", pa.int64()),
+        # the video's shadow dense sample (pipeline/quality.py): its quality file and the tally of its rows
+        ("quality_file", pa.string()),
+        ("quality", TALLY_TYPE),
     ]
 )
-_FIGURES = ("duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in")  # null in older records
+# null in older records
+_FIGURES = ("duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in", "quality_file", "quality")
 
 
 class LedgerError(RuntimeError):
@@ -134,6 +139,9 @@ class LedgerEntry:
     ok_rows: int | None = None  # rows with status "ok"
     equivalent_tokens: float | None = None  # summed over the ok rows
     visual_tokens_in: int | None = None  # summed over the ok rows
+    # The shadow dense sample (pipeline/quality.py); None in records written before it existed.
+    quality_file: str | None = None  # the video's quality rows, relative to the output prefix (None: no rows)
+    quality: dict[str, Any] | None = None  # QualityTally.to_dict() of the video's rows
 
 
 class Marker(NamedTuple):
@@ -412,7 +420,7 @@ def _with_figures(table: pa.Table) -> pa.Table:
     for name in _FIGURES:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, _INDEX_SCHEMA.field(name).type))
-    return table
+    return table.select(_INDEX_SCHEMA.names)
 
 
 def newest_entries(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:

@@ -12,10 +12,16 @@ each node serves them on its Prometheus endpoint, prefixed ``ray_`` (a counter a
     ray_svl_equivalent_tokens             histogram: visual tokens an answer kept (the paper's equivalent tokens)
     ray_svl_equivalent_tokens_kept_total  the same, summed over the answers (exact; see below)
     ray_svl_visual_tokens_in_total        visual tokens entering the language model, summed over the answers
+    ray_svl_shadow_samples_total{task}    quality rows of the shadow dense sample committed (pipeline/quality.py)
+    ray_svl_shadow_agreement_total{task}  their agreement summed: over samples_total, the mean agreement
+    ray_svl_shadow_failed_total           sampled prompts whose dense call failed (no quality row)
 
 Ray adds ``NodeAddress``, ``SessionName``, ``WorkerId`` and version labels. Ray 2.60 aggregates a histogram's
 observations into buckets before export and rebuilds ``_sum`` from the bucket midpoints, so a histogram's
 ``_count`` and buckets are exact and its ``_sum`` is not: the two token counters give the exact kept fraction.
+The shadow counters give the agreement per task, e.g. in PromQL
+``sum by (task) (rate(ray_svl_shadow_agreement_total[1h])) / sum by (task) (rate(ray_svl_shadow_samples_total[1h]))``
+(its interval is the run record's).
 
 A local Ray that the job starts serves them on 127.0.0.1 at ``metrics_export_port``
 (:func:`pipeline.ray_env.init_ray`); a cluster serves them on every node at the port its ``ray start
@@ -32,6 +38,8 @@ import functools
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.quality import QualityTally
 
 __all__ = [
     "METRIC_PREFIX",
@@ -61,6 +69,9 @@ class _Metrics:
     equivalent_tokens: Any
     equivalent_tokens_kept: Any
     visual_tokens_in: Any
+    shadow_samples: Any
+    shadow_agreement: Any
+    shadow_failed: Any
 
 
 @functools.cache
@@ -91,6 +102,15 @@ def _metrics() -> _Metrics:
         visual_tokens_in=Counter(
             name("visual_tokens_in"), description="Visual tokens entering the LLM, summed over the answers."
         ),
+        shadow_samples=Counter(
+            name("shadow_samples"), description="Shadow dense sample: quality rows committed.", tag_keys=("task",)
+        ),
+        shadow_agreement=Counter(
+            name("shadow_agreement"),
+            description="Shadow dense sample: agreement with the dense answer, summed over the quality rows.",
+            tag_keys=("task",),
+        ),
+        shadow_failed=Counter(name("shadow_failed"), description="Shadow dense sample: failed dense prompts."),
     )
 
 
@@ -133,13 +153,26 @@ def record_model_batch(
         metrics.visual_tokens_in.inc(sum(visual_in))
 
 
-def record_commit(statuses: list[str]) -> None:
-    """Videos committed by one commit task, by their status."""
+def record_commit(statuses: list[str], quality: QualityTally | None = None) -> None:
+    """Videos committed by one commit task, by their status, and the tally of their shadow sample."""
     if not _active():
         return
     metrics = _metrics()
     for status in sorted(set(statuses)):
         metrics.videos.inc(statuses.count(status), tags={"status": status})
+    if quality is None:
+        return
+    # Ray's counters refuse an increment of 0.
+    for task, samples, agreed in (
+        ("caption", quality.caption_samples, quality.caption_sum),
+        ("qa", quality.qa_samples, float(quality.qa_agreed)),
+    ):
+        if samples:
+            metrics.shadow_samples.inc(samples, tags={"task": task})
+        if agreed > 0:
+            metrics.shadow_agreement.inc(agreed, tags={"task": task})
+    if quality.failed:
+        metrics.shadow_failed.inc(quality.failed)
 
 
 def metrics_endpoints() -> list[str]:

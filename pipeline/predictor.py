@@ -2,7 +2,7 @@
 rows out. A callable class; no Ray here (pipeline/build.py wires it).
 
 The model stage turns each segment into one caption row and one row per question (``RESULT_SCHEMA``) and
-appends :data:`pipeline.ledger.INTERNAL_COLUMNS` for the writer.
+appends :data:`pipeline.ledger.INTERNAL_COLUMNS` and :data:`pipeline.quality.SHADOW_COLUMNS` for the writer.
 
 Questions are checked against the model (``VideoQAEngine.check_prompt``) before they are asked, and rejected,
 never truncated: one containing the ``<video>`` placeholder (``PromptError``), or one whose prompt plus
@@ -10,6 +10,12 @@ never truncated: one containing the ``<video>`` placeholder (``PromptError``), o
 still runs but answers garbage). The
 run's own questions and caption prompt fail the model stage at start; a manifest's per-video question
 becomes error rows for that question only.
+
+With ``config.shadow_fraction`` > 0, the prompts of the sampled segments (:func:`pipeline.quality.shadow_sampled`)
+that got an answer are asked again in one more batched ``generate`` under the ``dense`` preset, on the same
+weights (``VideoQAEngine.answer(sparse=...)``); the dense answers travel to the commit in the internal
+:data:`pipeline.quality.SHADOW_COLUMNS`, never in the result columns. A failing dense call changes no result
+row: it is logged and its prompts get no quality row (counted as ``failed`` in the run's shadow cost).
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from pipeline.config import PIPELINE_VERSION, PipelineConfig
 from pipeline.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.metrics import record_model_batch
+from pipeline.quality import SHADOW_COLUMNS, SHADOW_PRESET, shadow_sampled
 from pipeline.schema import empty_row, rows_to_table
 from pipeline.standin import StandInEngine
+from sparsevlm.config import SparseConfig
 from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
 from sparsevlm.stats import SampleStats
 
@@ -58,6 +66,7 @@ class Predictor:
         torch.set_num_threads(config.torch_threads)
         self.config = config
         self.engine = engine or _load_engine(config)
+        self._dense = SparseConfig.preset(SHADOW_PRESET)  # the shadow sample's configuration, same weights
         self._provenance = {
             **self.engine.describe(),
             "model_revision": config.model_revision,
@@ -76,24 +85,30 @@ class Predictor:
             batch: segment rows (an Arrow table, or a dict of columns).
 
         Returns:
-            ``RESULT_SCHEMA`` columns followed by the ledger's internal columns, one row per
-            (segment, task), in input order.
+            ``RESULT_SCHEMA`` columns followed by the ledger's internal columns and the shadow sample's
+            (:data:`pipeline.quality.SHADOW_COLUMNS`), one row per (segment, task), in input order.
         """
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         rows = table.to_pylist()
         decoded = [i for i, r in enumerate(rows) if r["error_class"] is None]
         tasks = [(i, task, prompt) for i in decoded for task, prompt in self._tasks(rows[i])]
         answers = self._answer(rows, tasks)
-        per_row: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(rows))}
-        for (i, task, prompt), answer in zip(tasks, answers, strict=True):
-            per_row[i].append(self._result(rows[i], task, prompt, answer))
+        shadow = self._shadow(rows, tasks, answers)
+        asked = sum(isinstance(a, EngineAnswer) for a in answers)  # the prompts of the one main generate call
+        per_row: dict[int, list[tuple[dict[str, Any], tuple[Any, ...]]]] = {i: [] for i in range(len(rows))}
+        for k, ((i, task, prompt), answer) in enumerate(zip(tasks, answers, strict=True)):
+            model_ms = answer.latency_ms / asked if isinstance(answer, EngineAnswer) else None
+            per_row[i].append((self._result(rows[i], task, prompt, answer), (*_shadow_fields(shadow.get(k)), model_ms)))
         for i, row in enumerate(rows):
             if row["error_class"] is not None:
                 error = {"status": "error", "error_class": row["error_class"], "error_message": row["error_message"]}
-                per_row[i].append(self._result(row, "caption", None, error))
-        results, internal = [], []
+                per_row[i].append((self._result(row, "caption", None, error), (None, None, None, None)))
+        results: list[dict[str, Any]] = []
+        extras: list[tuple[Any, ...]] = []
+        internal = []
         for i, row in enumerate(rows):
-            results.extend(per_row[i])
+            results.extend(result for result, _ in per_row[i])
+            extras.extend(extra for _, extra in per_row[i])
             internal.extend([(row[LEDGER_KEY], bool(row[LAST_SEGMENT]), len(per_row[i]))] * len(per_row[i]))
         record_model_batch(
             next((a.latency_ms / 1000 for a in answers if isinstance(a, EngineAnswer)), None),
@@ -106,7 +121,43 @@ class Predictor:
         keys, lasts, counts = zip(*internal, strict=True) if internal else ((), (), ())
         out = out.append_column(LEDGER_KEY, pa.array(keys, pa.string()))
         out = out.append_column(LAST_SEGMENT, pa.array(lasts, pa.bool_()))
-        return out.append_column(SEGMENT_ROWS, pa.array(counts, pa.int64()))
+        out = out.append_column(SEGMENT_ROWS, pa.array(counts, pa.int64()))
+        columns = list(zip(*extras, strict=True)) if extras else [()] * len(SHADOW_COLUMNS)
+        for (name, type_), values in zip(SHADOW_COLUMNS, columns, strict=True):
+            out = out.append_column(name, pa.array(values, type_))
+        return out
+
+    def _shadow(
+        self, rows: list[dict[str, Any]], tasks: list[tuple[int, str, str]], answers: list[EngineAnswer | dict]
+    ) -> dict[int, tuple[str, float] | str]:
+        """The dense answer and its share of the call's time (ms) of each sampled task that got a main answer, by
+        task index, from one batched call; the call's error class for each if it fails (see the module)."""
+        fraction = self.config.shadow_fraction
+        sampled = [
+            k
+            for k, (i, _, _) in enumerate(tasks)
+            if isinstance(answers[k], EngineAnswer)
+            and shadow_sampled(rows[i][LEDGER_KEY], rows[i]["segment_index"], fraction)
+        ]
+        if not sampled:
+            return {}
+        segments = {i: _frames(rows[i]) for i in {tasks[k][0] for k in sampled}}  # one array per segment
+        frames = [segments[tasks[k][0]] for k in sampled]
+        prompts = [tasks[k][2] for k in sampled]
+        try:
+            dense = self.engine.answer(
+                frames, prompts, self.config.max_new_tokens, self.config.repeat_stop, sparse=self._dense
+            )
+        except Exception as err:  # the sample is an observer: its failure never touches the results
+            logger.warning(
+                "the shadow dense call failed on %d sampled prompts (%s: %s); their results stand, without "
+                "quality rows",
+                len(sampled),
+                type(err).__name__,
+                err,
+            )
+            return dict.fromkeys(sampled, type(err).__name__)
+        return {k: (a.text, a.latency_ms / len(sampled)) for k, a in zip(sampled, dense, strict=True)}
 
     def _tasks(self, row: dict[str, Any]) -> list[tuple[str, str]]:
         return [("caption", self.config.caption_prompt)] + [("qa", q) for q in row["questions"]]
@@ -186,6 +237,15 @@ def _load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
     return VideoQAEngine.from_pretrained(
         config.model, config.sparse, device=config.device, dtype=config.dtype, label=config.model_label
     )
+
+
+def _shadow_fields(shadow: tuple[str, float] | str | None) -> tuple[str | None, str | None, float | None]:
+    """``shadow_answer``, ``shadow_error`` and ``shadow_ms`` of one task (see pipeline/quality.py)."""
+    if shadow is None:
+        return None, None, None
+    if isinstance(shadow, str):
+        return None, shadow, None
+    return shadow[0], None, shadow[1]
 
 
 def _error_fields(err: BaseException) -> dict[str, Any]:

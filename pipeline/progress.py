@@ -6,6 +6,10 @@ over the output) and folds them into :class:`RunProgress`, which shows, from the
 
     52 seen, 12 already done, 40 to process | loading the model, first batch (0:00:21)
     52 seen, 12 already done, 12/40 processed | 3.1 segments/s | ETA 0:02:10 | errors 2 | tokens kept 25.0 % (...)
+        | agreement caption 0.93 [0.88, 0.97] n=12, qa 1.00 [0.79, 1.00] n=15
+
+(the agreement of the shadow dense sample, pipeline/quality.py, from the committed videos' records; shown once
+a sampled video is committed)
 
 as one line redrawn in place on a terminal, or as a log record every ``interval_s`` (and a last one at the
 end) when stderr is not a terminal, so a log file gets plain periodic lines (JSON ones under the jobs'
@@ -29,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.ledger_index import LedgerEntry
+from pipeline.quality import QualityTally, format_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +131,7 @@ class RunProgress:
         self.videos = self.segments = self.rows = self.error_rows = self.visual_tokens_in = 0
         self.equivalent_tokens = 0.0
         self.entries: list[LedgerEntry] = []
+        self.quality = QualityTally()  # the shadow sample of the committed videos
         self._lock = threading.Lock()  # the heartbeat thread shows what the driver's thread counts
         self._closed = threading.Event()
         self._beat: threading.Thread | None = None
@@ -144,6 +150,7 @@ class RunProgress:
             self.equivalent_tokens += report.equivalent_tokens
             self.visual_tokens_in += report.visual_tokens_in
             self.entries.extend(report.entries)
+            self.quality += QualityTally.total(e.quality for e in report.entries)
         if self.clock() - self._shown_at >= self.interval_s:
             self._show()
 
@@ -158,7 +165,8 @@ class RunProgress:
             self.stream.flush()
 
     def counts(self) -> dict[str, Any]:
-        """The numbers on the line: videos done and total, segments/s, ETA (s), error rows, tokens kept."""
+        """The numbers on the line: videos done and total, segments/s, ETA (s), error rows, tokens kept, and the
+        shadow sample's agreement per task (the run record's ``quality``; empty without samples)."""
         elapsed = max(self.clock() - self.started, 1e-9)
         rate = self.videos / elapsed
         kept = self.equivalent_tokens / self.visual_tokens_in if self.visual_tokens_in else None
@@ -175,6 +183,7 @@ class RunProgress:
             "tokens_kept_fraction": round(kept, 4) if kept is not None else None,
             "equivalent_tokens_per_answer": round(self.equivalent_tokens / ok_answers, 1) if ok_answers else None,
             "visual_tokens_per_answer": round(self.visual_tokens_in / ok_answers, 1) if ok_answers else None,
+            "quality": self.quality.agreement(),
         }
 
     def line(self) -> str:
@@ -191,9 +200,10 @@ class RunProgress:
                 f"{100 * c['tokens_kept_fraction']:.1f} % ({c['equivalent_tokens_per_answer']:g} of "
                 f"{c['visual_tokens_per_answer']:g} per answer)"
             )
+        agreement = f" | agreement {format_agreement(c['quality'])}" if c["quality"] else ""
         return (
             f"{videos}, {c['videos_done']}/{c['videos_total']} processed | {c['segments_per_s']:.2f} segments/s | "
-            f"ETA {eta} | errors {c['error_rows']} | tokens kept {kept}"
+            f"ETA {eta} | errors {c['error_rows']} | tokens kept {kept}{agreement}"
         )
 
     def _heartbeat(self) -> None:

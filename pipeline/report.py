@@ -8,7 +8,8 @@ runs no script: the CSS is inline, the charts are inline SVG (pipeline/report_ch
 Sections: what produced the rows (model, its revision, preset, questions; a note when the model is a bundled
 toy model), the key figures (a failed run's error first) and the record's other fields folded away, throughput over time
 (videos committed, and segments per second, from the commit times in the ledger), videos and rows by
-status, error classes with an example each, and a sample of videos with their frames, which visual tokens
+status, the shadow dense sample's agreement with its interval per task and its cost (when the run sampled;
+pipeline/quality.py), error classes with an example each, and a sample of videos with their frames, which visual tokens
 the model kept (the picture of ``python -m jobs.benchmark show``), the caption and the answers.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.ledger_index import STATUSES, LedgerEntry
+from pipeline.quality import format_cost
 from pipeline.report_charts import COLOURS, bar_chart, step_chart
 from sparsevlm.tiny import BUNDLED_NOTE
 
@@ -108,6 +110,7 @@ def render_report(data: ReportData) -> str:
         _summary(record, data.entries),
         _throughput(data),
         _statuses(data),
+        _quality(record),
         _errors(data.errors),
         _samples(data.samples),
     ]
@@ -154,6 +157,7 @@ def throughput(
 _SHOWN_FIELDS = frozenset(
     {"run_id", "status", "model", "model_revision", "preset", "questions", "output_uri", "config_key", "seen"}
     | {"skipped", "processed", "failed", "partial", "rows", "wall_s", "error_class", "error_message"}
+    | {"quality", "shadow"}
 )
 
 
@@ -224,6 +228,34 @@ def _statuses(data: ReportData) -> str:
         "<h2>Rows by status</h2>"
         + _count_table("videos", videos, "videos by their rows: ok (no error), partial (some), error (all)")
         + _count_table("rows", rows, "result rows: one per segment and task")
+    )
+
+
+def _quality(record: Mapping[str, Any]) -> str:
+    """The shadow dense sample: agreement and its 95 % interval per task, then the cost; nothing when off."""
+    shadow = record.get("shadow") or {}
+    if not shadow:
+        return ""
+    quality = record.get("quality") or {}
+    rows = "".join(
+        f'<tr id="quality-{_e(task)}"><th>{_e(task)}</th><td class="num">{int(a["samples"])}</td>'
+        f'<td class="num">{float(a["agreement"]):.3f}</td>'
+        f'<td class="num">[{float(a["ci_low"]):.3f}, {float(a["ci_high"]):.3f}]</td></tr>'
+        for task, a in quality.items()
+    )
+    table = (
+        '<table class="errors"><tr><th>task</th><th>samples</th><th>agreement</th><th>95 % interval</th></tr>'
+        f"{rows}</table>"
+        if rows
+        else '<p id="quality-none">No sampled segment was committed by this run.</p>'
+    )
+    return (
+        "<h2>Agreement with dense</h2>"
+        f'<p class="muted">A {100 * float(shadow.get("fraction", 0)):g} % sample of the segments, answered again by '
+        "the same model under the dense preset: qa by exact agreement of the normalised answers (Wilson "
+        "interval), captions by their mean token F1 (normal interval). The rows are in <code>_quality/</code> "
+        "(<code>pipeline.results.open_quality</code>).</p>"
+        f'{table}<p id="quality-cost">Cost: {_e(format_cost(shadow))}.</p>'
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.ledger import Ledger, LedgerEntry
+from pipeline.quality import QualityTally
 from pipeline.report_data import write_report
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ class RunSummary:
     error_class: str | None = None  # why the run failed (not a video's error: those are in error_classes)
     error_message: str | None = None
     started_at: str = ""  # ISO 8601, UTC: when run_pipeline was called (the report's throughput starts there)
+    # The shadow dense sample (pipeline/quality.py) of the videos this run committed; both empty when it is off.
+    # quality: per task with samples, {"samples": N, "agreement": A, "ci_low": L, "ci_high": H} (A in [0, 1]).
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # shadow: its cost: {"fraction", "prompts", "failed", "answers_share", "dense_s", "model_time_share"}.
+    shadow: dict[str, Any] = field(default_factory=dict)
 
 
 def summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:
@@ -53,6 +59,12 @@ def summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Led
     for entry in entries:
         for name in entry.error_classes:
             classes[name] = classes.get(name, 0) + 1
+    quality: dict[str, dict[str, Any]] = {}
+    shadow: dict[str, Any] = {}
+    if config.shadow_fraction > 0:
+        tally = QualityTally.total(e.quality for e in entries)
+        quality = tally.agreement()
+        shadow = {"fraction": config.shadow_fraction, **tally.cost(answers=sum(e.ok_rows or 0 for e in entries))}
     return RunSummary(
         run_id=config.run_id,
         model=config.model_label,
@@ -71,6 +83,8 @@ def summarise(config: PipelineConfig, seen: int, pending: int, entries: list[Led
         wall_s=round(wall, 3),
         error_classes=classes,
         started_at=(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=wall)).isoformat(timespec="milliseconds"),
+        quality=quality,
+        shadow=shadow,
     )
 
 

@@ -31,6 +31,7 @@ from sparsevlm.engine_types import EngineAnswer, PromptError
 from sparsevlm.prompt_text import PLACEHOLDERS
 
 if TYPE_CHECKING:
+    from sparsevlm.config import SparseConfig
     from sparsevlm.stats import SampleStats
 
 __all__ = ["STAND_IN", "STAND_IN_ANSWER", "STAND_IN_RESOURCE", "StandInCost", "StandInEngine"]
@@ -107,9 +108,18 @@ class StandInEngine:
                 raise PromptError(f"question contains the placeholder {placeholder!r}: {question!r:.200}")
 
     def answer(
-        self, segments: list[np.ndarray], prompts: list[str], max_new_tokens: int = 64, repeat_stop: int = 0
+        self,
+        segments: list[np.ndarray],
+        prompts: list[str],
+        max_new_tokens: int = 64,
+        repeat_stop: int = 0,
+        sparse: SparseConfig | None = None,
     ) -> list[EngineAnswer]:
         """Sleep for the cost of the batch's distinct segments, then answer :data:`STAND_IN_ANSWER` to each prompt.
+
+        A call under another configuration (``sparse``: the shadow dense sample, pipeline/quality.py) costs and
+        answers the same: the stand-in has no model, so its sample always agrees; what it measures is the
+        sample's extra accelerator time.
 
         Args:
             segments: B uint8 arrays ``[T, S, S, 3]``; prompts about one segment share its buffer (the Predictor
@@ -117,6 +127,7 @@ class StandInEngine:
             prompts: B prompts.
             max_new_tokens: unused (the cost model has no per-token term).
             repeat_stop: unused (a stand-in answer never repeats).
+            sparse: unused (see above).
 
         Returns:
             B answers, every one with the call's measured sleep as its latency and zero statistics.

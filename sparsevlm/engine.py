@@ -188,13 +188,16 @@ class VideoQAEngine:
             self._texts[question] = encode_text(self.tokenizer, question)
         return self._texts[question]
 
-    def check_prompt(self, question: str, num_frames: int, max_new_tokens: int) -> None:
+    def check_prompt(
+        self, question: str, num_frames: int, max_new_tokens: int, sparse: SparseConfig | None = None
+    ) -> None:
         """Refuse a question that cannot be asked about ``num_frames`` frames; never truncate it.
 
         The count is what the LLM really holds: every frame's visual tokens (as many as enter its first layer
         under this engine's SparseConfig, :func:`sparsevlm.prompt.visual_positions`; long-video mode's
         ``budget_frames`` sets a pruning budget but the layers before the first pruning layer still see every
-        frame), the text tokens, and ``max_new_tokens``.
+        frame), the text tokens, and ``max_new_tokens``. ``sparse``: count under this SparseConfig instead of the
+        engine's own (a call of :meth:`answer` under another one).
 
         Raises:
             PromptError: the question contains a ``<video>`` or ``<image>`` placeholder (tokens without features).
@@ -207,7 +210,7 @@ class VideoQAEngine:
         if self._context is None:
             return
         text = len(self._text(question))
-        visual = visual_positions(self.sparse, num_frames, self.spec.tokens_per_frame)
+        visual = visual_positions(sparse or self.sparse, num_frames, self.spec.tokens_per_frame)
         needed = text + visual + max_new_tokens
         if needed > self._context:
             raise PromptTooLong(
@@ -291,7 +294,7 @@ class VideoQAEngine:
             raise ValueError(f"all segments of one call must have the same frame count, got {sorted(counts)}")
         num_frames = int(segments[0].shape[0])
         for p in prompts:
-            self.check_prompt(p, num_frames, max_new_tokens)
+            self.check_prompt(p, num_frames, max_new_tokens, sparse)
         pad = self.tokenizer.pad_token_id
         input_ids, attention_mask = left_pad([self.prompt_ids(p, num_frames) for p in prompts], int(pad))
         device = self.model.device

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from transformers import VideoLlavaForConditionalGeneration
 
 from jobs import caption
+from sparsevlm.config import SparseConfig
 from sparsevlm.engine import VideoQAEngine, resolve_dtype
 from sparsevlm.engine_types import PromptTooLong
 from sparsevlm.preprocess import preprocess_frames
@@ -118,6 +119,8 @@ def test_the_prompt_check_counts_every_frame_on_the_7b_layout(standin_7b: Path, 
         engine.check_prompt(QUESTIONS[0], 16, max_new_tokens=1)
     long = VideoQAEngine.from_model(engine.model, engine.tokenizer, "video-long")
     long.check_prompt(QUESTIONS[0], 32, max_new_tokens=64)  # merging is forced down to what the context leaves
+    with pytest.raises(PromptTooLong, match="with 32 frames it is 8224 visual"):  # the shadow sample's dense call
+        long.check_prompt(QUESTIONS[0], 32, max_new_tokens=64, sparse=SparseConfig.preset("dense"))
     with pytest.raises(PromptTooLong, match="shorten it by at least 1 tokens"):  # not even one frame fits
         long.check_prompt(QUESTIONS[0], 32, max_new_tokens=4096 - 257 - 19 + 1)
 

@@ -6,6 +6,8 @@ presets [--layers 32 --hidden 4096 --ffn 11008 --visual 2056 --text 40] [--out F
 fidelity --out FILE.json [--plot FILE.png] [--model tiny|tiny-deep|DIR] [--seed 0-99] [--samples N (512)]
          [--schedule LAYERS:KEEPS|LAYERS@FRACTION ...]
     dense vs every method at 50/25/10/5 % on synthetic video QA: agreement, KL, evidence recall, accuracy.
+looking --out FILE.json [--model tiny-deep|DIR] [--split hard|easy] [--layers 0,1,2,4,6,8,15,16]
+    per layer, the share of the prompt's attention on visual tokens that goes to the question's evidence.
 show (--synthetic I | --video FILE --question Q) --out FILE.png
     the sampled frames with the visual tokens each method keeps.
 speed --out FILE.json

@@ -17,7 +17,7 @@ import jobs.benchmark
 # Family module -> the subcommands its ``add_commands`` adds (tests/jobs/test_benchmark_cli.py checks both agree).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "jobs.benchmark.cost": ("presets", "speed", "speed-probe", "gpu", "syncs"),
-    "jobs.benchmark.quality": ("fidelity", "show", "long"),
+    "jobs.benchmark.quality": ("fidelity", "looking", "show", "long"),
     "jobs.benchmark.throughput": ("pipeline", "split", "load", "shots"),
 }
 

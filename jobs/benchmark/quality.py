@@ -1,4 +1,5 @@
-"""What the method keeps of the answers: ``fidelity``, ``show`` and ``long`` on the bundled tiny models."""
+"""What the method keeps of the answers: ``fidelity``, ``show``, ``long`` and ``looking`` on the bundled tiny
+models."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sparsevlm import apply_patch, last_stats
 from sparsevlm.baselines import ALL_METHODS, PLAIN_METHODS, method_config, parse_schedule
 from sparsevlm.bench.fidelity import FIDELITY_METHODS, benchmark_questions, chance_bounds, run_fidelity
 from sparsevlm.bench.long import long_items, run_long
+from sparsevlm.bench.looking import looking_profile
 from sparsevlm.bench.show import ShowRow, pool_pixels, render_keep_grid, token_mask
 from sparsevlm.config import PRESETS
 from sparsevlm.pooling import pool_grid
@@ -234,6 +236,26 @@ def run_long_command(ns: argparse.Namespace) -> None:
     write_report(report, ns.out)
 
 
+def run_looking(ns: argparse.Namespace) -> None:
+    _check_fidelity_seed(ns.seed, ns.samples)
+    model, tokenizer, trained = load_tiny(ns.model)
+    if not trained:
+        raise SystemExit(
+            f"--model {ns.model}: no trained checkpoint there; where an untrained model looks says nothing"
+        )
+    if max(ns.layers) >= model.config.text_config.num_hidden_layers:
+        raise SystemExit(
+            f"--layers {max(ns.layers)} is past the model's last decoder layer "
+            f"({model.config.text_config.num_hidden_layers - 1})"
+        )
+    items = benchmark_questions(ns.seed, ns.samples, question_split=ns.split)
+    rows = looking_profile(model.eval(), tokenizer, items, ns.layers, ns.batch_size)
+    print_table(rows, ["layer", "answer", "prompt", "chance"], width=10)
+    write_report(
+        {"model": ns.model or "tiny", "split": ns.split, "seed": ns.seed, "samples": ns.samples, "rows": rows}, ns.out
+    )
+
+
 def _bundled_names() -> str:
     """The bundled models with their LLM depth, read from each committed checkpoint's config (cheap: JSON)."""
     names = []
@@ -313,6 +335,18 @@ def add_commands(sub: Any) -> None:
         "--plot-with", nargs="*", default=[], metavar="REPORT", help="other reports (e.g. the other split) as panels"
     )
     fidelity.set_defaults(run=run_fidelity_command)
+
+    looking = sub.add_parser(
+        "looking", help="per layer, the evidence's share of the prompt's attention on visual tokens (dense)"
+    )
+    looking.add_argument("--model", help=f"a bundled model, {_bundled_names()}, or a checkpoint directory")
+    looking.add_argument("--split", choices=QUESTION_SPLITS, default="hard")
+    looking.add_argument("--seed", type=int, default=0, help="0-99: which test videos")
+    looking.add_argument("--samples", type=positive(int), default=64, help="questions, one per video")
+    looking.add_argument("--layers", type=int_list, default=[0, 1, 2, 4, 6, 8, 15, 16])
+    looking.add_argument("--batch-size", type=positive(int), default=8)
+    looking.add_argument("--out", required=True, help="JSON report")
+    looking.set_defaults(run=run_looking)
 
     show = sub.add_parser("show", help="picture of the tokens each method keeps")
     source = show.add_mutually_exclusive_group(required=True)

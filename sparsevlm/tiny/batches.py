@@ -52,6 +52,11 @@ class TrainBatch:
             IGNORE on background (the hard split's fine attribute, read from the projector's output).
         answer_positions: long ``[B, Q]``, the position that predicts each question's answer word, -1 padding.
         answer_evidence: bool ``[B, Q, V]``, each question's evidence among the row's ``V`` visual tokens.
+        prompt_positions: long ``[B, W]``, the positions of every turn's question words through its answer
+            position (``"{question} ASSISTANT:"``; not the ``USER:`` before it, which cannot know the question
+            yet), -1 padding.
+        prompt_question: long ``[B, W]``, which question (index into ``answer_evidence``'s ``Q``) each of those
+            positions belongs to; 0 on padding.
         visual_start: long ``[B]``, the position of each row's first visual token.
 
     Both order targets are causal: at frame ``t`` every object that appeared by ``t`` has been seen, and an
@@ -72,6 +77,8 @@ class TrainBatch:
     patch_striped: torch.Tensor
     answer_positions: torch.Tensor
     answer_evidence: torch.Tensor
+    prompt_positions: torch.Tensor
+    prompt_question: torch.Tensor
     visual_start: torch.Tensor
 
     def to(self, device: torch.device) -> TrainBatch:
@@ -92,6 +99,9 @@ class SequenceBuilder:
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
         self.head = [int(tokenizer.bos_token_id), *self._encode("USER: ")]
+        # A turn's prompt is "<prefix>{question} ASSISTANT:"; the byte-level BPE splits after the prefix, so the
+        # question starts that many tokens into it (tests check it).
+        self._prefix = {True: len(self._encode("\n")), False: len(self._encode("USER:"))}
 
     @lru_cache(maxsize=4096)  # noqa: B019 - a few hundred distinct strings; the builder lives for the run
     def _encode(self, text: str) -> tuple[int, ...]:
@@ -112,7 +122,7 @@ class SequenceBuilder:
         ids = [*self.head, *[self.video_id] * num_video_tokens]
         labels = [IGNORE] * len(ids)
         for turn, qa in enumerate(qas):
-            prompt = f"\n{qa.question} ASSISTANT:" if turn == 0 else f"USER: {qa.question} ASSISTANT:"
+            prompt = self._prompt(turn, qa)
             ids.extend(self._encode(prompt))
             labels.extend([IGNORE] * len(self._encode(prompt)))
             answer = [*self._encode(f" {qa.answer}"), self.eos_id]
@@ -124,6 +134,23 @@ class SequenceBuilder:
             ids.extend(described)
             labels.extend([IGNORE] * len(described))
         return ids, labels
+
+    @staticmethod
+    def _prompt(turn: int, qa: QA) -> str:
+        return f"\n{qa.question} ASSISTANT:" if turn == 0 else f"USER: {qa.question} ASSISTANT:"
+
+    def prompt_positions(self, qas: list[QA], labels: list[int]) -> list[list[int]]:
+        """Each question's positions from its first word through its answer position, in the sequence
+        :meth:`build` made from ``qas`` (``labels`` its labels).
+
+        A turn's prompt ends at its answer position (the prompt's last token predicts the answer), so each span
+        is found from there backwards: the prompt's tokens without its prefix.
+        """
+        spans = []
+        for turn, (qa, end) in enumerate(zip(qas, self.answer_positions(labels), strict=True)):
+            start = end + 1 - len(self._encode(self._prompt(turn, qa))) + self._prefix[turn == 0]
+            spans.append(list(range(start, end + 1)))
+        return spans
 
     def answer_positions(self, labels: list[int]) -> list[int]:
         """The positions whose label is an answer word (not the ``</s>`` after it), one per question, in order."""
@@ -182,6 +209,16 @@ def collate(
         answer_positions[b, : len(positions)] = torch.tensor(positions)
         for q, qa in enumerate(qas):
             answer_evidence[b, q, torch.from_numpy(evidence_token_indices(qa.evidence))] = True
+    spans = [
+        [(pos, q) for q, span in enumerate(builder.prompt_positions(qas, lab)) for pos in span]
+        for (_, lab), qas in zip(rows, asked, strict=True)
+    ]
+    prompt_positions = torch.full((len(rows), max(len(s) for s in spans)), -1, dtype=torch.long)
+    prompt_question = torch.zeros_like(prompt_positions)
+    for b, row in enumerate(spans):
+        if row:
+            prompt_positions[b, : len(row)] = torch.tensor([pos for pos, _ in row])
+            prompt_question[b, : len(row)] = torch.tensor([q for _, q in row])
     visual_start = torch.full((len(rows),), len(builder.head), dtype=torch.long)
     colour = np.stack([s.patch_colour for s in samples]).reshape(len(samples), num_frames, -1)
     motion = np.stack([s.patch_motion for s in samples]).reshape(len(samples), num_frames, -1)
@@ -201,6 +238,8 @@ def collate(
         patch_striped=torch.from_numpy(np.stack([_striped_patches(s) for s in samples]).reshape(colour.shape)),
         answer_positions=answer_positions,
         answer_evidence=answer_evidence,
+        prompt_positions=prompt_positions,
+        prompt_question=prompt_question,
         visual_start=visual_start,
     )
 

@@ -1,14 +1,25 @@
-"""The looking loss: the answer position's attention at a few early layers goes to the question's evidence.
+"""The looking and ranking losses: where a prompt's attention goes among the visual tokens, at chosen layers.
 
 A real VLM's prompt looks at the visual tokens that answer it within its first layers; that is the premise of
 text-guided pruning (SparseVLM's raters, FastV's last token). The tiny model, trained on answers alone, found
 its own route on the easy split (any object token answers) and sat at chance on the hard split for 450 steps:
-the lookup of one small object among look-alikes is the hard part. This loss asks for the lookup itself: at
-each chosen layer, the attention of the position that predicts an answer (the last prompt token, averaged
-over its heads) should put its mass on that question's evidence tokens. It reads the layer's own query and key
-projections with RoPE, so it trains the attention the model runs, not a separate head.
+the lookup of one small object among look-alikes is the hard part.
 
-Questions without evidence (a "no" presence question) are left out.
+- **The looking loss** asks for the lookup itself: at each chosen layer, the attention of the position that
+  predicts an answer (the last prompt token, averaged over its heads) should put its mass on that question's
+  evidence tokens. Trained at layers 1, 2, 8 and 16, ``tiny-deep`` learnt exactly that, and only there: at
+  the layers between (0, 4, 6, 15) its answer position put 0.4-6 % of its attention on the evidence, and its
+  question words at most 1.4 % at any layer, so a pruning step at such a layer ranked the visual tokens by
+  something unrelated to the question, whichever scorer read it (docs/fidelity.md).
+- **The ranking loss** asks for what text-guided pruning reads: among the visual tokens, each prompt token of
+  a question (its words, through the answer position) should attend most to that question's evidence. It is
+  relative (``-log`` of the evidence's share of the attention on visual tokens), so a token stays free to read
+  the text; trained over a span of layers, it makes the tiny model rank visual tokens by the question at every
+  layer of that span, as a real VLM's text does, for every scorer alike: FastV's rater (the last prompt token)
+  is one of the positions trained.
+
+Both read the layer's own query and key projections with RoPE, so they train the attention the model runs, not
+a separate head. Questions without evidence (a "no" presence question) are left out.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMod
 
 from sparsevlm.tiny.batches import TrainBatch
 
-__all__ = ["evidence_attention_loss", "looking_losses"]
+__all__ = ["evidence_attention_loss", "evidence_attention_mass", "evidence_shares", "looking_losses", "ranking_losses"]
 
 
 def evidence_attention_loss(
@@ -31,8 +42,28 @@ def evidence_attention_loss(
     queries: torch.Tensor,
     evidence: torch.Tensor,
     visual_start: torch.Tensor,
+    among_visual: bool = False,
 ) -> torch.Tensor:
-    """``-log`` of the attention mass (mean over heads) that each answer position puts on its evidence.
+    """``-log`` of the attention mass (:func:`evidence_attention_mass`), averaged over the valid (query, evidence)
+    pairs; 0 when there is none. Arguments as for :func:`evidence_attention_mass`."""
+    mass, valid = evidence_attention_mass(
+        hidden, layer, position_embeddings, queries, evidence, visual_start, among_visual
+    )
+    if not valid.any():
+        return hidden.new_zeros(())
+    return -(mass[valid] + 1e-6).log().mean()
+
+
+def evidence_attention_mass(
+    hidden: torch.Tensor,
+    layer: LlamaDecoderLayer,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    evidence: torch.Tensor,
+    visual_start: torch.Tensor,
+    among_visual: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention mass (mean over heads) that each query position puts on its evidence.
 
     Args:
         hidden: ``[B, L, D]`` the input of ``layer`` (``hidden_states[i]`` of the model for layer ``i``).
@@ -41,16 +72,15 @@ def evidence_attention_loss(
         queries: long ``[B, Q]`` positions that predict an answer; -1 pads.
         evidence: bool ``[B, Q, V]`` which of the ``V`` visual tokens are that question's evidence.
         visual_start: long ``[B]`` position of the first visual token of each row.
+        among_visual: the evidence's share of the attention on visual tokens instead of on the whole sequence.
 
     Returns:
-        The mean over the valid (query, evidence) pairs; 0 when there is none.
+        ``mass`` float ``[B, Q]`` and ``valid`` bool ``[B, Q]``, the queries that are real and have evidence.
     """
     attn = layer.self_attn
     b, length, _ = hidden.shape
     head_dim = attn.head_dim
     valid = (queries >= 0) & evidence.any(-1)  # [B, Q]
-    if not valid.any():
-        return hidden.new_zeros(())
     x = layer.input_layernorm(hidden).float()  # [B, L, D]
     weight_q, weight_k = attn.q_proj.weight.float(), attn.k_proj.weight.float()
     safe = queries.clamp(min=0)  # [B, Q]
@@ -70,13 +100,16 @@ def evidence_attention_loss(
     visual = visual_start[:, None] + torch.arange(evidence.shape[-1], device=hidden.device)[None]  # [B, V]
     on_visual = probs.gather(2, visual[:, None, :].expand(-1, probs.shape[1], -1))  # [B, Q, V]
     mass = (on_visual * evidence).sum(-1)  # [B, Q]
-    return -(mass[valid] + 1e-6).log().mean()
+    if among_visual:
+        mass = mass / on_visual.sum(-1).clamp_min(1e-12)
+    return mass, valid
 
 
 def looking_losses(
     lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
 ) -> list[torch.Tensor]:
-    """The looking loss (:func:`evidence_attention_loss`) at each of ``layers`` of one forward of ``batch``.
+    """The answer positions' looking loss (:func:`evidence_attention_loss`) at each of ``layers`` of one forward
+    of ``batch``.
 
     The rows must be unpadded or right-padded, as the trainer runs them (no attention mask): the layers then ran
     with RoPE positions ``0 .. L-1``, which is what the loss is given.
@@ -87,6 +120,32 @@ def looking_losses(
         layers: the decoder layers to read.
         batch: the batch of that forward (its answer positions, their evidence, where its visual tokens start).
     """
+    return _layer_losses(lm, hidden_states, layers, batch.answer_positions, batch.answer_evidence, batch.visual_start)
+
+
+def ranking_losses(
+    lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
+) -> list[torch.Tensor]:
+    """The ranking loss at each of ``layers``: among the visual tokens, each prompt token of a question attends
+    to that question's evidence (:func:`evidence_attention_loss` with ``among_visual``). Arguments as for
+    :func:`looking_losses`."""
+    v = batch.answer_evidence.shape[2]
+    evidence = batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))  # [B, W, V]
+    return _layer_losses(
+        lm, hidden_states, layers, batch.prompt_positions, evidence, batch.visual_start, among_visual=True
+    )
+
+
+def _layer_losses(
+    lm: LlamaModel,
+    hidden_states: Sequence[torch.Tensor],
+    layers: Sequence[int],
+    queries: torch.Tensor,
+    evidence: torch.Tensor,
+    visual_start: torch.Tensor,
+    among_visual: bool = False,
+) -> list[torch.Tensor]:
+    """:func:`evidence_attention_loss` of ``queries`` ``[B, Q]`` on ``evidence`` ``[B, Q, V]`` at each layer."""
     first = hidden_states[0]  # [B, L, D]
     positions = torch.arange(first.shape[1], device=first.device)[None]  # [1, L]
     rope = lm.rotary_emb(first, position_ids=positions)  # (cos, sin), each [1, L, head_dim]
@@ -95,8 +154,36 @@ def looking_losses(
         layer = lm.layers[index]
         assert isinstance(layer, LlamaDecoderLayer)
         losses.append(
-            evidence_attention_loss(
-                hidden_states[index], layer, rope, batch.answer_positions, batch.answer_evidence, batch.visual_start
-            )
+            evidence_attention_loss(hidden_states[index], layer, rope, queries, evidence, visual_start, among_visual)
         )
     return losses
+
+
+def evidence_shares(
+    lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
+) -> list[dict[str, float]]:
+    """Where the prompt looks, per layer: the evidence's share of the attention on visual tokens (mean over heads)
+    of the answer positions (FastV's rater) and of every prompt position of a question (SparseVLM's candidates),
+    each averaged over the questions that have evidence, and ``chance``, the share that attention spread evenly
+    over the visual tokens would give. Arguments as for :func:`looking_losses`."""
+    v = batch.answer_evidence.shape[2]
+    prompt_evidence = batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))
+    first = hidden_states[0]  # [B, L, D]
+    rope = lm.rotary_emb(first, position_ids=torch.arange(first.shape[1], device=first.device)[None])
+    answer_valid = (batch.answer_positions >= 0) & batch.answer_evidence.any(-1)  # [B, Q]
+    chance = float((batch.answer_evidence.sum(-1).float() / v)[answer_valid].mean())
+    rows = []
+    for index in layers:
+        layer = lm.layers[index]
+        assert isinstance(layer, LlamaDecoderLayer)
+        shares = {"layer": float(index), "chance": chance}
+        for name, queries, evidence in (
+            ("answer", batch.answer_positions, batch.answer_evidence),
+            ("prompt", batch.prompt_positions, prompt_evidence),
+        ):
+            mass, valid = evidence_attention_mass(
+                hidden_states[index], layer, rope, queries, evidence, batch.visual_start, among_visual=True
+            )
+            shares[name] = float(mass[valid].mean())
+        rows.append(shares)
+    return rows

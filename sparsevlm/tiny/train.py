@@ -43,7 +43,7 @@ from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.evaluate import family_accuracy
 from sparsevlm.tiny.hard_qa import MIN_FRAMES, QuestionSplit, make_task_sample
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.looking import looking_losses
+from sparsevlm.tiny.looking import looking_losses, ranking_losses
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.saving import init_provenance, save_checkpoint
 from sparsevlm.tiny.tokenizer import build_tokenizer
@@ -95,6 +95,11 @@ class TrainConfig:
             ``look_layers`` goes to the question's evidence); 0 trains without it, as every run before the hard
             split's did.
         look_layers: comma-separated decoder layers whose attention the looking loss reads.
+        rank_weight: weight of the ranking loss (:func:`sparsevlm.tiny.looking.ranking_losses`: among the
+            visual tokens, every prompt token of a question attends most to its evidence, as the text of a real
+            VLM does to what it names; what every text-guided pruning method reads); 0 trains without it, as
+            every run before the committed ``tiny-deep``'s did.
+        rank_layers: comma-separated decoder layers whose attention the ranking loss reads.
         hard_fraction: share of each batch's videos drawn from the hard question split
             (:mod:`sparsevlm.tiny.hard_qa`); the rest come from the easy one, so that it does not regress.
             With a positive share, every evaluation reports both splits.
@@ -132,6 +137,8 @@ class TrainConfig:
     hard_fraction: float = 0.0
     look_weight: float = 0.0
     look_layers: str = "1,2"
+    rank_weight: float = 0.0
+    rank_layers: str = "1,2"
     device: str = "cpu"
     loader_workers: int = 0
 
@@ -140,18 +147,25 @@ class TrainConfig:
         """``look_layers`` as integers."""
         return [int(v) for v in self.look_layers.split(",") if v.strip()]
 
+    @property
+    def rank_layer_list(self) -> list[int]:
+        """``rank_layers`` as integers."""
+        return [int(v) for v in self.rank_layers.split(",") if v.strip()]
+
     def __post_init__(self) -> None:
-        try:
-            layers = [int(v) for v in self.look_layers.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--look-layers must be comma-separated layers such as 1,2, got {self.look_layers!r}"
-            ) from None
-        if self.look_weight < 0 or any(not 0 <= x < self.text_layers for x in layers):
-            raise ValueError(
-                f"--look-weight must be >= 0 and --look-layers in [0, {self.text_layers}), "
-                f"got {self.look_weight} and {self.look_layers!r}"
-            )
+        for flag, weight, text in (
+            ("look", self.look_weight, self.look_layers),
+            ("rank", self.rank_weight, self.rank_layers),
+        ):
+            try:
+                layers = [int(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"--{flag}-layers must be comma-separated layers such as 1,2, got {text!r}") from None
+            if weight < 0 or any(not 0 <= x < self.text_layers for x in layers):
+                raise ValueError(
+                    f"--{flag}-weight must be >= 0 and --{flag}-layers in [0, {self.text_layers}), "
+                    f"got {weight} and {text!r}"
+                )
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"--hard-fraction must be in [0, 1], got {self.hard_fraction}")
         if self.minutes <= 0 and self.max_steps <= 0:
@@ -225,6 +239,10 @@ def train_step(
         looks = looking_losses(model.model.language_model, out.hidden_states, cfg.look_layer_list, batch)
         losses["look"] = torch.stack(looks).mean()
         losses["total"] = losses["total"] + cfg.look_weight * losses["look"]
+    if cfg.rank_weight > 0:
+        ranks = ranking_losses(model.model.language_model, out.hidden_states, cfg.rank_layer_list, batch)
+        losses["rank"] = torch.stack(ranks).mean()
+        losses["total"] = losses["total"] + cfg.rank_weight * losses["rank"]
     if cfg.text_loss_weight > 0:
         losses["text"] = nn.functional.cross_entropy(logits, batch.text_labels.flatten(), ignore_index=IGNORE)
         losses["total"] = losses["total"] + cfg.text_loss_weight * losses["text"]

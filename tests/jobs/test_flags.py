@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from jobs.flags import auto_or_count, int_list, non_negative, positive
+from jobs.flags import auto_or_count, fraction, int_list, non_negative, positive
 
 
 def test_positive_takes_values_above_zero_of_its_kind() -> None:
@@ -37,6 +37,13 @@ def test_non_negative_takes_zero_and_refuses_negatives_and_nan() -> None:
     for text in ("-1", "nan", "soon"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"^expected a number >= 0, got '{text}'$"):
             non_negative(float)(text)
+
+
+def test_fraction_takes_zero_to_one() -> None:
+    assert (fraction("0"), fraction("0.02"), fraction("1")) == (0.0, 0.02, 1.0)
+    for text in ("-0.1", "1.5", "nan", "some"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^expected a number in \\[0, 1\\], got '{text}'$"):
+            fraction(text)
 
 
 def test_auto_or_count() -> None:

@@ -40,6 +40,28 @@ def test_the_summary_block_leads_with_what_answered_and_counts_like_the_ledger()
     assert len(lines) <= 10 and "RunSummary(" not in format_summary(SUMMARY)
 
 
+def test_the_summary_shows_the_shadow_samples_agreement_and_cost_only_when_it_sampled() -> None:
+    sampled = {
+        **SUMMARY,
+        "quality": {"qa": {"samples": 15, "agreement": 0.8667, "ci_low": 0.6212, "ci_high": 0.9626}},
+        "shadow": {
+            "fraction": 0.02,
+            "prompts": 15,
+            "failed": 1,
+            "answers_share": 0.021,
+            "dense_s": 3.24,
+            "model_time_share": 0.04,
+        },
+    }
+    lines = format_summary(sampled).splitlines()
+    assert lines[5:7] == [
+        "  quality  agreement with dense: qa 0.87 [0.62, 0.96] n=15",
+        "           sample cost: 15 dense prompts (2.1 % of the answers), 3.2 s, 4.0 % of the model's generate time, "
+        "1 failed",
+    ]
+    assert "quality" not in format_summary({**SUMMARY, "quality": {}, "shadow": {}})
+
+
 def test_a_failed_run_says_why_and_what_is_left() -> None:
     failed = {**SUMMARY, "status": "failed", "error_class": "LeaseLost", "error_message": "lost", "uncommitted": 1}
     text = format_summary(failed)

@@ -68,3 +68,13 @@ def test_shots_key_their_mode_and_every_parameter(tmp_path: Path) -> None:
 def test_a_config_refuses_shots_of_another_type(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"shots must be a pipeline\.shots\.ShotSegmenting or None"):
         config(tmp_path, shots={"threshold": 30})
+
+
+def test_the_shadow_sample_keeps_the_key_and_takes_fractions_in_0_1(tmp_path: Path) -> None:
+    base = config(tmp_path)
+    for fraction in (0.0, 0.02, 1.0):  # the sample changes no result row, so it reprocesses nothing
+        shadowed = config(tmp_path, shadow_fraction=fraction)
+        assert shadowed.config_key() == base.config_key() == key_before_shots(shadowed)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"shadow_fraction must be a number in \[0, 1\]"):
+            config(tmp_path, shadow_fraction=bad)

@@ -14,7 +14,8 @@ import pytest
 
 import pipeline.ledger_index
 from pipeline.ledger import LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerEntry, LedgerError, ledger_key
-from tests.pipeline.ledgers import CONFIG_KEY, read_all, segment
+from pipeline.quality import QualityTally
+from tests.pipeline.ledgers import CONFIG_KEY, quality_files, read_all, read_quality, segment
 
 
 def test_a_video_commits_when_all_its_segments_are_staged(ledger: Ledger) -> None:
@@ -282,3 +283,52 @@ def test_index_files_from_before_the_figures_read_as_unknown_figures(ledger: Led
         old, duration_s=None, ok_rows=None, equivalent_tokens=None, visual_tokens_in=None
     )
     assert ledger.committed() == {old.key: "ok"}
+
+
+def test_quality_rows_commit_once_with_their_video_and_leave_the_results_alone(ledger: Ledger, tmp_path: Path) -> None:
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+    segments = [segment("v", 0, False, shadow=True), segment("v", 1, True, shadow=False)]
+    for _ in range(2):  # a retried write task stages and commits again under the same names
+        (entry,) = ledger.write_rows(pa.concat_tables(segments), "r1")
+    assert entry.quality_file == f"_quality/{key}/r1.arrow"
+    assert (
+        entry.quality
+        == QualityTally(caption_samples=1, caption_sum=0.0, qa_samples=1, dense_ms=2.0, model_ms=8.0).to_dict()
+    )
+    assert read_quality(ledger) == [("v", 0, "caption", "dense-v-0-0"), ("v", 0, "qa", "dense-v-0-1")]
+    assert quality_files(ledger) == {entry.quality_file}
+    plain = Ledger(pafs.LocalFileSystem(), str(tmp_path / "plain"))  # the same video without a sample
+    (without,) = plain.write_rows(pa.concat_tables([segment("v", 0, False), segment("v", 1, True)]), "r1")
+    assert without.quality_file is None and without.quality == QualityTally().to_dict()
+    assert read_all(ledger) == read_all(plain)  # the results are the same rows
+    part = pads.dataset(ledger.part_files(), format="parquet", filesystem=ledger.fs).to_table()
+    assert part.equals(pads.dataset(plain.part_files(), format="parquet", filesystem=plain.fs).to_table())
+    ledger.compact([entry])
+    assert ledger.run_entries("r1") == [entry]  # the index keeps the quality file and the tally
+
+
+def test_quality_rows_of_an_uncommitted_or_replaced_attempt_never_count(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = ledger_key(CONFIG_KEY, "v", ["q"])
+
+    class Killed(BaseException):
+        pass
+
+    def die(entry: LedgerEntry) -> None:
+        raise Killed
+
+    killed = Ledger(ledger.fs, ledger.base)
+    monkeypatch.setattr(killed.record, "write_marker", die)
+    with pytest.raises(Killed):  # the quality file and the part file are written, the marker is not
+        killed.write_rows(segment("v", 0, True, shadow=True), "r1")
+    assert quality_files(ledger) == {f"_quality/{key}/r1.arrow"} and read_quality(ledger) == []
+    ledger.reconcile()
+    assert quality_files(ledger) == set()
+    (first,) = ledger.write_rows(segment("v", 0, True, shadow=True), "r2")
+    (second,) = ledger.write_rows(segment("v", 0, True, shadow=True), "r3")  # e.g. retried: a newer commit
+    assert second.quality_file == f"_quality/{key}/r3.arrow" != first.quality_file
+    assert [r[:3] for r in read_quality(ledger)] == [("v", 0, "caption"), ("v", 0, "qa")]  # once, from r3
+    assert quality_files(ledger) == {first.quality_file, second.quality_file}
+    ledger.reconcile()  # the next run's start deletes the replaced attempt's file
+    assert quality_files(ledger) == {second.quality_file}

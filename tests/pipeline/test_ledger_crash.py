@@ -10,7 +10,8 @@ driver's lease stays behind with the pid of a process that is gone, as after a S
 
 Invariant after the rerun: every (video, segment, task) exactly once for pyarrow's dataset reader, whole
 videos only (each with all its segments), every key committed ``ok``, every part file the committed file of
-its key, nothing under ``_staging/``, no lease left.
+its key, nothing under ``_staging/``, no lease left; the shadow sample's quality rows of the videos it
+processed exactly once, and every quality file the one its key's record names.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 import pipeline.ledger_index
 from pipeline.lease import OutputLease
 from pipeline.ledger import Ledger, LedgerEntry
-from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, read_all, segment
+from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, quality_files, read_all, read_quality, segment
 
 NIGHTS = ("dt=2026-11-21", "dt=2026-11-22", "dt=2026-11-23")
 # Segments per video once it decodes; "bad" failed as a whole on night 1, and "fresh" had an earlier attempt
@@ -68,7 +69,7 @@ def nightly(ledger: Ledger, run_id: str, dead_pid: int) -> None:
         tasks: list[list[pa.Table]] = [[], []]  # two write tasks; a video's segments spread over both
         for video in todo:
             for i in range(VIDEOS[video]):
-                tasks[i % 2].append(segment(video, i, last=i == VIDEOS[video] - 1))
+                tasks[i % 2].append(segment(video, i, last=i == VIDEOS[video] - 1, shadow=i == 0))
         entries: list[LedgerEntry] = []
         for tables in tasks:
             if tables:
@@ -122,6 +123,7 @@ def _what(path: Any) -> str:
             return "nothing"
         path = path[0]
     kinds = (("/_staging", "staging"), ("/_ledger/_index", "index"), ("/_ledger", "marker"), ("/_runs", "run record"))
+    kinds += (("/_quality", "quality file"),)
     return next((kind for part, kind in kinds if part in path), "part file" if "/part-" in path else path)
 
 
@@ -134,6 +136,12 @@ def check_reader_invariant(ledger: Ledger) -> None:
     files = {ledger.files.path(e.file) for e in ledger.entries(keys).values()}
     assert set(ledger.part_files()) == files  # no orphan part file
     assert ledger.files.list_files(ledger.files.path("_staging"), recursive=True) == []
+    # the shadow sample of the videos the second or third night processed (segment 0), once, and no orphan
+    redone = [v for v in VIDEOS if v != "old"]
+    assert read_quality(ledger) == sorted(
+        ((v, 0, task, f"dense-{v}-0-{t}") for v in redone for t, task in enumerate(("caption", "qa"))), key=str
+    )
+    assert quality_files(ledger) == {e.quality_file for e in ledger.entries(keys).values() if e.quality_file}
     assert ledger.fs.get_file_info(f"{ledger.base}/_lease").type == pafs.FileType.NotFound
 
 
@@ -168,7 +176,8 @@ def test_a_driver_killed_after_any_write_is_repaired_by_the_rerun(
     kill_after(complete, None, steps)
     nightly(complete, "night-2", dead_pid)  # uninterrupted: counts the operations and names them
     check_reader_invariant(complete)
-    named = ("write_arrow staging", "write_parquet part file", "write_bytes marker", "delete_files marker")
+    named = ("write_arrow staging", "write_arrow quality file", "write_parquet part file", "write_bytes marker")
+    named += ("delete_files marker",)
     named += ("delete_file part file", "delete_dir staging", "write_arrow index", "delete_files index")
     for step in named:
         assert step in steps, (step, steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -18,6 +19,7 @@ from pipeline.build import build_dataset, commit_stage
 from pipeline.ledger_index import LedgerEntry
 from pipeline.metrics import metrics_endpoints
 from pipeline.progress import CommitReport, RunProgress, commit_report
+from pipeline.quality import QualityTally, format_agreement
 from pipeline.run import run_pipeline
 from tests.pipeline.runs import make_config
 
@@ -77,6 +79,25 @@ def test_progress_logs_plain_lines_when_not_a_terminal(caplog: pytest.LogCapture
     ]
     assert caplog.records[-1].fields["videos_done"] == 2  # type: ignore[attr-defined]  (JSON logs carry them)
     assert [e.key for e in progress.entries] == ["a", "b"]
+
+
+def test_progress_shows_the_shadow_samples_agreement_once_a_sampled_video_is_committed() -> None:
+    clock = _Clock()
+    progress = RunProgress(3, "off", clock=clock)
+    clock.now = 1.0
+    progress.update(CommitReport(segments=1, rows=2, entries=[_entry("a")]))  # a record without a tally
+    assert progress.counts()["quality"] == {} and "agreement" not in progress.line()
+    tallies = [
+        QualityTally(caption_samples=2, caption_sum=1.5, caption_squares=1.25, qa_samples=3, qa_agreed=2),
+        QualityTally(caption_samples=1, caption_sum=1.0, caption_squares=1.0, qa_samples=1, qa_agreed=1),
+    ]
+    sampled = [dataclasses.replace(_entry(k), quality=t.to_dict()) for k, t in zip("bc", tallies, strict=True)]
+    progress.update(CommitReport(segments=2, rows=4, entries=sampled))
+    expected = (tallies[0] + tallies[1]).agreement()  # caption F1s summing to 2.5 over 3, qa 3 of 4
+    assert progress.counts()["quality"] == expected
+    assert expected["qa"]["agreement"] == 0.75 and expected["caption"]["samples"] == 3
+    assert progress.line().endswith(f" | agreement {format_agreement(expected)}")
+    assert format_agreement(expected) == "caption 0.83 [0.51, 1.00] n=3, qa 0.75 [0.30, 0.95] n=4"
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
@@ -143,6 +164,8 @@ SERIES = (  # name in the scrape, labels, what this run adds to it
     ("ray_svl_equivalent_tokens_count", ""),
     ("ray_svl_equivalent_tokens_kept_total", ""),
     ("ray_svl_visual_tokens_in_total", ""),
+    ("ray_svl_shadow_samples_total", 'task="qa"'),
+    ("ray_svl_shadow_agreement_total", 'task="qa"'),
 )
 
 
@@ -169,7 +192,7 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
     videos.mkdir()
     for name in CLIPS:
         shutil.copy(assets / name, videos / name)
-    config = make_config(str(videos), str(tmp_path / "out"), pipeline_model_dir)
+    config = make_config(str(videos), str(tmp_path / "out"), pipeline_model_dir, shadow_fraction=1.0)
     before = _totals(_scrape())  # other tests of the session run pipelines on the same Ray
     caplog.set_level(logging.INFO, logger="pipeline.progress")
     summary = run_pipeline(config, progress="log")  # pytest's stderr is no terminal: "auto" would log too
@@ -182,6 +205,8 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
     assert (last["videos_done"], last["videos_total"], last["error_rows"]) == (2, 2, 0)
     assert last["segments"] == summary.rows // 2  # a caption and one answer per segment
     assert 0 < last["tokens_kept_fraction"] < 1
+    assert last["quality"] == summary.quality and summary.quality["qa"]["samples"] == last["segments"]
+    assert f"| agreement caption {summary.quality['caption']['agreement']:.2f} [" in lines[-1].getMessage()
 
     added = {
         "ray_svl_videos_total": 2,
@@ -193,6 +218,8 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
         "ray_svl_equivalent_tokens_count": summary.rows,
         "ray_svl_equivalent_tokens_kept_total": 0.99 * last["equivalent_tokens_per_answer"] * summary.rows,
         "ray_svl_visual_tokens_in_total": last["visual_tokens_per_answer"] * summary.rows,
+        "ray_svl_shadow_samples_total": summary.quality["qa"]["samples"],  # every segment sampled
+        "ray_svl_shadow_agreement_total": summary.quality["qa"]["agreement"] * summary.quality["qa"]["samples"],
     }
     deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ from pipeline.config import PIPELINE_VERSION, PipelineConfig
 from pipeline.decode import decode_rows, source_row
 from pipeline.ledger import INTERNAL_COLUMNS, LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.predictor import Predictor
+from pipeline.quality import SHADOW_COLUMNS, shadow_sampled
 from pipeline.schema import COLUMNS, RESULT_SCHEMA, validate_table
 from pipeline.sources import list_sources
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import VideoQAEngine
+from sparsevlm.patch import current_config
 from sparsevlm.prompt_text import CAPTION_PROMPT
 
 QUESTION = "What is happening?"
@@ -72,7 +75,8 @@ def test_decode_rows_turn_bad_files_into_one_error_row(config: PipelineConfig, t
 def test_predictor_makes_a_caption_and_an_answer_per_segment(config: PipelineConfig, predictor: Predictor) -> None:
     rows = decoded(config, "decord_flipping_a_pancake.mkv") + decoded(config, BROKEN_CLIP)
     out = predictor(pa.Table.from_pylist(rows))
-    assert out.column_names == [*COLUMNS, *INTERNAL_COLUMNS]
+    assert out.column_names == [*COLUMNS, *INTERNAL_COLUMNS, *(name for name, _ in SHADOW_COLUMNS)]
+    assert out.column("shadow_answer").null_count == out.num_rows  # shadow_fraction 0: nothing sampled
     validate_table(out.select(list(COLUMNS)))
     results = out.to_pylist()
     assert [(r["segment_index"], r["task"], r["question"]) for r in results] == [
@@ -128,3 +132,76 @@ def test_empty_batch_gives_an_empty_table_with_the_schema(predictor: Predictor) 
     empty = pa.Table.from_pylist([], schema=pa.schema([("error_class", pa.string())]))
     out = predictor(empty)
     assert out.num_rows == 0 and out.schema.names[: len(COLUMNS)] == RESULT_SCHEMA.names
+
+
+# -- the shadow dense sample (pipeline/quality.py) ---------------------------------------------------------------
+
+COMPARED = ("answer", "task", "question", "segment_index", "status", "visual_tokens_in", "equivalent_tokens")
+
+
+def all_clips(config: PipelineConfig) -> list[dict[str, Any]]:
+    return [r for name in ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi") for r in decoded(config, name)]
+
+
+def without_times(table: pa.Table) -> list[dict[str, Any]]:
+    """The result columns of the model stage's rows, without the wall-clock ones (created_at, latency_ms)."""
+    return table.select(list(COLUMNS)).drop_columns(["created_at", "latency_ms"]).to_pylist()
+
+
+@pytest.fixture
+def engine_of(predictor: Predictor) -> Iterator[Callable[[str], VideoQAEngine]]:
+    """Engines of other presets on the predictor's model (patched again to the module's preset afterwards)."""
+    model, tokenizer = predictor.engine.model, predictor.engine.tokenizer
+    yield lambda preset: VideoQAEngine.from_model(model, tokenizer, preset)
+    VideoQAEngine.from_model(model, tokenizer, predictor.engine.sparse)
+
+
+@pytest.mark.parametrize("preset", ["dense", "video-onestep-5"])
+def test_the_sampled_prompts_are_answered_again_dense_and_the_results_do_not_change(
+    config: PipelineConfig, engine_of: Callable[[str], VideoQAEngine], preset: str
+) -> None:
+    rows = all_clips(config)
+    engine = engine_of(preset)
+    plain = Predictor(config.replace(sparse=engine.sparse), engine=engine)
+    sampled = Predictor(plain.config.replace(shadow_fraction=1.0), engine=engine)
+    with_sample, without = sampled(pa.Table.from_pylist(rows)), plain(pa.Table.from_pylist(rows))
+    assert current_config(engine.model) == SparseConfig.preset(preset)  # the dense calls put it back
+    assert without_times(with_sample) == without_times(without)  # the sample changes no result row
+    out = with_sample.to_pylist()
+    assert all(r["shadow_answer"] is not None and r["shadow_ms"] > 0 and r["model_ms"] > 0 for r in out)
+    # independent: the engine asked directly under the dense preset, one prompt at a time
+    frames = {r["segment_index"]: np.frombuffer(r["frames"], np.uint8).reshape(r["frames_shape"]) for r in rows[:1]}
+    alone = [
+        engine.answer([frames[0]], [p], config.max_new_tokens, sparse=SparseConfig.preset("dense"))[0].text
+        for p in (CAPTION_PROMPT, QUESTION)
+    ]
+    assert [r["shadow_answer"] for r in out[:2]] == alone
+    agree = [r["shadow_answer"] == r["answer"] for r in out]
+    if preset == "dense":
+        assert all(agree)
+    else:
+        assert not all(agree)  # 5 % of the tokens changes some answers of the bundled model (measured: 4 of 8)
+
+
+def test_only_the_hashed_segments_are_sampled(config: PipelineConfig, predictor: Predictor) -> None:
+    rows = all_clips(config)
+    keys = [(r[LEDGER_KEY], r["segment_index"]) for r in rows]
+    fraction = next(f / 10 for f in range(1, 10) if 0 < sum(shadow_sampled(k, i, f / 10) for k, i in keys) < len(keys))
+    out = Predictor(config.replace(shadow_fraction=fraction), engine=predictor.engine)(pa.Table.from_pylist(rows))
+    got = {(r[LEDGER_KEY], r["segment_index"]) for r in out.to_pylist() if r["shadow_answer"] is not None}
+    assert got == {(k, i) for k, i in keys if shadow_sampled(k, i, fraction)}
+
+
+def test_a_failing_dense_call_changes_no_result_row(config: PipelineConfig, predictor: Predictor) -> None:
+    class DenseBroken(VideoQAEngine):
+        def answer(self, *args: Any, sparse: SparseConfig | None = None, **kwargs: Any) -> Any:
+            if sparse is not None:
+                raise RuntimeError("CUDA out of memory (simulated, dense only)")
+            return super().answer(*args, **kwargs)
+
+    engine = DenseBroken.from_model(predictor.engine.model, predictor.engine.tokenizer, config.sparse)
+    rows = pa.Table.from_pylist(decoded(config, "mmaction2_test.avi"))
+    out = Predictor(config.replace(shadow_fraction=1.0), engine=engine)(rows)
+    assert without_times(out) == without_times(predictor(rows))
+    assert out.column("shadow_answer").null_count == out.num_rows
+    assert out.column("shadow_error").to_pylist() == ["RuntimeError"] * out.num_rows

@@ -189,3 +189,38 @@ def test_a_real_runs_page_in_chromium_shows_its_parquet_rows(
     if os.environ.get("UPDATE_REPORT_SCREENSHOT"):  # the README's picture: UPDATE_REPORT_SCREENSHOT=1 pytest -k ...
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         Image.open(shot).convert("RGB").quantize(colors=128).save(DOCS_SCREENSHOT, optimize=True)
+
+
+def test_the_page_shows_the_shadow_samples_agreement_and_cost_only_when_it_sampled() -> None:
+    quality = {
+        "caption": {"samples": 12, "agreement": 0.9312, "ci_low": 0.8801, "ci_high": 0.9744},
+        "qa": {"samples": 15, "agreement": 1.0, "ci_low": 0.7961, "ci_high": 1.0},
+    }
+    shadow = {
+        "fraction": 0.02,
+        "prompts": 27,
+        "failed": 0,
+        "answers_share": 0.021,
+        "dense_s": 3.2,
+        "model_time_share": 0.04,
+    }
+    entries = [entry("a", "ok", "2026-12-01T10:00:01+00:00")]
+    sampled = PageText(
+        render_report(
+            ReportData(
+                record={"run_id": "r1", "quality": quality, "shadow": shadow}, entries=entries, rows_by_status={}
+            )
+        )
+    )
+    assert sampled.by_id["quality-caption"] == "caption120.931[0.880, 0.974]"
+    assert sampled.by_id["quality-qa"] == "qa151.000[0.796, 1.000]"
+    assert sampled.by_id["quality-cost"] == (
+        "Cost: 27 dense prompts (2.1 % of the answers), 3.2 s, 4.0 % of the model's generate time."
+    )
+    assert "summary-quality" not in sampled.by_id and "summary-shadow" not in sampled.by_id  # not again below
+    off = PageText(
+        render_report(
+            ReportData(record={"run_id": "r1", "quality": {}, "shadow": {}}, entries=entries, rows_by_status={})
+        )
+    )
+    assert not [name for name in off.by_id if name.startswith("quality")]
