@@ -19,8 +19,8 @@ Agreement, per task:
   punctuation, no articles, single spaces, as SQuAD's exact match); a proportion with a Wilson interval
   (:func:`wilson_interval`).
 * ``caption``: the mean token F1 of the normalised captions (:func:`token_f1`, SQuAD's): two captions of one
-  clip rarely match word for word, and F1 says how far apart they are; a mean with a normal interval clipped to
-  [0, 1] (:func:`mean_interval`). Each quality row has both ``exact_match`` and ``token_f1``, so the other
+  clip rarely match word for word, and F1 says how far apart they are; a mean with an interval that is the
+  wider of the normal one and the Wilson one of its sum (:func:`mean_interval`). Each quality row has both ``exact_match`` and ``token_f1``, so the other
   measure is one query away.
 """
 
@@ -147,8 +147,10 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 
 
 def mean_interval(total: float, squares: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The normal interval of the mean of ``n`` values in [0, 1] from their sum and sum of squares, with the
-    sample standard deviation, clipped to [0, 1]; a single value says nothing of the spread: (0, 1).
+    """An interval for the mean of ``n`` values in [0, 1] from their sum and sum of squares: the wider of the
+    normal interval with the sample standard deviation (clipped to [0, 1]) and the Wilson interval of ``total``
+    successes in ``n`` (:func:`wilson_interval`; values in [0, 1] with that mean spread at most as 0/1 values
+    do). A few equal values thus claim no certainty: two captions that agree give (0.34, 1), not (1, 1).
 
     Raises:
         ValueError: ``n < 1``.
@@ -160,7 +162,8 @@ def mean_interval(total: float, squares: float, n: int, z: float = Z_95) -> tupl
     mean = total / n
     variance = max(0.0, (squares - n * mean * mean) / (n - 1))
     half = z * math.sqrt(variance / n)
-    return max(0.0, mean - half), min(1.0, mean + half)
+    wilson_low, wilson_high = wilson_interval(total, n, z)
+    return min(max(0.0, mean - half), wilson_low), max(min(1.0, mean + half), wilson_high)
 
 
 @dataclass(frozen=True)

@@ -58,15 +58,20 @@ def test_the_wilson_interval_solves_its_quadratic() -> None:
         wilson_interval(0, 0)
 
 
-def test_the_mean_interval_is_normal_and_clipped() -> None:
-    values = np.array([0.2, 0.9, 0.5, 0.75, 1.0, 0.0, 0.6])
-    low, high = mean_interval(values.sum(), (values**2).sum(), len(values))
-    half = Z_95 * values.std(ddof=1) / math.sqrt(len(values))
-    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half))
-    assert mean_interval(2.0, 2.0, 2) == (1.0, 1.0)  # all ones: no spread
+def test_the_mean_interval_is_the_wider_of_the_normal_and_the_wilson_interval() -> None:
+    for values in (np.array([0.2, 0.9, 0.5, 0.75, 1.0, 0.0, 0.6]), np.array([0.0, 1.0] * 20 + [0.5])):
+        low, high = mean_interval(values.sum(), (values**2).sum(), len(values))
+        half = Z_95 * values.std(ddof=1) / math.sqrt(len(values))
+        wilson = wilson_interval(values.sum(), len(values))
+        normal = (max(0.0, values.mean() - half), min(1.0, values.mean() + half))
+        assert (low, high) == pytest.approx((min(normal[0], wilson[0]), max(normal[1], wilson[1])))
+    assert high == pytest.approx(normal[1])  # 0/1 values: the normal interval is the wider one
+    # All ones: no spread, so the Wilson interval of 2 successes in 2 (not a certain (1, 1)).
+    assert mean_interval(2.0, 2.0, 2) == pytest.approx(wilson_interval(2, 2))
+    assert mean_interval(2.0, 2.0, 2)[0] == pytest.approx(0.342, abs=1e-3)
+    close = np.full(50, 0.8)  # 50 equal values: the Wilson interval of 40 in 50
+    assert mean_interval(close.sum(), (close**2).sum(), 50) == pytest.approx(wilson_interval(40, 50))
     assert mean_interval(0.3, 0.09, 1) == (0.0, 1.0)  # one value says nothing of the spread
-    ones_and_a_zero = mean_interval(4.0, 4.0, 5)
-    assert ones_and_a_zero[1] == 1.0 and ones_and_a_zero[0] < 0.8  # clipped above
 
 
 def sampled_rows() -> pa.Table:
