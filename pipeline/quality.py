@@ -20,8 +20,8 @@ Agreement, per task:
   (:func:`wilson_interval`).
 * ``caption``: the mean token F1 of the normalised captions (:func:`token_f1`, SQuAD's): two captions of one
   clip rarely match word for word, and F1 says how far apart they are; a mean with an interval that is the
-  wider of the normal one and the Wilson one of its sum (:func:`mean_interval`). Each quality row has both ``exact_match`` and ``token_f1``, so the other
-  measure is one query away.
+  wider of the normal one and the Wilson one of its sum (:func:`mean_interval`). Each quality row has both
+  ``exact_match`` and ``token_f1``, so the other measure is one query away.
 """
 
 from __future__ import annotations
