@@ -13,10 +13,10 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from pipeline.ledger import Ledger
-from pipeline.ledger_index import LedgerEntry
-from pipeline.report import ErrorExample, ReportData, VideoSample, render_report, throughput
-from pipeline.report_data import pick_samples, report_path, write_report
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
+from pipeline.observability.report import ErrorExample, ReportData, VideoSample, render_report, throughput
+from pipeline.observability.report_data import pick_samples, report_path, write_report
 from pipeline.run import run_pipeline
 from sparsevlm.config import DEFAULT_PRESET
 from tests.pipeline import browser
