@@ -73,7 +73,7 @@ class PipelineConfig:
         max_new_tokens: generation budget per answer.
         repeat_stop: when > 0, an answer stops once it ends with the same 1 to ``repeat_stop`` tokens twice
             in a row, keeping the first copy (sparsevlm/repetition.py); 0 (the default) generates on.
-        dtype: model weight dtype, one of :data:`sparsevlm.engine.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
+        dtype: model weight dtype, one of :data:`sparsevlm.engine_types.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
         sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
             ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
         workers: model actors (one engine each).

@@ -24,7 +24,8 @@ import ray.data
 
 from pipeline.build import build_dataset, commit_stage
 from pipeline.commit.lease import LeaseHeld, LeaseLost, OutputLease
-from pipeline.commit.ledger import Ledger, LedgerEntry
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
 from pipeline.harness.crash import crash_point
 from pipeline.harness.standin import STAND_IN_RESOURCE

@@ -107,8 +107,6 @@ __all__ = [
     "LEDGER_KEY",
     "SEGMENT_ROWS",
     "Ledger",
-    "LedgerEntry",
-    "LedgerError",
     "ledger_key",
 ]
 

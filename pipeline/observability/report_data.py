@@ -29,7 +29,9 @@ from pipeline.commit.ledger import Ledger
 from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
 from pipeline.observability.report import ErrorExample, ReportData, VideoSample, render_report
-from pipeline.stages.decode import deadline_after, decode_segments, open_local_copy
+from pipeline.stages.decode import decode_segments
+from pipeline.stages.storage import open_local_copy
+from pipeline.stages.video import deadline_after
 
 logger = logging.getLogger(__name__)
 

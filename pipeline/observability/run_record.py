@@ -8,7 +8,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.commit.ledger import Ledger, LedgerEntry
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
 from pipeline.observability.quality import QualityTally
 from pipeline.observability.report_data import write_report

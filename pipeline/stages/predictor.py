@@ -37,7 +37,8 @@ from pipeline.observability.quality import SHADOW_COLUMNS, SHADOW_PRESET, shadow
 from pipeline.stages.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.stages.schema import empty_row, rows_to_table
 from sparsevlm.config import SparseConfig
-from sparsevlm.engine import EngineAnswer, PromptError, VideoQAEngine
+from sparsevlm.engine import VideoQAEngine
+from sparsevlm.engine_types import EngineAnswer, PromptError
 from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ import pytest
 
 import pipeline.commit.ledger_index
 from pipeline.commit.lease import OutputLease
-from pipeline.commit.ledger import Ledger, LedgerEntry
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, quality_files, read_all, read_quality, segment
 
 NIGHTS = ("dt=2026-11-21", "dt=2026-11-22", "dt=2026-11-23")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.commit.ledger import Ledger, LedgerEntry, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.stages.sources import make_video_id
 
 COMMITTED = 100_000

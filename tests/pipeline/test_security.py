@@ -35,7 +35,8 @@ from transformers import VideoLlavaForConditionalGeneration
 
 from jobs import caption
 from jobs.common import run_cli
-from pipeline.commit.ledger import Ledger, LedgerEntry
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
 from pipeline.run import PipelineError, run_pipeline
 from pipeline.stages.decode import decode_rows, source_row
