@@ -27,13 +27,13 @@ from pipeline.observability.quality import format_cost
 from pipeline.observability.report_charts import COLOURS, bar_chart, step_chart
 from sparsevlm.tiny import BUNDLED_NOTE
 
-__all__ = ["ErrorExample", "ReportData", "VideoSample", "render_report", "throughput"]
+__all__ = ["ErrorExample", "ReportData", "SampledVideo", "render_report", "throughput"]
 
 THROUGHPUT_SLICES = 20  # bars in the segments-per-second chart
 
 
 @dataclass(frozen=True)
-class VideoSample:
+class SampledVideo:
     """One sampled video as the page shows it.
 
     Attributes:
@@ -84,7 +84,7 @@ class ReportData:
     entries: Sequence[LedgerEntry]
     rows_by_status: Mapping[str, int]
     errors: Sequence[ErrorExample] = ()
-    samples: Sequence[VideoSample] = ()
+    samples: Sequence[SampledVideo] = ()
     notes: Sequence[str] = field(default_factory=tuple)
 
 
@@ -286,7 +286,7 @@ def _errors(errors: Sequence[ErrorExample]) -> str:
     )
 
 
-def _samples(samples: Sequence[VideoSample]) -> str:
+def _samples(samples: Sequence[SampledVideo]) -> str:
     if not samples:
         return "<h2>Sample of videos</h2><p>No video was committed with rows to show.</p>"
     cards = []

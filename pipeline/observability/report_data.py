@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.commit.ledger import Ledger
 from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
-from pipeline.observability.report import ErrorExample, ReportData, VideoSample, render_report
+from pipeline.observability.report import ErrorExample, ReportData, SampledVideo, render_report
 from pipeline.stages.decode import decode_segments
 from pipeline.stages.storage import open_local_copy
 from pipeline.stages.video import deadline_after
@@ -155,12 +155,12 @@ def _error_examples(ledger: Ledger, record: Mapping[str, Any], entries: Sequence
     return examples
 
 
-def _sample(ledger: Ledger, config: PipelineConfig, entry: LedgerEntry, frame_size: int | None) -> VideoSample:
+def _sample(ledger: Ledger, config: PipelineConfig, entry: LedgerEntry, frame_size: int | None) -> SampledVideo:
     table = _read(ledger, entry)
     first = pc.min(table["segment_index"]).as_py()
     rows = table.filter(pc.equal(table["segment_index"], first)).to_pylist() if first is not None else []
     if not rows:
-        return VideoSample(entry.video_id, entry.source_uri, "no segment rows", None)
+        return SampledVideo(entry.video_id, entry.source_uri, "no segment rows", None)
     caption = next((r for r in rows if r["task"] == "caption"), None)
     answers = tuple(
         (r["question"] or "", r["answer"] if r["status"] == "ok" else f"[{r['error_class']}] {r['error_message']}")
@@ -196,7 +196,7 @@ def _sample(ledger: Ledger, config: PipelineConfig, entry: LedgerEntry, frame_si
         except Exception as err:  # a video changed or gone since, a storage error: the page says why
             note = f"{type(err).__name__}: {err}"
     caption_text = None if caption is None else caption["answer"] if caption["status"] == "ok" else None
-    return VideoSample(entry.video_id, entry.source_uri, segment, caption_text, answers, kept, picture, note)
+    return SampledVideo(entry.video_id, entry.source_uri, segment, caption_text, answers, kept, picture, note)
 
 
 def sample_picture(
