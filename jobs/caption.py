@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns = parse_run_args(build_parser(), argv)
     config = config_from_args(ns)
     if ns.dry_run:
-        from pipeline.run_plan import plan_run
+        from pipeline.observability.run_plan import plan_run
 
         return plan_run(config)
     from pipeline.run import run_pipeline

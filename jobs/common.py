@@ -24,11 +24,11 @@ from typing import Any, NoReturn
 from jobs.flags import auto_or_count, fraction, non_negative
 from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
-from pipeline.progress import PROGRESS_MODES
-from pipeline.quality import DEFAULT_SHADOW_FRACTION
+from pipeline.observability.progress import PROGRESS_MODES
+from pipeline.observability.quality import DEFAULT_SHADOW_FRACTION
 from pipeline.ray_env import use_local_ray_env
-from pipeline.shots import SEGMENT_BY, ShotSegmenting
-from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
+from pipeline.stages.shots import SEGMENT_BY, ShotSegmenting
+from pipeline.stages.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES
 from sparsevlm.tiny import BUNDLED_LABELS, BUNDLED_REPEAT_STOP, bundled_label
@@ -328,8 +328,8 @@ def check_local_locations(input_location: str, output_location: str) -> None:
     Raises:
         ValueError: naming the flag, the path and the fix.
     """
-    from pipeline.sources import check_scheme  # here: --help answers without the storage modules
-    from pipeline.storage import local_path
+    from pipeline.stages.sources import check_scheme  # here: --help answers without the storage modules
+    from pipeline.stages.storage import local_path
 
     if check_scheme(input_location) != "s3" and not os.path.exists(local_path(input_location)):
         raise ValueError(
@@ -433,7 +433,7 @@ def _failure(err: Exception) -> tuple[str, int]:
     The run's modules are imported here, on failure, not with this module: ``--help`` and usage errors answer
     without loading Ray or the storage clients.
     """
-    from pipeline.sources import SourceError
+    from pipeline.stages.sources import SourceError
     from sparsevlm.engine_types import CheckpointError
 
     usage = (ValueError, SourceError, CheckpointError)
@@ -441,7 +441,7 @@ def _failure(err: Exception) -> tuple[str, int]:
         return headline(err), USAGE_ERROR
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from pipeline.lease import LeaseHeld, LeaseLost
+    from pipeline.commit.lease import LeaseHeld, LeaseLost
     from pipeline.run import PipelineError
 
     if isinstance(err, NoCredentialsError):

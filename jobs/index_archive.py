@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--date must be YYYY-MM-DD, got {day!r}") from None
     config = config_from_args(ns, partition=f"dt={day}")
     if ns.dry_run:
-        from pipeline.run_plan import plan_run
+        from pipeline.observability.run_plan import plan_run
 
         return plan_run(config)
-    from pipeline.ledger import Ledger
+    from pipeline.commit.ledger import Ledger
     from pipeline.run import run_pipeline
 
     summary = dataclasses.asdict(run_pipeline(config, **run_options(ns)))
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _run_metrics(config: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """Video-hours, tokens kept and throughput of the videos this run committed, from their ledger records
     (the index and loose markers: no scan of the part files)."""
-    from pipeline.ledger import Ledger
+    from pipeline.commit.ledger import Ledger
 
     entries = Ledger(*config.output_filesystem()).run_entries(config.run_id) if summary["processed"] else []
     ok_rows = sum(e.ok_rows or 0 for e in entries)

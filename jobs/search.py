@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     # errors answer at once.
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from pipeline.search import SearchError, read_answers, search_answers
+    from pipeline.query.search import SearchError, read_answers, search_answers
 
     try:
         table = read_answers(ns.output, ns.s3_endpoint_url, ns.video)

@@ -1,15 +1,15 @@
 """What a job prints on stdout when it ends: its run summary, or its ``--dry-run`` plan, as a short block.
 
 Both read the dicts the jobs return (``RunSummary`` fields, plus the nightly job's metrics; the plan of
-:func:`pipeline.run_plan.plan_run`), so the block and the JSON line of ``--log-format json`` say the same. Torch
-and Ray are not imported here: a dry run prints without them.
+:func:`pipeline.observability.run_plan.plan_run`), so the block and the JSON line of ``--log-format json`` say the same.
+Torch and Ray are not imported here: a dry run prints without them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.quality import format_agreement, format_cost
+from pipeline.observability.quality import format_agreement, format_cost
 
 __all__ = ["format_plan", "format_summary"]
 

@@ -7,7 +7,7 @@
         -> map_batches(commit_rows)                                                    Parquet + ledger commit
         -> iter_batches (driver): one CommitReport row per commit task                progress, summary
 
-The stages themselves are plain functions and classes (pipeline/decode.py, predictor.py, ledger.py) that run
+The stages themselves are plain functions and classes (pipeline/stages/decode.py, predictor.py, ledger.py) that run
 without Ray; this module only chooses resources and wires them. The job driver around the chain (lease,
 probe, listing, preflight, summary, report) is :mod:`pipeline.run`. The commit stage is a map, not a
 Datasink, so its small reports stream to the driver while the run goes (a Datasink hands its results over
@@ -24,16 +24,16 @@ import pyarrow as pa
 import ray
 import ray.data
 
+from pipeline.commit.ledger import Ledger
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows
-from pipeline.ledger import Ledger
-from pipeline.metrics import record_commit
-from pipeline.progress import CommitReport, commit_report
-from pipeline.quality import QualityTally
-from pipeline.split import split_items
-from pipeline.standin import STAND_IN_RESOURCE
-from pipeline.storage import TransientIOError, storage_failure
-from pipeline.video import short_error
+from pipeline.harness.standin import STAND_IN_RESOURCE
+from pipeline.observability.metrics import record_commit
+from pipeline.observability.progress import CommitReport, commit_report
+from pipeline.observability.quality import QualityTally
+from pipeline.stages.decode import decode_rows
+from pipeline.stages.split import split_items
+from pipeline.stages.storage import TransientIOError, storage_failure
+from pipeline.stages.video import short_error
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ MAX_INPUT_BLOCKS = 4096
 def commit_rows(
     rows: pa.Table, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
 ) -> pa.Table:
-    """The commit stage: write result rows through the :class:`~pipeline.ledger.Ledger` (one Parquet file per
-    video, then its commit marker) and return one :class:`~pipeline.progress.CommitReport` row about them.
+    """The commit stage: write result rows through the :class:`~pipeline.commit.ledger.Ledger` (one Parquet file per
+    video, then its commit marker) and return one :class:`~pipeline.observability.progress.CommitReport` row about them.
 
     Args:
         rows: result rows with the ledger's internal columns (the model stage's output).
@@ -74,13 +74,13 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 
     Args:
         config: the run's config.
-        items: :func:`~pipeline.decode.source_row` dicts of the videos to process (one each; a video larger than
-            ``config.split_video_bytes`` becomes several decode tasks here, :mod:`pipeline.split`).
+        items: :func:`~pipeline.stages.decode.source_row` dicts of the videos to process (one each; a video larger than
+            ``config.split_video_bytes`` becomes several decode tasks here, :mod:`pipeline.stages.split`).
         frame_size: the model's frame side, so frames leave the decoders at model resolution.
     """
     # The model stage's class, imported here rather than with the module: it loads torch, which the commit
     # tasks (they import this module for commit_rows) never need; the model actors import it themselves.
-    from pipeline.predictor import Predictor
+    from pipeline.stages.predictor import Predictor
 
     items = split_items(items, config.split_video_bytes)  # long videos: several decode tasks each
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
@@ -112,7 +112,7 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
 def _model_resources(config: PipelineConfig) -> dict[str, Any]:
     """What one model actor holds."""
     if config.stand_in is not None:
-        # Benchmarks and tests: a stand-in accelerator (pipeline/standin.py) waits without using a CPU, like a
+        # Benchmarks and tests: a stand-in accelerator (pipeline/harness/standin.py) waits without using a CPU, like a
         # process that drives a GPU; the custom resource places one actor per stand-in unit of the Ray.
         return {"num_cpus": 0, "resources": {STAND_IN_RESOURCE: 1}}
     return {
@@ -139,7 +139,7 @@ def commit_stage(
         num_cpus=0,
         concurrency=max(2, config.workers),
         # Transient storage failures past the client's retries: Ray retries the task, like a decode task; a
-        # retried commit restages and recommits under the same names, so no video twice (pipeline/ledger.py).
+        # retried commit restages and recommits under the same names, so no video twice (pipeline/commit/ledger.py).
         max_retries=config.io_retries,
         retry_exceptions=[TransientIOError],
     )

@@ -18,14 +18,14 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.ledger_files import PARTITION
-from pipeline.revision import model_revision
-from pipeline.schema import SCHEMA_VERSION
-from pipeline.shots import SegmentBy, ShotSegmenting
-from pipeline.sources import check_scheme
-from pipeline.standin import StandInCost
-from pipeline.storage import arrow_filesystem, s3_filesystem
-from pipeline.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
+from pipeline.commit.ledger_files import PARTITION
+from pipeline.commit.revision import model_revision
+from pipeline.harness.standin import StandInCost
+from pipeline.stages.schema import SCHEMA_VERSION
+from pipeline.stages.shots import SegmentBy, ShotSegmenting
+from pipeline.stages.sources import check_scheme
+from pipeline.stages.storage import arrow_filesystem, s3_filesystem
+from pipeline.stages.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
 from sparsevlm.prompt_text import CAPTION_PROMPT
@@ -59,7 +59,7 @@ class PipelineConfig:
 
     Attributes:
         input_uri: local folder, file:// or s3:// prefix, or a manifest (.txt/.lst/.csv/.parquet); see
-            :func:`pipeline.sources.list_sources`.
+            :func:`pipeline.stages.sources.list_sources`.
         output_uri: local folder or s3://bucket/prefix for the Parquet result files and the ledger.
         model: Video-LLaVA checkpoint directory or hub id (safetensors only); a bundled checkpoint's label
             (``bundled:tiny-synthetic``, :data:`sparsevlm.tiny.BUNDLED_LABELS`) is replaced by its directory, so
@@ -67,13 +67,13 @@ class PipelineConfig:
         questions: asked about every segment, after the caption; manifests may add per-video questions.
         caption_prompt: the instruction of the caption task.
         segment_seconds: segment length; None treats each video as one segment. Not used with ``shots``.
-        shots: segment each video at its shots instead (:class:`pipeline.shots.ShotSegmenting`: cut detection,
+        shots: segment each video at its shots instead (:class:`pipeline.stages.shots.ShotSegmenting`: cut detection,
             shortest and longest segment); None (the default) keeps ``segment_seconds``' fixed segments.
         frames_per_segment: frames sampled per segment (the model's T).
         max_new_tokens: generation budget per answer.
         repeat_stop: when > 0, an answer stops once it ends with the same 1 to ``repeat_stop`` tokens twice
             in a row, keeping the first copy (sparsevlm/repetition.py); 0 (the default) generates on.
-        dtype: model weight dtype, one of :data:`sparsevlm.engine.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
+        dtype: model weight dtype, one of :data:`sparsevlm.engine_types.DTYPE_NAMES` (``auto``: bf16 or fp16 on GPUs).
         sparse: the model stage's :class:`~sparsevlm.config.SparseConfig` (a preset:
             ``SparseConfig.preset("video-10")``; or a custom one; its ``name`` is written to every row).
         workers: model actors (one engine each).
@@ -104,31 +104,31 @@ class PipelineConfig:
             indexing); the ledger stays at the output root, so runs into different partitions skip each
             other's videos.
         io_retries: how often Ray retries a decode task after a transient storage failure (5xx, throttling,
-            a dropped connection; :class:`pipeline.storage.TransientIOError`), each attempt with the storage
+            a dropped connection; :class:`pipeline.stages.storage.TransientIOError`), each attempt with the storage
             client's own retries and backoff inside; also bounds retries after a lost worker. Permanent answers
             (403, 404) are error rows, never retried.
-        shadow_fraction: the share of segments (in [0, 1]) whose answered prompts the model answers again under
-            the ``dense`` preset, in the same actor, to measure how often the sparse answers agree with dense
-            ones (:mod:`pipeline.quality`); 0 (the default here; the jobs' ``--shadow-fraction`` defaults to
-            0.02) turns it off. A segment is sampled by a hash of its ledger key and index, so a rerun samples
-            the same. Not part of the config key: the result rows are the same with or without the sample (the
-            dense answers go to the quality table), so changing it never reprocesses a video; a video committed
-            earlier keeps the sample it was committed with.
-        model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.revision.model_revision`:
+        shadow_fraction: the share of segments (in [0, 1]) whose answered prompts the model answers again under the
+            ``dense`` preset, in the same actor, to measure how often the sparse answers agree with dense ones
+            (:mod:`pipeline.observability.quality`); 0 (the default here; the jobs' ``--shadow-fraction`` defaults to
+            0.02) turns it off. A segment is sampled by a hash of its ledger key and index, so a rerun samples the same.
+            Not part of the config key: the result rows are the same with or without the sample (the dense answers go to
+            the quality table), so changing it never reprocesses a video; a video committed earlier keeps the sample it
+            was committed with.
+        model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.commit.revision.model_revision`:
             a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
             is made (also by ``replace``), carried as it is to the workers; part of the config key and of
             every row, so a changed checkpoint under the same name is processed again.
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
-            bucket; see :mod:`pipeline.sources`).
+            bucket; see :mod:`pipeline.stages.sources`).
         split_video_bytes: a video larger than this is decoded by ``ceil(size / split_video_bytes)`` tasks (at
             most 16), each over its share of the segments, so one long video keeps every decoder busy; rows and
-            the commit stay per video (:mod:`pipeline.split`). None: one task per video. Not part of the config
+            the commit stay per video (:mod:`pipeline.stages.split`). None: one task per video. Not part of the config
             key: the rows are the same.
-        stand_in: benchmarks and tests only: model actors that spend this cost model's time on a stand-in
-            accelerator (one unit of the Ray resource ``stand_in_accelerator`` each, no CPU) instead of loading
-            ``model`` (:mod:`pipeline.standin`); its rows answer ``[stand-in]`` and its cost is part of the config
-            key, so they never mix with real results. None (the default): the real model.
+        stand_in: benchmarks and tests only: model actors that spend this cost model's time on a stand-in accelerator
+            (one unit of the Ray resource ``stand_in_accelerator`` each, no CPU) instead of loading ``model``
+            (:mod:`pipeline.harness.standin`); its rows answer ``[stand-in]`` and its cost is part of the config key, so
+            they never mix with real results. None (the default): the real model.
     """
 
     input_uri: str
@@ -201,7 +201,7 @@ class PipelineConfig:
         if self.segment_seconds is not None and not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be > 0 or None (whole video), got {self.segment_seconds!r}")
         if self.shots is not None and not isinstance(self.shots, ShotSegmenting):
-            raise ValueError(f"shots must be a pipeline.shots.ShotSegmenting or None, got {self.shots!r}")
+            raise ValueError(f"shots must be a pipeline.stages.shots.ShotSegmenting or None, got {self.shots!r}")
         positive_ints = ("frames_per_segment", "max_new_tokens", "workers", "batch_size")
         for name in positive_ints:
             value = getattr(self, name)
@@ -235,7 +235,7 @@ class PipelineConfig:
                 f"with one of {', '.join(PRESETS)}"
             )
         if self.stand_in is not None and not isinstance(self.stand_in, StandInCost):
-            raise ValueError(f"stand_in must be a pipeline.standin.StandInCost or None, got {self.stand_in!r}")
+            raise ValueError(f"stand_in must be a pipeline.harness.standin.StandInCost or None, got {self.stand_in!r}")
         if self.stand_in is not None and (self.num_gpus_per_worker or 0) > 0:
             raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not PARTITION.fullmatch(self.partition):

@@ -23,19 +23,20 @@ import ray
 import ray.data
 
 from pipeline.build import build_dataset, commit_stage
+from pipeline.commit.lease import LeaseHeld, LeaseLost, OutputLease
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
-from pipeline.crash import crash_point
-from pipeline.decode import decode_rows, source_row
-from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
-from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.metrics import metrics_endpoints
-from pipeline.progress import CommitReport, ProgressMode, RunProgress
+from pipeline.harness.crash import crash_point
+from pipeline.harness.standin import STAND_IN_RESOURCE
+from pipeline.observability.metrics import metrics_endpoints
+from pipeline.observability.progress import CommitReport, ProgressMode, RunProgress
+from pipeline.observability.report_data import write_report
+from pipeline.observability.run_record import RunSummary, first_line, summarise, write_failure, write_summary
 from pipeline.ray_env import init_ray
-from pipeline.report_data import write_report
-from pipeline.run_record import RunSummary, first_line, summarise, write_failure, write_summary
-from pipeline.sources import SourceError, list_sources
-from pipeline.standin import STAND_IN_RESOURCE
-from pipeline.storage import TransientIOError
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.sources import SourceError, list_sources
+from pipeline.stages.storage import TransientIOError
 from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.engine_types import CheckpointError, ModelSpec
 from sparsevlm.tiny import BUNDLED_NOTE, bundled_label
@@ -63,22 +64,22 @@ def run_pipeline(
 ) -> RunSummary:
     """Caption and question every pending video of ``config.input_uri`` into ``config.output_uri``.
 
-    The run first takes the output's lease (pipeline/lease.py), waiting up to ``lease_wait_s`` for another
-    run's, and holds it from before it reads the ledger to its last write; a leased output is left untouched.
-    Under it, the output's writability is checked (a probe object written and deleted under ``_runs/``), so a
-    read-only output fails in seconds, before Ray starts; then it reconciles what killed runs left
-    (:meth:`~pipeline.ledger.Ledger.reconcile`), and its compaction runs only while the lease is still its own.
-    Videos already committed under the same config key are skipped before decoding. Bad videos become
-    error rows; systemic problems raise :class:`PipelineError` with one message. ``progress`` is how the
-    driver shows the run's progress (:class:`~pipeline.progress.RunProgress`: a line redrawn on a terminal,
-    periodic log lines otherwise, or ``off``); while it shows it, Ray Data's own progress bars are off.
-    A local Ray that the run starts serves its metrics (pipeline/metrics.py) on 127.0.0.1 at
-    ``metrics_export_port`` (None: a port Ray picks; the run logs the endpoint).
+    The run first takes the output's lease (pipeline/commit/lease.py), waiting up to ``lease_wait_s`` for another run's,
+    and holds it from before it reads the ledger to its last write; a leased output is left untouched. Under it, the
+    output's writability is checked (a probe object written and deleted under ``_runs/``), so a read-only output fails
+    in seconds, before Ray starts; then it reconciles what killed runs left
+    (:meth:`~pipeline.commit.ledger.Ledger.reconcile`), and its compaction runs only while the lease is still its own.
+    Videos already committed under the same config key are skipped before decoding. Bad videos become error rows;
+    systemic problems raise :class:`PipelineError` with one message. ``progress`` is how the driver shows the run's
+    progress (:class:`~pipeline.observability.progress.RunProgress`: a line redrawn on a terminal, periodic log lines
+    otherwise, or ``off``); while it shows it, Ray Data's own progress bars are off. A local Ray that the run starts
+    serves its metrics (pipeline/observability/metrics.py) on 127.0.0.1 at ``metrics_export_port`` (None: a port Ray
+    picks; the run logs the endpoint).
 
     Returns:
         The run's :class:`RunSummary` (also written to ``<output>/_runs/<run_id>.json``, and shown with its
         throughput, errors and a sample of videos on the page ``<output>/_runs/<run_id>.html``,
-        pipeline/report.py).
+        pipeline/observability/report.py).
 
     Raises:
         LeaseHeld: another run holds the output's lease (its message names the holder and the expiry).

@@ -96,12 +96,14 @@ def pipeline_ray() -> Iterator[None]:
     import ray
     import ray.data
 
-    from pipeline.standin import STAND_IN_RESOURCE
+    from pipeline.harness.standin import STAND_IN_RESOURCE
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ray.init(
         num_cpus=2,
-        resources={STAND_IN_RESOURCE: 4},  # stand-in accelerators (pipeline/standin.py) for the tests that use them
+        resources={
+            STAND_IN_RESOURCE: 4
+        },  # stand-in accelerators (pipeline/harness/standin.py) for the tests that use them
         include_dashboard=False,
         _temp_dir=temp_dir,
         log_to_driver=False,

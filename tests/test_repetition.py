@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.decode import decode_segments
+from pipeline.stages.decode import decode_segments
 from sparsevlm.engine import VideoQAEngine
 from sparsevlm.prompt_text import CAPTION_PROMPT
 from sparsevlm.repetition import RepeatStop, repeated_tail, trim_repeat

@@ -2,7 +2,7 @@
 decoders on the CPUs, at 1, 2 and 4 accelerators: are the accelerators fed, and what limits the throughput?
 
 Per accelerator count, one run of the real chain (``run_pipeline``: list, decode, Predictor, ledger) in a Ray
-started for it, with that many units of :data:`pipeline.standin.STAND_IN_RESOURCE`; the model actors hold one
+started for it, with that many units of :data:`pipeline.harness.standin.STAND_IN_RESOURCE`; the model actors hold one
 unit each and no CPU, and sleep for ``--stand-in-ms-per-segment`` per segment. Reported per run:
 
 * ``segments_per_s``: over the steady state (every accelerator working) and over the whole run;
@@ -35,13 +35,13 @@ import numpy as np
 
 from jobs.benchmark.table import print_table, write_report
 from jobs.flags import positive
-from pipeline.benchmark import read_rows
 from pipeline.config import PipelineConfig
-from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth
+from pipeline.harness.benchmark import read_rows
+from pipeline.harness.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth
+from pipeline.harness.standin import STAND_IN_ANSWER, STAND_IN_RESOURCE, StandInCost
+from pipeline.harness.utilisation import RawDecode, batches, raw_decode, steady_state
 from pipeline.ray_env import local_ray
 from pipeline.run import run_pipeline
-from pipeline.standin import STAND_IN_ANSWER, STAND_IN_RESOURCE, StandInCost
-from pipeline.utilisation import RawDecode, batches, raw_decode, steady_state
 from sparsevlm.tiny import CHECKPOINT_DIR
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "assets"

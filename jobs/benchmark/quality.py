@@ -187,7 +187,7 @@ def run_show(ns: argparse.Namespace) -> None:
             raise SystemExit("--question is required with --video")
         # Here, not at the top: the decoder needs av and decord, and the fidelity benchmark runs without them
         # (on a bare GPU image, docs/gpu.md).
-        from pipeline.decode import decode_segments
+        from pipeline.stages.decode import decode_segments
 
         _, segments = decode_segments(ns.video, frames_per_segment=ns.frames, segment_seconds=None, size=size)
         frames, question = next(iter(segments)).frames, ns.question

@@ -18,12 +18,12 @@ from jobs.benchmark.accelerators import add_split_command, real_clips, run_stand
 from jobs.benchmark.table import print_table, write_report
 from jobs.demo import QUESTIONS, write_synthetic_videos
 from jobs.flags import positive
-from pipeline.benchmark import decode_cost, measure_rows, plain_loop, read_rows, segmenting_cost
 from pipeline.config import PipelineConfig
-from pipeline.memory import TreeMemorySampler, growth
+from pipeline.harness.benchmark import decode_cost, measure_rows, plain_loop, read_rows, segmenting_cost
+from pipeline.harness.memory import TreeMemorySampler, growth
 from pipeline.ray_env import local_ray
 from pipeline.run import run_pipeline
-from pipeline.shots import ShotSegmenting
+from pipeline.stages.shots import ShotSegmenting
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import inspect_checkpoint
 from sparsevlm.tiny import CHECKPOINT_DIR

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from jobs.benchmark.cli import main
-from pipeline.memory import MemorySample, TreeMemorySampler, cpu_seconds_between, growth, process_tree, pss_bytes
+from pipeline.harness.memory import (
+    MemorySample,
+    TreeMemorySampler,
+    cpu_seconds_between,
+    growth,
+    process_tree,
+    pss_bytes,
+)
 
 
 def test_the_tree_holds_children_and_grandchildren() -> None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.benchmark.cli import main
-from pipeline.benchmark import measure_rows
+from pipeline.harness.benchmark import measure_rows
 
 
 def _rows(batches: list[tuple[float, float, int]]) -> pa.Table:

@@ -15,10 +15,10 @@ import pytest
 from jobs import caption, index_archive
 from jobs.common import CONFIG_FLAGS, RUN_FAILED, USAGE_ERROR, HelpFormatter, config_from_args, run_cli
 from jobs.logs import configure_logging
+from pipeline.commit.lease import LeaseHeld
 from pipeline.config import PipelineConfig
-from pipeline.lease import LeaseHeld
 from pipeline.run import PipelineError
-from pipeline.shots import ShotSegmenting
+from pipeline.stages.shots import ShotSegmenting
 from sparsevlm.engine_types import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]

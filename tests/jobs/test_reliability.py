@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.ledger import ledger_key
+from pipeline.commit.ledger import ledger_key
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--frames", "2", "--max-new-tokens", "3", "--question", "what?", "--batch-size", "1", "--decode-cpus", "0.5"]
@@ -202,7 +202,7 @@ def test_the_same_model_from_another_path_skips_what_it_did(
 HOLD_LEASE = """
 import os, sys
 import pyarrow.fs as pafs
-from pipeline.lease import OutputLease
+from pipeline.commit.lease import OutputLease
 target = int(sys.argv[2])  # a PID no process of the parent namespace has: the holder takes it in its own
 for _ in range(target + 10):  # PIDs of a new namespace count up from 1
     child = os.fork()

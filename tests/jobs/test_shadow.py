@@ -14,9 +14,9 @@ import s3fs
 
 from jobs import caption
 from jobs.common import config_from_args, parse_run_args
-from pipeline.ledger import Ledger
-from pipeline.quality import QualityTally, mean_interval, normalise_answer, token_f1, wilson_interval
-from pipeline.results import open_quality, open_results
+from pipeline.commit.ledger import Ledger
+from pipeline.observability.quality import QualityTally, mean_interval, normalise_answer, token_f1, wilson_interval
+from pipeline.query.results import open_quality, open_results
 from pipeline.run import run_pipeline
 
 CLIPS = ("decord_flipping_a_pancake.mkv", "gradio_video_sample.webm", "mmaction2_test.avi")  # 2 + 1 + 1 segments

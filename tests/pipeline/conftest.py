@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ledger import Ledger
+from pipeline.commit.ledger import Ledger
 from tests.pipeline.ledgers import make_ledger
 
 

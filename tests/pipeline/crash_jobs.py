@@ -1,7 +1,7 @@
 """Real jobs as subprocesses, for the process-level crash and concurrency tests: start, crash, clean up, check.
 
 A job runs as ``python -m jobs.index_archive`` in its own session (``start_new_session``), so the crash hook
-(pipeline/crash.py) can find its driver and the test can end every process the job left (Ray's agents
+(pipeline/harness/crash.py) can find its driver and the test can end every process the job left (Ray's agents
 outlive a SIGKILLed driver for a while) by session id, never by name.
 """
 
@@ -22,8 +22,8 @@ import duckdb
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from pipeline.crash import ENV
-from pipeline.ledger import Ledger
+from pipeline.commit.ledger import Ledger
+from pipeline.harness.crash import ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 # Segments of 5 s: the 10.4 s Matroska clip has two, the 6.6 s AVI and the 5 s WebM one each.

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pytest
 import s3fs
 
-from pipeline.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
-from pipeline.quality import SHADOW_COLUMNS
-from pipeline.schema import RESULT_SCHEMA, make_rows
+from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.observability.quality import SHADOW_COLUMNS
+from pipeline.stages.schema import RESULT_SCHEMA, make_rows
 
 CONFIG_KEY = "0123456789abcdef"
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
@@ -74,7 +74,7 @@ def read_all(ledger: Ledger) -> list[tuple[str, int | None, str]]:
 
 def read_quality(ledger: Ledger) -> list[tuple[str, int, str, str]]:
     """Every quality row the ledger names, as (video_id, segment_index, task, dense_answer)."""
-    from pipeline.results import quality_dataset
+    from pipeline.query.results import quality_dataset
 
     table = quality_dataset(ledger.fs, ledger.base).to_table()
     rows = zip(

@@ -8,8 +8,8 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from pipeline.config import PipelineConfig
-from pipeline.memory import process_tree
-from pipeline.schema import RESULT_SCHEMA
+from pipeline.harness.memory import process_tree
+from pipeline.stages.schema import RESULT_SCHEMA
 
 QUESTION = "What is happening?"
 

@@ -28,16 +28,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import pipeline.decode
-import pipeline.readers
-import pipeline.video
+import pipeline.stages.decode
+import pipeline.stages.readers
+import pipeline.stages.video
+from pipeline.commit.ledger import LAST_SEGMENT
 from pipeline.config import PipelineConfig
-from pipeline.decode import DecoderName, decode_rows, source_row
-from pipeline.ledger import LAST_SEGMENT
-from pipeline.predictor import Predictor
-from pipeline.sources import VideoSource, list_sources, make_video_id, read_manifest
-from pipeline.storage import open_local_copy
-from pipeline.video import Timeout, TooLarge
+from pipeline.stages.decode import DecoderName, decode_rows, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.sources import VideoSource, list_sources, make_video_id, read_manifest
+from pipeline.stages.storage import open_local_copy
+from pipeline.stages.video import Timeout, TooLarge
 from sparsevlm.engine import VideoQAEngine
 from sparsevlm.engine_types import PromptTooLong
 from sparsevlm.tiny.loading import load_tiny
@@ -325,13 +325,13 @@ def test_hour_long_video_is_segmented_and_decoded_lazily(
 ) -> None:
     config = make_config(tmp_path, segment_seconds=10.0, frames_per_segment=8)
     resized = []
-    original = pipeline.readers.resize_and_crop_uint8
+    original = pipeline.stages.readers.resize_and_crop_uint8
 
     def counting(frame: np.ndarray, size: int) -> np.ndarray:
         resized.append(1)
         return original(frame, size)
 
-    monkeypatch.setattr(pipeline.readers, "resize_and_crop_uint8", counting)
+    monkeypatch.setattr(pipeline.stages.readers, "resize_and_crop_uint8", counting)
     rows = decode_rows(local_row(hour_long[ext], config), config, frame_size=SIZE)
     first = finishes_within(TIME_LIMIT_S, lambda: list(itertools.islice(rows, 3)))
     assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in first] == [
@@ -367,7 +367,7 @@ def test_a_frame_cap_makes_one_too_large_row(
 ) -> None:
     config = make_config(tmp_path, max_frames=100)
     if decoder == "pyav":  # as for a file decord cannot open
-        monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
+        monkeypatch.setattr(pipeline.stages.readers, "DecordReader", _refusing_decord)
     rows = decode(local_row(hour_long["mp4"], config), config)
     assert check_rows(rows) == [(None, "TooLarge")]
     # PyAV counts packets as it demuxes and stops at the first one over the cap, holding no list of them.
@@ -384,9 +384,9 @@ def test_a_video_past_its_wall_clock_limit_ends_with_a_timeout_row(
 ) -> None:
     """A clock that advances one second per reading: the limit falls inside the video, after good segments."""
     ticks = itertools.count()
-    monkeypatch.setattr(pipeline.video, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(pipeline.stages.video, "_clock", lambda: float(next(ticks)))
     if decoder == "pyav":
-        monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
+        monkeypatch.setattr(pipeline.stages.readers, "DecordReader", _refusing_decord)
     config = make_config(tmp_path, segment_seconds=10.0, max_decode_seconds=60.0)
     rows = decode(local_row(hour_long["mp4"], config), config)
     found = check_rows(rows)
@@ -399,14 +399,16 @@ def test_the_first_frame_only_stops_at_the_first_decodable_frame(
     hour_long: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: DecoderName
 ) -> None:
     decoded = []
-    original = pipeline.readers.PyAVReader._small
+    original = pipeline.stages.readers.PyAVReader._small
 
     def counting(self: Any, frame: Any, size: int) -> np.ndarray:
         decoded.append(frame.pts)
         return original(self, frame, size)
 
-    monkeypatch.setattr(pipeline.readers.PyAVReader, "_small", counting)
-    _, segments = pipeline.decode.decode_segments(hour_long["mp4"], size=SIZE, first_frame_only=True, decoder=decoder)
+    monkeypatch.setattr(pipeline.stages.readers.PyAVReader, "_small", counting)
+    _, segments = pipeline.stages.decode.decode_segments(
+        hour_long["mp4"], size=SIZE, first_frame_only=True, decoder=decoder
+    )
     (segment,) = list(segments)
     assert segment.timestamps_s == [0.0] and segment.frames.shape == (1, SIZE, SIZE, 3)
     frame = segment.frames[0].astype(np.float32)
@@ -421,14 +423,14 @@ def test_the_preflight_decodes_one_frame_not_half_the_video(
     from pipeline.run import _preflight
 
     positions = []
-    original = pipeline.readers.PyAVReader._position
+    original = pipeline.stages.readers.PyAVReader._position
 
     def counting(self: Any, frame: Any, count: int) -> int:
         positions.append(count)
         return original(self, frame, count)
 
-    monkeypatch.setattr(pipeline.readers, "DecordReader", _refusing_decord)
-    monkeypatch.setattr(pipeline.readers.PyAVReader, "_position", counting)
+    monkeypatch.setattr(pipeline.stages.readers, "DecordReader", _refusing_decord)
+    monkeypatch.setattr(pipeline.stages.readers.PyAVReader, "_position", counting)
     config = make_config(tmp_path, preflight_videos=1)
     _preflight(config, [local_row(hour_long["mp4"], config)], SIZE)  # raises if nothing decodes
     assert len(positions) == 1

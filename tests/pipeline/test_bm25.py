@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.bm25 import BM25Index, tokenize
+from pipeline.query.bm25 import BM25Index, tokenize
 
 DOCS = ["a red circle moves left", "a blue square", "red red red", "", "The circle: RED!"]
 

@@ -18,11 +18,11 @@ from jobs import caption
 from jobs.common import run_cli
 from pipeline import run
 from pipeline.build import build_dataset
-from pipeline.decode import decode_rows, source_row
-from pipeline.ledger import Ledger
-from pipeline.predictor import Predictor
+from pipeline.commit.ledger import Ledger
 from pipeline.run import PipelineError, run_pipeline
-from pipeline.sources import list_sources
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.sources import list_sources
 from tests.pipeline.runs import make_config, read_rows
 
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
@@ -148,7 +148,7 @@ def test_fails_fast_when_nothing_decodes(pipeline_model_dir: Path, tmp_path: Pat
 
 def only_the_run_record(output: Path, run_id: str) -> dict[str, Any]:
     """The run record, after checking that it, its page and the run's lease epoch (opened by the reconcile under
-    the lease, before anything else: pipeline/ledger_index.py) are the only files under ``output``."""
+    the lease, before anything else: pipeline/commit/ledger_index.py) are the only files under ``output``."""
     files = sorted(p.relative_to(output) for p in output.rglob("*") if p.is_file())
     assert files == [Path("_ledger/_epoch"), Path(f"_runs/{run_id}.html"), Path(f"_runs/{run_id}.json")]
     return json.loads((output / "_runs" / f"{run_id}.json").read_text())

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PipelineConfig
-from pipeline.schema import SCHEMA_VERSION
-from pipeline.shots import ShotSegmenting
+from pipeline.stages.schema import SCHEMA_VERSION
+from pipeline.stages.shots import ShotSegmenting
 from sparsevlm.config import SparseConfig
 
 
@@ -66,7 +66,7 @@ def test_shots_key_their_mode_and_every_parameter(tmp_path: Path) -> None:
 
 
 def test_a_config_refuses_shots_of_another_type(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"shots must be a pipeline\.shots\.ShotSegmenting or None"):
+    with pytest.raises(ValueError, match=r"shots must be a pipeline\.stages\.shots\.ShotSegmenting or None"):
         config(tmp_path, shots={"threshold": 30})
 
 

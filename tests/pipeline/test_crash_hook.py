@@ -1,4 +1,4 @@
-"""The crash test hook (pipeline/crash.py): inert unless set, kills (or stops) exactly once, refuses a malformed
+"""The crash test hook (pipeline/harness/crash.py): inert unless set, kills (or stops) exactly once, refuses a malformed
 value."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.crash import ENV
+from pipeline.harness.crash import ENV
 from tests.pipeline.crash_jobs import stopped
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = "from pipeline.crash import crash_point; crash_point('marker'); crash_point('part'); print('alive')"
+PROBE = "from pipeline.harness.crash import crash_point; crash_point('marker'); crash_point('part'); print('alive')"
 
 
 def _probe(value: str | None) -> subprocess.CompletedProcess[str]:

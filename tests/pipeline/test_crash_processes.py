@@ -3,7 +3,7 @@
 tests/pipeline/test_ledger_crash.py kills a simulated driver after each of its storage operations; these
 tests add what it cannot: the real job (``python -m jobs.index_archive`` with its own local Ray), the commit
 running in a Ray write worker, and death by SIGKILL (no ``finally``, the lease left with a dead pid, Ray's
-workers gone mid-write). The kill comes from the test hook ``PIPELINE_CRASH_AT`` (pipeline/crash.py), which
+workers gone mid-write). The kill comes from the test hook ``PIPELINE_CRASH_AT`` (pipeline/harness/crash.py), which
 SIGKILLs the process that reaches the step (``process``) or the job's driver and that process (``job``).
 
 After each crash, a rerun (in this process, on the test session's Ray) into the same or the next night's
@@ -41,10 +41,10 @@ import pytest
 
 from jobs import index_archive
 from jobs.common import config_from_args
-from pipeline.lease import LeaseLost, OutputLease, host_identity
-from pipeline.ledger import Ledger
-from pipeline.ledger_index import now_iso
-from pipeline.results import open_results
+from pipeline.commit.lease import LeaseLost, OutputLease, host_identity
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import now_iso
+from pipeline.query.results import open_results
 from pipeline.run import PipelineError, run_pipeline
 from tests.pipeline.crash_jobs import (
     CLIPS,
@@ -206,7 +206,7 @@ def test_a_commit_paused_after_its_lease_check_and_landing_after_a_takeover_neve
     driver, as a stopped VM), its lease expires, a second job takes the output over and completes every video
     into the next night's partition. Then the paused writer resumes and lands its part file and marker in the
     first night's partition. Its marker carries the superseded epoch: the ledger, the index and the results
-    reader (pipeline/results.py) see each video once, from the second job only; the paused job fails with
+    reader (pipeline/query/results.py) see each video once, from the second job only; the paused job fails with
     the lease named; the next run's reconcile deletes the late part file, after which every reader is exact."""
     videos, output, flag = copy_clips(assets, tmp_path / "in"), tmp_path / "out", tmp_path / "paused"
     paused = start_job(

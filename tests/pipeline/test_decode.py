@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import s3fs
 
+from pipeline.commit.ledger import LAST_SEGMENT
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows, decode_segments, plan_frames, plan_segments, source_row
-from pipeline.ledger import LAST_SEGMENT
-from pipeline.shots import ShotSegmenting
-from pipeline.sources import list_sources
-from pipeline.split import split_items
-from pipeline.storage import open_local_copy
-from pipeline.video import (
+from pipeline.stages.decode import decode_rows, decode_segments, plan_frames, plan_segments, source_row
+from pipeline.stages.shots import ShotSegmenting
+from pipeline.stages.sources import list_sources
+from pipeline.stages.split import split_items
+from pipeline.stages.storage import open_local_copy
+from pipeline.stages.video import (
     CorruptMedia,
     DecodeError,
     MissingMedia,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.decode import decode_segments
+from pipeline.stages.decode import decode_segments
 
 CLIPS = ("decord_flipping_a_pancake.mkv", "mmaction2_test.avi", "gradio_video_sample.webm", "moviepy_fire2.mp4")
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import PipelineConfig
-from pipeline.memory import process_tree
+from pipeline.harness.memory import process_tree
 from pipeline.run import PipelineError, run_pipeline
 from tests.pipeline.runs import MODEL_ACTOR_TITLE, QUESTION, command_line, make_config, pids_titled, read_rows
 

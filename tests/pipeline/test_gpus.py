@@ -11,8 +11,8 @@ import pytest
 
 from jobs.caption import build_parser
 from pipeline.config import PipelineConfig
+from pipeline.harness.standin import StandInCost
 from pipeline.run import resolve_gpus
-from pipeline.standin import StandInCost
 from sparsevlm.tiny import CHECKPOINT_DIR
 
 

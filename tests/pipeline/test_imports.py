@@ -1,8 +1,8 @@
 """The decode stage and the driver's wiring import neither torch nor transformers.
 
-Every Ray decode task imports pipeline.decode (Ray pickles ``decode_rows`` by reference) and every commit task
+Every Ray decode task imports pipeline.stages.decode (Ray pickles ``decode_rows`` by reference) and every commit task
 imports pipeline.build (``commit_rows``). Neither needs the model, and torch plus transformers cost each such
-worker seconds of start-up and ~150 MiB of memory, so only the model stage (pipeline/predictor.py and the
+worker seconds of start-up and ~150 MiB of memory, so only the model stage (pipeline/stages/predictor.py and the
 engine) may load them. The check runs in a fresh interpreter: this test process has imported torch long ago.
 """
 
@@ -17,21 +17,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What a decode task, a commit task and the driver's listing import (the model stage is left out on purpose).
 LIGHT_MODULES = (
-    "pipeline.decode",
-    "pipeline.readers",
-    "pipeline.video",
-    "pipeline.storage",
-    "pipeline.split",
-    "pipeline.sources",
-    "pipeline.ledger",
-    "pipeline.metrics",
+    "pipeline.stages.decode",
+    "pipeline.stages.readers",
+    "pipeline.stages.video",
+    "pipeline.stages.storage",
+    "pipeline.stages.split",
+    "pipeline.stages.sources",
+    "pipeline.commit.ledger",
+    "pipeline.observability.metrics",
     "pipeline.config",
-    "pipeline.standin",
-    "pipeline.progress",
-    "pipeline.lease",
-    "pipeline.run_record",
-    "pipeline.report_data",
-    "pipeline.utilisation",
+    "pipeline.harness.standin",
+    "pipeline.observability.progress",
+    "pipeline.commit.lease",
+    "pipeline.observability.run_record",
+    "pipeline.observability.report_data",
+    "pipeline.harness.utilisation",
     "pipeline.build",
     "pipeline.run",
     "sparsevlm",

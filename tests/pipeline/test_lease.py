@@ -16,9 +16,9 @@ import pytest
 
 from jobs import caption
 from jobs.common import run_cli
-from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
-from pipeline.ledger import Ledger
-from pipeline.ledger_index import Marker
+from pipeline.commit.lease import LeaseHeld, LeaseLost, OutputLease
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import Marker
 from pipeline.run import run_pipeline
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, segment
 from tests.pipeline.runs import make_config
@@ -95,7 +95,7 @@ def test_a_waiting_driver_gets_the_lease_when_it_is_released(output: tuple[pafs.
     threading.Timer(0.5, first.release).start()
     started = time.monotonic()
     with pytest.MonkeyPatch.context() as m:
-        m.setattr("pipeline.lease._POLL_S", 0.1)
+        m.setattr("pipeline.commit.lease._POLL_S", 0.1)
         with OutputLease(fs, base, "second").acquire(wait_s=20) as second:
             assert second.holder is not None and second.holder.run_id == "second"
     assert 0.4 < time.monotonic() - started < 10
@@ -179,7 +179,7 @@ def test_a_commit_that_lands_after_a_takeover_never_counts(
         assert Ledger(fs, base).reconcile(taker.token) == []
         Ledger(fs, base, "dt=2026-11-22", lease_token=taker.token).write_rows(segment("v", 0, last=True), "taker")
 
-    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_while_stalled)
+    monkeypatch.setattr("pipeline.commit.ledger.crash_point", take_over_while_stalled)
     writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
     with pytest.raises(LeaseLost, match="no longer this run's"):
         writer.write_rows(segment("v", 0, last=True), "stalled")
@@ -223,7 +223,7 @@ def test_a_writer_that_loses_its_lease_after_its_marker_deletes_nothing(
                 f.write(json.dumps(expired).encode())
             taken.append(OutputLease(fs, base, "taker").acquire())
 
-    monkeypatch.setattr("pipeline.ledger.crash_point", take_over_after_the_marker)
+    monkeypatch.setattr("pipeline.commit.ledger.crash_point", take_over_after_the_marker)
     writer = Ledger(fs, base, "dt=2026-11-21", lease_token=stalled.token)
     with pytest.raises(LeaseLost, match="no longer this run's"):
         writer.write_rows(segment("v", 0, last=True), "stalled", replaces={key: old.file})

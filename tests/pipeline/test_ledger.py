@@ -12,9 +12,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-import pipeline.ledger_index
-from pipeline.ledger import LEDGER_KEY, SEGMENT_ROWS, Ledger, LedgerEntry, LedgerError, ledger_key
-from pipeline.quality import QualityTally
+import pipeline.commit.ledger_index
+from pipeline.commit.ledger import LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.commit.ledger_index import LedgerEntry, LedgerError
+from pipeline.observability.quality import QualityTally
 from tests.pipeline.ledgers import CONFIG_KEY, quality_files, read_all, read_quality, segment
 
 
@@ -183,7 +184,7 @@ def test_a_compaction_stopped_at_any_step_loses_nothing(ledger: Ledger, monkeypa
     assert len(names(ledger, "_ledger")) == 3 and len(names(ledger, "_ledger/_index")) == 1
     assert snapshot(ledger, keys) == before  # each key twice, with the same content
 
-    monkeypatch.setattr(pipeline.ledger_index, "MAX_LOOSE_MARKERS", 0)  # the next compaction merges
+    monkeypatch.setattr(pipeline.commit.ledger_index, "MAX_LOOSE_MARKERS", 0)  # the next compaction merges
     deleted: list[str] = []
     real_delete = ledger.files.delete_files
 
@@ -218,8 +219,8 @@ def test_a_retried_video_is_newer_than_its_compacted_error(ledger: Ledger) -> No
 
 
 def test_loose_markers_and_many_index_files_merge_into_one(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.ledger_index, "MAX_INDEX_FILES", 2)
-    monkeypatch.setattr(pipeline.ledger_index, "MAX_LOOSE_MARKERS", 2)
+    monkeypatch.setattr(pipeline.commit.ledger_index, "MAX_INDEX_FILES", 2)
+    monkeypatch.setattr(pipeline.commit.ledger_index, "MAX_LOOSE_MARKERS", 2)
     entries, keys = commit_videos(ledger)
     for entry in entries[:2]:  # two small runs that compacted
         ledger.compact([entry])

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.ledger import Ledger, LedgerEntry, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
+from pipeline.commit.ledger_index import LedgerEntry
 from tests.pipeline.ledgers import CONFIG_KEY, read_all, segment
 
 OLD, NEW = "2026-01-01T00:00:00.000000+00:00", "2026-01-02T00:00:00.000000+00:00"

@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-import pipeline.ledger_index
-from pipeline.lease import OutputLease
-from pipeline.ledger import Ledger, LedgerEntry
+import pipeline.commit.ledger_index
+from pipeline.commit.lease import OutputLease
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from tests.pipeline.ledgers import CONFIG_KEY, ledger_key, make_ledger, quality_files, read_all, read_quality, segment
 
 NIGHTS = ("dt=2026-11-21", "dt=2026-11-22", "dt=2026-11-23")
@@ -162,7 +163,7 @@ def test_a_driver_killed_after_any_write_is_repaired_by_the_rerun(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline.ledger_index, "MAX_INDEX_FILES", 1)  # the run's compaction also merges
+    monkeypatch.setattr(pipeline.commit.ledger_index, "MAX_INDEX_FILES", 1)  # the run's compaction also merges
     root = make_ledger(kind, tmp_path, request)
 
     def case(name: str) -> tuple[Ledger, Ledger]:

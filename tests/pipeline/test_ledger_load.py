@@ -15,8 +15,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.ledger import Ledger, LedgerEntry, ledger_key
-from pipeline.sources import make_video_id
+from pipeline.commit.ledger import Ledger, ledger_key
+from pipeline.commit.ledger_index import LedgerEntry
+from pipeline.stages.sources import make_video_id
 
 COMMITTED = 100_000
 CANDIDATES = 10_000

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 
 from pipeline.build import build_dataset, commit_stage
-from pipeline.ledger_index import LedgerEntry
-from pipeline.metrics import metrics_endpoints
-from pipeline.progress import CommitReport, RunProgress, commit_report
-from pipeline.quality import QualityTally, format_agreement
+from pipeline.commit.ledger_index import LedgerEntry
+from pipeline.observability.metrics import metrics_endpoints
+from pipeline.observability.progress import CommitReport, RunProgress, commit_report
+from pipeline.observability.quality import QualityTally, format_agreement
 from pipeline.run import run_pipeline
 from tests.pipeline.runs import make_config
 
@@ -62,7 +62,7 @@ def test_progress_logs_plain_lines_when_not_a_terminal(caplog: pytest.LogCapture
     clock = _Clock()
     progress = RunProgress(4, "auto", interval_s=10, stream=io.StringIO(), clock=clock, seen=12)
     assert progress.mode == "log"
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.observability.progress")
     clock.now = 2.0
     progress.update(CommitReport(segments=2, rows=4, error_rows=1, equivalent_tokens=390.0, visual_tokens_in=1560,
                                  entries=[_entry("a")]))  # fmt: skip
@@ -70,7 +70,7 @@ def test_progress_logs_plain_lines_when_not_a_terminal(caplog: pytest.LogCapture
     progress.update(CommitReport(segments=1, rows=2, error_rows=2, entries=[_entry("b", "error")]))
     clock.now = 8.0
     progress.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.observability.progress"]
     assert lines == [
         "progress: 12 seen, 8 already done, 1/4 processed | 1.00 segments/s | ETA 0:00:06 | errors 1 | tokens kept "
         "25.0 % (130 of 520 per answer)",
@@ -126,7 +126,7 @@ def test_progress_names_its_phase_from_the_start_and_shows_every_interval_withou
                 two.set()
 
     handler = Lines()
-    progress_logger = logging.getLogger("pipeline.progress")
+    progress_logger = logging.getLogger("pipeline.observability.progress")
     progress_logger.addHandler(handler)
     old_level = progress_logger.level
     progress_logger.setLevel(logging.INFO)
@@ -194,11 +194,11 @@ def test_a_local_run_shows_progress_lines_and_its_metrics_on_the_endpoint(
         shutil.copy(assets / name, videos / name)
     config = make_config(str(videos), str(tmp_path / "out"), pipeline_model_dir, shadow_fraction=1.0)
     before = _totals(_scrape())  # other tests of the session run pipelines on the same Ray
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.observability.progress")
     summary = run_pipeline(config, progress="log")  # pytest's stderr is no terminal: "auto" would log too
     assert (summary.processed, summary.failed) == (2, 0)
 
-    lines = [r for r in caplog.records if r.name == "pipeline.progress"]
+    lines = [r for r in caplog.records if r.name == "pipeline.observability.progress"]
     last = lines[-1].fields  # type: ignore[attr-defined]
     assert lines[0].getMessage().startswith("progress: 2 seen, 0 already done, 2 to process | starting Ray (")
     assert lines[-1].getMessage().startswith("progress: 2 seen, 0 already done, 2/2 processed | ")

@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.commit.ledger import INTERNAL_COLUMNS, LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
-from pipeline.decode import decode_rows, source_row
-from pipeline.ledger import INTERNAL_COLUMNS, LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
-from pipeline.predictor import Predictor
-from pipeline.quality import SHADOW_COLUMNS, shadow_sampled
-from pipeline.schema import COLUMNS, RESULT_SCHEMA, validate_table
-from pipeline.sources import list_sources
+from pipeline.observability.quality import SHADOW_COLUMNS, shadow_sampled
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.schema import COLUMNS, RESULT_SCHEMA, validate_table
+from pipeline.stages.sources import list_sources
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import VideoQAEngine
 from sparsevlm.patch import current_config
@@ -134,7 +134,7 @@ def test_empty_batch_gives_an_empty_table_with_the_schema(predictor: Predictor) 
     assert out.num_rows == 0 and out.schema.names[: len(COLUMNS)] == RESULT_SCHEMA.names
 
 
-# -- the shadow dense sample (pipeline/quality.py) ---------------------------------------------------------------
+# -- the shadow dense sample (pipeline/observability/quality.py) -------------------------------------------------------
 
 COMPARED = ("answer", "task", "question", "segment_index", "status", "visual_tokens_in", "equivalent_tokens")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.quality import (
+from pipeline.observability.quality import (
     QUALITY_SCHEMA,
     Z_95,
     QualityTally,

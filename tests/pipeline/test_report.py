@@ -13,10 +13,10 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from pipeline.ledger import Ledger
-from pipeline.ledger_index import LedgerEntry
-from pipeline.report import ErrorExample, ReportData, VideoSample, render_report, throughput
-from pipeline.report_data import pick_samples, report_path, write_report
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
+from pipeline.observability.report import ErrorExample, ReportData, SampledVideo, render_report, throughput
+from pipeline.observability.report_data import pick_samples, report_path, write_report
 from pipeline.run import run_pipeline
 from sparsevlm.config import DEFAULT_PRESET
 from tests.pipeline import browser
@@ -79,7 +79,7 @@ def test_the_page_escapes_what_runs_wrote_and_runs_no_script() -> None:
         entries=[entry("a", "ok", "2026-12-01T10:00:01+00:00"), entry("b", "error", "2026-12-01T10:00:03+00:00")],
         rows_by_status={"ok": 2, "error": 2},
         errors=[ErrorExample(HOSTILE, 1, "/v/<b>.mp4", HOSTILE)],
-        samples=[VideoSample("a" * 40, "/v/a&b.mp4", "segment 0", HOSTILE, ((HOSTILE, HOSTILE),), None, None, "gone")],
+        samples=[SampledVideo("a" * 40, "/v/a&b.mp4", "segment 0", HOSTILE, ((HOSTILE, HOSTILE),), None, None, "gone")],
     )
     page = render_report(data)
     parsed = PageText(page)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.revision import model_revision
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows, source_row
-from pipeline.ledger import Ledger
-from pipeline.predictor import Predictor
-from pipeline.revision import model_revision
-from pipeline.sources import list_sources
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.sources import list_sources
 from sparsevlm.engine import VideoQAEngine
 
 CLIP = "gradio_video_sample.webm"

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import (
+from pipeline.stages.schema import (
     COLUMNS,
     RESULT_SCHEMA,
     SCHEMA_VERSION,
@@ -23,7 +23,7 @@ from pipeline.schema import (
     validate_rows,
     validate_table,
 )
-from pipeline.video import CorruptMedia
+from pipeline.stages.video import CorruptMedia
 
 # DESIGN.md, "Result rows", in order.
 DESIGN_COLUMNS = """video_id, source_uri, source_size, source_etag, duration_s, fps, width, height, codec,

@@ -35,12 +35,13 @@ from transformers import VideoLlavaForConditionalGeneration
 
 from jobs import caption
 from jobs.common import run_cli
+from pipeline.commit.ledger import Ledger
+from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows, source_row
-from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.predictor import Predictor
 from pipeline.run import PipelineError, run_pipeline
-from pipeline.sources import SourceError, list_sources, read_manifest
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.sources import SourceError, list_sources, read_manifest
 from sparsevlm.engine import VideoQAEngine, inspect_checkpoint
 from sparsevlm.engine_types import CheckpointError
 from sparsevlm.tiny.loading import load_tiny

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.shots import (
+from pipeline.stages.shots import (
     ShotSegmenting,
     clip_bounds,
     content_score,

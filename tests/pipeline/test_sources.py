@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline.sources import (
+from pipeline.stages.sources import (
     SourceError,
     VideoSource,
     check_scheme,
@@ -151,7 +151,7 @@ def test_an_s3_manifest_is_stat_ed_by_listing_its_folders(
     entries = [h for h in heads if not h.endswith("list.txt")]  # (opening the manifest reads its info)
     assert entries == [f"s3://{bucket}/many/040.mp4"]  # the one entry not listed, which does not exist
     heads.clear()
-    monkeypatch.setattr("pipeline.sources._LIST_FOLDERS", 0)
+    monkeypatch.setattr("pipeline.stages.sources._LIST_FOLDERS", 0)
     assert read_manifest(f"s3://{bucket}/many/list.txt", fs) == listed
     assert len([h for h in heads if not h.endswith("list.txt")]) == 41
     assert [s.size for s in listed] == [len(str(i)) for i in range(40)] + [None]

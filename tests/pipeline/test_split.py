@@ -11,16 +11,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import readers
+from pipeline.commit.ledger import LAST_SEGMENT, Ledger
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows, decode_segments, source_row
-from pipeline.ledger import LAST_SEGMENT, Ledger
-from pipeline.predictor import Predictor
+from pipeline.harness.standin import StandInCost
 from pipeline.run import run_pipeline
-from pipeline.sources import list_sources
-from pipeline.split import MAX_PARTS, share_bounds, split_items
-from pipeline.standin import StandInCost
-from pipeline.video import CorruptMedia, Segment, SegmentPlan
+from pipeline.stages import readers
+from pipeline.stages.decode import decode_rows, decode_segments, source_row
+from pipeline.stages.predictor import Predictor
+from pipeline.stages.sources import list_sources
+from pipeline.stages.split import MAX_PARTS, share_bounds, split_items
+from pipeline.stages.video import CorruptMedia, Segment, SegmentPlan
 from tests.pipeline.media import encode
 from tests.pipeline.runs import make_config, read_rows
 

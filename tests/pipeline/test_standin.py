@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.predictor import Predictor
+from pipeline.harness.standin import STAND_IN, STAND_IN_ANSWER, StandInCost, StandInEngine
 from pipeline.run import PipelineError, run_pipeline
-from pipeline.standin import STAND_IN, STAND_IN_ANSWER, StandInCost, StandInEngine
+from pipeline.stages.predictor import Predictor
 from sparsevlm.engine_types import PromptError
 from tests.pipeline.runs import make_config, read_rows
 

@@ -14,12 +14,12 @@ import pytest
 import s3fs
 
 from pipeline import run
+from pipeline.commit.ledger import Ledger
 from pipeline.config import PipelineConfig
-from pipeline.decode import decode_rows, source_row
-from pipeline.ledger import Ledger
 from pipeline.run import PipelineError, run_pipeline
-from pipeline.sources import list_sources
-from pipeline.storage import TransientIOError, storage_failure
+from pipeline.stages.decode import decode_rows, source_row
+from pipeline.stages.sources import list_sources
+from pipeline.stages.storage import TransientIOError, storage_failure
 from tests.pipeline.faulty_s3 import FaultyS3, faulty_s3
 from tests.pipeline.runs import make_config, read_rows
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from pipeline.run_plan import text_tokens
+from pipeline.observability.run_plan import text_tokens
 from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.engine_types import CheckpointError
 from sparsevlm.prompt import encode_text

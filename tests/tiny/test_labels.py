@@ -10,7 +10,7 @@ import pytest
 from jobs import caption
 from jobs.common import config_from_args
 from pipeline.config import PipelineConfig
-from pipeline.run_record import summarise
+from pipeline.observability.run_record import summarise
 from sparsevlm.config import DEFAULT_PRESET
 from sparsevlm.tiny import (
     BUNDLED_LABELS,
