@@ -15,7 +15,14 @@ import s3fs
 from jobs import caption
 from jobs.common import config_from_args, parse_run_args
 from pipeline.commit.ledger import Ledger
-from pipeline.observability.quality import QualityTally, mean_interval, normalise_answer, token_f1, wilson_interval
+from pipeline.observability.quality import (
+    QualityTally,
+    mean_interval,
+    normalise_answer,
+    shadow_sampled,
+    token_f1,
+    wilson_interval,
+)
 from pipeline.query.results import open_quality, open_results
 from pipeline.run import run_pipeline
 
@@ -110,7 +117,16 @@ def test_the_sample_agrees_fully_at_dense_less_when_pruned_and_changes_no_result
     half = [_argv(videos, str(tmp_path / name), pipeline_model_dir, "--shadow-fraction", "0.5") for name in "ab"]
     first, second = caption.main(half[0]), caption.main(half[1])
     picked = [{(r["source_uri"], r["segment_index"], r["task"]) for r in _quality(str(tmp_path / n))} for n in "ab"]
-    assert picked[0] == picked[1] and 0 < len(picked[0]) < 8  # a hash of the key: neither none nor all
+    # The sample is the hash of each segment's ledger key and index, whatever the output (the keys hold the
+    # input paths, which differ between test runs, so how many are sampled is not fixed: compute it).
+    ledger = Ledger(*config_from_args(parse_run_args(caption.build_parser(), half[0])).output_filesystem())
+    key_of = {key.rsplit("-", 1)[0]: key for key in ledger.committed()}  # "<video_id>-<16 hex>"
+    expected = {
+        (r["source_uri"], r["segment_index"], r["task"])
+        for r in _results(str(tmp_path / "a"))
+        if shadow_sampled(key_of[r["video_id"]], r["segment_index"], 0.5)
+    }
+    assert picked[0] == picked[1] == expected
     assert first["quality"] == second["quality"]
 
 

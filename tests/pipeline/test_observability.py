@@ -97,7 +97,7 @@ def test_progress_shows_the_shadow_samples_agreement_once_a_sampled_video_is_com
     assert progress.counts()["quality"] == expected
     assert expected["qa"]["agreement"] == 0.75 and expected["caption"]["samples"] == 3
     assert progress.line().endswith(f" | agreement {format_agreement(expected)}")
-    assert format_agreement(expected) == "caption 0.83 [0.51, 1.00] n=3, qa 0.75 [0.30, 0.95] n=4"
+    assert format_agreement(expected) == "caption 0.83 [0.31, 1.00] n=3, qa 0.75 [0.30, 0.95] n=4"
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
