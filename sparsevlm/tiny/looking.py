@@ -32,26 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMod
 
 from sparsevlm.tiny.batches import TrainBatch
 
-__all__ = ["evidence_attention_loss", "evidence_attention_mass", "evidence_shares", "looking_losses", "ranking_losses"]
-
-
-def evidence_attention_loss(
-    hidden: torch.Tensor,
-    layer: LlamaDecoderLayer,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor],
-    queries: torch.Tensor,
-    evidence: torch.Tensor,
-    visual_start: torch.Tensor,
-    among_visual: bool = False,
-) -> torch.Tensor:
-    """``-log`` of the attention mass (:func:`evidence_attention_mass`), averaged over the valid (query, evidence)
-    pairs; 0 when there is none. Arguments as for :func:`evidence_attention_mass`."""
-    mass, valid = evidence_attention_mass(
-        hidden, layer, position_embeddings, queries, evidence, visual_start, among_visual
-    )
-    if not valid.any():
-        return hidden.new_zeros(())
-    return -(mass[valid] + 1e-6).log().mean()
+__all__ = ["evidence_attention_mass", "evidence_shares", "looking_losses", "ranking_losses"]
 
 
 def evidence_attention_mass(
@@ -108,8 +89,9 @@ def evidence_attention_mass(
 def looking_losses(
     lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
 ) -> list[torch.Tensor]:
-    """The answer positions' looking loss (:func:`evidence_attention_loss`) at each of ``layers`` of one forward
-    of ``batch``.
+    """The answer positions' looking loss at each of ``layers`` of one forward of ``batch``: ``-log`` of the
+    attention mass each puts on its evidence (:func:`evidence_attention_mass`), averaged over the questions that
+    have evidence (0 when none has).
 
     The rows must be unpadded or right-padded, as the trainer runs them (no attention mask): the layers then ran
     with RoPE positions ``0 .. L-1``, which is what the loss is given.
@@ -120,43 +102,20 @@ def looking_losses(
         layers: the decoder layers to read.
         batch: the batch of that forward (its answer positions, their evidence, where its visual tokens start).
     """
-    return _layer_losses(lm, hidden_states, layers, batch.answer_positions, batch.answer_evidence, batch.visual_start)
+    masses = _layer_masses(lm, hidden_states, layers, batch.answer_positions, batch.answer_evidence, batch.visual_start)
+    return [_minus_log_mean(mass, valid) for mass, valid in masses]
 
 
 def ranking_losses(
     lm: LlamaModel, hidden_states: Sequence[torch.Tensor], layers: Sequence[int], batch: TrainBatch
 ) -> list[torch.Tensor]:
     """The ranking loss at each of ``layers``: among the visual tokens, each prompt token of a question attends
-    to that question's evidence (:func:`evidence_attention_loss` with ``among_visual``). Arguments as for
-    :func:`looking_losses`."""
-    v = batch.answer_evidence.shape[2]
-    evidence = batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))  # [B, W, V]
-    return _layer_losses(
-        lm, hidden_states, layers, batch.prompt_positions, evidence, batch.visual_start, among_visual=True
+    to that question's evidence (as :func:`looking_losses`, with the evidence's share of the attention on visual
+    tokens). Arguments as for :func:`looking_losses`."""
+    masses = _layer_masses(
+        lm, hidden_states, layers, batch.prompt_positions, _prompt_evidence(batch), batch.visual_start, True
     )
-
-
-def _layer_losses(
-    lm: LlamaModel,
-    hidden_states: Sequence[torch.Tensor],
-    layers: Sequence[int],
-    queries: torch.Tensor,
-    evidence: torch.Tensor,
-    visual_start: torch.Tensor,
-    among_visual: bool = False,
-) -> list[torch.Tensor]:
-    """:func:`evidence_attention_loss` of ``queries`` ``[B, Q]`` on ``evidence`` ``[B, Q, V]`` at each layer."""
-    first = hidden_states[0]  # [B, L, D]
-    positions = torch.arange(first.shape[1], device=first.device)[None]  # [1, L]
-    rope = lm.rotary_emb(first, position_ids=positions)  # (cos, sin), each [1, L, head_dim]
-    losses = []
-    for index in layers:
-        layer = lm.layers[index]
-        assert isinstance(layer, LlamaDecoderLayer)
-        losses.append(
-            evidence_attention_loss(hidden_states[index], layer, rope, queries, evidence, visual_start, among_visual)
-        )
-    return losses
+    return [_minus_log_mean(mass, valid) for mass, valid in masses]
 
 
 def evidence_shares(
@@ -166,24 +125,56 @@ def evidence_shares(
     of the answer positions (FastV's rater) and of every prompt position of a question (SparseVLM's candidates),
     each averaged over the questions that have evidence, and ``chance``, the share that attention spread evenly
     over the visual tokens would give. Arguments as for :func:`looking_losses`."""
-    v = batch.answer_evidence.shape[2]
-    prompt_evidence = batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))
-    first = hidden_states[0]  # [B, L, D]
-    rope = lm.rotary_emb(first, position_ids=torch.arange(first.shape[1], device=first.device)[None])
+    answer = _layer_masses(
+        lm, hidden_states, layers, batch.answer_positions, batch.answer_evidence, batch.visual_start, True
+    )
+    prompt = _layer_masses(
+        lm, hidden_states, layers, batch.prompt_positions, _prompt_evidence(batch), batch.visual_start, True
+    )
     answer_valid = (batch.answer_positions >= 0) & batch.answer_evidence.any(-1)  # [B, Q]
-    chance = float((batch.answer_evidence.sum(-1).float() / v)[answer_valid].mean())
-    rows = []
+    chance = float((batch.answer_evidence.sum(-1).float() / batch.answer_evidence.shape[2])[answer_valid].mean())
+    return [
+        {
+            "layer": float(index),
+            "chance": chance,
+            "answer": float(answer_mass[answer_ok].mean()),
+            "prompt": float(prompt_mass[prompt_ok].mean()),
+        }
+        for index, (answer_mass, answer_ok), (prompt_mass, prompt_ok) in zip(layers, answer, prompt, strict=True)
+    ]
+
+
+def _prompt_evidence(batch: TrainBatch) -> torch.Tensor:
+    """bool ``[B, W, V]``: the evidence of the question each prompt position (``batch.prompt_positions``) asks."""
+    v = batch.answer_evidence.shape[2]
+    return batch.answer_evidence.gather(1, batch.prompt_question[..., None].expand(-1, -1, v))
+
+
+def _layer_masses(
+    lm: LlamaModel,
+    hidden_states: Sequence[torch.Tensor],
+    layers: Sequence[int],
+    queries: torch.Tensor,
+    evidence: torch.Tensor,
+    visual_start: torch.Tensor,
+    among_visual: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`evidence_attention_mass` of ``queries`` ``[B, Q]`` on ``evidence`` ``[B, Q, V]`` at each layer."""
+    first = hidden_states[0]  # [B, L, D]
+    positions = torch.arange(first.shape[1], device=first.device)[None]  # [1, L]
+    rope = lm.rotary_emb(first, position_ids=positions)  # (cos, sin), each [1, L, head_dim]
+    masses = []
     for index in layers:
         layer = lm.layers[index]
         assert isinstance(layer, LlamaDecoderLayer)
-        shares = {"layer": float(index), "chance": chance}
-        for name, queries, evidence in (
-            ("answer", batch.answer_positions, batch.answer_evidence),
-            ("prompt", batch.prompt_positions, prompt_evidence),
-        ):
-            mass, valid = evidence_attention_mass(
-                hidden_states[index], layer, rope, queries, evidence, batch.visual_start, among_visual=True
-            )
-            shares[name] = float(mass[valid].mean())
-        rows.append(shares)
-    return rows
+        masses.append(
+            evidence_attention_mass(hidden_states[index], layer, rope, queries, evidence, visual_start, among_visual)
+        )
+    return masses
+
+
+def _minus_log_mean(mass: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``-log`` of ``mass`` ``[B, Q]`` averaged over the ``valid`` entries; 0 when there is none."""
+    if not valid.any():
+        return mass.new_zeros(())
+    return -(mass[valid] + 1e-6).log().mean()
