@@ -76,6 +76,8 @@ CONFIG_FLAGS: dict[str, str] = {
     "preflight_videos": "preflight_videos",
     "run_id": "run_id",
     "shadow_fraction": "shadow_fraction",
+    "summarize": "summarize",
+    "summary_prompt": "summary_prompt",
 }
 # ShotSegmenting field -> the flag that sets it (``--segment-by shots``; the field names its errors).
 SHOT_FLAGS: dict[str, str] = {
@@ -156,6 +158,18 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="answer this share of the segments (picked by a hash of their key: a rerun picks the same) again "
         "under the dense preset, in the same model actor, and report how often the answers agree, with a 95 %% "
         "interval per task; the dense answers go to _quality/, never to the results; 0 = off",
+    )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="after the segments, one row of task 'summary' per video of two or more segments whose rows are all "
+        "ok: its captions in order, read as text by the same model; committed exactly once, also for videos that "
+        "earlier runs committed (default: no summaries)",
+    )
+    parser.add_argument(
+        "--summary-prompt",
+        default=PipelineConfig.summary_prompt,
+        help="the instruction after the captions (--summarize)",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=PipelineConfig.max_new_tokens, help="generation budget per answer"

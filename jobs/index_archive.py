@@ -54,7 +54,8 @@ def _run_metrics(config: Any, summary: dict[str, Any]) -> dict[str, Any]:
     (the index and loose markers: no scan of the part files)."""
     from pipeline.commit.ledger import Ledger
 
-    entries = Ledger(*config.output_filesystem()).run_entries(config.run_id) if summary["processed"] else []
+    found = Ledger(*config.output_filesystem()).run_entries(config.run_id) if summary["processed"] else []
+    entries = [e for e in found if e.kind is None]  # the videos' own records, not their summaries' (--summarize)
     ok_rows = sum(e.ok_rows or 0 for e in entries)
     metrics: dict[str, Any] = {
         "video_hours": round(sum(e.duration_s or 0.0 for e in entries) / 3600, 4),

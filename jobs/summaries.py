@@ -31,6 +31,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         agreement = format_agreement(summary.get("quality") or {}) or "no sampled segment committed"
         lines.append(f"  quality  agreement with dense: {agreement}")
         lines.append(f"           sample cost: {format_cost(summary['shadow'])}")
+    if summary.get("summaries"):
+        made = summary["summaries"]
+        lines.append(
+            f"  summary  {made['committed']} of {made['videos']} videos summarized"
+            + (f" ({made['failed']} with an error row)" if made["failed"] else "")
+            + f" in {float(made['wall_s']):.1f} s"
+        )
     if summary.get("error_classes"):
         classes = ", ".join(f"{name} ({count})" for name, count in sorted(summary["error_classes"].items()))
         lines.append(f"  errors   videos with error rows by class: {classes}")

@@ -7,6 +7,11 @@
         -> map_batches(commit_rows)                                                    Parquet + ledger commit
         -> iter_batches (driver): one CommitReport row per commit task                progress, summary
 
+and, with ``--summarize``, after it (the ``summary`` task needs every segment of a video committed first)::
+
+    summary work items (pipeline/stages/summary.py) -> from_items -> map(read_clips)  captions from part files
+        -> map_batches(Summarizer, ActorPoolStrategy) -> map_batches(commit_rows)      text-only generate, commit
+
 The stages themselves are plain functions and classes (pipeline/stages/decode.py, predictor.py, ledger.py) that run
 without Ray; this module only chooses resources and wires them. The job driver around the chain (lease,
 probe, listing, preflight, summary, report) is :mod:`pipeline.run`. The commit stage is a map, not a
@@ -37,7 +42,7 @@ from pipeline.stages.video import short_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_dataset", "commit_rows", "commit_stage"]
+__all__ = ["build_dataset", "build_summaries", "commit_rows", "commit_stage"]
 
 # One decode task per video spreads long and short videos evenly; past this many the per-task overhead
 # (a few ms each) would start to matter, so videos share tasks.
@@ -104,6 +109,34 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         batch_size=config.batch_size,
         batch_format="pyarrow",
         # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
+        compute=ray.data.ActorPoolStrategy(size=config.workers),
+        **_model_resources(config),
+    )
+
+
+def build_summaries(config: PipelineConfig, items: list[dict[str, Any]]) -> ray.data.Dataset:
+    """The lazy chain from summary work items (:func:`pipeline.stages.summary.summary_work`) to summary result rows.
+
+    The model actors are a second pool with the model stage's resources: the first chain has ended and released
+    its actors, so the GPUs are free again; loading the model once more costs what a run's start costs.
+    """
+    from pipeline.stages.summary import Summarizer, read_clips  # the actors load torch, not the driver
+
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
+    ds = ds.map(
+        functools.partial(read_clips, config=config),
+        # One small GET of a part file's caption columns: I/O bound, like the commit tasks, so no CPU held;
+        # transient storage failures are retried like a decode task's.
+        num_cpus=0,
+        concurrency=max(2, config.workers),
+        max_retries=config.io_retries,
+        retry_exceptions=[TransientIOError],
+    )
+    return ds.map_batches(
+        Summarizer,
+        fn_constructor_kwargs={"config": config},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         **_model_resources(config),
     )

@@ -21,14 +21,14 @@ import pyarrow.fs as pafs
 from pipeline.commit.ledger_files import PARTITION
 from pipeline.commit.revision import model_revision
 from pipeline.harness.standin import StandInCost
-from pipeline.stages.schema import SCHEMA_VERSION
+from pipeline.stages.schema import KEYED_SCHEMA_VERSION, SCHEMA_VERSION
 from pipeline.stages.shots import SegmentBy, ShotSegmenting
 from pipeline.stages.sources import check_scheme
 from pipeline.stages.storage import arrow_filesystem, s3_filesystem
 from pipeline.stages.video import DEFAULT_MAX_DECODE_S, DEFAULT_MAX_FRAMES
 from sparsevlm.config import DEFAULT_PRESET, PRESETS, SparseConfig
 from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
-from sparsevlm.prompt_text import CAPTION_PROMPT
+from sparsevlm.prompt_text import CAPTION_PROMPT, SUMMARY_PROMPT
 from sparsevlm.tiny import bundled_label, resolve_model
 
 __all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
@@ -114,6 +114,13 @@ class PipelineConfig:
             Not part of the config key: the result rows are the same with or without the sample (the dense answers go to
             the quality table), so changing it never reprocesses a video; a video committed earlier keeps the sample it
             was committed with.
+        summarize: after the segments, give each video of two or more segments whose rows are all ``ok`` one
+            ``summary`` row: its segment captions in order, as text, to the same model's language side, answered
+            under ``summary_prompt`` (:mod:`pipeline.stages.summary`). Each summary has its own ledger key (from the
+            video's key and the instruction), so it is committed exactly once, a rerun skips it, and turning it on
+            over an existing output summarizes the videos committed before without reprocessing them. Not part of
+            the config key: the videos' rows are the same with or without it.
+        summary_prompt: the instruction after the captions of the ``summary`` task.
         model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.commit.revision.model_revision`:
             a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
             is made (also by ``replace``), carried as it is to the workers; part of the config key and of
@@ -164,6 +171,8 @@ class PipelineConfig:
     split_video_bytes: int | None = 256 * 2**20
     stand_in: StandInCost | None = None
     shadow_fraction: float = 0.0
+    summarize: bool = False
+    summary_prompt: str = SUMMARY_PROMPT
     model_revision: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -198,6 +207,8 @@ class PipelineConfig:
             raise ValueError(f"questions repeat: {questions!r}; each question gives one row per segment")
         if not self.caption_prompt.strip():
             raise ValueError("caption_prompt must not be empty")
+        if not isinstance(self.summary_prompt, str) or not self.summary_prompt.strip():
+            raise ValueError(f"summary_prompt must be a non-empty string, got {self.summary_prompt!r}")
         if self.segment_seconds is not None and not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be > 0 or None (whole video), got {self.segment_seconds!r}")
         if self.shots is not None and not isinstance(self.shots, ShotSegmenting):
@@ -292,7 +303,7 @@ class PipelineConfig:
             "max_new_tokens": self.max_new_tokens,
             "caption_prompt": self.caption_prompt,
             "questions": list(self.questions),
-            "schema": SCHEMA_VERSION,
+            "schema": KEYED_SCHEMA_VERSION,
         }
         if self.repeat_stop:  # keyed only when on, so that configs without it keep their keys
             material["repeat_stop"] = self.repeat_stop

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 
-from pipeline.build import build_dataset, commit_stage
+from pipeline.build import build_dataset, build_summaries, commit_stage
 from pipeline.commit.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.commit.ledger import Ledger
 from pipeline.commit.ledger_index import LedgerEntry
@@ -37,6 +37,7 @@ from pipeline.ray_env import init_ray
 from pipeline.stages.decode import decode_rows, source_row
 from pipeline.stages.sources import SourceError, list_sources
 from pipeline.stages.storage import TransientIOError
+from pipeline.stages.summary import summary_work
 from sparsevlm.checkpoint import read_checkpoint
 from sparsevlm.engine_types import CheckpointError, ModelSpec
 from sparsevlm.tiny import BUNDLED_NOTE, bundled_label
@@ -179,23 +180,28 @@ def _run(
         replaces = {k: e.file for k, e in previous.items()}
         shown = RunProgress(len(pending), progress, seen=len(items), heartbeat=True, phase="starting Ray")
         try:
-            init_ray(config.ray_address, metrics_export_port)
-            _check_stand_in(config)
-            config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
-            logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
+            config = _start_ray(config, metrics_export_port)
             shown.phase = "loading the model, first batch"
-            entries = _process(config, pending, frame_size, replaces, shown, lease.token)
+            entries = _process(config, build_dataset(config, pending, frame_size), replaces, shown, lease.token)
         finally:
             shown.close()
+    summaries: list[LedgerEntry] = []
+    summarized: dict[str, LedgerEntry] = {}  # the retried summaries' records before the run
+    summary_cost: dict[str, Any] = {}
+    if config.summarize:
+        config, summaries, summarized, summary_cost = _summarize(
+            config, ledger, [i["ledger_key"] for i in items], progress, metrics_export_port, lease
+        )
     summary = summarise(config, len(items), len(pending), entries, time.perf_counter() - start)
     lease.check()  # fencing: a run that lost the output deletes nothing and compacts nothing
-    summary = dataclasses.replace(summary, replaced=ledger.remove_replaced(previous, entries))
+    replaced = ledger.remove_replaced(previous, entries) + ledger.remove_replaced(summarized, summaries)
+    summary = dataclasses.replace(summary, replaced=replaced, summaries=summary_cost)
     write_summary(ledger, summary)
     crash_point("summary")
     write_report(ledger, config, asdict(summary), entries, spec.frame_size)  # logs, never raises
     try:  # the writes are over: fold this run's markers into the ledger index (fewer names for the next listing)
         lease.check()  # only under the lease: no other run writes or compacts meanwhile
-        ledger.compact(entries)
+        ledger.compact(entries + summaries)
     except Exception as err:  # storage errors included: the rows are committed and the markers stay valid
         logger.warning("could not compact the ledger (%s: %s); its markers stay valid", type(err).__name__, err)
     logger.info(
@@ -216,6 +222,62 @@ def _run(
             "rows are committed: fix the cause, then rerun with retry_errors=True"
         )
     return summary
+
+
+def _start_ray(config: PipelineConfig, metrics_export_port: int | None) -> PipelineConfig:
+    """Start or join Ray for the run's chains; returns ``config`` with its GPUs per actor decided."""
+    init_ray(config.ray_address, metrics_export_port)
+    _check_stand_in(config)
+    config = resolve_gpus(config, ray.cluster_resources().get("GPU", 0.0))
+    logger.info("run %s: metrics at %s", config.run_id, " ".join(metrics_endpoints()) or "(no endpoint)")
+    return config
+
+
+def _summarize(
+    config: PipelineConfig,
+    ledger: Ledger,
+    video_keys: list[str],
+    progress: ProgressMode,
+    metrics_export_port: int | None,
+    lease: OutputLease,
+) -> tuple[PipelineConfig, list[LedgerEntry], dict[str, LedgerEntry], dict[str, Any]]:
+    """The ``summary`` task after the segments (pipeline/stages/summary.py): summarize every listed video that is
+    committed whole and has no summary yet, this run's and earlier runs' alike.
+
+    Returns:
+        The config (GPUs decided if Ray started here), the summaries committed, the records of retried ones
+        before the run (their old part files are deleted like a retried video's), and the run record's
+        ``summaries``: ``{"videos", "committed", "failed", "rows", "wall_s"}``: videos to summarize, summaries
+        committed and those of them with an error row, their rows, and the pass's wall time (Ray start and the
+        second model load included; each summary row's ``latency_ms`` is its share of the model's time).
+    """
+    start = time.perf_counter()
+    items, previous = summary_work(config, video_keys, ledger, ledger.committed())
+    entries: list[LedgerEntry] = []
+    if items:
+        logger.info("run %s: summarizing %d videos (%r)", config.run_id, len(items), config.summary_prompt)
+        counted = RunProgress(len(items), "off")  # the pass logs its start and its end; no line of its own
+        config = _start_ray(config, metrics_export_port)
+        entries = _process(
+            config, build_summaries(config, items), {k: e.file for k, e in previous.items()}, counted, lease.token
+        )
+        counted.close()
+    cost = {
+        "videos": len(items),
+        "committed": len(entries),
+        "failed": sum(e.status != "ok" for e in entries),
+        "rows": sum(e.rows for e in entries),
+        "wall_s": round(time.perf_counter() - start, 3),
+    }
+    if items:
+        logger.info(
+            "run %s: %d summaries committed (%d failed) in %.1f s",
+            config.run_id,
+            cost["committed"],
+            cost["failed"],
+            cost["wall_s"],
+        )
+    return config, entries, previous, cost
 
 
 def resolve_gpus(config: PipelineConfig, cluster_gpus: float) -> PipelineConfig:
@@ -259,14 +321,13 @@ def _check_stand_in(config: PipelineConfig) -> None:
 
 def _process(
     config: PipelineConfig,
-    pending: list[dict[str, Any]],
-    frame_size: int,
+    dataset: ray.data.Dataset,
     replaces: dict[str, str],
     shown: RunProgress,
     lease_token: str | None,
 ) -> list[LedgerEntry]:
-    """Run the chain over ``pending`` and return what it committed, counting the reports into ``shown`` as they
-    arrive (the caller closes it).
+    """Run ``dataset`` (a chain of :mod:`pipeline.build`, built but not run) through the commit stage and return what
+    it committed, counting the reports into ``shown`` as they arrive (the caller closes it).
 
     Raises:
         LeaseLost: a commit found the lease taken over (fenced: another run owns the output now).
@@ -278,7 +339,7 @@ def _process(
     # A map task's own exception reaches the driver (LeaseLost, TransientIOError), not a UserCodeException
     # whose cause is lost on the way (measured with Ray 2.60: only the traceback text names it).
     context.raise_original_map_exception = True
-    reports = commit_stage(build_dataset(config, pending, frame_size), config, replaces, lease_token)
+    reports = commit_stage(dataset, config, replaces, lease_token)
     try:
         for batch in reports.iter_batches(batch_size=None, batch_format="pyarrow"):
             assert isinstance(batch, pa.Table)

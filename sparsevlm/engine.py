@@ -40,8 +40,9 @@ from sparsevlm.engine_types import (
 from sparsevlm.patch import apply_patch, last_stats
 from sparsevlm.preprocess import normalize_uint8
 from sparsevlm.prompt import PromptText, encode_text, left_pad, visual_positions
-from sparsevlm.prompt_text import PLACEHOLDERS, build_prompt
+from sparsevlm.prompt_text import PLACEHOLDERS, build_prompt, text_prompt
 from sparsevlm.repetition import RepeatStop, trim_repeat
+from sparsevlm.stats import SampleStats, dense_stats
 from sparsevlm.transfer import to_device
 
 logger = logging.getLogger(__name__)
@@ -297,8 +298,81 @@ class VideoQAEngine:
             self.check_prompt(p, num_frames, max_new_tokens, sparse)
         pad = self.tokenizer.pad_token_id
         input_ids, attention_mask = left_pad([self.prompt_ids(p, num_frames) for p in prompts], int(pad))
+        pixels = self._pixels(segments, self.model.device)  # [B, T, 3, S, S] in the model's dtype, on the device
+        return self._generate(
+            input_ids, attention_mask, max_new_tokens, repeat_stop, sparse, pixel_values_videos=pixels
+        )
+
+    @property
+    def context(self) -> int | None:
+        """The model's context window in tokens (``max_position_embeddings``); None when its config has none."""
+        return self._context
+
+    def text_length(self, prompt: str) -> int:
+        """The tokens of :meth:`answer_text`'s prompt for ``prompt`` (the template included)."""
+        return len(self._text_ids(prompt))
+
+    def _text_ids(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(text_prompt(prompt))["input_ids"])
+
+    def check_text(self, prompt: str, max_new_tokens: int) -> None:
+        """Refuse a text-only prompt that cannot be asked; never truncate it.
+
+        Raises:
+            PromptError: the prompt contains a ``<video>`` or ``<image>`` placeholder.
+            PromptTooLong: its tokens plus ``max_new_tokens`` exceed the model's context.
+        """
+        for placeholder in PLACEHOLDERS:
+            if placeholder in prompt:
+                raise PromptError(f"prompt contains the placeholder {placeholder!r}: {prompt!r:.200}")
+        if self._context is None:
+            return
+        needed = self.text_length(prompt) + max_new_tokens
+        if needed > self._context:
+            raise PromptTooLong(
+                f"prompt does not fit the model's context of {self._context} tokens (max_position_embeddings): "
+                f"{needed - max_new_tokens} tokens plus max_new_tokens={max_new_tokens}; shorten it by at least "
+                f"{needed - self._context} tokens: {prompt!r:.200}"
+            )
+
+    @torch.no_grad()
+    def answer_text(self, prompts: list[str], max_new_tokens: int = 64, repeat_stop: int = 0) -> list[EngineAnswer]:
+        """Answer text-only prompts (no video; e.g. a video's summary from its segments' captions, the
+        pipeline's ``summary`` task) with ONE batched greedy ``generate`` on the same weights.
+
+        With no visual token in the sequence the patched layers have nothing to prune, so every
+        SparseConfig runs the same computation; the answers' statistics count no visual token.
+
+        Args:
+            prompts: B prompts (plain text; the template, :func:`~sparsevlm.prompt_text.text_prompt`, is added here).
+            max_new_tokens: generation budget per answer.
+            repeat_stop: as in :meth:`answer`.
+
+        Raises:
+            PromptError: a prompt cannot be asked (see :meth:`check_text`); nothing runs.
+        """
+        if not prompts:
+            raise ValueError("need at least one prompt")
+        for p in prompts:
+            self.check_text(p, max_new_tokens)
+        input_ids, attention_mask = left_pad([self._text_ids(p) for p in prompts], int(self.tokenizer.pad_token_id))
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        stats = dense_stats(text_config, torch.zeros_like(input_ids, dtype=torch.bool), attention_mask)
+        return self._generate(input_ids, attention_mask, max_new_tokens, repeat_stop, None, stats)
+
+    def _generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        repeat_stop: int,
+        sparse: SparseConfig | None,
+        stats: list[SampleStats] | None = None,
+        **inputs: torch.Tensor,
+    ) -> list[EngineAnswer]:
+        """One greedy ``generate`` over left-padded rows (and ``inputs``, e.g. the pixels), decoded; each answer
+        carries ``stats`` (default: the patched prefill's, which only a prefill with visual tokens records)."""
         device = self.model.device
-        pixels = self._pixels(segments, device)  # [B, T, 3, S, S] in the model's dtype, on the device
         start = time.perf_counter()
         model: Any = self.model  # transformers types generate() for its mixin, not for the model class
         if sparse is not None:
@@ -307,16 +381,16 @@ class VideoQAEngine:
             out = model.generate(
                 input_ids=to_device(input_ids, device),
                 attention_mask=to_device(attention_mask, device),
-                pixel_values_videos=pixels,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
                 stopping_criteria=StoppingCriteriaList(
                     [RepeatStop(input_ids.shape[1], repeat_stop)] if repeat_stop else []
                 ),
+                **inputs,
             )  # [B, L + new]
             latency_ms = (time.perf_counter() - start) * 1000
-            stats = last_stats(self.model)
+            stats = last_stats(self.model) if stats is None else stats
         finally:
             if sparse is not None:
                 apply_patch(self.model, self.sparse)

@@ -7,9 +7,20 @@ ids and the positions, which need torch and a tokenizer, are in :mod:`sparsevlm.
 
 from __future__ import annotations
 
-__all__ = ["CAPTION_PROMPT", "PLACEHOLDERS", "PROMPT_HEAD", "VIDEO_PLACEHOLDER", "build_prompt", "prompt_tail"]
+__all__ = [
+    "CAPTION_PROMPT",
+    "PLACEHOLDERS",
+    "PROMPT_HEAD",
+    "SUMMARY_PROMPT",
+    "VIDEO_PLACEHOLDER",
+    "build_prompt",
+    "prompt_tail",
+    "text_prompt",
+]
 
 CAPTION_PROMPT = "Describe the video."
+# The pipeline's ``summary`` task (pipeline/stages/summary.py): the instruction after a video's segment captions.
+SUMMARY_PROMPT = "Summarize the whole video in a few sentences."
 VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDERS = ("<video>", "<image>")  # a question holding one would ask for features nobody passes
 PROMPT_HEAD = "USER: "
@@ -27,3 +38,9 @@ def build_prompt(question: str, num_video_tokens: int) -> str:
     :func:`sparsevlm.prompt.encode_text` instead.
     """
     return f"{PROMPT_HEAD}{VIDEO_PLACEHOLDER * num_video_tokens}{prompt_tail(question)}"
+
+
+def text_prompt(question: str) -> str:
+    """A single-turn prompt without a video, ``"USER: {question} ASSISTANT:"``: Video-LLaVA's template for a
+    text-only turn (the original tokenizes it in one piece, since no placeholder splits it)."""
+    return f"{PROMPT_HEAD}{question} ASSISTANT:"

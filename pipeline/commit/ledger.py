@@ -12,7 +12,9 @@ Layout under the output prefix (local folder or S3, through one pyarrow filesyst
     _lease                               the running driver's lease on the prefix (pipeline/commit/lease.py)
 
 where ``<key> = <video_id>-<16 hex>`` (:func:`ledger_key`): the video version (its id hashes uri, size and
-ETag/mtime) plus everything that changes its rows (model, SparseConfig, segmenting, prompts, schema). A key is
+ETag/mtime) plus everything that changes its rows (model, SparseConfig, segmenting, prompts, schema). A video's
+``summary`` row has a key of its own in the same form (pipeline/stages/summary.py), committed the same way as a
+whole-video row; its record's ``kind`` is ``"summary"``. A key is
 one path component of letters, digits, ``-`` and ``_`` (checked on every write), so no row can name a file
 outside the prefix. The only ``.parquet`` names are part files: internal tables are Arrow IPC (``.arrow``)
 and local temporary files end in ``.tmp``, so a recursive glob (DuckDB, Polars) reads results only.
@@ -97,7 +99,7 @@ from pipeline.commit.ledger_files import PARTITION, PrefixFiles
 from pipeline.commit.ledger_index import CommitRecord, LedgerEntry, LedgerError, epoch_of, now_iso
 from pipeline.harness.crash import crash_point
 from pipeline.observability.quality import QUALITY_DIR, SHADOW_COLUMNS, QualityTally, quality_rows
-from pipeline.stages.schema import COLUMNS, RESULT_SCHEMA
+from pipeline.stages.schema import COLUMNS, RESULT_SCHEMA, SUMMARY_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -437,6 +439,7 @@ class Ledger:
         classes = sorted({c for c in rows.column("error_class").to_pylist() if c})
         segments = {i for i in rows.column("segment_index").to_pylist() if i is not None}
         ok = rows.filter(pc.equal(rows["status"], "ok"))
+        summary = set(rows.column("task").to_pylist()) == {SUMMARY_TASK}
         entry = LedgerEntry(
             key=key,
             video_id=str(rows.column("video_id")[0].as_py()),
@@ -454,6 +457,7 @@ class Ledger:
             visual_tokens_in=int(pc.sum(ok["visual_tokens_in"]).as_py() or 0),
             quality_file=quality_file,
             quality=QualityTally.from_rows(staged, quality).to_dict(),
+            kind=SUMMARY_TASK if summary else None,
         )
         self.record.write_marker(entry)  # ... marker last (a retried video may change status: one per key)
         crash_point("marker")

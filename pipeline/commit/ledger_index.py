@@ -111,10 +111,12 @@ _INDEX_SCHEMA = pa.schema(
         # its rows
         ("quality_file", pa.string()),
         ("quality", TALLY_TYPE),
+        # "summary": the record of a video's summary row (pipeline/stages/summary.py); null: a video's own rows
+        ("kind", pa.string()),
     ]
 )
 # null in older records
-_FIGURES = ("duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in", "quality_file", "quality")
+_FIGURES = ("duration_s", "ok_rows", "equivalent_tokens", "visual_tokens_in", "quality_file", "quality", "kind")
 
 
 class LedgerError(RuntimeError):
@@ -143,6 +145,9 @@ class LedgerEntry:
     # The shadow dense sample (pipeline/observability/quality.py); None in records written before it existed.
     quality_file: str | None = None  # the video's quality rows, relative to the output prefix (None: no rows)
     quality: dict[str, Any] | None = None  # QualityTally.to_dict() of the video's rows
+    # "summary": the key commits a video's summary row (its own key, pipeline/stages/summary.py), not the video's
+    # segments; None: the video's own rows (and every record written before summaries existed).
+    kind: str | None = None
 
 
 class Marker(NamedTuple):

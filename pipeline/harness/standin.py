@@ -140,6 +140,29 @@ class StandInEngine:
         latency_ms = (time.perf_counter() - start) * 1000
         return [EngineAnswer(STAND_IN_ANSWER, _no_stats(), latency_ms) for _ in prompts]
 
+    context: int | None = None  # no tokenizer: no context to fit (pipeline/stages/summary.py never cuts)
+
+    def text_length(self, prompt: str) -> int:
+        """Words, for want of a tokenizer (only a context would use it, and the stand-in has none)."""
+        return len(prompt.split())
+
+    def answer_text(self, prompts: list[str], max_new_tokens: int = 64, repeat_stop: int = 0) -> list[EngineAnswer]:
+        """Sleep for one segment's cost per call, then answer :data:`STAND_IN_ANSWER` to each text-only prompt
+        (the ``summary`` task, pipeline/stages/summary.py; a call of text is far cheaper than one of frames, and
+        the cost model has no term for it).
+
+        Raises:
+            PromptError: a prompt contains a placeholder.
+        """
+        if not prompts:
+            raise ValueError("need at least one prompt")
+        for prompt in prompts:
+            self.check_prompt(prompt, 0, max_new_tokens)
+        start = time.perf_counter()
+        time.sleep(self.cost.seconds(1))
+        latency_ms = (time.perf_counter() - start) * 1000
+        return [EngineAnswer(STAND_IN_ANSWER, _no_stats(), latency_ms) for _ in prompts]
+
 
 def _no_stats() -> SampleStats:
     """Zero statistics: no model ran, so no token was kept and no FLOP was spent.

@@ -53,6 +53,9 @@ class RunSummary:
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     # shadow: its cost: {"fraction", "prompts", "failed", "answers_share", "dense_s", "model_time_share"}.
     shadow: dict[str, Any] = field(default_factory=dict)
+    # summaries (``--summarize``, pipeline/stages/summary.py): {"videos", "committed", "failed", "rows", "wall_s"}
+    # (pipeline.run._summarize); empty when it is off.
+    summaries: dict[str, Any] = field(default_factory=dict)
 
 
 def summarise(config: PipelineConfig, seen: int, pending: int, entries: list[LedgerEntry], wall: float) -> RunSummary:

@@ -43,7 +43,7 @@ from sparsevlm.stats import SampleStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "load_engine", "provenance"]
 
 
 class Predictor:
@@ -68,14 +68,9 @@ class Predictor:
         # The actor's CPU share is its thread budget: more threads than reserved CPUs starve the decoders.
         torch.set_num_threads(config.torch_threads)
         self.config = config
-        self.engine = engine or _load_engine(config)
+        self.engine = engine or load_engine(config)
         self._dense = SparseConfig.preset(SHADOW_PRESET)  # the shadow sample's configuration, same weights
-        self._provenance = {
-            **self.engine.describe(),
-            "model_revision": config.model_revision,
-            "run_id": config.run_id,
-            "pipeline_version": PIPELINE_VERSION,
-        }
+        self._provenance = provenance(self.engine, config)
         for prompt in (config.caption_prompt, *config.questions):
             problem = self._prompt_problem(prompt, config.frames_per_segment)
             if problem is not None:
@@ -234,7 +229,20 @@ def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
     return None
 
 
-def _load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
+def provenance(engine: VideoQAEngine | StandInEngine, config: PipelineConfig) -> dict[str, Any]:
+    """The columns every result row of a run's model actor shares: the model, its preset and SparseConfig, the
+    model's revision, the run and the pipeline's version."""
+    return {
+        **engine.describe(),
+        "model_revision": config.model_revision,
+        "run_id": config.run_id,
+        "pipeline_version": PIPELINE_VERSION,
+    }
+
+
+def load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
+    """The engine of one model actor: ``config.model`` under ``config.sparse``, or the stand-in ``config.stand_in``
+    describes."""
     if config.stand_in is not None:
         return StandInEngine(config.stand_in)
     return VideoQAEngine.from_pretrained(

@@ -1,9 +1,10 @@
 """The result-row schema, declared up front and versioned. No Ray here.
 
-One row per video x segment x task (DESIGN.md, "Result rows"). Declaring the Arrow schema before any data
-exists means a batch whose error columns happen to be all null still writes the same Parquet schema
-(the failure mode of Ray PR #60572). Bump `SCHEMA_VERSION` on any change to the columns or their types, and
-only ever add columns.
+One row per video x segment x task (docs/pipeline.md, "Output and exactly-once"), and with ``--summarize`` one
+``summary`` row per video of several segments (no ``segment_index``; pipeline/stages/summary.py). Declaring the
+Arrow schema before any data exists means a batch whose error columns happen to be all null still writes the
+same Parquet schema (the failure mode of Ray PR #60572). Bump `SCHEMA_VERSION` on any change to the columns,
+their types or the task vocabulary, and only ever add.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"  # 2: model_revision; 3: kept_visual_tokens
-TASKS = ("caption", "qa")
+SCHEMA_VERSION = "4"  # 2: model_revision; 3: kept_visual_tokens; 4: the task "summary"
+# What config keys hash: the last version that changed the rows a video's own key commits. Version 4 added a
+# task that only a summary's key holds (pipeline/stages/summary.py), so the keys made under 3 name the same rows.
+KEYED_SCHEMA_VERSION = "3"
+SUMMARY_TASK = "summary"  # one row about a whole video, under its own ledger key (pipeline/stages/summary.py)
+TASKS = ("caption", "qa", SUMMARY_TASK)
 STATUSES = ("ok", "error")
 
 _FIELDS: list[tuple[str, pa.DataType, bool]] = [  # (name, type, nullable)
@@ -35,7 +40,7 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [  # (name, type, nullable)
     ("segment_start_s", pa.float64(), True),
     ("segment_end_s", pa.float64(), True),
     ("frame_timestamps_s", pa.list_(pa.float64()), True),
-    ("task", pa.string(), False),  # "caption" | "qa"
+    ("task", pa.string(), False),  # "caption" | "qa" | "summary"
     ("question", pa.string(), True),
     ("answer", pa.string(), True),
     ("model_id", pa.string(), True),

@@ -13,8 +13,10 @@ import pytest
 
 from pipeline.stages.schema import (
     COLUMNS,
+    KEYED_SCHEMA_VERSION,
     RESULT_SCHEMA,
     SCHEMA_VERSION,
+    TASKS,
     SchemaError,
     empty_row,
     error_row,
@@ -34,6 +36,7 @@ ADDED_SINCE = {
     "2": "model_revision",
     "3": "kept_visual_tokens",
 }  # schema version -> the column it appended after the design list
+TASKS_SINCE = {"4": "summary"}  # schema version -> the task it added to ("caption", "qa")
 
 REQUIRED = {
     "video_id": "v1",
@@ -69,7 +72,9 @@ def ok_row(**fields: Any) -> dict[str, Any]:
 
 def test_columns_are_exactly_the_design_list() -> None:
     assert list(COLUMNS) == [c.strip() for c in DESIGN_COLUMNS.split(",")] + list(ADDED_SINCE.values())
-    assert max(ADDED_SINCE) == SCHEMA_VERSION  # each added column bumped the version
+    assert max(*ADDED_SINCE, *TASKS_SINCE) == SCHEMA_VERSION  # each added column or task bumped the version
+    assert ("caption", "qa", *TASKS_SINCE.values()) == TASKS
+    assert max(ADDED_SINCE) == KEYED_SCHEMA_VERSION  # a new task keys no video's rows anew
     assert RESULT_SCHEMA.metadata == {b"result_schema_version": SCHEMA_VERSION.encode()}
     types = {f.name: f.type for f in RESULT_SCHEMA}
     assert types["frame_timestamps_s"] == pa.list_(pa.float64())
@@ -111,7 +116,7 @@ def test_make_rows_and_error_rows() -> None:
         ({"frame_timestamps_s": [float("nan")]}, "list of finite floats"),
         ({"kept_visual_tokens": [1, 2.5]}, "column 'kept_visual_tokens'.*a list of ints"),
         ({"created_at": dt.datetime(2026, 1, 1)}, "timezone-aware datetime"),
-        ({"task": "summary"}, r"task 'summary' is not one of \('caption', 'qa'\)"),
+        ({"task": "summarize"}, r"task 'summarize' is not one of \('caption', 'qa', 'summary'\)"),
         ({"status": "failed"}, "status 'failed' is not one of"),
         ({"status": "error"}, "status 'error' needs error_class"),
         ({"run_id": None}, "column 'run_id' must not be null"),
