@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from jobs.flags import auto_or_count, fraction, non_negative
 from jobs.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, error_line, json_logging, route_ray_logs
 from pipeline.config import PipelineConfig
+from pipeline.error_lines import headline
 from pipeline.observability.progress import PROGRESS_MODES
 from pipeline.observability.quality import DEFAULT_SHADOW_FRACTION
 from pipeline.ray_env import use_local_ray_env
@@ -471,13 +472,6 @@ def _failure(err: Exception) -> tuple[str, int]:
         return storage_failure(err), RUN_FAILED
     logger.exception("the run failed")
     return f"{type(err).__name__}: {headline(err)}", RUN_FAILED
-
-
-def headline(err: BaseException) -> str:
-    """The first line of an error's message (what a job's one-line ending shows), or its class name when the
-    message is empty."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def storage_failure(err: BaseException) -> str:

@@ -31,6 +31,7 @@ import ray.data
 
 from pipeline.commit.ledger import Ledger
 from pipeline.config import PipelineConfig
+from pipeline.error_lines import short_error
 from pipeline.harness.standin import STAND_IN_RESOURCE
 from pipeline.observability.metrics import record_commit
 from pipeline.observability.progress import CommitReport, commit_report
@@ -38,7 +39,6 @@ from pipeline.observability.quality import QualityTally
 from pipeline.stages.decode import decode_rows
 from pipeline.stages.split import split_items
 from pipeline.stages.storage import TransientIOError, storage_failure
-from pipeline.stages.video import short_error
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,13 @@ from pipeline.commit.lease import LeaseHeld, LeaseLost, OutputLease
 from pipeline.commit.ledger import Ledger
 from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
+from pipeline.error_lines import cause_line, headline
 from pipeline.harness.crash import crash_point
 from pipeline.harness.standin import STAND_IN_RESOURCE
 from pipeline.observability.metrics import metrics_endpoints
 from pipeline.observability.progress import CommitReport, ProgressMode, RunProgress
 from pipeline.observability.report_data import write_report
-from pipeline.observability.run_record import RunSummary, first_line, summarise, write_failure, write_summary
+from pipeline.observability.run_record import RunSummary, summarise, write_failure, write_summary
 from pipeline.ray_env import init_ray
 from pipeline.stages.decode import decode_rows, source_row
 from pipeline.stages.sources import SourceError, list_sources
@@ -130,7 +131,7 @@ def probe_output(config: PipelineConfig, ledger: Ledger) -> None:
 
 def _unwritable(config: PipelineConfig, err: BaseException) -> PipelineError:
     return PipelineError(
-        f"the output {config.output_uri} is not writable ({type(err).__name__}: {first_line(err)}); the run "
+        f"the output {config.output_uri} is not writable ({type(err).__name__}: {cause_line(err)}); the run "
         "must create and delete files there: grant write and delete permission (on S3: s3:PutObject and "
         "s3:DeleteObject on the prefix, s3:ListBucket on the bucket), create the bucket, or choose another --output"
     )
@@ -347,10 +348,9 @@ def _process(
                 shown.update(CommitReport.from_row(row))
     except ray.exceptions.RayError as err:
         cause = getattr(err, "cause", None)  # a task's own exception (RayTaskError keeps it)
-        headline = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if isinstance(cause, LeaseLost):  # first lines only: Ray Data appends retry hints
-            raise LeaseLost(headline) from err
-        what = first_line(err) if cause is None else f"{type(cause).__name__}: {headline}"
+            raise LeaseLost(headline(cause)) from err
+        what = cause_line(err) if cause is None else f"{type(cause).__name__}: {headline(cause)}"
         raise PipelineError(f"the Ray job failed: {what}") from err
     return shown.entries
 

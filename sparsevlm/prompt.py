@@ -24,10 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sparsevlm.config import SparseConfig
 from sparsevlm.pooling import frame_grid, pool_grid
-
-# TODO(issue #27): VIDEO_PLACEHOLDER and build_prompt are imported only for sparsevlm/tiny/inputs.py, which still
-# takes them from here; once it imports them from sparsevlm.prompt_text, they leave this line (and the noqa).
-from sparsevlm.prompt_text import PROMPT_HEAD, VIDEO_PLACEHOLDER, build_prompt, prompt_tail  # noqa: F401
+from sparsevlm.prompt_text import PROMPT_HEAD, prompt_tail
 
 __all__ = ["PromptText", "encode_text", "left_pad", "visual_positions"]
 

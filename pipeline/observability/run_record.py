@@ -11,12 +11,13 @@ from typing import Any
 from pipeline.commit.ledger import Ledger
 from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import PipelineConfig
+from pipeline.error_lines import cause_line
 from pipeline.observability.quality import QualityTally
 from pipeline.observability.report_data import write_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "first_line", "summarise", "write_failure", "write_summary"]
+__all__ = ["RunSummary", "summarise", "write_failure", "write_summary"]
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,13 @@ def write_failure(
         found = ledger.entries(pending).values() if pending else []
         entries = [e for e in found if e.run_id == config.run_id]
     except Exception as read_err:  # the storage that failed the run may fail this too; the counts stay 0
-        logger.warning("run %s: could not read what it committed (%s)", config.run_id, first_line(read_err))
+        logger.warning("run %s: could not read what it committed (%s)", config.run_id, cause_line(read_err))
         entries = []
     summary = summarise(config, record.get("seen", 0), len(pending), entries, wall)
     # what the job's one error line says about an interrupted run (jobs/common.py reads the note)
     err.add_note(f"{len(entries)} of {len(pending)} pending videos were committed (_runs/{config.run_id}.json)")
     summary = dataclasses.replace(
-        summary, status="failed", error_class=type(err).__name__, error_message=first_line(err)
+        summary, status="failed", error_class=type(err).__name__, error_message=cause_line(err)
     )
     try:
         write_summary(ledger, summary)
@@ -122,9 +123,3 @@ def write_failure(
         logger.warning("run %s failed and its record could not be written (%s)", config.run_id, write_err)
         return
     write_report(ledger, config, asdict(summary), entries, record.get("frame_size"))  # logs, never raises
-
-
-def first_line(err: BaseException) -> str:
-    """The last non-empty line of an error message (where Ray and botocore put the cause), at most 500 chars."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else type(err).__name__

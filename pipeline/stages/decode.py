@@ -43,6 +43,7 @@ import numpy as np
 
 from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
 from pipeline.config import PipelineConfig
+from pipeline.error_lines import short_error
 from pipeline.observability.metrics import record_decode
 from pipeline.stages import readers
 from pipeline.stages.shots import (
@@ -73,7 +74,6 @@ from pipeline.stages.video import (
     VideoInfo,
     check_frames,
     deadline_after,
-    short_error,
 )
 
 __all__ = [

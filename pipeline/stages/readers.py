@@ -20,6 +20,7 @@ import av
 import decord
 import numpy as np
 
+from pipeline.error_lines import short_error
 from pipeline.stages.video import (
     DEFAULT_MAX_FRAMES,
     CorruptMedia,
@@ -29,7 +30,6 @@ from pipeline.stages.video import (
     UnsupportedMedia,
     check_deadline,
     check_frames,
-    short_error,
 )
 from sparsevlm.resize import resize_and_crop_uint8
 

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 import pyarrow.fs as pafs
 
+from pipeline.error_lines import short_error
 from pipeline.stages.video import (
     DEFAULT_MAX_BYTES,
     AccessDenied,
@@ -40,7 +41,6 @@ from pipeline.stages.video import (
     StorageRefused,
     TooLarge,
     check_deadline,
-    short_error,
 )
 
 __all__ = [

@@ -111,9 +111,3 @@ def check_deadline(path: str, deadline: float | None) -> None:
             f"{path}: decoding took longer than its wall-clock limit; raise max_decode_seconds "
             "(--max-decode-seconds) or split the file"
         )
-
-
-def short_error(err: BaseException) -> str:
-    """``Type: last line of the message`` (at most 300 characters), for error messages that name a cause."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1][:300] if text else ''}"

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sparsevlm.tiny.inputs import normalize_frames, video_tokens_per_frame
+from sparsevlm.tiny.inputs import normalize_frames
 from sparsevlm.tiny.tokenizer import token_id
 from sparsevlm.tiny.video_qa import QA, VideoSample, evidence_token_indices
+from sparsevlm.token_counts import video_tokens_per_frame
 
 IGNORE = -100
 CAPTION_PROMPT = "describe the video."

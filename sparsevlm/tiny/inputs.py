@@ -10,18 +10,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD, normalize_uint8
-from sparsevlm.prompt import VIDEO_PLACEHOLDER, build_prompt  # the one prompt format, training and inference
+from sparsevlm.preprocess import normalize_uint8
+from sparsevlm.prompt_text import build_prompt  # the one prompt format, training and inference
+from sparsevlm.token_counts import video_tokens_per_frame
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "VIDEO_PLACEHOLDER",
-    "build_prompt",
-    "encode_prompts",
-    "normalize_frames",
-    "video_tokens_per_frame",
-]
+__all__ = ["encode_prompts", "normalize_frames"]
 
 
 def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -34,11 +27,6 @@ def normalize_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         float32 ``[T, 3, H, W]`` or ``[B, T, 3, H, W]``, ready as (a row of) ``pixel_values_videos``.
     """
     return normalize_uint8(np.asarray(frames))
-
-
-def video_tokens_per_frame(size: int, patch: int) -> int:
-    """Visual tokens per frame on Video-LLaVA's video path: the patches plus CLS."""
-    return 1 + (size // patch) ** 2
 
 
 def encode_prompts(

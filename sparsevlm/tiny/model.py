@@ -16,8 +16,8 @@ from transformers import (
     VideoLlavaForConditionalGeneration,
 )
 
-from sparsevlm.tiny.inputs import video_tokens_per_frame
 from sparsevlm.tiny.tokenizer import token_id
+from sparsevlm.token_counts import video_tokens_per_frame
 
 
 @dataclass(frozen=True)

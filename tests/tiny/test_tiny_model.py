@@ -12,9 +12,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, VideoLlavaForConditionalGeneration
 
+from sparsevlm.preprocess import CLIP_MEAN, CLIP_STD
+from sparsevlm.prompt_text import build_prompt
 from sparsevlm.tiny.batches import IGNORE, SequenceBuilder, TrainBatch, collate
 from sparsevlm.tiny.heads import PatchHeads
-from sparsevlm.tiny.inputs import CLIP_MEAN, CLIP_STD, build_prompt, encode_prompts, normalize_frames
+from sparsevlm.tiny.inputs import encode_prompts, normalize_frames
 from sparsevlm.tiny.model import TinyModelConfig, build_model
 from sparsevlm.tiny.tokenizer import answer_token_ids, build_tokenizer
 from sparsevlm.tiny.train import BatchStream, TrainConfig, main, make_batch, train_step
