@@ -137,7 +137,7 @@ def run_pipeline_demo(work: Path, count: int, use_s3: bool) -> DemoRun:
         )
         print(f"input: {input_uri} ({count} synthetic videos + {REAL_CLIP.name})\noutput: {output_uri}\n")
         summary = run_pipeline(config)
-        fs, base = config.output_filesystem()
+        fs, base = config.output.filesystem()
         table = (
             ds.dataset(base, filesystem=fs, format="parquet")
             .to_table()

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = dataclasses.asdict(run_pipeline(config, **run_options(ns)))
     manifest = {**summary, "partition": config.partition, **_run_metrics(config, summary)}
-    Ledger(*config.output_filesystem()).write_json(f"_runs/{config.run_id}.json", manifest)
+    Ledger(*config.output.filesystem()).write_json(f"_runs/{config.run_id}.json", manifest)
     return manifest
 
 
@@ -54,7 +54,7 @@ def _run_metrics(config: Any, summary: dict[str, Any]) -> dict[str, Any]:
     (the index and loose markers: no scan of the part files)."""
     from pipeline.commit.ledger import Ledger
 
-    found = Ledger(*config.output_filesystem()).run_entries(config.run_id) if summary["processed"] else []
+    found = Ledger(*config.output.filesystem()).run_entries(config.run_id) if summary["processed"] else []
     entries = [e for e in found if e.kind is None]  # the videos' own records, not their summaries' (--summarize)
     ok_rows = sum(e.ok_rows or 0 for e in entries)
     metrics: dict[str, Any] = {

@@ -30,7 +30,7 @@ import ray
 import ray.data
 
 from pipeline.commit.ledger import Ledger
-from pipeline.config import PipelineConfig
+from pipeline.config import OutputTarget, PipelineConfig
 from pipeline.error_lines import short_error
 from pipeline.harness.standin import STAND_IN_RESOURCE
 from pipeline.observability.metrics import record_commit
@@ -50,25 +50,26 @@ MAX_INPUT_BLOCKS = 4096
 
 
 def commit_rows(
-    rows: pa.Table, config: PipelineConfig, replaces: dict[str, str], lease_token: str | None = None
+    rows: pa.Table, output: OutputTarget, run_id: str, replaces: dict[str, str], lease_token: str | None = None
 ) -> pa.Table:
     """The commit stage: write result rows through the :class:`~pipeline.commit.ledger.Ledger` (one Parquet file per
     video, then its commit marker) and return one :class:`~pipeline.observability.progress.CommitReport` row about them.
 
     Args:
         rows: result rows with the ledger's internal columns (the model stage's output).
-        config: the run's config.
+        output: where the rows go (``PipelineConfig.output``).
+        run_id: the run's id: it names the staging folder and is recorded in the markers.
         replaces: old part file per retried key; the commit of the new rows deletes it (see the ledger).
         lease_token: the run's output lease token: each commit first checks the lease still carries it.
     """
     if not rows.num_rows:
         return CommitReport().to_table()
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition, lease_token=lease_token)
+    ledger = Ledger(*output.filesystem(), partition=output.partition, lease_token=lease_token)
     try:
-        committed = ledger.write_rows(rows, config.run_id, replaces)
+        committed = ledger.write_rows(rows, run_id, replaces)
     except OSError as err:  # the storage client retried each request with backoff; now Ray retries the task
         if storage_failure(err) == "transient":
-            raise TransientIOError(f"writing results to {config.output_uri}: {short_error(err)}") from err
+            raise TransientIOError(f"writing results to {output.uri}: {short_error(err)}") from err
         raise
     record_commit([entry.status for entry in committed], QualityTally.total(e.quality for e in committed))
     return commit_report(rows, committed).to_table()
@@ -90,7 +91,7 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
     items = split_items(items, config.split_video_bytes)  # long videos: several decode tasks each
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     ds = ds.flat_map(
-        functools.partial(decode_rows, config=config, frame_size=frame_size),
+        functools.partial(decode_rows, settings=config.decoding, frame_size=frame_size),
         # decord runs single-threaded (num_threads=1), so one CPU per task is its real use. flat_map can change
         # the row count and map_batches below asks for batch_size rows, so Ray never fuses decoding into the
         # model actor (performance-anchors §4): decoders and the model overlap.
@@ -105,7 +106,7 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
     )
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"config": config},
+        fn_constructor_kwargs={"model": config.model_settings, "answering": config.answering},
         batch_size=config.batch_size,
         batch_format="pyarrow",
         # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
@@ -124,7 +125,7 @@ def build_summaries(config: PipelineConfig, items: list[dict[str, Any]]) -> ray.
 
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     ds = ds.map(
-        functools.partial(read_clips, config=config),
+        functools.partial(read_clips, output=config.output),
         # One small GET of a part file's caption columns: I/O bound, like the commit tasks, so no CPU held;
         # transient storage failures are retried like a decode task's.
         num_cpus=0,
@@ -134,7 +135,7 @@ def build_summaries(config: PipelineConfig, items: list[dict[str, Any]]) -> ray.
     )
     return ds.map_batches(
         Summarizer,
-        fn_constructor_kwargs={"config": config},
+        fn_constructor_kwargs={"model": config.model_settings, "answering": config.answering},
         batch_size=config.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=config.workers),
@@ -162,7 +163,9 @@ def commit_stage(
     """The chain's last stage: commit tasks over the model stage's result rows, one report row each; each
     commit first checks that the output's lease still carries ``lease_token`` (None: no fencing)."""
     return results.map_batches(
-        functools.partial(commit_rows, config=config, replaces=replaces, lease_token=lease_token),
+        functools.partial(
+            commit_rows, output=config.output, run_id=config.run_id, replaces=replaces, lease_token=lease_token
+        ),
         batch_size=None,  # whatever block the model stage produced: the ledger stages segments per video
         batch_format="pyarrow",
         # Writing small Parquet files is I/O bound, so the commit tasks hold no CPU and a few run at once. At

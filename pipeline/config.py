@@ -1,7 +1,15 @@
-"""PipelineConfig: everything one run needs, validated once at the boundary. No Ray here.
+"""PipelineConfig: everything one run needs, validated once at the boundary, and the parts each stage gets.
+No Ray here.
 
-The config is a frozen dataclass that travels to every Ray worker (it is small and picklable), so the
-workers build their own filesystems and engines from it instead of receiving live objects.
+The config is the flat, typed thing the jobs' flags fill; the driver (pipeline/run.py) holds it. Each stage
+receives only its part, a small frozen dataclass made by a property of the config: :class:`StorageAccess` (how
+to reach object storage; every task makes its own file systems from it), :class:`OutputTarget` (where results
+go), :class:`DecodeSettings` (segmenting and the decode guards), :class:`ModelSettings` (which model, in what
+form, where) and :class:`AnswerSettings` (what is asked and how long answers may be). The parts are picklable,
+so they travel to the Ray workers instead of live objects.
+
+Making a config does no I/O: the model's revision, part of the config key, is read from the checkpoint by
+:meth:`PipelineConfig.resolved`, which the driver calls (``run_pipeline``, ``plan_run``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,20 @@ from sparsevlm.engine_types import DTYPE_NAMES, DtypeName
 from sparsevlm.prompt_text import CAPTION_PROMPT, SUMMARY_PROMPT
 from sparsevlm.tiny import bundled_label, resolve_model
 
-__all__ = ["PIPELINE_VERSION", "PipelineConfig", "new_run_id"]
+__all__ = [
+    "PIPELINE_VERSION",
+    "UNRESOLVED",
+    "AnswerSettings",
+    "DecodeSettings",
+    "ModelSettings",
+    "OutputTarget",
+    "PipelineConfig",
+    "StorageAccess",
+    "new_run_id",
+]
+
+# model_revision before PipelineConfig.resolved has read it (no revision string looks like this).
+UNRESOLVED = "(unresolved)"
 
 
 # A run id names the run manifest _runs/<run_id>.json: one path component, never "..", "/" or a leading ".".
@@ -51,6 +72,89 @@ PIPELINE_VERSION = f"{_package_version()}+schema{SCHEMA_VERSION}"
 def new_run_id() -> str:
     """``YYYYmmddTHHMMSSZ-xxxxxx``: sortable by start time, unique across concurrent drivers."""
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class StorageAccess:
+    """How to reach object storage: the endpoint and the s3fs options (never printed). Picklable; each task makes
+    its own file systems from it."""
+
+    s3_endpoint_url: str | None = None
+    s3_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def fsspec(self, uri: str) -> Any:
+        """An fsspec filesystem for an s3:// URI (None for local paths), for listing and decoding inputs."""
+        if check_scheme(uri) != "s3":
+            return None
+        return s3_filesystem(self.s3_endpoint_url, self.s3_options)
+
+    def arrow(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem and base path of ``uri`` (S3 goes through s3fs, so the same endpoint and
+        credential options apply to inputs and outputs)."""
+        return arrow_filesystem(uri, self.fsspec(uri))
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where results go: the output URI, how to reach it, and the partition folder of this run's part files."""
+
+    uri: str
+    storage: StorageAccess
+    partition: str | None = None
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem and base path of the output."""
+        return self.storage.arrow(self.uri)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What the decode stage needs: segmenting, frames per segment, the guards, and how to read the inputs."""
+
+    segment_seconds: float | None
+    shots: ShotSegmenting | None
+    frames_per_segment: int
+    max_video_bytes: int | None
+    max_duration_s: float | None
+    max_frames: int | None
+    max_decode_seconds: float | None
+    storage: StorageAccess
+
+    def first_frame(self) -> DecodeSettings:
+        """The same guards for a check that decodes one frame of one segment (the driver's preflight)."""
+        return dataclasses.replace(self, segment_seconds=None, shots=None, frames_per_segment=1)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model the model actors load and how: the checkpoint, what rows call it and its revision, the
+    SparseConfig, dtype and device, the actor's torch threads; or a stand-in (benchmarks, tests)."""
+
+    model: str
+    label: str
+    revision: str | None
+    sparse: SparseConfig
+    dtype: DtypeName
+    device: str
+    torch_threads: int
+    stand_in: StandInCost | None = None
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """What the model stages ask and how: the caption instruction and questions, frames per segment (prompts
+    are checked against the context with them), the generation budget, the shadow sample's share, the summary
+    instruction, prompts per ``generate`` call, and the run id the rows carry."""
+
+    caption_prompt: str
+    questions: tuple[str, ...]
+    frames_per_segment: int
+    max_new_tokens: int
+    repeat_stop: int
+    shadow_fraction: float
+    summary_prompt: str
+    call_size: int
+    run_id: str
 
 
 @dataclass(frozen=True)
@@ -121,10 +225,11 @@ class PipelineConfig:
             over an existing output summarizes the videos committed before without reprocessing them. Not part of
             the config key: the videos' rows are the same with or without it.
         summary_prompt: the instruction after the captions of the ``summary`` task.
-        model_revision: not a parameter: what ``model`` is right now (:func:`pipeline.commit.revision.model_revision`:
-            a hub snapshot's commit hash, or a content hash of a local checkpoint), resolved whenever a config
-            is made (also by ``replace``), carried as it is to the workers; part of the config key and of
-            every row, so a changed checkpoint under the same name is processed again.
+        model_revision: what ``model`` is right now (:func:`pipeline.commit.revision.model_revision`: a hub
+            snapshot's commit hash, or a content hash of a local checkpoint), read by :meth:`resolved` (the
+            driver calls it; :data:`UNRESOLVED` until then, and again after ``replace(model=...)``), carried as it
+            is to the workers; part of the config key and of every row, so a changed checkpoint under the same name
+            is processed again. The config key and :attr:`model_settings` refuse an unresolved config.
         allow_prefixes: local folders or s3://bucket/prefix locations a manifest's entries may name besides
             the manifest's own folder (by default a manifest reads only below its own folder, in its own
             bucket; see :mod:`pipeline.stages.sources`).
@@ -173,7 +278,7 @@ class PipelineConfig:
     shadow_fraction: float = 0.0
     summarize: bool = False
     summary_prompt: str = SUMMARY_PROMPT
-    model_revision: str | None = field(init=False, default=None)
+    model_revision: str | None = UNRESOLVED
 
     def __post_init__(self) -> None:
         for name in ("input_uri", "output_uri", "model"):
@@ -251,11 +356,79 @@ class PipelineConfig:
             raise ValueError("a stand-in accelerator takes no GPU: set num_gpus_per_worker=0 with stand_in")
         if self.partition is not None and not PARTITION.fullmatch(self.partition):
             raise ValueError(f"partition must look like name=value (letters, digits, _ . -), got {self.partition!r}")
-        object.__setattr__(self, "model_revision", model_revision(self.model))
 
     def replace(self, **changes: Any) -> PipelineConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); another ``model`` is unresolved again."""
+        if "model" in changes and "model_revision" not in changes:
+            changes["model_revision"] = UNRESOLVED
         return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> PipelineConfig:
+        """This config with ``model_revision`` read from the checkpoint now
+        (:func:`pipeline.commit.revision.model_revision`: a hub snapshot's commit hash or a content hash of a local
+        checkpoint; None when it cannot be known). The driver calls it: reading the checkpoint is I/O."""
+        return dataclasses.replace(self, model_revision=model_revision(self.model))
+
+    @property
+    def storage(self) -> StorageAccess:
+        """How the stages reach object storage."""
+        return StorageAccess(self.s3_endpoint_url, self.s3_options)
+
+    @property
+    def output(self) -> OutputTarget:
+        """Where the commit stage writes."""
+        return OutputTarget(self.output_uri, self.storage, self.partition)
+
+    @property
+    def decoding(self) -> DecodeSettings:
+        """The decode stage's settings."""
+        return DecodeSettings(
+            segment_seconds=self.segment_seconds,
+            shots=self.shots,
+            frames_per_segment=self.frames_per_segment,
+            max_video_bytes=self.max_video_bytes,
+            max_duration_s=self.max_duration_s,
+            max_frames=self.max_frames,
+            max_decode_seconds=self.max_decode_seconds,
+            storage=self.storage,
+        )
+
+    @property
+    def model_settings(self) -> ModelSettings:
+        """The model actors' model (its revision resolved: see :meth:`resolved`)."""
+        return ModelSettings(
+            model=self.model,
+            label=self.model_label,
+            revision=self._revision(),
+            sparse=self.sparse,
+            dtype=self.dtype,
+            device=self.device,
+            torch_threads=self.torch_threads,
+            stand_in=self.stand_in,
+        )
+
+    @property
+    def answering(self) -> AnswerSettings:
+        """What the model actors ask, and how long their answers and calls may be."""
+        return AnswerSettings(
+            caption_prompt=self.caption_prompt,
+            questions=self.questions,
+            frames_per_segment=self.frames_per_segment,
+            max_new_tokens=self.max_new_tokens,
+            repeat_stop=self.repeat_stop,
+            shadow_fraction=self.shadow_fraction,
+            summary_prompt=self.summary_prompt,
+            call_size=self.batch_size * (1 + len(self.questions)),
+            run_id=self.run_id,
+        )
+
+    def _revision(self) -> str | None:
+        if self.model_revision == UNRESOLVED:
+            raise ValueError(
+                f"the revision of model {self.model!r} is not read yet; call config.resolved() first (the driver, "
+                "run_pipeline and plan_run, does)"
+            )
+        return self.model_revision
 
     @property
     def model_label(self) -> str:
@@ -293,7 +466,8 @@ class PipelineConfig:
         """
         # The model by its content: the same weights from another path or image reuse the rows; the name
         # keys only a model whose revision cannot be known (rows keep model_id as given either way).
-        model = {"model_revision": self.model_revision} if self.model_revision else {"model": self.model}
+        revision = self._revision()
+        model = {"model_revision": revision} if revision else {"model": self.model}
         material: dict[str, Any] = {
             **model,
             "dtype": self.dtype,
@@ -314,14 +488,3 @@ class PipelineConfig:
             material["segment_by"] = self.segment_by
             material["shots"] = dataclasses.asdict(self.shots)
         return hashlib.sha1(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
-
-    def fsspec_filesystem(self, uri: str) -> Any:
-        """An fsspec filesystem for an s3:// URI (None for local paths), for listing and decoding inputs."""
-        if check_scheme(uri) != "s3":
-            return None
-        return s3_filesystem(self.s3_endpoint_url, self.s3_options)
-
-    def output_filesystem(self) -> tuple[pafs.FileSystem, str]:
-        """The pyarrow filesystem and base path of ``output_uri`` (S3 goes through s3fs, so the same
-        endpoint and credential options apply to inputs and outputs)."""
-        return arrow_filesystem(self.output_uri, self.fsspec_filesystem(self.output_uri))

@@ -93,7 +93,8 @@ def run_pipeline(
             ``status: failed``, the error's class and message and what the run had committed by then.
     """
     start = time.perf_counter()
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    config = config.resolved()  # the checkpoint's revision, which the config key holds: read here, not in the config
+    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     lease = OutputLease(ledger.fs, ledger.base, config.run_id)
     try:  # the lease is the run's first write: a leased output is left untouched
         lease.acquire(lease_wait_s)
@@ -151,9 +152,9 @@ def _run(
     try:
         spec = inspect_checkpoint(config.model)
         record["frame_size"] = spec.frame_size  # the failure record's page draws the sampled frames with it
-        config = config.replace()  # the revision again: reading a hub id's config may have fetched a newer one
+        config = config.resolved()  # again: reading a hub id's config may have fetched a newer snapshot
         sources = list_sources(
-            config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+            config.input_uri, config.storage.fsspec(config.input_uri), allow_prefixes=config.allow_prefixes
         )
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
@@ -375,7 +376,7 @@ def _preflight(config: PipelineConfig, pending: list[dict[str, Any]], frame_size
     chosen = {id(i) for i in sample}
     order = sample + [i for i in present if id(i) not in chosen]
     errors = []
-    one_frame = config.replace(segment_seconds=None, frames_per_segment=1)
+    one_frame = config.decoding.first_frame()
     for item in order:
         rows = decode_rows(item, one_frame, frame_size, first_frame_only=True)
         try:

@@ -57,7 +57,7 @@ def test_the_engine_cuts_an_answer_that_repeats_itself() -> None:
 def test_the_pipeline_keys_the_guard_only_when_it_is_on(tmp_path: Path) -> None:
     from pipeline.config import PipelineConfig
 
-    off = PipelineConfig(input_uri=str(tmp_path), output_uri=str(tmp_path / "out"), model=str(tmp_path))
+    off = PipelineConfig(input_uri=str(tmp_path), output_uri=str(tmp_path / "out"), model=str(tmp_path)).resolved()
     assert off.repeat_stop == 0 and off.replace(repeat_stop=3).config_key() != off.config_key()
     with pytest.raises(ValueError, match=r"repeat_stop must be an int >= 0 \(0: off\), got -1"):
         off.replace(repeat_stop=-1)

@@ -108,7 +108,7 @@ def measure_rows(mode: str, table: pa.Table, wall_s: float, workers: int = 1) ->
 
 def read_rows(config: PipelineConfig) -> pa.Table:
     """Every committed result row under ``config.output_uri``."""
-    fs, base = config.output_filesystem()
+    fs, base = config.output.filesystem()
     return pads.dataset(base, filesystem=fs, format="parquet").to_table()
 
 
@@ -116,17 +116,18 @@ def plain_loop(config: PipelineConfig) -> float:
     """The baseline: list, decode, infer and write one video after another in this process, with the same
     stages, batch size and ledger as the pipeline (but no Ray and no overlap). Returns its wall time."""
     began = time.perf_counter()
-    fs = config.fsspec_filesystem(config.input_uri)
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    config = config.resolved()
+    fs = config.storage.fsspec(config.input_uri)
+    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     items = [source_row(s, config) for s in list_sources(config.input_uri, fs)]
     pending = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
-    predictor = Predictor(config)
+    predictor = Predictor(config.model_settings, config.answering)
     from sparsevlm.engine import inspect_checkpoint
 
     frame_size = inspect_checkpoint(config.model).frame_size
     batch: list[dict[str, Any]] = []
     for item in (i for i in items if i["ledger_key"] in pending):
-        for row in decode_rows(item, config, frame_size):
+        for row in decode_rows(item, config.decoding, frame_size):
             batch.append(row)
             if len(batch) == config.batch_size:
                 ledger.write_rows(predictor(pa.Table.from_pylist(batch)), config.run_id)

@@ -217,7 +217,7 @@ def sample_picture(
 
     seconds = PICTURE_MAX_SECONDS if config.max_decode_seconds is None else config.max_decode_seconds
     deadline = deadline_after(min(seconds, PICTURE_MAX_SECONDS))
-    fs = config.fsspec_filesystem(row["source_uri"])
+    fs = config.storage.fsspec(row["source_uri"])
     with open_local_copy(row["source_uri"], fs, max_bytes=config.max_video_bytes, deadline=deadline) as path:
         _, segments = decode_segments(
             path,

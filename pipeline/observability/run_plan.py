@@ -64,8 +64,9 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
         SourceError: the input names no videos (or a manifest entry outside its folder).
     """
     checkpoint = read_checkpoint(config.model)
+    config = config.resolved()  # the checkpoint's revision: the keys the run would compute
     sources = list_sources(
-        config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+        config.input_uri, config.storage.fsspec(config.input_uri), allow_prefixes=config.allow_prefixes
     )
     items = [source_row(s, config) for s in sources]
     videos = _states(config, items)
@@ -86,7 +87,7 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
 
 
 def _states(config: PipelineConfig, items: list[dict[str, Any]]) -> list[PlannedVideo]:
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     done = ledger.committed()
     pending = set(ledger.pending([i[LEDGER_KEY] for i in items], config.retry_errors, done))
     seen_uris = {entry.source_uri for entry in ledger.entries(done).values()}

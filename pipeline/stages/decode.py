@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
-from pipeline.config import PipelineConfig
+from pipeline.config import DecodeSettings, PipelineConfig
 from pipeline.error_lines import short_error
 from pipeline.observability.metrics import record_decode
 from pipeline.stages import readers
@@ -319,7 +319,7 @@ def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
 
 
 def decode_rows(
-    row: dict[str, Any], config: PipelineConfig, frame_size: int, *, first_frame_only: bool = False
+    row: dict[str, Any], settings: DecodeSettings, frame_size: int, *, first_frame_only: bool = False
 ) -> Generator[dict[str, Any], None, None]:
     """Decode one video into segment rows (the decode stage; see the module docstring for the fields).
 
@@ -331,7 +331,7 @@ def decode_rows(
 
     Args:
         row: a :func:`source_row`.
-        config: the run's config (segmenting, guards, S3 options).
+        settings: segmenting, the guards and how to read the input (``PipelineConfig.decoding``).
         frame_size: the model's frame side in pixels.
         first_frame_only: one row with the first decodable frame (the driver's preflight check).
 
@@ -350,11 +350,11 @@ def decode_rows(
     first = stop = 0  # this part's segment indices, once the video is open
     sent = False
     local = uri
-    deadline = deadline_after(config.max_decode_seconds)  # the download counts too
+    deadline = deadline_after(settings.max_decode_seconds)  # the download counts too
     started = time.perf_counter()
     try:
-        fs = config.fsspec_filesystem(uri)
-        copy = open_local_copy(uri, fs, max_bytes=config.max_video_bytes, deadline=deadline, etag=row["source_etag"])
+        fs = settings.storage.fsspec(uri)
+        copy = open_local_copy(uri, fs, max_bytes=settings.max_video_bytes, deadline=deadline, etag=row["source_etag"])
         with copy as path:
             local = str(path)
             pinned = check_scheme(uri) != "s3"  # an object's copy is pinned by its ETag; a file is re-checked
@@ -362,16 +362,16 @@ def decode_rows(
                 _check_unchanged(uri, local, row)
             info, segments = decode_segments(
                 path,
-                frames_per_segment=config.frames_per_segment,
-                segment_seconds=config.segment_seconds,
+                frames_per_segment=settings.frames_per_segment,
+                segment_seconds=settings.segment_seconds,
                 size=frame_size,
-                max_duration_s=config.max_duration_s,
-                max_bytes=config.max_video_bytes,
-                max_frames=config.max_frames,
+                max_duration_s=settings.max_duration_s,
+                max_bytes=settings.max_video_bytes,
+                max_frames=settings.max_frames,
                 deadline=deadline,
                 first_frame_only=first_frame_only,
                 share=(part, parts),
-                shots=config.shots,
+                shots=settings.shots,
             )
             if pinned:  # the header just read is the listed version's
                 _check_unchanged(uri, local, row)

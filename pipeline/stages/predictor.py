@@ -12,7 +12,7 @@ still runs but answers garbage). The
 run's own questions and caption prompt fail the model stage at start; a manifest's per-video question
 becomes error rows for that question only.
 
-With ``config.shadow_fraction`` > 0, the prompts of the sampled segments
+With ``shadow_fraction`` > 0 (:class:`~pipeline.config.AnswerSettings`), the prompts of the sampled segments
 (:func:`pipeline.observability.quality.shadow_sampled`) that got an answer are asked again in one more batched
 ``generate`` under the ``dense`` preset, on the same weights (``VideoQAEngine.answer(sparse=...)``); the dense answers
 travel to the commit in the internal :data:`pipeline.observability.quality.SHADOW_COLUMNS`, never in the result columns.
@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
-from pipeline.config import PIPELINE_VERSION, PipelineConfig
+from pipeline.config import PIPELINE_VERSION, AnswerSettings, ModelSettings
 from pipeline.harness.standin import StandInEngine
 from pipeline.observability.metrics import record_model_batch
 from pipeline.observability.quality import SHADOW_COLUMNS, SHADOW_PRESET, shadow_sampled
@@ -49,30 +49,33 @@ __all__ = ["Predictor", "load_engine", "provenance"]
 class Predictor:
     """The model stage: a batch of segment rows in, result rows out (callable class for ``map_batches``).
 
-    Each actor holds one :class:`~sparsevlm.engine.VideoQAEngine` (or, with ``config.stand_in``, one
+    Each actor holds one :class:`~sparsevlm.engine.VideoQAEngine` (or, with ``model.stand_in``, one
     :class:`~pipeline.harness.standin.StandInEngine`: benchmarks and tests only). All prompts of the batch's decoded
     segments (the caption instruction, then each question) go into one batched ``generate``. Decode error
     rows pass through as error result rows; a failing ``generate`` turns its rows into error rows; a question
     the model cannot take (see the module docstring) becomes error rows without reaching ``generate``.
 
     Args:
-        config: the run's config (model, SparseConfig, prompts, generation budget, CPU share).
-        engine: an already built engine (tests); default: load ``config.model``, or the stand-in that
-            ``config.stand_in`` describes.
+        model: the model to load, its SparseConfig and form, the actor's threads (``PipelineConfig.model_settings``).
+        answering: the prompts, the generation budget, the shadow sample's share (``PipelineConfig.answering``).
+        engine: an already built engine (tests); default: load ``model.model``, or the stand-in that
+            ``model.stand_in`` describes.
 
     Raises:
-        PromptError: the caption prompt or one of ``config.questions`` cannot be asked (every row would fail).
+        PromptError: the caption prompt or one of ``answering.questions`` cannot be asked (every row would fail).
     """
 
-    def __init__(self, config: PipelineConfig, engine: VideoQAEngine | StandInEngine | None = None) -> None:
+    def __init__(
+        self, model: ModelSettings, answering: AnswerSettings, engine: VideoQAEngine | StandInEngine | None = None
+    ) -> None:
         # The actor's CPU share is its thread budget: more threads than reserved CPUs starve the decoders.
-        torch.set_num_threads(config.torch_threads)
-        self.config = config
-        self.engine = engine or load_engine(config)
+        torch.set_num_threads(model.torch_threads)
+        self.config = answering
+        self.engine = engine or load_engine(model)
         self._dense = SparseConfig.preset(SHADOW_PRESET)  # the shadow sample's configuration, same weights
-        self._provenance = provenance(self.engine, config)
-        for prompt in (config.caption_prompt, *config.questions):
-            problem = self._prompt_problem(prompt, config.frames_per_segment)
+        self._provenance = provenance(self.engine, model, answering)
+        for prompt in (answering.caption_prompt, *answering.questions):
+            problem = self._prompt_problem(prompt, answering.frames_per_segment)
             if problem is not None:
                 raise problem
 
@@ -229,24 +232,26 @@ def _kept_visual_tokens(stats: SampleStats) -> list[int] | None:
     return None
 
 
-def provenance(engine: VideoQAEngine | StandInEngine, config: PipelineConfig) -> dict[str, Any]:
+def provenance(
+    engine: VideoQAEngine | StandInEngine, model: ModelSettings, answering: AnswerSettings
+) -> dict[str, Any]:
     """The columns every result row of a run's model actor shares: the model, its preset and SparseConfig, the
     model's revision, the run and the pipeline's version."""
     return {
         **engine.describe(),
-        "model_revision": config.model_revision,
-        "run_id": config.run_id,
+        "model_revision": model.revision,
+        "run_id": answering.run_id,
         "pipeline_version": PIPELINE_VERSION,
     }
 
 
-def load_engine(config: PipelineConfig) -> VideoQAEngine | StandInEngine:
-    """The engine of one model actor: ``config.model`` under ``config.sparse``, or the stand-in ``config.stand_in``
+def load_engine(model: ModelSettings) -> VideoQAEngine | StandInEngine:
+    """The engine of one model actor: ``model.model`` under ``model.sparse``, or the stand-in ``model.stand_in``
     describes."""
-    if config.stand_in is not None:
-        return StandInEngine(config.stand_in)
+    if model.stand_in is not None:
+        return StandInEngine(model.stand_in)
     return VideoQAEngine.from_pretrained(
-        config.model, config.sparse, device=config.device, dtype=config.dtype, label=config.model_label
+        model.model, model.sparse, device=model.device, dtype=model.dtype, label=model.label
     )
 
 

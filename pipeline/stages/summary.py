@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
 from pipeline.commit.ledger_index import LedgerEntry
-from pipeline.config import PipelineConfig
+from pipeline.config import AnswerSettings, ModelSettings, OutputTarget, PipelineConfig
 from pipeline.error_lines import short_error
 from pipeline.stages.decode import INFO_FIELDS, VIDEO_FIELDS
 from pipeline.stages.schema import SUMMARY_TASK, empty_row, rows_to_table
@@ -135,14 +135,14 @@ def summary_work(
     return items, ledger.entries(k for k in pending if k in done)
 
 
-def read_clips(item: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
+def read_clips(item: dict[str, Any], output: OutputTarget) -> dict[str, Any]:
     """A work item of :func:`summary_work` with its video's captions in order (:data:`CLIPS`) and the fields the
     summary row copies, read from the video's part file (one GET of its caption columns).
 
     A part file that is gone (a reconcile after its video was retried) gives a row with ``error`` set, so the
     summary becomes an error row; a transient storage failure raises :class:`TransientIOError` (Ray retries).
     """
-    ledger = Ledger(*config.output_filesystem())
+    ledger = Ledger(*output.filesystem())
     columns = [*SOURCE_FIELDS, "segment_index", "segment_start_s", "segment_end_s", "task", "status", "answer"]
     try:
         rows = pq.read_table(ledger.files.path(item["file"]), filesystem=ledger.fs, columns=columns)
@@ -168,17 +168,21 @@ class Summarizer:
     stage's call size. A failing call gives its videos error rows.
 
     Args:
-        config: the run's config (model, instruction, generation budget, CPU share).
-        engine: an already built engine (tests); default: load ``config.model`` as the model stage does.
+        model: the model, as the model stage loads it (``PipelineConfig.model_settings``).
+        answering: the instruction, the generation budget, the call size (``PipelineConfig.answering``).
+        engine: an already built engine (tests); default: load ``model`` as the model stage does.
     """
 
-    def __init__(self, config: PipelineConfig, engine: Any = None) -> None:
+    def __init__(self, model: ModelSettings, answering: AnswerSettings, engine: Any = None) -> None:
+        import torch
+
         from pipeline.stages.predictor import load_engine, provenance  # torch: the model actors only
 
-        self.config = config
-        self.engine = engine or load_engine(config)
-        self._provenance = provenance(self.engine, config)
-        self._call_size = config.batch_size * (1 + len(config.questions))
+        torch.set_num_threads(model.torch_threads)  # as the model stage: no more threads than reserved CPUs
+        self.config = answering
+        self.engine = engine or load_engine(model)
+        self._provenance = provenance(self.engine, model, answering)
+        self._call_size = answering.call_size
 
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table:
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)

@@ -119,7 +119,7 @@ def test_the_sample_agrees_fully_at_dense_less_when_pruned_and_changes_no_result
     picked = [{(r["source_uri"], r["segment_index"], r["task"]) for r in _quality(str(tmp_path / n))} for n in "ab"]
     # The sample is the hash of each segment's ledger key and index, whatever the output (the keys hold the
     # input paths, which differ between test runs, so how many are sampled is not fixed: compute it).
-    ledger = Ledger(*config_from_args(parse_run_args(caption.build_parser(), half[0])).output_filesystem())
+    ledger = Ledger(*config_from_args(parse_run_args(caption.build_parser(), half[0])).output.filesystem())
     key_of = {key.rsplit("-", 1)[0]: key for key in ledger.committed()}  # "<video_id>-<16 hex>"
     expected = {
         (r["source_uri"], r["segment_index"], r["task"])
@@ -151,7 +151,7 @@ def test_a_run_commits_the_sample_to_s3_once(
     assert [(r["segment_index"], r["task"]) for r in quality] == [
         (r["segment_index"], r["task"]) for r in _results(out, **s3)
     ]
-    ledger = Ledger(*config.output_filesystem())
+    ledger = Ledger(*config.output.filesystem())
     entries = ledger.entries(ledger.committed()).values()
     assert QualityTally.total(e.quality for e in entries).prompts == len(quality)
     files = {i.path for i in ledger.files.list_files(ledger.files.path("_quality"), recursive=True)}

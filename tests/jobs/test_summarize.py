@@ -92,7 +92,7 @@ def test_summaries_are_made_once_and_added_to_an_existing_output_without_reproce
     ledger = Ledger(
         *config_from_args(
             parse_run_args(caption.build_parser(), _argv(videos, out, pipeline_model_dir))
-        ).output_filesystem()
+        ).output.filesystem()
     )
     kinds = sorted(str(e.kind) for e in ledger.entries(ledger.committed()).values())
     assert kinds == ["None", "None", "None", SUMMARY_TASK]

@@ -163,7 +163,7 @@ def finishes_within(seconds: float, work: Callable[[], T]) -> T:
 
 def make_config(root: Path, **changes: Any) -> PipelineConfig:
     settings: dict[str, Any] = {"segment_seconds": 1.0, "frames_per_segment": 2, "run_id": "bad-input", **changes}
-    return PipelineConfig(input_uri=str(root), output_uri=str(root / "out"), model="unused", **settings)
+    return PipelineConfig(input_uri=str(root), output_uri=str(root / "out"), model="unused", **settings).resolved()
 
 
 def s3_input(root: Path, s3_server: str, input_uri: str) -> tuple[PipelineConfig, Any]:
@@ -171,7 +171,7 @@ def s3_input(root: Path, s3_server: str, input_uri: str) -> tuple[PipelineConfig
     the bucket made."""
     config = make_config(root, s3_endpoint_url=s3_server, s3_options={"key": S3_KEY, "secret": S3_SECRET})
     config = config.replace(input_uri=input_uri)
-    fs = config.fsspec_filesystem(input_uri)
+    fs = config.storage.fsspec(input_uri)
     fs.mkdir(input_uri.removeprefix("s3://").split("/")[0])
     return config, fs
 
@@ -185,7 +185,7 @@ def local_row(path: Path, config: PipelineConfig, questions: list[str] | None = 
 
 
 def decode(row: dict[str, Any], config: PipelineConfig, size: int = SIZE) -> list[dict[str, Any]]:
-    return finishes_within(TIME_LIMIT_S, lambda: list(decode_rows(row, config, frame_size=size)))
+    return finishes_within(TIME_LIMIT_S, lambda: list(decode_rows(row, config.decoding, frame_size=size)))
 
 
 def check_rows(rows: list[dict[str, Any]], frames_per_segment: int = 2, size: int = SIZE) -> list[tuple[Any, Any]]:
@@ -297,7 +297,7 @@ def test_a_bad_file_between_two_good_ones_loses_no_neighbour(
         (str(media["cut_before_moov"]), None, "CorruptMedia"),
         (str(media["one_frame"]), 0, None),
     ]
-    results = Predictor(config, engine=engine)(pa.Table.from_pylist(rows)).to_pylist()
+    results = Predictor(config.model_settings, config.answering, engine=engine)(pa.Table.from_pylist(rows)).to_pylist()
     summary = [(Path(r["source_uri"]).name, r["segment_index"], r["task"], r["status"]) for r in results]
     assert summary == [
         *[("good.mp4", k, task, "ok") for k in range(3) for task in ("caption", "qa")],
@@ -332,7 +332,7 @@ def test_hour_long_video_is_segmented_and_decoded_lazily(
         return original(frame, size)
 
     monkeypatch.setattr(pipeline.stages.readers, "resize_and_crop_uint8", counting)
-    rows = decode_rows(local_row(hour_long[ext], config), config, frame_size=SIZE)
+    rows = decode_rows(local_row(hour_long[ext], config), config.decoding, frame_size=SIZE)
     first = finishes_within(TIME_LIMIT_S, lambda: list(itertools.islice(rows, 3)))
     assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in first] == [
         (0, 0.0, 10.0),
@@ -593,7 +593,7 @@ def test_empty_manifest_questions_are_dropped(tmp_path: Path) -> None:
 def test_overlong_run_question_stops_the_model_stage_at_start(tmp_path: Path, engine: VideoQAEngine) -> None:
     config = make_config(tmp_path, questions=(LONG_QUESTION,))
     with pytest.raises(PromptTooLong, match=r"context of 4096 tokens .*max_new_tokens=64; shorten it by at least"):
-        Predictor(config, engine=engine)
+        Predictor(config.model_settings, config.answering, engine=engine)
 
 
 def test_bad_manifest_questions_become_error_rows_and_spare_the_rest(
@@ -602,7 +602,10 @@ def test_bad_manifest_questions_become_error_rows_and_spare_the_rest(
     config = make_config(tmp_path, questions=("What is shown?",), max_new_tokens=2)
     questions = [LONG_QUESTION, "Where is the <video> placeholder?", "What colour is it?"]
     rows = decode(local_row(media["one_frame"], config, questions), config, size=64)
-    results = finishes_within(TIME_LIMIT_S, lambda: Predictor(config, engine=engine)(pa.Table.from_pylist(rows)))
+    results = finishes_within(
+        TIME_LIMIT_S,
+        lambda: Predictor(config.model_settings, config.answering, engine=engine)(pa.Table.from_pylist(rows)),
+    )
     found = [(r["question"], r["status"], r["error_class"]) for r in results.to_pylist()]
     assert [(q if len(q) < 100 else "long", s, e) for q, s, e in found] == [
         ("Describe the video.", "ok", None),

@@ -93,10 +93,12 @@ def test_s3_in_s3_out_resumes_an_interrupted_run_exactly_once(
     # What a run killed in the middle leaves on S3, made by the same stage code outside Ray: the broken clip
     # committed; the avi's part file written but not its marker; the mkv with only its first segment staged;
     # the webm never reached.
-    ledger = Ledger(*config.output_filesystem())
-    predictor = Predictor(config)
+    ledger = Ledger(*config.output.filesystem())
+    predictor = Predictor(config.model_settings, config.answering)
     items = {Path(s.uri).name: source_row(s, config) for s in list_sources(config.input_uri, fs)}
-    results = {name: predictor(pa.Table.from_pylist(list(decode_rows(items[name], config, 64)))) for name in items}
+    results = {
+        name: predictor(pa.Table.from_pylist(list(decode_rows(items[name], config.decoding, 64)))) for name in items
+    }
     ledger.write_rows(results[BROKEN_CLIP], "killed")
     (avi,) = ledger.write_rows(results["mmaction2_test.avi"], "killed")
     fs.rm(f"out-results/captions/_ledger/{avi.key}.ok.json")
@@ -162,8 +164,10 @@ def test_a_run_stopped_after_some_commits_records_them(
 
     def commit_one_then_stop(address: str | None, metrics_port: int | None) -> None:  # Ray: one video, then ^C
         (source,) = [s for s in list_sources(config.input_uri) if s.uri.endswith("mmaction2_test.avi")]
-        rows = list(decode_rows(source_row(source, config), config, 64))
-        Ledger(*config.output_filesystem()).write_rows(Predictor(config)(pa.Table.from_pylist(rows)), config.run_id)
+        rows = list(decode_rows(source_row(source, config), config.decoding, 64))
+        Ledger(*config.output.filesystem()).write_rows(
+            Predictor(config.model_settings, config.answering)(pa.Table.from_pylist(rows)), config.run_id
+        )
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "init_ray", commit_one_then_stop)

@@ -15,7 +15,8 @@ from sparsevlm.config import SparseConfig
 
 
 def config(tmp_path: Path, **changes: object) -> PipelineConfig:
-    return PipelineConfig(str(tmp_path / "in"), str(tmp_path / "out"), "bundled:tiny-synthetic", **changes)  # type: ignore[arg-type]
+    made = PipelineConfig(str(tmp_path / "in"), str(tmp_path / "out"), "bundled:tiny-synthetic", **changes)  # type: ignore[arg-type]
+    return made.resolved()
 
 
 def key_before_shots(c: PipelineConfig) -> str:

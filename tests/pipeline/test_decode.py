@@ -358,12 +358,12 @@ def test_shots_merge_a_short_shot_and_split_a_long_one(tmp_path: Path) -> None:
 def test_decode_rows_carry_the_shot_boundaries(cut_clip: Path, tmp_path: Path, parts: int) -> None:
     config = PipelineConfig(
         str(cut_clip.parent), str(tmp_path / "out"), "bundled:tiny-synthetic", shots=SHOTS, frames_per_segment=2
-    )
+    ).resolved()
     (source,) = list_sources(config.input_uri)
     item = source_row(source, config)
     tasks = split_items([item], None if parts == 1 else -(-item["source_size"] // parts))
     assert len(tasks) == parts  # each part detects the shots of the whole video, and decodes its share
-    rows = [row for task in tasks for row in decode_rows(task, config, frame_size=SIZE)]
+    rows = [row for task in tasks for row in decode_rows(task, config.decoding, frame_size=SIZE)]
     _, segments = decode_all(cut_clip, shots=SHOTS, frames_per_segment=2)
     assert [(r["segment_index"], r["segment_start_s"], r["segment_end_s"]) for r in rows] == [
         (s.index, s.start_s, s.end_s) for s in segments

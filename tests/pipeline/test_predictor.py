@@ -38,17 +38,17 @@ def config(pipeline_videos: Path, pipeline_model_dir: Path, tmp_path_factory: py
         max_new_tokens=4,
         sparse=SparseConfig.preset("video-25"),
         run_id="test-run",
-    )
+    ).resolved()
 
 
 @pytest.fixture(scope="module")
 def predictor(config: PipelineConfig) -> Predictor:
-    return Predictor(config)
+    return Predictor(config.model_settings, config.answering)
 
 
 def decoded(config: PipelineConfig, name: str) -> list[dict[str, Any]]:
     source = next(s for s in list_sources(config.input_uri) if s.uri.endswith(name))
-    return list(decode_rows(source_row(source, config), config, frame_size=64))
+    return list(decode_rows(source_row(source, config), config.decoding, frame_size=64))
 
 
 def test_decode_rows_split_a_video_into_flagged_segments(config: PipelineConfig) -> None:
@@ -68,7 +68,7 @@ def test_decode_rows_turn_bad_files_into_one_error_row(config: PipelineConfig, t
     assert broken["error_class"] == "CorruptMedia" and BROKEN_CLIP in broken["error_message"]
     assert broken["segment_index"] is None and broken[LAST_SEGMENT] and broken["frames"] == b""
     row = {**source_row(list_sources(config.input_uri)[0], config), "source_uri": str(tmp_path / "gone.mp4")}
-    (missing,) = decode_rows(row, config, frame_size=64)
+    (missing,) = decode_rows(row, config.decoding, frame_size=64)
     assert missing["error_class"] == "MissingMedia" and missing["duration_s"] is None
 
 
@@ -119,7 +119,11 @@ def test_a_failing_generate_becomes_error_rows(config: PipelineConfig, predictor
         def answer(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    broken = Predictor(config, engine=Broken.from_model(predictor.engine.model, predictor.engine.tokenizer))
+    broken = Predictor(
+        config.model_settings,
+        config.answering,
+        engine=Broken.from_model(predictor.engine.model, predictor.engine.tokenizer),
+    )
     out = broken(pa.Table.from_pylist(decoded(config, "gradio_video_sample.webm"))).to_pylist()
     assert [(r["task"], r["status"], r["error_class"]) for r in out] == [
         ("caption", "error", "RuntimeError"),
@@ -162,8 +166,10 @@ def test_the_sampled_prompts_are_answered_again_dense_and_the_results_do_not_cha
 ) -> None:
     rows = all_clips(config)
     engine = engine_of(preset)
-    plain = Predictor(config.replace(sparse=engine.sparse), engine=engine)
-    sampled = Predictor(plain.config.replace(shadow_fraction=1.0), engine=engine)
+    plain_config = config.replace(sparse=engine.sparse)
+    plain = Predictor(plain_config.model_settings, plain_config.answering, engine=engine)
+    sampled_config = plain_config.replace(shadow_fraction=1.0)
+    sampled = Predictor(sampled_config.model_settings, sampled_config.answering, engine=engine)
     with_sample, without = sampled(pa.Table.from_pylist(rows)), plain(pa.Table.from_pylist(rows))
     assert current_config(engine.model) == SparseConfig.preset(preset)  # the dense calls put it back
     assert without_times(with_sample) == without_times(without)  # the sample changes no result row
@@ -187,7 +193,8 @@ def test_only_the_hashed_segments_are_sampled(config: PipelineConfig, predictor:
     rows = all_clips(config)
     keys = [(r[LEDGER_KEY], r["segment_index"]) for r in rows]
     fraction = next(f / 10 for f in range(1, 10) if 0 < sum(shadow_sampled(k, i, f / 10) for k, i in keys) < len(keys))
-    out = Predictor(config.replace(shadow_fraction=fraction), engine=predictor.engine)(pa.Table.from_pylist(rows))
+    sampling = config.replace(shadow_fraction=fraction)
+    out = Predictor(sampling.model_settings, sampling.answering, engine=predictor.engine)(pa.Table.from_pylist(rows))
     got = {(r[LEDGER_KEY], r["segment_index"]) for r in out.to_pylist() if r["shadow_answer"] is not None}
     assert got == {(k, i) for k, i in keys if shadow_sampled(k, i, fraction)}
 
@@ -201,7 +208,8 @@ def test_a_failing_dense_call_changes_no_result_row(config: PipelineConfig, pred
 
     engine = DenseBroken.from_model(predictor.engine.model, predictor.engine.tokenizer, config.sparse)
     rows = pa.Table.from_pylist(decoded(config, "mmaction2_test.avi"))
-    out = Predictor(config.replace(shadow_fraction=1.0), engine=engine)(rows)
+    sampling = config.replace(shadow_fraction=1.0)
+    out = Predictor(sampling.model_settings, sampling.answering, engine=engine)(rows)
     assert without_times(out) == without_times(predictor(rows))
     assert out.column("shadow_answer").null_count == out.num_rows
     assert out.column("shadow_error").to_pylist() == ["RuntimeError"] * out.num_rows

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.commit.ledger import Ledger
 from pipeline.commit.revision import model_revision
-from pipeline.config import PipelineConfig
+from pipeline.config import UNRESOLVED, PipelineConfig
 from pipeline.stages.decode import decode_rows, source_row
 from pipeline.stages.predictor import Predictor
 from pipeline.stages.sources import list_sources
@@ -34,7 +34,7 @@ def config_for(model: Path | str, tmp_path: Path) -> PipelineConfig:
         segment_seconds=None,
         frames_per_segment=1,
         max_new_tokens=2,
-    )
+    ).resolved()
 
 
 def test_a_local_checkpoint_is_named_by_its_content(checkpoint: Path, tmp_path: Path) -> None:
@@ -83,11 +83,11 @@ def test_rows_carry_the_revision_and_a_changed_checkpoint_is_processed_again(
     config = config_for(checkpoint, tmp_path)
     (source,) = list_sources(config.input_uri)
     item = source_row(source, config)
-    rows = Predictor(config, VideoQAEngine.from_pretrained(checkpoint))(
-        pa.Table.from_pylist(list(decode_rows(item, config, 224)))
+    rows = Predictor(config.model_settings, config.answering, VideoQAEngine.from_pretrained(checkpoint))(
+        pa.Table.from_pylist(list(decode_rows(item, config.decoding, 224)))
     )
     assert set(rows.column("model_revision").to_pylist()) == {config.model_revision}
-    ledger = Ledger(*config.output_filesystem())
+    ledger = Ledger(*config.output.filesystem())
     ledger.write_rows(rows, config.run_id)
     assert ledger.pending([source_row(source, config.replace(run_id="again"))["ledger_key"]]) == []
 
@@ -96,3 +96,26 @@ def test_rows_carry_the_revision_and_a_changed_checkpoint_is_processed_again(
     changed = config_for(checkpoint, tmp_path)
     key = source_row(source, changed)["ledger_key"]
     assert ledger.pending([key]) == [key]  # the new model's rows are not there yet
+
+
+def test_making_a_config_reads_nothing_and_its_key_waits_for_the_driver(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.config
+
+    def no_read(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the checkpoint was read while a config was made")
+
+    monkeypatch.setattr(pipeline.config, "model_revision", no_read)
+    made = PipelineConfig(input_uri=str(tmp_path / "in"), output_uri=str(tmp_path / "out"), model=str(checkpoint))
+    assert made.model_revision == UNRESOLVED and made.replace(workers=2).model_revision == UNRESOLVED
+    with pytest.raises(ValueError, match=r"call config.resolved\(\) first"):
+        made.config_key()
+    with pytest.raises(ValueError, match=r"call config.resolved\(\) first"):
+        _ = made.model_settings
+    monkeypatch.undo()
+    resolved = made.resolved()
+    assert resolved.model_revision == model_revision(str(checkpoint)) is not None
+    assert resolved.replace(workers=2).model_revision == resolved.model_revision  # the same model: kept
+    assert resolved.replace(model=str(tmp_path)).model_revision == UNRESOLVED  # another model: read it again
+    assert resolved.model_settings.revision == resolved.model_revision

@@ -66,19 +66,19 @@ def make_config(input_uri: str, output_uri: str, model: Path, **changes: Any) ->
         "run_id": "security",
         **changes,
     }
-    return PipelineConfig(input_uri=input_uri, output_uri=output_uri, model=str(model), **settings)
+    return PipelineConfig(input_uri=input_uri, output_uri=output_uri, model=str(model), **settings).resolved()
 
 
 def run_stages(config: PipelineConfig, engine: VideoQAEngine, compact: bool = True) -> list[LedgerEntry]:
     """What the Ray chain does, in this process: list, decode, answer, write and commit, then compact."""
     sources = list_sources(
-        config.input_uri, config.fsspec_filesystem(config.input_uri), allow_prefixes=config.allow_prefixes
+        config.input_uri, config.storage.fsspec(config.input_uri), allow_prefixes=config.allow_prefixes
     )
-    predictor = Predictor(config, engine)
-    ledger = Ledger(*config.output_filesystem(), partition=config.partition)
+    predictor = Predictor(config.model_settings, config.answering, engine)
+    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     entries = []
     for source in sources:
-        rows = list(decode_rows(source_row(source, config), config, engine.spec.frame_size))
+        rows = list(decode_rows(source_row(source, config), config.decoding, engine.spec.frame_size))
         entries += ledger.write_rows(predictor(pa.Table.from_pylist(rows)), config.run_id)
     if compact:
         ledger.compact(entries)
@@ -137,7 +137,7 @@ def test_a_checkpoint_asking_for_its_own_code_is_refused_without_running_it(
         VideoQAEngine.from_pretrained(checkpoint)
     config = make_config(str(tmp_path), str(tmp_path / "out"), checkpoint)
     with pytest.raises(CheckpointError, match=message):
-        Predictor(config)
+        Predictor(config.model_settings, config.answering)
     with pytest.raises(PipelineError, match=message):
         run_pipeline(config)
     argv = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(checkpoint)]
@@ -219,7 +219,7 @@ def test_credentials_never_reach_rows_markers_manifests_or_logs(
 
     entries = run_stages(config, engine, compact=False)  # part files and markers
     assert [e.status for e in entries] == ["error", "ok"]
-    Ledger(*config.output_filesystem()).compact(entries[:1])  # one marker folded into the index, one left
+    Ledger(*config.output.filesystem()).compact(entries[:1])  # one marker folded into the index, one left
     marker = {path: admin.cat_file(path) for path in admin.find("creds/out/_ledger") if path.endswith(".json")}
     assert len(marker) == 1  # (the next run folds it into the index as it opens its epoch)
     admin.invalidate_cache()  # its listing of _ledger/ would hide what the runs below write there
@@ -493,7 +493,7 @@ def test_oversized_videos_become_one_error_row(
         fs.put_file(str(assets / CLIP), f"{bucket}/in/{CLIP}")
         options = {"s3_endpoint_url": endpoint, "s3_options": {"key": "testing", "secret": "testing"}}
         config = make_config(f"s3://{bucket}/in", str(tmp_path / "out"), Path("unused"), **options, **limit)
-    (source,) = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
-    (row,) = decode_rows(source_row(source, config), config, frame_size=32)
+    (source,) = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
+    (row,) = decode_rows(source_row(source, config), config.decoding, frame_size=32)
     assert (row["error_class"], row["segment_index"], row["frames"]) == ("TooLarge", None, b"")
     assert message in row["error_message"] and row["source_uri"] == source.uri

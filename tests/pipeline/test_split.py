@@ -62,7 +62,7 @@ def _rows(config: PipelineConfig, parts: int) -> list[dict[str, Any]]:
     item = source_row(list_sources(config.input_uri)[0], config)
     tasks = split_items([item], None if parts == 1 else max(1, -(-item["source_size"] // parts)))
     assert len(tasks) == parts
-    return [row for task in tasks for row in decode_rows(task, config, frame_size=32)]
+    return [row for task in tasks for row in decode_rows(task, config.decoding, frame_size=32)]
 
 
 def test_three_parts_decode_the_rows_of_one_task(long_video: Path, tmp_path: Path, pipeline_model_dir: Path) -> None:
@@ -110,8 +110,8 @@ def test_a_failing_middle_part_gives_every_segment_a_row_and_commits_once(
         (5, "CorruptMedia"),
     ]
     assert [r[LAST_SEGMENT] for r in rows] == [False] * 8 + [True]
-    ledger = Ledger(*config.output_filesystem())
-    predictor = Predictor(config)
+    ledger = Ledger(*config.output.filesystem())
+    predictor = Predictor(config.model_settings, config.answering)
     committed = [e for row in reversed(rows) for e in ledger.write_rows(predictor(pa.Table.from_pylist([row])), "r")]
     assert len(committed) == 1 and committed[0].status == "partial"
     # a caption and an answer per decoded segment, one error row per failed one

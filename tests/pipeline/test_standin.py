@@ -75,7 +75,7 @@ def test_predictor_rows_are_marked_and_keyed_apart(pipeline_model_dir: Path, tmp
         "error_class": None,
         "error_message": None,
     }
-    out = Predictor(stand_in)(pa.Table.from_pylist([row])).to_pylist()
+    out = Predictor(stand_in.model_settings, stand_in.answering)(pa.Table.from_pylist([row])).to_pylist()
     assert [r["task"] for r in out] == ["caption", "qa"]
     for result in out:
         assert result["answer"] == STAND_IN_ANSWER and result["status"] == "ok"

@@ -52,8 +52,8 @@ def config_through(proxy: FaultyS3, bucket: str, output: str, model: Path, **cha
 
 
 def decode_all(config: PipelineConfig) -> dict[str, list[dict[str, Any]]]:
-    sources = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
-    return {Path(s.uri).name: list(decode_rows(source_row(s, config), config, 32)) for s in sources}
+    sources = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
+    return {Path(s.uri).name: list(decode_rows(source_row(s, config), config.decoding, 32)) for s in sources}
 
 
 @pytest.mark.parametrize(("status", "error_class"), [(403, "AccessDenied"), (404, "MissingMedia")])
@@ -76,13 +76,13 @@ def requests_of_one_failed_attempt(proxy: FaultyS3, config: PipelineConfig, name
     """Requests for ``name`` that one decode attempt makes while the storage answers 503 to all of them
     (the client's retries included), after checking that the attempt raises the one type Ray retries."""
     (source,) = [
-        s for s in list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri)) if s.uri.endswith(name)
+        s for s in list_sources(config.input_uri, config.storage.fsspec(config.input_uri)) if s.uri.endswith(name)
     ]
     path = "/" + source.uri.removeprefix("s3://")
     proxy.fail(path, 503)
     proxy.requests.clear()
     with pytest.raises(TransientIOError, match=rf"{source.uri}: HTTP 503") as caught:
-        list(decode_rows(source_row(source, config), config, 32))
+        list(decode_rows(source_row(source, config), config.decoding, 32))
     assert storage_failure(caught.value) == "transient"
     proxy.faults.pop(path)
     return proxy.requests[path]
@@ -94,9 +94,9 @@ def test_a_transient_failure_is_retried_with_backoff_then_raised(
     bucket_with(s3_server, "flaky", assets, ["a.webm"])
     config = config_through(proxy, "flaky", str(tmp_path / "out"), Path("unused"))
     assert requests_of_one_failed_attempt(proxy, config, "a.webm") >= ATTEMPTS  # bounded, and retried
-    (source,) = list_sources(config.input_uri, config.fsspec_filesystem(config.input_uri))
+    (source,) = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
     proxy.fail("/flaky/in/a.webm", 503, times=ATTEMPTS - 1)  # the client's own retry absorbs it
-    assert [r["error_class"] for r in decode_rows(source_row(source, config), config, 32)] == [None]
+    assert [r["error_class"] for r in decode_rows(source_row(source, config), config.decoding, 32)] == [None]
 
 
 @pytest.mark.slow  # 12 s here (2 cores): Ray runs against a failing S3 proxy
@@ -172,7 +172,7 @@ def test_writes_are_retried_boundedly_and_a_retried_write_task_never_duplicates(
     bucket_with(s3_server, "write-faults", assets, ["a.webm", "b.webm"])
     output = "s3://write-faults/rows"
     config = config_through(proxy, "write-faults", output, pipeline_model_dir, run_id="down", io_retries=1)
-    ledger = Ledger(*config.output_filesystem())
+    ledger = Ledger(*config.output.filesystem())
     proxy.fail("/write-faults/rows/probe.bin", 503)
     with pytest.raises(OSError) as caught:
         ledger.files.write_bytes(b"x", ledger.files.path("probe.bin"))

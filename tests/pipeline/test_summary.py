@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
-from pipeline.config import PipelineConfig
+from pipeline.config import AnswerSettings, ModelSettings, PipelineConfig
 from pipeline.stages.schema import RESULT_SCHEMA, SUMMARY_TASK, empty_row, validate_table
 from pipeline.stages.summary import (
     CLIPS,
@@ -88,7 +88,12 @@ class FakeEngine:
 
 def config(tmp_path: Path, **changes: Any) -> PipelineConfig:
     fields: dict[str, Any] = {"max_new_tokens": 4, "batch_size": 2, **changes}
-    return PipelineConfig(str(tmp_path / "in"), str(tmp_path / "out"), "bundled:tiny-synthetic", **fields)
+    return PipelineConfig(str(tmp_path / "in"), str(tmp_path / "out"), "bundled:tiny-synthetic", **fields).resolved()
+
+
+def parts(config: PipelineConfig) -> tuple[ModelSettings, AnswerSettings]:
+    """What the summary stage gets from a config."""
+    return config.model_settings, config.answering
 
 
 def work_row(n: int, key: str = "k", error: str | None = None) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def run(summarizer: Summarizer, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 def test_a_batch_of_videos_is_summarized_in_one_call_per_level(tmp_path: Path) -> None:
     engine = FakeEngine()
-    rows = run(Summarizer(config(tmp_path), engine), [work_row(2, "a"), work_row(3, "b")])
+    rows = run(Summarizer(*parts(config(tmp_path)), engine), [work_row(2, "a"), work_row(3, "b")])
     assert len(engine.calls) == 1 and len(engine.calls[0]) == 2
     assert [(r["task"], r["answer"], r["status"]) for r in rows] == [
         (SUMMARY_TASK, "sum2", "ok"),
@@ -134,7 +139,7 @@ def test_a_long_video_is_summarized_in_levels_within_the_context(tmp_path: Path)
     # 12 lines of 4 words ("[0:00-0:10] c0 c0 c0"): a prompt of k lines has 18 + 4k words (the header's 10, the
     # instruction's 8) and the answer needs 4 more, so a context of 40 holds 4 lines: 12 -> 3 partial summaries -> 1.
     engine = FakeEngine(context=40)
-    (result,) = run(Summarizer(config(tmp_path, batch_size=4), engine), [work_row(12)])
+    (result,) = run(Summarizer(*parts(config(tmp_path, batch_size=4)), engine), [work_row(12)])
     assert [len(call) for call in engine.calls] == [3, 1]
     assert all(engine.text_length(p) + 4 <= 40 for call in engine.calls for p in call)
     assert engine.calls[1][0].splitlines()[1:4] == ["[0:00-0:40] sum4", "[0:40-1:20] sum4", "[1:20-2:00] sum4"]
@@ -144,15 +149,19 @@ def test_a_long_video_is_summarized_in_levels_within_the_context(tmp_path: Path)
 
 def test_calls_hold_at_most_a_model_batch_of_prompts(tmp_path: Path) -> None:
     engine = FakeEngine()
-    run(Summarizer(config(tmp_path, batch_size=2, questions=("q?",)), engine), [work_row(2, k) for k in "abcde"])
+    run(
+        Summarizer(*parts(config(tmp_path, batch_size=2, questions=("q?",))), engine), [work_row(2, k) for k in "abcde"]
+    )
     assert [len(call) for call in engine.calls] == [4, 1]  # batch_size x (1 + questions)
 
 
 def test_failures_become_error_rows_of_their_videos_only(tmp_path: Path) -> None:
-    rows = run(Summarizer(config(tmp_path), FakeEngine(fail=True)), [work_row(2, "a")])
+    rows = run(Summarizer(*parts(config(tmp_path)), FakeEngine(fail=True)), [work_row(2, "a")])
     assert (rows[0]["status"], rows[0]["error_class"], rows[0]["answer"]) == ("error", "RuntimeError", None)
     engine = FakeEngine(context=22)  # one line and the answer fit, never two
-    rows = run(Summarizer(config(tmp_path), engine), [work_row(3, "a"), work_row(2, "b", error="FileNotFoundError: x")])
+    rows = run(
+        Summarizer(*parts(config(tmp_path)), engine), [work_row(3, "a"), work_row(2, "b", error="FileNotFoundError: x")]
+    )
     assert [(r["status"], r["error_class"]) for r in rows] == [
         ("error", "SummaryTooLong"),
         ("error", "PartFileMissing"),
@@ -171,10 +180,10 @@ def test_read_clips_reads_the_captions_in_segment_order_and_a_missing_file_gives
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), out / "part-a.parquet")
     item = {LEDGER_KEY: "k", "video_key": "v", "file": "part-a.parquet", "source_uri": "/v/a.mp4"}
-    row = read_clips(item, config(tmp_path))
+    row = read_clips(item, config(tmp_path).output)
     assert json.loads(row[CLIPS]) == [[0.0, 10.0, "first"], [10.0, 20.0, "second"]]
     assert (row["video_id"], row["duration_s"], row["error"]) == (VIDEO_ID, 20.0, None)
-    gone = read_clips({**item, "file": "part-b.parquet"}, config(tmp_path))
+    gone = read_clips({**item, "file": "part-b.parquet"}, config(tmp_path).output)
     assert gone[CLIPS] == "[]" and "part-b.parquet" in gone["error"]
 
 
@@ -190,7 +199,7 @@ def test_the_tiny_models_engine_answers_text_prompts_batched_as_one_by_one(tmp_p
     assert [a.text for a in batched] == [engine.answer_text([p], 6)[0].text for p in prompts]
     assert all(a.stats.visual_tokens_in == 0 and a.stats.prefill_flops > 0 for a in batched)
     assert engine.text_length(prompts[0]) > engine.text_length(prompts[1])
-    (result,) = run(Summarizer(config(tmp_path), engine), [work_row(3)])
+    (result,) = run(Summarizer(*parts(config(tmp_path)), engine), [work_row(3)])
     assert result["status"] == "ok" and result["model_id"] == engine.model_id
     with pytest.raises(Exception, match="placeholder"):
         engine.answer_text(["what is in <video>?"])

@@ -34,8 +34,9 @@ def test_labels_and_directories_map_both_ways(tmp_path: Path) -> None:
 
 
 def test_the_label_and_the_path_give_one_config_key(tmp_path: Path) -> None:
-    by_path = PipelineConfig(input_uri=str(tmp_path), output_uri=str(tmp_path / "o"), model=str(CHECKPOINT_DIR))
-    by_label = by_path.replace(model="bundled:tiny-synthetic")
+    made = PipelineConfig(input_uri=str(tmp_path), output_uri=str(tmp_path / "o"), model=str(CHECKPOINT_DIR))
+    by_path = made.resolved()
+    by_label = by_path.replace(model="bundled:tiny-synthetic").resolved()
     assert by_label.model == str(CHECKPOINT_DIR)  # the key's material is unchanged: a path, as before labels
     assert by_label.config_key() == by_path.config_key()
     assert by_label.model_label == by_path.model_label == "bundled:tiny-synthetic"
@@ -46,7 +47,7 @@ def test_the_label_and_the_path_give_one_config_key(tmp_path: Path) -> None:
 def test_the_summary_says_which_model_preset_and_prompts_answered(tmp_path: Path) -> None:
     config = PipelineConfig(
         input_uri=str(tmp_path), output_uri=str(tmp_path / "o"), model=str(CHECKPOINT_DIR), questions=("what?",)
-    )
+    ).resolved()
     summary = summarise(config, seen=0, pending=0, entries=[], wall=0.0)
     assert (summary.model, summary.preset) == ("bundled:tiny-synthetic", DEFAULT_PRESET)
     assert summary.model_revision == config.model_revision and summary.model_revision
