@@ -189,6 +189,11 @@ def _summary(record: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> str:
         ("wall", f"{wall:.1f} s", "wall time"),
         ("rate", f"{segments / wall:.2f}" if wall > 0 else "-", "segments per second"),
     ]
+    made = record.get("summaries") or {}
+    if made:  # --summarize (pipeline/stages/summary.py)
+        failed = f", {made.get('failed', 0)} with an error row" if made.get("failed") else ""
+        what = f"of {made.get('videos', 0)} videos summarized in {float(made.get('wall_s') or 0):.1f} s{failed}"
+        figures.append(("summaries", f"{made.get('committed', 0)}", what))
     cards = "".join(
         f'<div class="figure"><div class="big" id="figure-{name}">{_e(value)}</div><div class="muted">{_e(what)}'
         "</div></div>"

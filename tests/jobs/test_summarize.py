@@ -89,6 +89,10 @@ def test_summaries_are_made_once_and_added_to_an_existing_output_without_reproce
     record = json.loads((tmp_path / "out" / "_runs" / f"{added['run_id']}.json").read_text())
     assert record["summaries"] == added["summaries"]
     assert "summary  1 of 1 videos summarized" in format_summary(added)
+    page = (tmp_path / "out" / "_runs" / f"{added['run_id']}.html").read_text()
+    assert 'id="figure-summaries">1<' in page and "of 1 videos summarized" in page
+    plain_page = (tmp_path / "out" / "_runs" / f"{plain['run_id']}.html").read_text()
+    assert "figure-summaries" not in plain_page
     ledger = Ledger(
         *config_from_args(
             parse_run_args(caption.build_parser(), _argv(videos, out, pipeline_model_dir))
