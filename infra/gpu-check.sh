@@ -2,7 +2,7 @@
 # The GPU check (docs/gpu.md): on a machine with one CUDA GPU and only torch, transformers==5.23.0 and
 # safetensors (no ray, av or decord), in under 8 minutes on an H100/H200:
 #   1. preflight: the packages and the GPU are there (fails in seconds, naming what is missing);
-#   2. the `gpu`-marked tests (tests/test_gpu.py: patched dense == unpatched, cache == no cache, batch == alone);
+#   2. the `gpu`-marked tests (tests/sparsevlm/test_gpu.py: patched dense == unpatched, cache == no cache, batch == alone);
 #   3. the GPU benchmark, `python -m jobs.benchmark gpu --out OUT_DIR/gpu.json`: the 7B layout in bf16, left-
 #      padded rows of unequal lengths, 3 timed repeats, and the synchronising CUDA calls per decode step.
 # Usage, from the repository root:  infra/gpu-check.sh [OUT_DIR]   (default: $OUT, else ./gpu-check-out)
@@ -64,7 +64,7 @@ if [ "$tiny" = 1 ]; then bench=(--tiny --new-tokens 2 --repeats 1 --batches 1); 
 else bench=(); tests_limit=150; bench_limit=290; fi
 
 step "gpu tests (limit ${tests_limit}s)"
-timeout "$tests_limit" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py --junitxml="$out/tests.xml" \
+timeout "$tests_limit" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/sparsevlm/test_gpu.py --junitxml="$out/tests.xml" \
     2>&1 | tee "$out/tests.log" || { status=1; echo "gpu-check: the gpu tests failed (see tests.log)" >&2; }
 
 step "gpu benchmark (limit ${bench_limit}s)"

@@ -7,7 +7,7 @@ Everything runs through the plain-function path of the Ray stages (``list_source
 pending (they then start no Ray), so no test here needs Ray.
 
 Covered elsewhere and not repeated: pickled weights are refused with a message naming the file and the fix
-(``tests/test_engine.py::test_refuses_pickled_weights``, and through ``run_pipeline`` in
+(``tests/sparsevlm/test_engine.py::test_refuses_pickled_weights``, and through ``run_pipeline`` in
 ``tests/pipeline/test_build.py::test_fails_fast_when_the_model_cannot_load``); ledger keys that could name a file
 elsewhere are refused by the ledger itself (``tests/pipeline/test_ledger.py``); URIs with other schemes, and a
 text manifest naming one (``tests/pipeline/test_sources.py``); the duration guard through ``decode_rows``

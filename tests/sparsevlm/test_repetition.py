@@ -13,7 +13,7 @@ from sparsevlm.prompt_text import CAPTION_PROMPT
 from sparsevlm.repetition import RepeatStop, repeated_tail, trim_repeat
 from sparsevlm.tiny.loading import load_tiny
 
-REAL_CLIP = Path(__file__).parent / "assets" / "decord_flipping_a_pancake.mkv"
+REAL_CLIP = Path(__file__).parents[1] / "assets" / "decord_flipping_a_pancake.mkv"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """On a CUDA GPU in bf16, on the stand-in 7B checkpoint: patched dense == unpatched, cache == no cache, batch == alone.
 
-Marked ``gpu`` (skipped by default and without CUDA): ``pytest -m gpu tests/test_gpu.py`` on a GPU machine.
+Marked ``gpu`` (skipped by default and without CUDA): ``pytest -m gpu tests/sparsevlm/test_gpu.py`` on a GPU machine.
 bf16 kernels may round differently for different shapes (a batch vs one row, a cached step vs a full forward),
 so logits are compared with a tolerance of 2 % of their range, while the pruning decisions (which tokens each
 row keeps) and patched-dense vs unpatched (the same kernels on the same shapes) must be identical.
