@@ -104,15 +104,7 @@ def build_dataset(config: PipelineConfig, items: list[dict[str, Any]], frame_siz
         max_retries=config.io_retries,
         retry_exceptions=[TransientIOError],
     )
-    return ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"model": config.model_settings, "answering": config.answering},
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
-        compute=ray.data.ActorPoolStrategy(size=config.workers),
-        **_model_resources(config),
-    )
+    return _model_stage(ds, Predictor, config)
 
 
 def build_summaries(config: PipelineConfig, items: list[dict[str, Any]]) -> ray.data.Dataset:
@@ -133,11 +125,18 @@ def build_summaries(config: PipelineConfig, items: list[dict[str, Any]]) -> ray.
         max_retries=config.io_retries,
         retry_exceptions=[TransientIOError],
     )
+    return _model_stage(ds, Summarizer, config)
+
+
+def _model_stage(ds: ray.data.Dataset, stage: type, config: PipelineConfig) -> ray.data.Dataset:
+    """``ds`` through a pool of model actors of class ``stage`` (each built from the model and answer settings),
+    ``batch_size`` rows a call."""
     return ds.map_batches(
-        Summarizer,
+        stage,
         fn_constructor_kwargs={"model": config.model_settings, "answering": config.answering},
         batch_size=config.batch_size,
         batch_format="pyarrow",
+        # A fixed pool: model load is the expensive part (tens of seconds for 7B), so actors live for the run.
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         **_model_resources(config),
     )

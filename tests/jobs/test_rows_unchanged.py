@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 
 from jobs import caption
 from pipeline.query.results import open_quality, open_results
+from tests.pipeline.crash_jobs import copy_clips
 
 GOLDEN = Path(__file__).parents[1] / "assets" / "golden" / "rows-dfea4c5.json"
-CLIPS = ("decord_flipping_a_pancake.mkv", "gradio_video_sample.webm", "mmaction2_test.avi")
 FLAGS = ["--segment-seconds", "5", "--frames", "2", "--max-new-tokens", "8", "--question", "what happens?"]
 
 
@@ -37,10 +36,7 @@ def comparable(table: pa.Table, varying: list[str]) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("pipeline_ray")
 def test_a_run_makes_the_rows_and_the_key_it_made_before_the_restructuring(assets: Path, tmp_path: Path) -> None:
     golden = json.loads(GOLDEN.read_text())
-    videos = tmp_path / "in"
-    videos.mkdir()
-    for name in CLIPS:
-        shutil.copy(assets / name, videos / name)
+    videos = copy_clips(assets, tmp_path / "in")
     out = str(tmp_path / "out")
     summary = caption.main(["--input", str(videos), "--output", out, *FLAGS, "--shadow-fraction", "1"])
     assert summary["config_key"] == golden["config_key"]

@@ -5,7 +5,6 @@ with or without it."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,11 @@ from pipeline.observability.quality import (
 )
 from pipeline.query.results import open_quality, open_results
 from pipeline.run import run_pipeline
+from tests.pipeline.crash_jobs import CLIPS, copy_clips
 
-CLIPS = ("decord_flipping_a_pancake.mkv", "gradio_video_sample.webm", "mmaction2_test.avi")  # 2 + 1 + 1 segments
 FAST = ["--frames", "2", "--max-new-tokens", "8", "--segment-seconds", "5", "--question", "what happens?"]
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
 TIMES = ("run_id", "created_at", "latency_ms")  # what differs between two runs of the same rows
-
-
-def _videos(assets: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for name in CLIPS:
-        shutil.copy(assets / name, folder / name)
-    return folder
 
 
 def _argv(videos: Path, out: str, model: Path, *extra: str) -> list[str]:
@@ -75,7 +67,7 @@ def _expected_agreement(quality: list[dict[str, Any]]) -> dict[str, dict[str, An
 def test_the_sample_agrees_fully_at_dense_less_when_pruned_and_changes_no_result(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
-    videos = _videos(assets, tmp_path / "in")
+    videos = copy_clips(assets, tmp_path / "in")
     dense_out = str(tmp_path / "dense")
     dense = caption.main(_argv(videos, dense_out, pipeline_model_dir, "--preset", "dense", "--shadow-fraction", "1"))
     assert dense["quality"] == {
@@ -135,7 +127,7 @@ def test_the_sample_agrees_fully_at_dense_less_when_pruned_and_changes_no_result
 def test_a_run_commits_the_sample_to_s3_once(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path, s3_server: str
 ) -> None:
-    videos = _videos(assets, tmp_path / "in")
+    videos = copy_clips(assets, tmp_path / "in")
     fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=s3_server, skip_instance_cache=True)
     fs.mkdir("shadow-index")
     out = "s3://shadow-index/captions"

@@ -5,7 +5,6 @@ videos, and counted in the run record and the printed summary."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,13 @@ from pipeline.query.results import open_results
 from pipeline.run import run_pipeline
 from pipeline.stages.schema import SUMMARY_TASK
 from sparsevlm.prompt_text import SUMMARY_PROMPT
+from tests.pipeline.crash_jobs import copy_clips
 
-# 2 + 1 + 1 segments at 5 s: only the pancake has several, so only it gets a summary.
-CLIPS = ("decord_flipping_a_pancake.mkv", "gradio_video_sample.webm", "mmaction2_test.avi")
+# The three clips of tests.pipeline.crash_jobs: 2 + 1 + 1 segments at 5 s, so only the pancake gets a summary.
 SEVERAL = "decord_flipping_a_pancake.mkv"
 FAST = ["--frames", "2", "--max-new-tokens", "8", "--segment-seconds", "5", "--shadow-fraction", "0"]
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)
 TIMES = ("run_id", "created_at", "latency_ms")  # what differs between two runs of the same rows
-
-
-def _videos(assets: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for name in CLIPS:
-        shutil.copy(assets / name, folder / name)
-    return folder
 
 
 def _argv(videos: Path, out: str, model: Path, *extra: str) -> list[str]:
@@ -69,7 +61,7 @@ def _check_summary(rows: list[dict[str, Any]]) -> None:
 def test_summaries_are_made_once_and_added_to_an_existing_output_without_reprocessing(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path
 ) -> None:
-    videos = _videos(assets, tmp_path / "in")
+    videos = copy_clips(assets, tmp_path / "in")
     out = str(tmp_path / "out")
     plain = caption.main(_argv(videos, out, pipeline_model_dir))
     assert plain["processed"] == 3 and plain["summaries"] == {} and not _summaries(_rows(out))
@@ -118,7 +110,7 @@ def test_summaries_are_made_once_and_added_to_an_existing_output_without_reproce
 def test_a_run_commits_its_summaries_to_s3_once(
     assets: Path, pipeline_model_dir: Path, tmp_path: Path, s3_server: str
 ) -> None:
-    videos = _videos(assets, tmp_path / "in")
+    videos = copy_clips(assets, tmp_path / "in")
     fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=s3_server, skip_instance_cache=True)
     fs.mkdir("summary-index")
     out = "s3://summary-index/captions"
