@@ -72,6 +72,11 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"{plan.get('retry', 0)} to retry, {plan.get('done', 0)} already done; {plan.get('to_process', 0)} to "
         f"process, {plan.get('bytes_to_read', 0) / 1e6:.1f} MB to read",
     ]
+    if plan.get("summaries"):
+        lines.append(
+            f"summaries: {plan['summaries']['of_committed_videos']} of the videos already done (--summarize), and "
+            "one for each new video of several segments"
+        )
     if estimate:
         lines.append(
             f"per segment: {estimate.get('visual_tokens_per_segment')} visual tokens, "

@@ -35,6 +35,7 @@ from pipeline.commit.ledger import LEDGER_KEY, Ledger
 from pipeline.config import PipelineConfig
 from pipeline.stages.decode import source_row
 from pipeline.stages.sources import list_sources
+from pipeline.stages.summary import summary_work
 from sparsevlm.bench.presets import CostLayout, config_cost
 from sparsevlm.checkpoint import CheckpointInfo, read_checkpoint
 from sparsevlm.prompt_text import PROMPT_HEAD, prompt_tail
@@ -72,6 +73,11 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
     videos = _states(config, items)
     counts = Counter(v.state for v in videos)
     to_process = [v for v in videos if v.state in PROCESSED_STATES]
+    summaries: dict[str, Any] = {}
+    if config.summarize:  # of the videos already committed; new ones' segments are known once decoded
+        ledger = Ledger(*config.output.filesystem())
+        work, _ = summary_work(config, [i[LEDGER_KEY] for i in items], ledger, ledger.committed())
+        summaries = {"of_committed_videos": len(work)}
     return {
         "dry_run": True,
         "input": config.input_uri,
@@ -83,6 +89,7 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
         "bytes_to_read": sum(v.size or 0 for v in to_process),
         "estimate": _estimate(config, checkpoint, to_process),
         "videos": [asdict(v) for v in videos],
+        "summaries": summaries,
     }
 
 

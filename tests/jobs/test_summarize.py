@@ -13,7 +13,7 @@ import s3fs
 
 from jobs import caption
 from jobs.common import config_from_args, parse_run_args
-from jobs.summaries import format_summary
+from jobs.summaries import format_plan, format_summary
 from pipeline.commit.ledger import Ledger
 from pipeline.query.results import open_results
 from pipeline.run import run_pipeline
@@ -66,6 +66,9 @@ def test_summaries_are_made_once_and_added_to_an_existing_output_without_reproce
     plain = caption.main(_argv(videos, out, pipeline_model_dir))
     assert plain["processed"] == 3 and plain["summaries"] == {} and not _summaries(_rows(out))
     before = _rows(out)
+    plan = caption.main(_argv(videos, out, pipeline_model_dir, "--summarize", "--dry-run"))
+    assert plan["summaries"] == {"of_committed_videos": 1} and plan["to_process"] == 0
+    assert "summaries: 1 of the videos already done" in format_plan(plan)
 
     added = caption.main(_argv(videos, out, pipeline_model_dir, "--summarize"))
     assert (added["processed"], added["skipped"], added["config_key"]) == (0, 3, plain["config_key"])
