@@ -99,24 +99,20 @@ from pipeline.commit.ledger_files import PARTITION, PrefixFiles
 from pipeline.commit.ledger_index import CommitRecord, LedgerEntry, LedgerError, epoch_of, now_iso
 from pipeline.harness.crash import crash_point
 from pipeline.observability.quality import QUALITY_DIR, SHADOW_COLUMNS, QualityTally, quality_rows
-from pipeline.stages.schema import COLUMNS, RESULT_SCHEMA, SUMMARY_TASK
+from pipeline.stages.schema import (
+    COLUMNS,
+    INTERNAL_COLUMNS,
+    LAST_SEGMENT,
+    LEDGER_KEY,
+    RESULT_SCHEMA,
+    SEGMENT_ROWS,
+    SUMMARY_TASK,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "INTERNAL_COLUMNS",
-    "LAST_SEGMENT",
-    "LEDGER_KEY",
-    "SEGMENT_ROWS",
-    "Ledger",
-    "ledger_key",
-]
+__all__ = ["Ledger", "ledger_key"]
 
-# Columns the model stage appends to result rows for the writer; they are never written to Parquet.
-LEDGER_KEY = "ledger_key"  # str: ledger_key() of the row's video
-LAST_SEGMENT = "last_segment"  # bool: no segment of this video follows this one
-SEGMENT_ROWS = "segment_rows"  # int: rows the model stage produced for this segment (a completeness check)
-INTERNAL_COLUMNS = (LEDGER_KEY, LAST_SEGMENT, SEGMENT_ROWS)
 # What a staged segment holds: the result columns and the shadow sample's internal columns
 # (pipeline/observability/quality.py; filled with nulls when the rows lack them), which the commit splits into the part
 # file and the quality file.

@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.commit.ledger import LEDGER_KEY, Ledger
+from pipeline.commit.ledger import Ledger
 from pipeline.config import PipelineConfig
 from pipeline.stages.decode import source_row
+from pipeline.stages.schema import LEDGER_KEY
 from pipeline.stages.sources import list_sources
 from pipeline.stages.summary import summary_work
 from sparsevlm.bench.presets import CostLayout, config_cost

@@ -41,11 +41,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, ledger_key
+from pipeline.commit.ledger import ledger_key
 from pipeline.config import DecodeSettings, PipelineConfig
 from pipeline.error_lines import short_error
 from pipeline.observability.metrics import record_decode
 from pipeline.stages import readers
+from pipeline.stages.schema import INFO_FIELDS, LAST_SEGMENT, LEDGER_KEY, SOURCE_MTIME, VIDEO_FIELDS
 from pipeline.stages.shots import (
     ShotSegmenting,
     clip_bounds,
@@ -77,8 +78,6 @@ from pipeline.stages.video import (
 )
 
 __all__ = [
-    "INFO_FIELDS",
-    "VIDEO_FIELDS",
     "DecoderName",
     "decode_rows",
     "decode_segments",
@@ -295,11 +294,6 @@ def _check_duration(path: str, duration_s: float | None, max_duration_s: float |
             f"{path}: {duration_s:.1f} s exceeds max_duration_s={max_duration_s}; raise max_duration_s "
             "or split the file"
         )
-
-
-VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
-SOURCE_MTIME = "source_mtime"  # a work item's listed modification time: pins a local file's version
-INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
 
 
 def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:

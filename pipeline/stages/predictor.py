@@ -2,7 +2,7 @@
 out. A callable class; no Ray here (pipeline/build.py wires it).
 
 The model stage turns each segment into one caption row and one row per question (``RESULT_SCHEMA``) and appends
-:data:`pipeline.commit.ledger.INTERNAL_COLUMNS` and :data:`pipeline.observability.quality.SHADOW_COLUMNS` for the
+:data:`pipeline.stages.schema.INTERNAL_COLUMNS` and :data:`pipeline.observability.quality.SHADOW_COLUMNS` for the
 writer.
 
 Questions are checked against the model (``VideoQAEngine.check_prompt``) before they are asked, and rejected,
@@ -29,13 +29,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.config import PIPELINE_VERSION, AnswerSettings, ModelSettings
 from pipeline.harness.standin import StandInEngine
 from pipeline.observability.metrics import record_model_batch
 from pipeline.observability.quality import SHADOW_COLUMNS, SHADOW_PRESET, shadow_sampled
-from pipeline.stages.decode import INFO_FIELDS, VIDEO_FIELDS
-from pipeline.stages.schema import empty_row, rows_to_table
+from pipeline.stages.schema import (
+    INFO_FIELDS,
+    LAST_SEGMENT,
+    LEDGER_KEY,
+    SEGMENT_ROWS,
+    VIDEO_FIELDS,
+    empty_row,
+    rows_to_table,
+)
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import VideoQAEngine
 from sparsevlm.engine_types import EngineAnswer, PromptError

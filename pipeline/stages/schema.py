@@ -65,6 +65,17 @@ _FIELDS: list[tuple[str, pa.DataType, bool]] = [  # (name, type, nullable)
     ("kept_visual_tokens", pa.list_(pa.int64()), True),
 ]
 
+# The rows between the stages (no Ray here either: both sides import these names from this one module).
+# A work item and a segment row carry the video's identity and, once it is open, its metadata:
+VIDEO_FIELDS = ("video_id", "source_uri", "source_size", "source_etag")
+INFO_FIELDS = ("duration_s", "fps", "width", "height", "codec")
+SOURCE_MTIME = "source_mtime"  # a work item's listed modification time: pins a local file's version (never written)
+# Columns the model stages append to result rows for the writer; they are never written to Parquet.
+LEDGER_KEY = "ledger_key"  # str: ledger_key() of the row's video (pipeline/commit/ledger.py)
+LAST_SEGMENT = "last_segment"  # bool: no segment of this video follows this one
+SEGMENT_ROWS = "segment_rows"  # int: rows the model stage produced for this segment (a completeness check)
+INTERNAL_COLUMNS = (LEDGER_KEY, LAST_SEGMENT, SEGMENT_ROWS)
+
 RESULT_SCHEMA: pa.Schema = pa.schema(
     [pa.field(name, type_, nullable=nullable) for name, type_, nullable in _FIELDS],
     metadata={"result_schema_version": SCHEMA_VERSION},

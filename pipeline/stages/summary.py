@@ -35,12 +35,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
 from pipeline.commit.ledger_index import LedgerEntry
 from pipeline.config import AnswerSettings, ModelSettings, OutputTarget, PipelineConfig
 from pipeline.error_lines import short_error
-from pipeline.stages.decode import INFO_FIELDS, VIDEO_FIELDS
-from pipeline.stages.schema import SUMMARY_TASK, empty_row, rows_to_table
+from pipeline.stages.schema import (
+    INFO_FIELDS,
+    LAST_SEGMENT,
+    LEDGER_KEY,
+    SEGMENT_ROWS,
+    SUMMARY_TASK,
+    VIDEO_FIELDS,
+    empty_row,
+    rows_to_table,
+)
 from pipeline.stages.storage import TransientIOError, storage_failure
 
 logger = logging.getLogger(__name__)

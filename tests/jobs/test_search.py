@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import search
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
 from pipeline.stages.s3_keys import LiteralKeyS3FileSystem
-from pipeline.stages.schema import RESULT_SCHEMA, make_rows
+from pipeline.stages.schema import LAST_SEGMENT, LEDGER_KEY, RESULT_SCHEMA, SEGMENT_ROWS, make_rows
 from tests.jobs.imports import imported_packages
 from tests.pipeline.ledgers import CONFIG_KEY, make_ledger
 

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pytest
 import s3fs
 
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
 from pipeline.observability.quality import SHADOW_COLUMNS
-from pipeline.stages.schema import RESULT_SCHEMA, make_rows
+from pipeline.stages.schema import LAST_SEGMENT, LEDGER_KEY, RESULT_SCHEMA, SEGMENT_ROWS, make_rows
 
 CONFIG_KEY = "0123456789abcdef"
 S3_KEY = S3_SECRET = "testing"  # moto accepts any credentials (tests/conftest.py)

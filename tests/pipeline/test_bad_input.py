@@ -31,10 +31,10 @@ import pytest
 import pipeline.stages.decode
 import pipeline.stages.readers
 import pipeline.stages.video
-from pipeline.commit.ledger import LAST_SEGMENT
 from pipeline.config import PipelineConfig
 from pipeline.stages.decode import DecoderName, decode_rows, source_row
 from pipeline.stages.predictor import Predictor
+from pipeline.stages.schema import LAST_SEGMENT
 from pipeline.stages.sources import VideoSource, list_sources, make_video_id, read_manifest
 from pipeline.stages.storage import open_local_copy
 from pipeline.stages.video import Timeout, TooLarge

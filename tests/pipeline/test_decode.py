@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import s3fs
 
-from pipeline.commit.ledger import LAST_SEGMENT
 from pipeline.config import PipelineConfig
 from pipeline.stages.decode import decode_rows, decode_segments, plan_frames, plan_segments, source_row
+from pipeline.stages.schema import LAST_SEGMENT
 from pipeline.stages.shots import ShotSegmenting
 from pipeline.stages.sources import list_sources
 from pipeline.stages.split import split_items

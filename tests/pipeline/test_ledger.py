@@ -13,9 +13,10 @@ import pyarrow.fs as pafs
 import pytest
 
 import pipeline.commit.ledger_index
-from pipeline.commit.ledger import LEDGER_KEY, SEGMENT_ROWS, Ledger, ledger_key
+from pipeline.commit.ledger import Ledger, ledger_key
 from pipeline.commit.ledger_index import LedgerEntry, LedgerError
 from pipeline.observability.quality import QualityTally
+from pipeline.stages.schema import LEDGER_KEY, SEGMENT_ROWS
 from tests.pipeline.ledgers import CONFIG_KEY, quality_files, read_all, read_quality, segment
 
 

@@ -10,12 +10,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.commit.ledger import INTERNAL_COLUMNS, LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS
 from pipeline.config import PIPELINE_VERSION, PipelineConfig
 from pipeline.observability.quality import SHADOW_COLUMNS, shadow_sampled
 from pipeline.stages.decode import decode_rows, source_row
 from pipeline.stages.predictor import Predictor
-from pipeline.stages.schema import COLUMNS, RESULT_SCHEMA, validate_table
+from pipeline.stages.schema import (
+    COLUMNS,
+    INTERNAL_COLUMNS,
+    LAST_SEGMENT,
+    LEDGER_KEY,
+    RESULT_SCHEMA,
+    SEGMENT_ROWS,
+    validate_table,
+)
 from pipeline.stages.sources import list_sources
 from sparsevlm.config import SparseConfig
 from sparsevlm.engine import VideoQAEngine

@@ -11,13 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.commit.ledger import LAST_SEGMENT, Ledger
+from pipeline.commit.ledger import Ledger
 from pipeline.config import PipelineConfig
 from pipeline.harness.standin import StandInCost
 from pipeline.run import run_pipeline
 from pipeline.stages import readers
 from pipeline.stages.decode import decode_rows, decode_segments, source_row
 from pipeline.stages.predictor import Predictor
+from pipeline.stages.schema import LAST_SEGMENT
 from pipeline.stages.sources import list_sources
 from pipeline.stages.split import MAX_PARTS, share_bounds, split_items
 from pipeline.stages.video import CorruptMedia, Segment, SegmentPlan

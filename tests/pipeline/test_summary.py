@@ -11,9 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.commit.ledger import LAST_SEGMENT, LEDGER_KEY, SEGMENT_ROWS, ledger_key
+from pipeline.commit.ledger import ledger_key
 from pipeline.config import AnswerSettings, ModelSettings, PipelineConfig
-from pipeline.stages.schema import RESULT_SCHEMA, SUMMARY_TASK, empty_row, validate_table
+from pipeline.stages.schema import (
+    LAST_SEGMENT,
+    LEDGER_KEY,
+    RESULT_SCHEMA,
+    SEGMENT_ROWS,
+    SUMMARY_TASK,
+    empty_row,
+    validate_table,
+)
 from pipeline.stages.summary import (
     CLIPS,
     HEADER,
