@@ -205,9 +205,7 @@ class VideoQAEngine:
             PromptTooLong: the count exceeds ``max_position_embeddings`` (past it the model still runs but
                 answers garbage), naming the limit and by how much to shorten it.
         """
-        for placeholder in PLACEHOLDERS:
-            if placeholder in question:
-                raise PromptError(f"question contains the placeholder {placeholder!r}: {question!r:.200}")
+        _refuse_placeholders(question, "question")
         if self._context is None:
             return
         text = len(self._text(question))
@@ -322,9 +320,7 @@ class VideoQAEngine:
             PromptError: the prompt contains a ``<video>`` or ``<image>`` placeholder.
             PromptTooLong: its tokens plus ``max_new_tokens`` exceed the model's context.
         """
-        for placeholder in PLACEHOLDERS:
-            if placeholder in prompt:
-                raise PromptError(f"prompt contains the placeholder {placeholder!r}: {prompt!r:.200}")
+        _refuse_placeholders(prompt, "prompt")
         if self._context is None:
             return
         needed = self.text_length(prompt) + max_new_tokens
@@ -409,3 +405,11 @@ class VideoQAEngine:
             "sparse_preset": self.sparse.name,
             "sparse_config_json": self.sparse.to_json(),
         }
+
+
+def _refuse_placeholders(text: str, what: str) -> None:
+    """Raise :class:`PromptError` when ``text`` holds a ``<video>`` or ``<image>`` placeholder (tokens with no
+    features behind them)."""
+    for placeholder in PLACEHOLDERS:
+        if placeholder in text:
+            raise PromptError(f"{what} contains the placeholder {placeholder!r}: {text!r:.200}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -136,10 +137,7 @@ def summary_work(
     videos = [e for e in ledger.entries(k for k in video_keys if done.get(k) == "ok").values() if e.segments >= 2]
     keys = {summary_key(e.key, e.video_id, config.summary_prompt): e for e in videos}
     pending = ledger.pending(keys, config.retry_errors, done)
-    items = [
-        {LEDGER_KEY: k, "video_key": keys[k].key, "file": keys[k].file, "source_uri": keys[k].source_uri}
-        for k in pending
-    ]
+    items = [{LEDGER_KEY: k, "file": keys[k].file, "source_uri": keys[k].source_uri} for k in pending]
     return items, ledger.entries(k for k in pending if k in done)
 
 
@@ -150,10 +148,10 @@ def read_clips(item: dict[str, Any], output: OutputTarget) -> dict[str, Any]:
     A part file that is gone (a reconcile after its video was retried) gives a row with ``error`` set, so the
     summary becomes an error row; a transient storage failure raises :class:`TransientIOError` (Ray retries).
     """
-    ledger = Ledger(*output.filesystem())
+    fs, base = output.filesystem()
     columns = [*SOURCE_FIELDS, "segment_index", "segment_start_s", "segment_end_s", "task", "status", "answer"]
     try:
-        rows = pq.read_table(ledger.files.path(item["file"]), filesystem=ledger.fs, columns=columns)
+        rows = pq.read_table(posixpath.join(base, item["file"]), filesystem=fs, columns=columns)
     except OSError as err:
         if storage_failure(err) == "transient":
             raise TransientIOError(f"reading {item['file']} for its summary: {short_error(err)}") from err
@@ -198,8 +196,8 @@ class Summarizer:
         level: dict[int, list[Clip]] = {}
         outcome: dict[int, dict[str, Any]] = {}
         spent = dict.fromkeys(range(len(rows)), (0.0, 0.0))  # per row: model ms, prefill FLOPs
-        for i, row in enumerate(rows):
-            clips = [Clip(*c) for c in json.loads(row[CLIPS])]
+        captions = [[Clip(*c) for c in json.loads(row[CLIPS])] for row in rows]
+        for i, (row, clips) in enumerate(zip(rows, captions, strict=True)):
             if row["error"] is not None:
                 outcome[i] = _error("PartFileMissing", f"the video's part file {row['file']}: {row['error']}")
             elif len(clips) < 2:
@@ -208,7 +206,7 @@ class Summarizer:
                 level[i] = clips
         while level:
             level = self._level(level, outcome, spent)
-        out = rows_to_table([self._row(rows[i], outcome[i], *spent[i]) for i in range(len(rows))])
+        out = rows_to_table([self._row(rows[i], captions[i], outcome[i], *spent[i]) for i in range(len(rows))])
         out = out.append_column(LEDGER_KEY, pa.array([r[LEDGER_KEY] for r in rows], pa.string()))
         out = out.append_column(LAST_SEGMENT, pa.array([True] * len(rows), pa.bool_()))
         return out.append_column(SEGMENT_ROWS, pa.array([1] * len(rows), pa.int64()))
@@ -258,8 +256,9 @@ class Summarizer:
                 following[i] = parts
         return following
 
-    def _row(self, row: dict[str, Any], outcome: dict[str, Any], model_ms: float, flops: float) -> dict[str, Any]:
-        clips = [Clip(*c) for c in json.loads(row[CLIPS])]
+    def _row(
+        self, row: dict[str, Any], clips: list[Clip], outcome: dict[str, Any], model_ms: float, flops: float
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             **{k: row[k] for k in SOURCE_FIELDS},
             "segment_start_s": clips[0].start_s if clips else None,

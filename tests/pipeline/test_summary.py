@@ -109,7 +109,6 @@ def work_row(n: int, key: str = "k", error: str | None = None) -> dict[str, Any]
     info = {"duration_s": 10.0 * n, "fps": 25.0, "width": 64, "height": 48, "codec": "h264"}
     return {
         LEDGER_KEY: f"{VIDEO_ID}-{key * 16}"[:57],
-        "video_key": "v",
         "file": f"part-{key}.parquet",
         **source,
         **info,
@@ -187,7 +186,7 @@ def test_read_clips_reads_the_captions_in_segment_order_and_a_missing_file_gives
         for i, t, a in [(1, "caption", "second"), (0, "qa", "yes"), (0, "caption", "first")]
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), out / "part-a.parquet")
-    item = {LEDGER_KEY: "k", "video_key": "v", "file": "part-a.parquet", "source_uri": "/v/a.mp4"}
+    item = {LEDGER_KEY: "k", "file": "part-a.parquet", "source_uri": "/v/a.mp4"}
     row = read_clips(item, config(tmp_path).output)
     assert json.loads(row[CLIPS]) == [[0.0, 10.0, "first"], [10.0, 20.0, "second"]]
     assert (row["video_id"], row["duration_s"], row["error"]) == (VIDEO_ID, 20.0, None)
