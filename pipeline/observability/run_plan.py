@@ -71,13 +71,14 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
         config.input_uri, config.storage.fsspec(config.input_uri), allow_prefixes=config.allow_prefixes
     )
     items = [source_row(s, config) for s in sources]
-    videos = _states(config, items)
+    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
+    done = ledger.committed()  # one listing for the states and the summaries
+    videos = _states(config, items, ledger, done)
     counts = Counter(v.state for v in videos)
     to_process = [v for v in videos if v.state in PROCESSED_STATES]
     summaries: dict[str, Any] = {}
     if config.summarize:  # of the videos already committed; new ones' segments are known once decoded
-        ledger = Ledger(*config.output.filesystem())
-        work, _ = summary_work(config, [i[LEDGER_KEY] for i in items], ledger, ledger.committed())
+        work, _ = summary_work(config, [i[LEDGER_KEY] for i in items], ledger, done)
         summaries = {"of_committed_videos": len(work)}
     return {
         "dry_run": True,
@@ -94,9 +95,9 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def _states(config: PipelineConfig, items: list[dict[str, Any]]) -> list[PlannedVideo]:
-    ledger = Ledger(*config.output.filesystem(), partition=config.partition)
-    done = ledger.committed()
+def _states(
+    config: PipelineConfig, items: list[dict[str, Any]], ledger: Ledger, done: dict[str, str]
+) -> list[PlannedVideo]:
     pending = set(ledger.pending([i[LEDGER_KEY] for i in items], config.retry_errors, done))
     seen_uris = {entry.source_uri for entry in ledger.entries(done).values()}
     videos = []
