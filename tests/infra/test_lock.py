@@ -4,8 +4,9 @@ what this environment holds (so `make install` used it)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, metadata, version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -67,3 +68,21 @@ def test_install_and_the_image_use_the_lock() -> None:
     installs = [line for line in makefile.splitlines() if re.search(r"\$\(BIN\)/pip install .*(torch|-e)", line)]
     assert installs and all("-c $(LOCK)" in line for line in installs), installs
     assert "pip install -c constraints.txt ." in (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+
+
+def test_every_extra_asked_for_exists_in_the_locked_version() -> None:
+    """An extra the locked version does not provide installs nothing and only warns (``s3fs[boto3]`` did, once
+    s3fs dropped that extra): each one asked for must be one the installed distribution declares."""
+    missing = []
+    for req in DECLARED:
+        provided = {canonicalize_name(e) for e in metadata(req.name).get_all("Provides-Extra") or []}
+        missing += [f"{req.name}[{extra}]" for extra in req.extras if canonicalize_name(extra) not in provided]
+    assert not missing, f"extras the locked versions do not provide: {missing}; drop them from pyproject.toml"
+
+
+def test_the_resolve_check_names_a_bad_line_or_python() -> None:
+    """infra/resolve-check.sh (docs/install.md) refuses, before any network access, what it cannot check."""
+    script = ROOT / "infra" / "resolve-check.sh"
+    for args, said in ((["cu118", "3.11"], "not 'cu118'"), (["cu126", "3.10"], "not '3.10'")):
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr, (args, done.returncode, done.stderr)
