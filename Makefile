@@ -65,14 +65,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The tests run on PYTEST_WORKERS processes (pytest-xdist): most of the suite's time is spent waiting on Ray
+# start-ups, subprocesses and storage round trips, so two workers on 2 cores take 12 minutes instead of 18
+# (docs/reliability.md). PYTEST_WORKERS=0 runs them in this one process.
+PYTEST_WORKERS ?= 2
+
 # The whole suite (CI's, through .ci/run), slowest tests listed at the end so that one growing slower shows.
 pytest: install
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=25
 
 # The lane to run while working: the same without the tests marked slow (Ray jobs, training, the deep model),
 # under 3 minutes on a 2-core machine; `make test` still runs them all.
 pytest-fast: install
-	$(BIN)/pytest -q --durations=25 -m "not gpu and not slow"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=25 -m "not gpu and not slow"
 
 test: lint typecheck pytest
 
