@@ -158,7 +158,8 @@ def _run(
         )
     except (CheckpointError, SourceError) as err:
         raise PipelineError(str(err)) from err
-    items = [source_row(s, config) for s in sources]
+    key = config.config_key()
+    items = [source_row(s, key, config.questions) for s in sources]
     done = ledger.committed()
     pending_keys = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors, done))
     pending = [i for i in items if i["ledger_key"] in pending_keys]
@@ -171,7 +172,7 @@ def _run(
         len(items),
         len(items) - len(pending),
         len(pending),
-        config.config_key(),
+        key,
     )
     entries: list[LedgerEntry] = []
     if pending and config.stand_in is None and config.model_label.startswith("bundled:"):
@@ -254,7 +255,7 @@ def _summarize(
         second model load included; each summary row's ``latency_ms`` is its share of the model's time).
     """
     start = time.perf_counter()
-    items, previous = summary_work(config, video_keys, ledger, ledger.committed())
+    items, previous = summary_work(config.summary_prompt, config.retry_errors, video_keys, ledger, ledger.committed())
     entries: list[LedgerEntry] = []
     if items:
         logger.info("run %s: summarizing %d videos (%r)", config.run_id, len(items), config.summary_prompt)

@@ -119,7 +119,8 @@ def plain_loop(config: PipelineConfig) -> float:
     config = config.resolved()
     fs = config.storage.fsspec(config.input_uri)
     ledger = Ledger(*config.output.filesystem(), partition=config.partition)
-    items = [source_row(s, config) for s in list_sources(config.input_uri, fs)]
+    key = config.config_key()
+    items = [source_row(s, key, config.questions) for s in list_sources(config.input_uri, fs)]
     pending = set(ledger.pending([i["ledger_key"] for i in items], config.retry_errors))
     predictor = Predictor(config.model_settings, config.answering)
     from sparsevlm.engine import inspect_checkpoint

@@ -70,7 +70,8 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
     sources = list_sources(
         config.input_uri, config.storage.fsspec(config.input_uri), allow_prefixes=config.allow_prefixes
     )
-    items = [source_row(s, config) for s in sources]
+    key = config.config_key()
+    items = [source_row(s, key, config.questions) for s in sources]
     ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     done = ledger.committed()  # one listing for the states and the summaries
     videos = _states(config, items, ledger, done)
@@ -78,13 +79,13 @@ def plan_run(config: PipelineConfig) -> dict[str, Any]:
     to_process = [v for v in videos if v.state in PROCESSED_STATES]
     summaries: dict[str, Any] = {}
     if config.summarize:  # of the videos already committed; new ones' segments are known once decoded
-        work, _ = summary_work(config, [i[LEDGER_KEY] for i in items], ledger, done)
+        work, _ = summary_work(config.summary_prompt, config.retry_errors, [i[LEDGER_KEY] for i in items], ledger, done)
         summaries = {"of_committed_videos": len(work)}
     return {
         "dry_run": True,
         "input": config.input_uri,
         "output": config.output_uri,
-        "config_key": config.config_key(),
+        "config_key": key,
         "seen": len(videos),
         **{state: counts.get(state, 0) for state in ("new", "changed", "retry", "done")},
         "to_process": len(to_process),

@@ -36,13 +36,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from pipeline.commit.ledger import ledger_key
-from pipeline.config import DecodeSettings, PipelineConfig
+from pipeline.config import DecodeSettings
 from pipeline.error_lines import short_error
 from pipeline.observability.metrics import record_decode
 from pipeline.stages import readers
@@ -296,11 +296,12 @@ def _check_duration(path: str, duration_s: float | None, max_duration_s: float |
         )
 
 
-def source_row(source: VideoSource, config: PipelineConfig) -> dict[str, Any]:
-    """The work item of one video: identity, the questions to ask (run's, then the manifest's) and its key."""
-    questions = list(dict.fromkeys([*config.questions, *source.questions]))
+def source_row(source: VideoSource, config_key: str, run_questions: Sequence[str]) -> dict[str, Any]:
+    """The work item of one video: identity, the questions to ask (the run's ``run_questions``, then the
+    manifest's) and its ledger key under the run's ``config_key`` (:meth:`PipelineConfig.config_key`)."""
+    questions = list(dict.fromkeys([*run_questions, *source.questions]))
     return {
-        LEDGER_KEY: ledger_key(config.config_key(), source.video_id, questions),
+        LEDGER_KEY: ledger_key(config_key, source.video_id, questions),
         "video_id": source.video_id,
         "source_uri": source.uri,
         "source_size": source.size,

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline.commit.ledger import Ledger, ledger_key
 from pipeline.commit.ledger_index import LedgerEntry
-from pipeline.config import AnswerSettings, ModelSettings, OutputTarget, PipelineConfig
+from pipeline.config import AnswerSettings, ModelSettings, OutputTarget
 from pipeline.error_lines import short_error
 from pipeline.stages.schema import (
     INFO_FIELDS,
@@ -128,15 +128,15 @@ def chunk_clips(clips: Sequence[Clip], instruction: str, fits: Callable[[str], b
 
 
 def summary_work(
-    config: PipelineConfig, video_keys: Sequence[str], ledger: Ledger, done: dict[str, str]
+    prompt: str, retry_errors: bool, video_keys: Sequence[str], ledger: Ledger, done: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[str, LedgerEntry]]:
     """The summaries a run must make: one work item per committed video of ``video_keys`` with every row ``ok``
-    and two or more segments whose summary key is pending (``done``: :meth:`Ledger.committed`; a summary with an
-    error row again with ``retry_errors``), and the record of each retried one as it was (its old part file is
-    replaced)."""
+    and two or more segments whose summary key (under the instruction ``prompt``) is pending (``done``:
+    :meth:`Ledger.committed`; a summary with an error row again with ``retry_errors``), and the record of each
+    retried one as it was (its old part file is replaced)."""
     videos = [e for e in ledger.entries(k for k in video_keys if done.get(k) == "ok").values() if e.segments >= 2]
-    keys = {summary_key(e.key, e.video_id, config.summary_prompt): e for e in videos}
-    pending = ledger.pending(keys, config.retry_errors, done)
+    keys = {summary_key(e.key, e.video_id, prompt): e for e in videos}
+    pending = ledger.pending(keys, retry_errors, done)
     items = [{LEDGER_KEY: k, "file": keys[k].file, "source_uri": keys[k].source_uri} for k in pending]
     return items, ledger.entries(k for k in pending if k in done)
 

@@ -181,7 +181,7 @@ def local_row(path: Path, config: PipelineConfig, questions: list[str] | None = 
     stat = path.stat() if path.exists() else None
     size, mtime = (stat.st_size, stat.st_mtime) if stat else (None, None)
     source = VideoSource(str(path), size, None, mtime, make_video_id(str(path), size, None, mtime), questions or [])
-    return source_row(source, config)
+    return source_row(source, config.config_key(), config.questions)
 
 
 def decode(row: dict[str, Any], config: PipelineConfig, size: int = SIZE) -> list[dict[str, Any]]:
@@ -468,7 +468,7 @@ def test_local_file_deleted_after_listing(media: dict[str, Path], tmp_path: Path
     config = make_config(folder)
     sources = list_sources(str(folder))
     (folder / "a.mp4").unlink()
-    gone, kept = (decode(source_row(s, config), config) for s in sources)
+    gone, kept = (decode(source_row(s, config.config_key(), config.questions), config) for s in sources)
     assert check_rows(gone) == [(None, "MissingMedia")] and "no such file" in gone[0]["error_message"]
     assert check_rows(kept) == OK3
 
@@ -479,7 +479,7 @@ def test_s3_object_deleted_after_listing(s3_server: str, media: dict[str, Path],
         fs.put_file(str(media["good"]), f"bad-input-vanish/in/{name}")
     sources = list_sources(config.input_uri, fs)
     fs.rm("bad-input-vanish/in/a.mp4")
-    gone, kept = (decode(source_row(s, config), config) for s in sources)
+    gone, kept = (decode(source_row(s, config.config_key(), config.questions), config) for s in sources)
     assert check_rows(gone) == [(None, "MissingMedia")] and "no such object" in gone[0]["error_message"]
     assert check_rows(kept) == OK3
 
@@ -496,7 +496,7 @@ def test_a_local_file_changed_after_listing_is_a_source_changed_row(media: dict[
     (folder / "new.mp4").replace(folder / "replaced.mp4")
     with (folder / "grown.mp4").open("ab") as f:
         f.write(b"\0" * 10)
-    grown, kept, replaced = (decode(source_row(s, config), config) for s in sources)
+    grown, kept, replaced = (decode(source_row(s, config.config_key(), config.questions), config) for s in sources)
     for rows in (grown, replaced):
         assert (
             check_rows(rows) == [(None, "SourceChanged")] and "changed after it was listed" in rows[0]["error_message"]
@@ -513,7 +513,7 @@ def test_an_s3_object_overwritten_after_listing_is_a_source_changed_row(
         fs.put_file(str(media["good"]), f"bad-input-changed/in/{name}")
     sources = list_sources(config.input_uri, fs)
     fs.pipe_file("bad-input-changed/in/a.mp4", media["good"].read_bytes() + b"\0")
-    changed, kept = (decode(source_row(s, config), config) for s in sources)
+    changed, kept = (decode(source_row(s, config.config_key(), config.questions), config) for s in sources)
     assert check_rows(changed) == [(None, "SourceChanged")] and "ETag" in changed[0]["error_message"]
     assert check_rows(kept) == OK3
 
@@ -529,7 +529,7 @@ def test_s3_keys_with_query_and_fragment_characters_are_read_literally(
     sources = list_sources(config.input_uri, fs)
     assert [s.uri.rsplit("/", 1)[1] for s in sources] == ["a#b?c.mp4", "x?versionId=1.mp4"]
     for source in sources:
-        assert check_rows(decode(source_row(source, config), config)) == OK3, source.uri
+        assert check_rows(decode(source_row(source, config.config_key(), config.questions), config)) == OK3, source.uri
 
 
 def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: Path) -> None:
@@ -537,7 +537,7 @@ def test_an_undecodable_s3_object_is_named_by_its_uri(s3_server: str, tmp_path: 
     config, fs = s3_input(tmp_path, s3_server, "s3://bad-input-named/in")
     fs.pipe_file("bad-input-named/in/noise.mp4", np.random.default_rng(1).bytes(5000))
     (source,) = list_sources(config.input_uri, fs)
-    (row,) = decode(source_row(source, config), config)
+    (row,) = decode(source_row(source, config.config_key(), config.questions), config)
     assert row["error_class"] in ("CorruptMedia", "UnsupportedMedia")
     assert "s3://bad-input-named/in/noise.mp4" in row["error_message"], row["error_message"]
     assert tempfile.gettempdir() not in row["error_message"] and "decode-" not in row["error_message"]
@@ -555,7 +555,10 @@ def test_manifest_entries_are_not_filtered_by_extension(media: dict[str, Path], 
     (tmp_path / "list.txt").write_text("clip.dat\nnotes.txt\nphoto.jpg\nmissing.mp4\n")
     config = make_config(tmp_path)
     sources = read_manifest(str(tmp_path / "list.txt"))
-    found = {Path(s.uri).name: check_rows(decode(source_row(s, config), config)) for s in sources}
+    found = {
+        Path(s.uri).name: check_rows(decode(source_row(s, config.config_key(), config.questions), config))
+        for s in sources
+    }
     assert found == {
         "clip.dat": OK3,
         "notes.txt": [(None, "UnsupportedMedia")],

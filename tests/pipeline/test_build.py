@@ -95,7 +95,10 @@ def test_s3_in_s3_out_resumes_an_interrupted_run_exactly_once(
     # the webm never reached.
     ledger = Ledger(*config.output.filesystem())
     predictor = Predictor(config.model_settings, config.answering)
-    items = {Path(s.uri).name: source_row(s, config) for s in list_sources(config.input_uri, fs)}
+    items = {
+        Path(s.uri).name: source_row(s, config.config_key(), config.questions)
+        for s in list_sources(config.input_uri, fs)
+    }
     results = {
         name: predictor(pa.Table.from_pylist(list(decode_rows(items[name], config.decoding, 64)))) for name in items
     }
@@ -164,7 +167,7 @@ def test_a_run_stopped_after_some_commits_records_them(
 
     def commit_one_then_stop(address: str | None, metrics_port: int | None) -> None:  # Ray: one video, then ^C
         (source,) = [s for s in list_sources(config.input_uri) if s.uri.endswith("mmaction2_test.avi")]
-        rows = list(decode_rows(source_row(source, config), config.decoding, 64))
+        rows = list(decode_rows(source_row(source, config.config_key(), config.questions), config.decoding, 64))
         Ledger(*config.output.filesystem()).write_rows(
             Predictor(config.model_settings, config.answering)(pa.Table.from_pylist(rows)), config.run_id
         )

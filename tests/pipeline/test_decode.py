@@ -360,7 +360,7 @@ def test_decode_rows_carry_the_shot_boundaries(cut_clip: Path, tmp_path: Path, p
         str(cut_clip.parent), str(tmp_path / "out"), "bundled:tiny-synthetic", shots=SHOTS, frames_per_segment=2
     ).resolved()
     (source,) = list_sources(config.input_uri)
-    item = source_row(source, config)
+    item = source_row(source, config.config_key(), config.questions)
     tasks = split_items([item], None if parts == 1 else -(-item["source_size"] // parts))
     assert len(tasks) == parts  # each part detects the shots of the whole video, and decodes its share
     rows = [row for task in tasks for row in decode_rows(task, config.decoding, frame_size=SIZE)]

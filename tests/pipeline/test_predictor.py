@@ -55,7 +55,7 @@ def predictor(config: PipelineConfig) -> Predictor:
 
 def decoded(config: PipelineConfig, name: str) -> list[dict[str, Any]]:
     source = next(s for s in list_sources(config.input_uri) if s.uri.endswith(name))
-    return list(decode_rows(source_row(source, config), config.decoding, frame_size=64))
+    return list(decode_rows(source_row(source, config.config_key(), config.questions), config.decoding, frame_size=64))
 
 
 def test_decode_rows_split_a_video_into_flagged_segments(config: PipelineConfig) -> None:
@@ -74,7 +74,10 @@ def test_decode_rows_turn_bad_files_into_one_error_row(config: PipelineConfig, t
     (broken,) = decoded(config, BROKEN_CLIP)
     assert broken["error_class"] == "CorruptMedia" and BROKEN_CLIP in broken["error_message"]
     assert broken["segment_index"] is None and broken[LAST_SEGMENT] and broken["frames"] == b""
-    row = {**source_row(list_sources(config.input_uri)[0], config), "source_uri": str(tmp_path / "gone.mp4")}
+    row = {
+        **source_row(list_sources(config.input_uri)[0], config.config_key(), config.questions),
+        "source_uri": str(tmp_path / "gone.mp4"),
+    }
     (missing,) = decode_rows(row, config.decoding, frame_size=64)
     assert missing["error_class"] == "MissingMedia" and missing["duration_s"] is None
 

@@ -82,19 +82,19 @@ def test_rows_carry_the_revision_and_a_changed_checkpoint_is_processed_again(
     shutil.copy(assets / CLIP, tmp_path / "in" / CLIP)
     config = config_for(checkpoint, tmp_path)
     (source,) = list_sources(config.input_uri)
-    item = source_row(source, config)
+    item = source_row(source, config.config_key(), config.questions)
     rows = Predictor(config.model_settings, config.answering, VideoQAEngine.from_pretrained(checkpoint))(
         pa.Table.from_pylist(list(decode_rows(item, config.decoding, 224)))
     )
     assert set(rows.column("model_revision").to_pylist()) == {config.model_revision}
     ledger = Ledger(*config.output.filesystem())
     ledger.write_rows(rows, config.run_id)
-    assert ledger.pending([source_row(source, config.replace(run_id="again"))["ledger_key"]]) == []
+    assert ledger.pending([source_row(source, config.config_key(), config.questions)["ledger_key"]]) == []
 
     settings = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**settings, "note": "a new version, same name"}))
     changed = config_for(checkpoint, tmp_path)
-    key = source_row(source, changed)["ledger_key"]
+    key = source_row(source, changed.config_key(), changed.questions)["ledger_key"]
     assert ledger.pending([key]) == [key]  # the new model's rows are not there yet
 
 

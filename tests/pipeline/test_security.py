@@ -78,7 +78,11 @@ def run_stages(config: PipelineConfig, engine: VideoQAEngine, compact: bool = Tr
     ledger = Ledger(*config.output.filesystem(), partition=config.partition)
     entries = []
     for source in sources:
-        rows = list(decode_rows(source_row(source, config), config.decoding, engine.spec.frame_size))
+        rows = list(
+            decode_rows(
+                source_row(source, config.config_key(), config.questions), config.decoding, engine.spec.frame_size
+            )
+        )
         entries += ledger.write_rows(predictor(pa.Table.from_pylist(rows)), config.run_id)
     if compact:
         ledger.compact(entries)
@@ -494,6 +498,6 @@ def test_oversized_videos_become_one_error_row(
         options = {"s3_endpoint_url": endpoint, "s3_options": {"key": "testing", "secret": "testing"}}
         config = make_config(f"s3://{bucket}/in", str(tmp_path / "out"), Path("unused"), **options, **limit)
     (source,) = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
-    (row,) = decode_rows(source_row(source, config), config.decoding, frame_size=32)
+    (row,) = decode_rows(source_row(source, config.config_key(), config.questions), config.decoding, frame_size=32)
     assert (row["error_class"], row["segment_index"], row["frames"]) == ("TooLarge", None, b"")
     assert message in row["error_message"] and row["source_uri"] == source.uri

@@ -60,7 +60,7 @@ def _config(video: Path, tmp_path: Path, model: Path, **changes: Any) -> Pipelin
 
 
 def _rows(config: PipelineConfig, parts: int) -> list[dict[str, Any]]:
-    item = source_row(list_sources(config.input_uri)[0], config)
+    item = source_row(list_sources(config.input_uri)[0], config.config_key(), config.questions)
     tasks = split_items([item], None if parts == 1 else max(1, -(-item["source_size"] // parts)))
     assert len(tasks) == parts
     return [row for task in tasks for row in decode_rows(task, config.decoding, frame_size=32)]

@@ -53,7 +53,10 @@ def config_through(proxy: FaultyS3, bucket: str, output: str, model: Path, **cha
 
 def decode_all(config: PipelineConfig) -> dict[str, list[dict[str, Any]]]:
     sources = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
-    return {Path(s.uri).name: list(decode_rows(source_row(s, config), config.decoding, 32)) for s in sources}
+    return {
+        Path(s.uri).name: list(decode_rows(source_row(s, config.config_key(), config.questions), config.decoding, 32))
+        for s in sources
+    }
 
 
 @pytest.mark.parametrize(("status", "error_class"), [(403, "AccessDenied"), (404, "MissingMedia")])
@@ -82,7 +85,7 @@ def requests_of_one_failed_attempt(proxy: FaultyS3, config: PipelineConfig, name
     proxy.fail(path, 503)
     proxy.requests.clear()
     with pytest.raises(TransientIOError, match=rf"{source.uri}: HTTP 503") as caught:
-        list(decode_rows(source_row(source, config), config.decoding, 32))
+        list(decode_rows(source_row(source, config.config_key(), config.questions), config.decoding, 32))
     assert storage_failure(caught.value) == "transient"
     proxy.faults.pop(path)
     return proxy.requests[path]
@@ -96,7 +99,10 @@ def test_a_transient_failure_is_retried_with_backoff_then_raised(
     assert requests_of_one_failed_attempt(proxy, config, "a.webm") >= ATTEMPTS  # bounded, and retried
     (source,) = list_sources(config.input_uri, config.storage.fsspec(config.input_uri))
     proxy.fail("/flaky/in/a.webm", 503, times=ATTEMPTS - 1)  # the client's own retry absorbs it
-    assert [r["error_class"] for r in decode_rows(source_row(source, config), config.decoding, 32)] == [None]
+    assert [
+        r["error_class"]
+        for r in decode_rows(source_row(source, config.config_key(), config.questions), config.decoding, 32)
+    ] == [None]
 
 
 @pytest.mark.slow  # 12 s here (2 cores): Ray runs against a failing S3 proxy
