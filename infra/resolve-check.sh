@@ -19,9 +19,9 @@ case "$python_version" in 3.11 | 3.12 | 3.13) ;; *)
     echo "resolve-check: pyproject.toml allows Python 3.11-3.13, not '$python_version'" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
-report="${3:-$(mktemp /tmp/resolve-check.XXXXXX.json)}"
-target="$(mktemp -d /tmp/resolve-check-target.XXXXXX)"
-trap 'rm -rf "$target"' EXIT
+scratch="$(mktemp -d /tmp/resolve-check.XXXXXX)"  # pip's --target, and the report unless one is asked for
+trap 'rm -rf "$scratch"' EXIT
+report="${3:-$scratch/report.json}"
 read -r -a pip <<<"${PIP:-python3 -m pip}"
 
 # pip given --platform matches exactly the tags listed, so list every manylinux level an x86-64 glibc 2.28
@@ -46,15 +46,18 @@ fi
 
 "${pip[@]}" --isolated install --dry-run --ignore-installed --quiet --report "$report" \
     --only-binary :all: "${platforms[@]}" --python-version "$python_version" --implementation cp \
-    --target "$target" "${indexes[@]}" -c constraints.txt .
+    --target "$scratch/target" "${indexes[@]}" -c constraints.txt .
 
 python3 - "$report" "$line" "$python_version" <<'EOF'
-import json, sys
+import json, re, sys
 
 report, line, python_version = sys.argv[1], sys.argv[2], sys.argv[3]
 
+
 def normal(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
+    """A project name as PEP 503 compares it (runs of -, _ and . are one -)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 
 installed = {normal(i["metadata"]["name"]): i["metadata"]["version"] for i in json.load(open(report))["install"]}
