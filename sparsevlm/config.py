@@ -51,6 +51,10 @@ def _either(values: tuple[str, ...]) -> str:
 TARGET_TOLERANCE = 0.005
 
 
+# Fields added after outputs were written with this config, and the value that behaves as before they existed.
+_LATER_FIELDS: dict[str, Any] = {"weigh_merged": False}
+
+
 @dataclass(frozen=True)
 class SparseConfig:
     """How SparseVLM sparsifies the visual tokens of one prefill.
@@ -105,6 +109,11 @@ class SparseConfig:
             Text-agnostic; excludes ``temporal_merge``.
         vision_chunk_frames: encode video frames through the vision tower this many at a time (memory bounded
             by the chunk, not the video); 0 encodes all at once.
+        weigh_merged: a recycled (merged) token weighs the tokens it merged in every later attention, prefill and
+            decoding alike: ``log(weight)`` is added to the logits on its key (ToMe's proportional attention), so
+            the attention share of what a step deleted survives it. Without it a kept token takes the share of
+            the deleted tokens around it, and a model that counts from attention shares over-counts what was
+            kept (docs/fidelity.md). Needs ``recycle_ratio > 0``; ``recycle_ratio=1`` weighs every deleted token.
         layers_of: the depth ``prune_layers`` are written for: on a language model of another depth each layer
             becomes ``round(layer * depth / layers_of)`` (repeats dropped), so one preset prunes at the same
             relative depths of a 32-layer 7B and of a 4-layer test model (:meth:`scaled_layers`); None uses
@@ -132,6 +141,7 @@ class SparseConfig:
     budget_frames: int | None = None
     spatial_pool: float | None = None
     vision_chunk_frames: int = 0
+    weigh_merged: bool = False
     layers_of: int | None = None
     name: str = "custom"
 
@@ -216,6 +226,8 @@ class SparseConfig:
                 f"layers_of must be an int above every prune layer {layers!r} (the depth they are written for), "
                 f"got {self.layers_of!r}"
             )
+        if self.weigh_merged and self.recycle_ratio <= 0:
+            raise ValueError("weigh_merged weighs recycled tokens, but recycle_ratio is 0; set recycle_ratio > 0")
         if self.vision_chunk_frames < 0:
             raise ValueError(f"vision_chunk_frames must be >= 0, got {self.vision_chunk_frames!r}")
         if self.method not in METHODS:
@@ -244,8 +256,14 @@ class SparseConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """A stable JSON form, for provenance columns and cache keys."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A stable JSON form, for provenance columns and cache keys. Fields added after outputs existed are
+        written only when they differ from the value that behaves as before them (:data:`_LATER_FIELDS`), so a
+        new option leaves the keys of configs that do not use it, and their outputs, as they were."""
+        fields = dataclasses.asdict(self)
+        for name, before in _LATER_FIELDS.items():
+            if fields[name] == before:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def preset(cls, name: str) -> SparseConfig:
@@ -436,6 +454,12 @@ PROGRESSIVE_LAYERS = (0, 2, 6, 15)  # of 32 decoder layers (SparseConfig.layers_
 # did not change since the previous frame rank below distinct tokens. 0.02 in CLIP-normalised units is about
 # 0.5 % of the pixel range: exact repeats and mild noise, never an object that moved.
 XF: dict[str, Any] = {"static_threshold": 0.02, "recycle_time_weight": 0.5}
+# Weighted recycling (SparseConfig.weigh_merged): every deleted token is recycled, into as many merged tokens as the
+# paper's tau = 0.3, theta = 0.1 make (0.03 of the deleted: the same token counts and FLOPs), and each merged token
+# weighs its members in every later attention, so what a step deleted keeps its attention share. Chosen on dev seed
+# 0 (512 questions a split): cross-frame +3.4 / +2.1 / +5.3 points at 25 / 10 / 5 % (hard), +0.4 / +0.8 / +4.5
+# (easy); plain +0.1 / 0.0 / +1.4 (hard), +0.2 / +1.1 / +5.1 (easy) (docs/fidelity.md).
+WEIGHTED: dict[str, Any] = {"recycle_ratio": 1.0, "cluster_ratio": 0.03, "weigh_merged": True}
 # The earlier pre-LLM variant: same-position tokens with cosine >= 0.9 merge before the LLM, blind to the question
 # (it folds a moving object into its first position: fidelity-findings.md). Kept for long videos, whose
 # frame budget needs tokens removed before the LLM, and as the ``sparsevlm-premerge*`` baselines.
@@ -459,10 +483,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (derive_progressive_schedule). Chosen on dev seed 8 of the easy-split tiny-deep among five layer sets (the
     # one-step schedule kept 83.7 % of the answers at 10 %, this one 98.6 %); rechecked on dev seed 0 of both splits
     # with the model that reads to mid-depth: no other layer set was ahead beyond noise on both (docs/fidelity.md).
-    "video-50": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.50},
-    "video-25": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.25},
-    "video-10": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.10},
-    "video-5": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.05},
+    # Recycling is weighted (WEIGHTED); the paper's unweighted recycling is the llava-* and video-onestep-* presets'.
+    "video-50": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.50, **WEIGHTED},
+    "video-25": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.25, **WEIGHTED},
+    "video-10": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.10, **WEIGHTED},
+    "video-5": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.05, **WEIGHTED},
     # The paper's video setting with a target: one pruning step after layer 1 (derive_target_schedule).
     "video-onestep-50": {"prune_layers": (1,), "target_fraction": 0.50},
     "video-onestep-25": {"prune_layers": (1,), "target_fraction": 0.25},
@@ -471,9 +496,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Cross-frame: the same equivalent-token budget at the same progressive layers, spent first on patches that
     # changed since the previous frame (static repeats rank last at the first pruning layer), then time-aware
     # recycling. Measured on tiny-deep at 10 % / 5 %: 0.992 / 0.969 against the plain preset's 0.992 / 0.953.
-    "video-xf-25": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.25, **XF},
-    "video-xf-10": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.10, **XF},
-    "video-xf-5": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.05, **XF},
+    "video-xf-25": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.25, **XF, **WEIGHTED},
+    "video-xf-10": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.10, **XF, **WEIGHTED},
+    "video-xf-5": {"prune_layers": PROGRESSIVE_LAYERS, "layers_of": 32, "target_fraction": 0.05, **XF, **WEIGHTED},
     # Long videos: any number of frames compressed to a quarter of 8 frames' tokens; positions renumbered so
     # RoPE stays within the range of 8 frames; the vision tower encodes 8 frames at a time.
     "video-long": {

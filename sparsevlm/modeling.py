@@ -96,6 +96,7 @@ class _Group:
     kv_valid: torch.Tensor  # [B, K] bool: which cached prefill entries are real tokens
     shift: torch.Tensor  # [B]: original position minus this group's position of the same token
     padded: bool  # some cached prefill entry is padding (known on the host)
+    key_bias: torch.Tensor | None  # [B, K]: log weight of each cached prefill entry (merged tokens), or None
 
 
 @dataclass
@@ -281,7 +282,7 @@ class SparseLlamaModel(LlamaModel):
             check_context(max(layout.lengths) if compact else max(n_valid), context, reserve)
         schedules = row_schedules(cfg, num_layers, layout.n_visual, n_visual, tpf)
         prune_at = sorted(set().union(*schedules))
-        groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1], layout.padded)]
+        groups = [_Group(0, layout.valid, original_last_pos - layout.position_ids[:, -1], layout.padded, None)]
         mask, rope = self._mask_and_rope(layout)
         for i, layer in enumerate(self.layers[:num_layers]):
             record.enter(layout)
@@ -305,7 +306,7 @@ class SparseLlamaModel(LlamaModel):
             if new_layout is not None:
                 layout = new_layout
                 shift = original_last_pos - layout.position_ids[:, -1]
-                groups.append(_Group(i + 1, layout.valid, shift, layout.padded))
+                groups.append(_Group(i + 1, layout.valid, shift, layout.padded, layout.key_bias()))
                 mask, rope = self._mask_and_rope(layout)
         rt.stats = record.finish(layout, n_visual, self.config)
         rt.prefill = None
@@ -340,7 +341,7 @@ class SparseLlamaModel(LlamaModel):
         order, rater_valid = rater_rows(layout.rater, n_raters)  # [B, R] positions in the (padded) sequence
         q = self._rater_queries(layer, hidden_in, order, layout.position_ids)  # [B, H, R, hd]
         allowed = rater_key_mask(layout.valid, order)  # [B, R, K]: the keys are this layer's whole sequence
-        attention = rater_attention(q, keys, allowed, layer.self_attn.scaling)  # [B, R, K]
+        attention = rater_attention(q, keys, allowed, layer.self_attn.scaling, layout.key_bias())  # [B, R, K]
         scores = visual_scores(attention, rater_valid)  # [B, K]
 
         present = layout.visual  # [B, L]
@@ -384,7 +385,8 @@ class SparseLlamaModel(LlamaModel):
             members = recycled.member_mask(present)
             anchor = recycled.centres if cfg.recycle_position == "centre" else recycled.earliest(layout.position_ids)
             merged_pos = layout.position_ids.gather(1, anchor)
-            inserted = Inserted(recycled.tokens, merged_pos, recycled.counts)
+            weight = recycled.weights(layout.weight) if cfg.weigh_merged else None
+            inserted = Inserted(recycled.tokens, merged_pos, recycled.counts, weight)
         clusters = recycled.counts if recycled is not None else [0] * b
         record.pruned(
             layer_idx, PruneRecord(layout.visual_index, present, scores, kept, members & deleted, clusters, pruned)
@@ -451,7 +453,11 @@ class SparseLlamaModel(LlamaModel):
         new_padding = read and not bool(new_cols.all())
         for group, end in zip(state.groups, bounds[1:], strict=True):
             padded = group.padded or new_padding
-            mask = build_attention_mask(torch.cat([group.kv_valid, new_cols], 1), q_len, impl, hidden.dtype, padded)
+            bias = group.key_bias
+            if bias is not None:  # new tokens weigh one
+                bias = torch.cat([bias, bias.new_zeros(b, new_cols.shape[1])], 1)
+            kv_valid = torch.cat([group.kv_valid, new_cols], 1)
+            mask = build_attention_mask(kv_valid, q_len, impl, hidden.dtype, padded, bias)
             group_pos = positions - group.shift[:, None]
             rope = self.rotary_emb(hidden, group_pos)
             for layer in self.layers[group.first_layer : end]:
@@ -469,5 +475,5 @@ class SparseLlamaModel(LlamaModel):
     def _mask_and_rope(self, layout: Layout) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         impl = self.config._attn_implementation
         length = layout.hidden.shape[1]
-        mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype, layout.padded)
+        mask = build_attention_mask(layout.valid, length, impl, layout.hidden.dtype, layout.padded, layout.key_bias())
         return mask, self.rotary_emb(layout.hidden, layout.position_ids)

@@ -45,6 +45,16 @@ class RecycledRows:
         """``[B, L]`` bool (the shape and device of ``like``): the sequence positions of the recycled tokens."""
         return torch.zeros_like(like, dtype=torch.bool).scatter_(1, self.members, self.member_valid)
 
+    def weights(self, weight: torch.Tensor | None) -> torch.Tensor:
+        """``[B, C]`` how many tokens each merged token stands for: the sum of its members' ``weight`` (``[B, L]``
+        by sequence position; None: one each), 0 on padding clusters."""
+        member = (
+            torch.ones_like(self.members, dtype=torch.float32) if weight is None else weight.gather(1, self.members)
+        )
+        member = member * self.member_valid
+        out = torch.zeros(self.tokens.shape[:2], dtype=torch.float32, device=self.tokens.device)
+        return out.scatter_add_(1, self.assign, member)
+
     def earliest(self, key: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` sequence position of each cluster's member with the smallest ``key`` (``[B, L]``)."""
         member_key = key.gather(1, self.members).float().masked_fill(~self.member_valid, float("inf"))  # [B, R]

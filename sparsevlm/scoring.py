@@ -69,6 +69,7 @@ def rater_attention(
     keys: torch.Tensor,
     allowed: torch.Tensor,
     scaling: float,
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Head-averaged attention probabilities of the rater rows over all keys.
 
@@ -80,6 +81,8 @@ def rater_attention(
         keys: ``[B, Hkv, K, hd]`` post-RoPE keys of the layer; ``H`` must be a multiple of ``Hkv``.
         allowed: ``[B, R, K]`` bool, which keys each rater row may attend to (causal and not padding).
         scaling: the attention scale (``head_dim ** -0.5`` for LLaMA).
+        key_bias: ``[B, K]`` offsets the layer adds to every logit on a key (``log`` of a merged token's weight,
+            :meth:`sparsevlm.sequence.Layout.key_bias`), or None.
 
     Returns:
         ``[B, R, K]`` float32 probabilities, averaged over the ``H`` query heads.
@@ -94,7 +97,10 @@ def rater_attention(
     # float32 copy of the whole key cache).
     q = queries.to(keys.dtype).reshape(b, h_kv, groups * r, hd)  # [B, Hkv, G*R, hd]
     logits = torch.matmul(q, keys.transpose(-1, -2)).float() * scaling  # [B, Hkv, G*R, K]
-    logits = logits.view(b, h, r, k_len).masked_fill(~allowed[:, None], float("-inf"))
+    logits = logits.view(b, h, r, k_len)
+    if key_bias is not None:
+        logits = logits + key_bias.float()[:, None, None, :]
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     return logits.softmax(dim=-1).mean(dim=1)  # [B, R, K]
 
 

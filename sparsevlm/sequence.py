@@ -37,6 +37,8 @@ class Layout:
         rater: ``[B, L]`` bool, the rater text tokens.
         lengths: real tokens per row (host ints, ``valid.sum(1)``).
         n_visual: visual tokens per row (host ints, ``visual.sum(1)``).
+        weight: ``[B, L]`` float32, how many tokens each token stands for in attention (a merged token weighs
+            its members: ``SparseConfig.weigh_merged``; 1 elsewhere), or None when every token weighs one.
     """
 
     hidden: torch.Tensor
@@ -46,6 +48,11 @@ class Layout:
     rater: torch.Tensor
     lengths: tuple[int, ...]
     n_visual: tuple[int, ...]
+    weight: torch.Tensor | None = None
+
+    def key_bias(self) -> torch.Tensor | None:
+        """``[B, L]`` ``log(weight)``, what attention adds to its logits on each key, or None (all zero)."""
+        return None if self.weight is None else self.weight.log()
 
     @property
     def visual(self) -> torch.Tensor:
@@ -88,11 +95,13 @@ class Inserted:
         hidden: ``[B, C, D]``; rows with fewer than ``C`` tokens are padded.
         position_ids: ``[B, C]`` their positions (ignored when the rebuild is compact).
         counts: tokens inserted per row (host ints).
+        weight: ``[B, C]`` how many tokens each inserted token stands for, or None (one each).
     """
 
     hidden: torch.Tensor
     position_ids: torch.Tensor
     counts: list[int]
+    weight: torch.Tensor | None = None
 
 
 def rebuild(
@@ -146,19 +155,32 @@ def rebuild(
     valid = place(keep, False, flags)
     visual_index = place(layout.visual_index, TEXT, layout.visual_index.new_full((b, width), MERGED))
     rater = place(layout.rater & keep, False, ~flags)
+    weight = None
+    if layout.weight is not None or (inserted is not None and inserted.weight is not None):
+        kept_weight = layout.weight if layout.weight is not None else torch.ones(b, length, device=device)
+        extra = inserted.weight if inserted is not None and inserted.weight is not None else flags.float()
+        weight = place(kept_weight, 1.0, extra)  # padding weighs one: its keys are masked anyway
     if compact:
         first = positions.gather(1, pad.clamp_max(new_len - 1)[:, None])  # [B, 1] each row's first position
         positions = torch.where(valid, first + torch.arange(new_len, device=device)[None, :] - pad[:, None], 0)
     n_vis = tuple(v - m + c for v, m, c in zip(layout.n_visual, n_deleted, counts, strict=True))
-    return Layout(hidden, positions, valid, visual_index, rater, lengths, n_vis)
+    return Layout(hidden, positions, valid, visual_index, rater, lengths, n_vis, weight)
 
 
 def build_attention_mask(
-    kv_valid: torch.Tensor, q_len: int, implementation: str, dtype: torch.dtype, padded: bool
+    kv_valid: torch.Tensor,
+    q_len: int,
+    implementation: str,
+    dtype: torch.dtype,
+    padded: bool,
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """A causal padding mask for queries that are the last ``q_len`` entries of the keys.
 
-    Every query may also attend to itself, so padded query rows are never fully masked (no NaN).
+    Every query may also attend to itself, so padded query rows are never fully masked (no NaN). With
+    ``key_bias`` (``[B, K]``, added to every query's logit on that key: ``log`` of a merged token's weight, so
+    that a key standing for ``w`` tokens takes the attention share of ``w`` copies of itself) the mask is an
+    additive float mask whatever the implementation.
 
     Args:
         kv_valid: ``[B, K]`` bool, which keys are real tokens.
@@ -167,19 +189,23 @@ def build_attention_mask(
             take a bool mask).
         dtype: the float dtype of an additive mask.
         padded: whether any key is padding (known on the host; saves a device-to-host synchronisation).
+        key_bias: ``[B, K]`` float logit offsets of the keys, or None.
 
     Returns:
-        ``[B, 1, q_len, K]`` mask, or None when sdpa can use its own causal path (no padding, and either one
-        query or as many queries as keys).
+        ``[B, 1, q_len, K]`` mask, or None when sdpa can use its own causal path (no padding, no key bias, and
+        either one query or as many queries as keys).
     """
     b, k = kv_valid.shape
-    if implementation == "sdpa" and not padded and q_len in (1, k):
+    if implementation == "sdpa" and not padded and q_len in (1, k) and key_bias is None:
         return None
     device = kv_valid.device
     q_at = torch.arange(k - q_len, k, device=device)  # [q]: key index of each query
     k_at = torch.arange(k, device=device)  # [K]
     allowed = (k_at[None, :] <= q_at[:, None])[None] & kv_valid[:, None, :]  # [B, q, K]
     allowed = allowed | (k_at[None, :] == q_at[:, None])[None]
+    if key_bias is not None:
+        bias = key_bias.to(dtype)[:, None, :].expand(b, q_len, k)
+        return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     if implementation == "eager":
         mask = torch.zeros(b, q_len, k, dtype=dtype, device=device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]

@@ -187,7 +187,12 @@ def preset_configs(preset: str) -> list[tuple[str, SparseConfig]]:
     if config.target_fraction is None or not config.prune_layers:
         raise ValueError(f"preset {preset!r} has no equivalent-token target to compare baselines at")
     plain = config.replace(
-        temporal_merge=None, merge_floor=None, static_threshold=None, recycle_ratio=0.0, recycle_time_weight=0.0
+        temporal_merge=None,
+        merge_floor=None,
+        static_threshold=None,
+        recycle_ratio=0.0,
+        recycle_time_weight=0.0,
+        weigh_merged=False,
     )
     return [
         (config.method, config),

@@ -153,3 +153,16 @@ def test_the_vectorised_keep_search_equals_the_simulation(
     for num_layers, layer in [(32, 1), (32, 0), (4, 3)]:
         want = _closest_keep_by_simulation(fraction, num_layers, n_visual, layer, recycle, cluster)
         assert _closest_keep(layer, num_layers, n_visual, fraction * n_visual, recycle, cluster) == want
+
+
+def test_weighing_merged_tokens_needs_recycling() -> None:
+    with pytest.raises(ValueError, match="recycle_ratio is 0"):
+        SparseConfig(prune_layers=(1,), target_fraction=0.25, recycle_ratio=0.0, weigh_merged=True)
+    assert SparseConfig(prune_layers=(1,), target_fraction=0.25, recycle_ratio=1.0, weigh_merged=True).weigh_merged
+
+
+def test_a_later_option_at_its_old_behaviour_leaves_the_json_and_so_the_config_key_as_before() -> None:
+    plain = SparseConfig.preset("video-onestep-25")
+    assert "weigh_merged" not in plain.to_json()  # the key outputs were written under before the option existed
+    weighted = SparseConfig.preset("video-xf-25")
+    assert weighted.weigh_merged and '"weigh_merged": true' in weighted.to_json()

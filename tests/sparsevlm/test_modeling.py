@@ -17,6 +17,7 @@ CONFIGS = {
     "budget-compact": BUDGET.replace(positions="compact"),
     "rank-compact": RANK.replace(positions="compact"),
     "no-recycling": BUDGET.replace(recycle_ratio=0.0),
+    "weighted": BUDGET.replace(recycle_ratio=1.0, cluster_ratio=0.2, weigh_merged=True),
 }
 
 
@@ -177,3 +178,19 @@ def test_a_callers_own_decoding_loop_equals_generate(lengths: list[int]) -> None
         )
     assert not torch.allclose(seen.logits[0], unseen.logits[0])
     torch.testing.assert_close(seen.logits[1:], unseen.logits[1:])
+
+
+def test_weighing_merged_tokens_changes_the_answer_distribution_and_nothing_before_the_first_prune() -> None:
+    model = build_model()
+    inputs = build_inputs(model, [9, 5], seed=3)
+    config = BUDGET.replace(recycle_ratio=1.0, cluster_ratio=0.2)
+    with torch.no_grad():
+        plain = apply_patch(model, config)(**inputs).logits[:, -1]
+        plain_stats = last_stats(model)
+        weighted = apply_patch(model, config.replace(weigh_merged=True))(**inputs).logits[:, -1]
+        weighted_stats = last_stats(model)
+    first = BUDGET.prune_layers[0]
+    for a, b in zip(plain_stats, weighted_stats, strict=True):
+        assert torch.equal(a.kept_indices[first], b.kept_indices[first])  # the first step sees no weights yet
+        assert a.visual_tokens_per_layer == b.visual_tokens_per_layer  # the same token counts
+    assert not torch.allclose(plain, weighted)  # the merged tokens' weights reach the answer

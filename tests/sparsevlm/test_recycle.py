@@ -69,3 +69,23 @@ def test_the_member_mask_marks_the_recycled_positions() -> None:
         members = set(out.members[row][out.member_valid[row]].tolist())
         assert mask[row].nonzero().flatten().tolist() == sorted(members)
         assert members <= set(deleted[row].nonzero().flatten().tolist())
+
+
+def test_a_merged_token_weighs_the_sum_of_its_members_weights() -> None:
+    hidden = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(5))
+    scores = torch.randn(2, 16, generator=torch.Generator().manual_seed(6))
+    deleted = torch.zeros(2, 16, dtype=torch.bool)
+    deleted[0, 1:13] = True
+    deleted[1, 4:7] = True
+    out = recycle_rows(hidden, scores, deleted, [12, 3], 1.0, 0.3, seed=0)
+    assert out is not None
+    weight = torch.arange(1.0, 33.0).view(2, 16)  # each position weighs something different
+    got = out.weights(weight)
+    ones = out.weights(None)
+    for row in range(2):
+        for cluster in range(out.counts[row]):
+            mine = out.members[row][out.member_valid[row] & (out.assign[row] == cluster)]
+            assert got[row, cluster] == weight[row, mine].sum()
+            assert ones[row, cluster] == mine.numel()
+        assert ones[row].sum() == deleted[row].sum()  # recycle_ratio 1: every deleted token is in a cluster
+        assert (got[row, out.counts[row] :] == 0).all()

@@ -81,3 +81,14 @@ def test_query_heads_must_be_a_multiple_of_the_kv_heads() -> None:
     q, k = torch.zeros(1, 6, 1, HD), torch.zeros(1, 4, 5, HD)
     with pytest.raises(ValueError, match=r"query heads \(6\) must be a multiple of key/value heads \(4\)"):
         rater_attention(q, k, torch.ones(1, 1, 5, dtype=torch.bool), 1.0)
+
+
+def test_rater_attention_adds_the_key_bias_before_the_softmax() -> None:
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 2, 2, 4, generator=g)  # [B, H, R, hd]
+    k = torch.randn(1, 1, 5, 4, generator=g)  # one KV head for both query heads
+    allowed = torch.ones(1, 2, 5, dtype=torch.bool)
+    bias = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0]])
+    got = rater_attention(q, k, allowed, 0.5, bias)
+    logits = torch.einsum("bhrd,bkd->bhrk", q, k[:, 0]) * 0.5 + bias[:, None, None, :]
+    assert torch.allclose(got, logits.softmax(-1).mean(1), atol=1e-6)

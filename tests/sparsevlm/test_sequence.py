@@ -27,6 +27,9 @@ Token = tuple[float, int, int, bool]
 D = 2
 
 
+_FIELDS = ("hidden", "position_ids", "valid", "visual_index", "rater", "lengths", "n_visual")
+
+
 def make_layout(rows: list[list[int]], raters: list[set[int]]) -> Layout:
     """A left-padded layout; ``rows[b]`` lists each real token's visual_index (TEXT for text), positions count
     from 0 in each row, and token ``j`` of row ``b`` has hidden ``[100 b + j, -(100 b + j)]``."""
@@ -173,6 +176,57 @@ def test_sdpa_takes_its_own_causal_path_only_without_padding_and_for_one_or_all_
     assert build_attention_mask(kv_valid, 3, "sdpa", torch.float32, padded=False) is not None
     assert build_attention_mask(kv_valid, 5, "sdpa", torch.float32, padded=True) is not None
     assert build_attention_mask(kv_valid, 5, "eager", torch.float32, padded=False) is not None
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_a_key_bias_makes_an_additive_mask_with_the_bias_on_allowed_keys(implementation: str) -> None:
+    kv_valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    bias = torch.tensor([[0.0, 0.5, 0.0, 1.5], [2.0, 0.0, 0.0, 0.0]])
+    mask = build_attention_mask(kv_valid, 4, implementation, torch.float32, padded=False, key_bias=bias)
+    assert mask is not None and mask.dtype == torch.float32 and mask.shape == (2, 1, 4, 4)
+    allowed = torch.tensor(_allowed(kv_valid, 4))[:, None]
+    expected = bias[:, None, None, :].expand(2, 1, 4, 4)
+    assert torch.equal(mask[allowed], expected[allowed])
+    assert (mask[~allowed] == torch.finfo(torch.float32).min).all()
+
+
+def test_a_key_weighing_w_takes_the_attention_of_w_copies_of_itself() -> None:
+    """Proportional attention: softmax over a key with ``+ log w`` equals softmax over ``w`` copies of it, so the
+    output of attention is the same as if the merged token's members were all there with its key and value."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 8, generator=g) for _ in range(3))  # [B, H, L, hd]
+    copies = 4
+    k_many = torch.cat([k, k[:, :, 1:2].expand(-1, -1, copies - 1, -1)], 2)  # key 1 repeated, as a merged token's
+    v_many = torch.cat([v, v[:, :, 1:2].expand(-1, -1, copies - 1, -1)], 2)
+    bias = torch.tensor([[0.0, float(torch.tensor(copies).log()), 0.0]])
+    mask = build_attention_mask(torch.ones(1, 3, dtype=torch.bool), 3, "sdpa", torch.float32, False, bias)
+    assert mask is not None
+    last = slice(2, 3)  # the last query sees every key
+    weighted = torch.nn.functional.scaled_dot_product_attention(q[:, :, last], k, v, attn_mask=mask[:, :, last])
+    repeated = torch.nn.functional.scaled_dot_product_attention(q[:, :, last], k_many, v_many)
+    assert torch.allclose(weighted, repeated, atol=1e-6)
+
+
+def test_rebuild_carries_weights_and_gives_inserted_tokens_theirs() -> None:
+    layout = make_layout(ROWS, RATERS)
+    pad = [max(layout.lengths) - n for n in layout.lengths]
+    weight = torch.ones(layout.valid.shape)
+    weight[0, pad[0] + 1] = 3.0  # a token that already stands for three
+    layout = Layout(*[getattr(layout, f) for f in _FIELDS], weight)
+    deleted = torch.zeros(layout.valid.shape, dtype=torch.bool)
+    deleted[0, pad[0] + 2] = True
+    hidden = torch.zeros(3, 1, D)
+    positions = torch.full((3, 1), 40)
+    out = rebuild(layout, deleted, [1, 0, 0], Inserted(hidden, positions, [1, 0, 0], torch.tensor([[5.0], [0], [0]])))
+    assert out.weight is not None
+    real = out.weight[out.valid]
+    assert sorted(real.tolist()).count(1.0) == int(out.valid.sum()) - 2
+    merged = out.valid & (out.visual_index == MERGED)
+    assert out.weight[merged].tolist() == [5.0]
+    assert 3.0 in out.weight[0].tolist()
+    assert out.key_bias() is not None and torch.allclose(out.key_bias(), out.weight.log())  # type: ignore[arg-type]
+    unweighted = rebuild(make_layout(ROWS, RATERS), deleted, [1, 0, 0])
+    assert unweighted.weight is None and unweighted.key_bias() is None
 
 
 def test_gather_tokens_takes_each_rows_own_positions() -> None:
