@@ -13,7 +13,9 @@ questions the benchmark's rows cannot answer.
    layer's output hidden states) and every surviving key gets ``+ log(weight)``.
 
 Every row also prints the evidence recall after each pruning step. Modifiers: ``+fastv``, ``+random`` (the
-baselines, no recycling or cross-frame ranking), ``+norecycle``. Prefill only (one answer token), as the benchmark.
+baselines, no recycling or cross-frame ranking), ``+norecycle``, ``+paper`` (the paper's unweighted recycling:
+the outputs beside this script were made before the presets' recycling was weighted, so each of their rows is
+today's row with ``+paper``). Prefill only (one answer token), as the benchmark.
 
     python docs/fidelity-runs/limits/limits.py hard 128 video-25+oracle video-25+oracle+oraclemass ... > out.txt
 """
@@ -75,6 +77,8 @@ def mask_and_rope(self: Any, layout: Any) -> tuple[torch.Tensor, tuple[torch.Ten
     """An additive float mask (the product's causal padding mask) plus ``log(weight)`` on the visual keys."""
     allowed = build_attention_mask(layout.valid, layout.hidden.shape[1], "bool", layout.hidden.dtype, True)
     bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    if layout.key_bias() is not None:  # the product's own weights (weighted recycling)
+        bias = bias + layout.key_bias()[:, None, None, :]
     index = layout.visual_index
     original = index >= 0
     if "mass" in STATE["modes"]:
@@ -135,13 +139,15 @@ def main() -> None:
         base, *mods = name.split("+")
         STATE["modes"] = set(mods)
         config = SparseConfig.preset(base).replace(name=name)
-        plain = {"recycle_ratio": 0.0, "static_threshold": None, "recycle_time_weight": 0.0}
+        plain = {"recycle_ratio": 0.0, "static_threshold": None, "recycle_time_weight": 0.0, "weigh_merged": False}
         if "fastv" in mods or "random" in mods:
             config = config.replace(method="fastv" if "fastv" in mods else "random", **plain)
         if "oracle" in mods:
             config = config.replace(static_threshold=None)
+        if "paper" in mods:  # the paper's unweighted recycling (the presets' before 2026-12-05)
+            config = config.replace(recycle_ratio=0.3, cluster_ratio=0.1, weigh_merged=False)
         if "norecycle" in mods:
-            config = config.replace(recycle_ratio=0.0)
+            config = config.replace(recycle_ratio=0.0, weigh_merged=False)
         M.visual_scores = oracle_scores if "oracle" in mods else VISUAL_SCORES
         STATE["recall"] = {}
         run = F._run(model, tokenizer, items, config, 16)
