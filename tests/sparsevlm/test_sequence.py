@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,9 +26,6 @@ from sparsevlm.sequence import (
 Token = tuple[float, int, int, bool]
 
 D = 2
-
-
-_FIELDS = ("hidden", "position_ids", "valid", "visual_index", "rater", "lengths", "n_visual")
 
 
 def make_layout(rows: list[list[int]], raters: list[set[int]]) -> Layout:
@@ -212,7 +210,7 @@ def test_rebuild_carries_weights_and_gives_inserted_tokens_theirs() -> None:
     pad = [max(layout.lengths) - n for n in layout.lengths]
     weight = torch.ones(layout.valid.shape)
     weight[0, pad[0] + 1] = 3.0  # a token that already stands for three
-    layout = Layout(*[getattr(layout, f) for f in _FIELDS], weight)
+    layout = replace(layout, weight=weight)
     deleted = torch.zeros(layout.valid.shape, dtype=torch.bool)
     deleted[0, pad[0] + 2] = True
     hidden = torch.zeros(3, 1, D)
@@ -224,7 +222,8 @@ def test_rebuild_carries_weights_and_gives_inserted_tokens_theirs() -> None:
     merged = out.valid & (out.visual_index == MERGED)
     assert out.weight[merged].tolist() == [5.0]
     assert 3.0 in out.weight[0].tolist()
-    assert out.key_bias() is not None and torch.allclose(out.key_bias(), out.weight.log())  # type: ignore[arg-type]
+    bias = out.key_bias()
+    assert bias is not None and torch.allclose(bias, out.weight.log())
     unweighted = rebuild(make_layout(ROWS, RATERS), deleted, [1, 0, 0])
     assert unweighted.weight is None and unweighted.key_bias() is None
 
