@@ -13,9 +13,8 @@ questions the benchmark's rows cannot answer.
    layer's output hidden states) and every surviving key gets ``+ log(weight)``.
 
 Every row also prints the evidence recall after each pruning step. Modifiers: ``+fastv``, ``+random`` (the
-baselines, no recycling or cross-frame ranking), ``+norecycle``, ``+paper`` (the paper's unweighted recycling:
-the outputs beside this script were made before the presets' recycling was weighted, so each of their rows is
-today's row with ``+paper``). Prefill only (one answer token), as the benchmark.
+baselines, no recycling or cross-frame ranking), ``+norecycle``, ``+paper`` (the paper's unweighted recycling,
+the presets' before 2026-12-05). Prefill only (one answer token), as the benchmark.
 
     python docs/fidelity-runs/limits/limits.py hard 128 video-25+oracle video-25+oracle+oraclemass ... > out.txt
 """
@@ -73,24 +72,26 @@ def prune(
     return new
 
 
-def mask_and_rope(self: Any, layout: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """An additive float mask (the product's causal padding mask) plus ``log(weight)`` on the visual keys."""
-    allowed = build_attention_mask(layout.valid, layout.hidden.shape[1], "bool", layout.hidden.dtype, True)
-    bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    if layout.key_bias() is not None:  # the product's own weights (weighted recycling)
-        bias = bias + layout.key_bias()[:, None, None, :]
+def mask_and_rope(self: Any, layout: Any) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+    """The product's mask (its own weights included) with this script's key offsets added to the visual keys."""
     index = layout.visual_index
     original = index >= 0
+    key_bias = layout.key_bias()
+    if key_bias is None:
+        key_bias = torch.zeros(layout.valid.shape)
     if "mass" in STATE["modes"]:
         weight = STATE["weight"].gather(1, index.clamp(min=0)).where(original, torch.ones(()))
-        bias = bias + weight.clamp_min(1e-6).log()[:, None, None, :]
+        key_bias = key_bias + weight.clamp_min(1e-6).log()
     if "oraclemass" in STATE["modes"]:
+        key_bias = key_bias.clone()
         for row, evidence in enumerate(STATE["evidence"]):
             background = original[row] & ~torch.isin(index[row], evidence)
             kept, total = int(background.sum()), 520 - len(evidence)
             if 0 < kept < total:
-                bias[row, 0, :, background] += math.log(total / kept)
-    return bias.to(layout.hidden.dtype), self.rotary_emb(layout.hidden, layout.position_ids)
+                key_bias[row, background] += math.log(total / kept)
+    length = layout.hidden.shape[1]
+    mask = build_attention_mask(layout.valid, length, "eager", layout.hidden.dtype, layout.padded, key_bias)
+    return mask, self.rotary_emb(layout.hidden, layout.position_ids)
 
 
 PRUNE = M.SparseLlamaModel._prune
@@ -119,7 +120,6 @@ F.last_stats = noting_stats
 def main() -> None:
     split, samples, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     model, tokenizer, _ = load_tiny("tiny-deep")
     items = F.benchmark_questions(0, samples, question_split=split)
     evidence = {id(q.sample.frames): torch.as_tensor(q.evidence) for q in items}
@@ -138,14 +138,15 @@ def main() -> None:
     for name in names:
         base, *mods = name.split("+")
         STATE["modes"] = set(mods)
+        torch.manual_seed(0)  # the oracle's tie-break draws are each row's own, whatever ran before it
         config = SparseConfig.preset(base).replace(name=name)
+        if "paper" in mods:  # the paper's unweighted recycling (the presets' before 2026-12-05)
+            config = config.replace(recycle_ratio=0.3, cluster_ratio=0.1, weigh_merged=False)
         plain = {"recycle_ratio": 0.0, "static_threshold": None, "recycle_time_weight": 0.0, "weigh_merged": False}
         if "fastv" in mods or "random" in mods:
             config = config.replace(method="fastv" if "fastv" in mods else "random", **plain)
         if "oracle" in mods:
             config = config.replace(static_threshold=None)
-        if "paper" in mods:  # the paper's unweighted recycling (the presets' before 2026-12-05)
-            config = config.replace(recycle_ratio=0.3, cluster_ratio=0.1, weigh_merged=False)
         if "norecycle" in mods:
             config = config.replace(recycle_ratio=0.0, weigh_merged=False)
         M.visual_scores = oracle_scores if "oracle" in mods else VISUAL_SCORES
